@@ -1,0 +1,391 @@
+//! Embedding: windows through an ONNX audio model (ONNX Runtime via `ort`, loaded at run time), in batches.
+//!
+//! The model contract — file, input and output tensor names, sample rate, window length, embedding dimension — comes
+//! from configuration and is checked against the model's declared inputs and outputs when it is opened. The defaults
+//! describe Perch 2.0 (`inputs` f32 [batch, 160000] at 32 kHz → `embedding` f32 [batch, 1536]).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::{Tensor, TensorElementType, ValueType};
+use serde::Deserialize;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+
+use crate::metrics::Metrics;
+use crate::record::{DeadLetter, Segment, Window};
+use crate::{Error, FieldError};
+
+/// `[model]`: the ONNX embedding model and its input/output contract.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// The ONNX file; a relative path is resolved against the directory of the config file.
+    pub path: PathBuf,
+    /// Name stored with every segment so embeddings of different models are never mixed (default: the file stem).
+    pub name: Option<String>,
+    /// Input tensor name: f32 `[batch, samples]`.
+    pub input: String,
+    /// Output tensor name: f32 `[batch, dim]`.
+    pub output: String,
+    /// Sample rate the model expects, in Hz.
+    pub sample_rate: u32,
+    /// Window length the model expects, in seconds.
+    pub window_seconds: f64,
+    /// Embedding dimension.
+    pub dim: usize,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            path: PathBuf::new(),
+            name: None,
+            input: "inputs".into(),
+            output: "embedding".into(),
+            sample_rate: 32_000,
+            window_seconds: 5.0,
+            dim: 1536,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Validates the contract; `base` is the directory relative paths are resolved against.
+    pub fn build(&self, base: &Path) -> Result<ModelSpec, FieldError> {
+        if self.path.as_os_str().is_empty() {
+            return Err(FieldError::new("path", "is required: the ONNX model file to run"));
+        }
+        if !(1_000..=768_000).contains(&self.sample_rate) {
+            return Err(FieldError::new("sample_rate", format!("{} Hz is outside 1000..=768000", self.sample_rate)));
+        }
+        let window = self.window_seconds * f64::from(self.sample_rate);
+        if !(self.window_seconds > 0.0) || (window - window.round()).abs() > 1e-6 || window > f64::from(u32::MAX) {
+            return Err(FieldError::new(
+                "window_seconds",
+                format!("{} is not a positive whole number of samples at {} Hz", self.window_seconds, self.sample_rate),
+            ));
+        }
+        if self.dim == 0 {
+            return Err(FieldError::new("dim", "must be at least 1"));
+        }
+        for (field, value) in [("input", &self.input), ("output", &self.output)] {
+            if value.is_empty() {
+                return Err(FieldError::new(field, "must name a tensor of the model"));
+            }
+        }
+        let path = base.join(&self.path);
+        let name = self.name.clone().unwrap_or_else(|| {
+            path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
+        });
+        Ok(ModelSpec {
+            path,
+            name,
+            input: self.input.clone(),
+            output: self.output.clone(),
+            sample_rate: self.sample_rate,
+            window: window.round() as u32,
+            dim: self.dim,
+        })
+    }
+}
+
+/// A validated model contract.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSpec {
+    /// The ONNX file.
+    pub path: PathBuf,
+    /// Name stored with segments.
+    pub name: String,
+    /// Input tensor name.
+    pub input: String,
+    /// Output tensor name.
+    pub output: String,
+    /// Sample rate in Hz.
+    pub sample_rate: u32,
+    /// Window length in samples.
+    pub window: u32,
+    /// Embedding dimension.
+    pub dim: usize,
+}
+
+/// `[embed]`: how inference runs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbedConfig {
+    /// ONNX Runtime's shared library (`libonnxruntime.so.*`); a relative path is resolved against the config file's
+    /// directory. Empty: the `ORT_DYLIB_PATH` environment variable.
+    pub onnxruntime: PathBuf,
+    /// Most windows per call to the model.
+    pub max_batch: usize,
+    /// ONNX Runtime intra-op threads per worker; 0 shares the machine's cores among the workers.
+    pub threads: usize,
+}
+
+impl Default for EmbedConfig {
+    fn default() -> Self {
+        EmbedConfig { onnxruntime: PathBuf::new(), max_batch: 16, threads: 0 }
+    }
+}
+
+impl EmbedConfig {
+    /// Validates; `base` is the directory relative paths are resolved against.
+    pub fn build(&self, base: &Path) -> Result<EmbedSettings, FieldError> {
+        let library = if self.onnxruntime.as_os_str().is_empty() {
+            match std::env::var_os("ORT_DYLIB_PATH") {
+                Some(path) => PathBuf::from(path),
+                None => {
+                    return Err(FieldError::new(
+                        "onnxruntime",
+                        "is required (or set ORT_DYLIB_PATH): the path of libonnxruntime.so; \
+                         scripts/tools.sh onnxruntime installs it",
+                    ));
+                }
+            }
+        } else {
+            base.join(&self.onnxruntime)
+        };
+        if !(1..=4096).contains(&self.max_batch) {
+            return Err(FieldError::new("max_batch", format!("{} is outside 1..=4096", self.max_batch)));
+        }
+        Ok(EmbedSettings { library, max_batch: self.max_batch, threads: self.threads })
+    }
+}
+
+/// Validated inference settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmbedSettings {
+    /// ONNX Runtime's shared library.
+    pub library: PathBuf,
+    /// Most windows per call.
+    pub max_batch: usize,
+    /// Intra-op threads per session (0: automatic).
+    pub threads: usize,
+}
+
+/// Loads ONNX Runtime once per process and returns its environment.
+pub fn runtime(library: &Path) -> Result<&'static Environment, Error> {
+    static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
+    static LOADING: Mutex<()> = Mutex::new(());
+    let _loading = LOADING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(environment) = ENVIRONMENT.get() {
+        return Ok(environment);
+    }
+    let failed = |message: String| Error::Runtime { path: library.display().to_string(), message };
+    if !library.is_file() {
+        return Err(failed("no such file; scripts/tools.sh onnxruntime installs the pinned library".into()));
+    }
+    let environment = ort::init_from(library)
+        .map_err(|e| failed(e.to_string()))?
+        .with_name("chorus")
+        .with_telemetry(false)
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(ENVIRONMENT.get_or_init(|| environment))
+}
+
+/// One ONNX Runtime session running the model on batches of windows.
+pub struct Embedder {
+    session: Session,
+    spec: ModelSpec,
+    max_batch: usize,
+    /// Set when the model declares a fixed batch size: batches are padded to it.
+    fixed_batch: Option<usize>,
+}
+
+impl Embedder {
+    /// Opens `spec.path` and checks its declared tensors against the contract.
+    pub fn open(environment: &Environment, spec: &ModelSpec, settings: &EmbedSettings) -> Result<Self, Error> {
+        let failed = |message: String| Error::Model { path: spec.path.display().to_string(), message };
+        if !spec.path.is_file() {
+            return Err(failed("no such file".into()));
+        }
+        let threads = if settings.threads == 0 { 1 } else { settings.threads };
+        let session = Session::builder(environment)
+            .and_then(|b| b.with_intra_threads(threads).map_err(ort::Error::from))
+            .and_then(|b| b.with_inter_threads(1).map_err(ort::Error::from))
+            .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(ort::Error::from))
+            .and_then(|mut b| b.commit_from_file(&spec.path))
+            .map_err(|e| failed(format!("ONNX Runtime cannot load it: {e}")))?;
+
+        let find = |outlets: &[ort::value::Outlet], name: &str, kind: &str| -> Result<Vec<i64>, Error> {
+            let names: Vec<&str> = outlets.iter().map(|o| o.name()).collect();
+            let outlet = outlets.iter().find(|o| o.name() == name).ok_or_else(|| {
+                failed(format!("has no {kind} named '{name}' (it has: {}); set model.{kind}", names.join(", ")))
+            })?;
+            match outlet.dtype() {
+                ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } => Ok(shape.to_vec()),
+                other => Err(failed(format!("{kind} '{name}' is {other}, not a float32 tensor"))),
+            }
+        };
+        let input = find(session.inputs(), &spec.input, "input")?;
+        let output = find(session.outputs(), &spec.output, "output")?;
+        if input.len() != 2 || (input[1] != -1 && input[1] != i64::from(spec.window)) {
+            return Err(failed(format!(
+                "input '{}' has shape {input:?}; the config says [batch, {}] ({} s at {} Hz) — check \
+                 model.sample_rate and model.window_seconds",
+                spec.input,
+                spec.window,
+                f64::from(spec.window) / f64::from(spec.sample_rate),
+                spec.sample_rate
+            )));
+        }
+        if output.len() != 2 || (output[1] != -1 && output[1] != spec.dim as i64) {
+            return Err(failed(format!(
+                "output '{}' has shape {output:?}; the config says [batch, {}] — check model.dim",
+                spec.output, spec.dim
+            )));
+        }
+        let fixed_batch = (input[0] > 0).then_some(input[0] as usize);
+        let max_batch = fixed_batch.unwrap_or(settings.max_batch);
+        Ok(Embedder { session, spec: spec.clone(), max_batch, fixed_batch })
+    }
+
+    /// The model contract.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// Most windows per call.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// Embeds up to `max_batch` windows of exactly `spec.window` samples each.
+    pub fn embed(&mut self, windows: &[&[f32]]) -> Result<Vec<Vec<f32>>, Error> {
+        let n = self.spec.window as usize;
+        if windows.len() > self.max_batch {
+            return Err(Error::Inference(format!("{} windows exceed the batch limit {}", windows.len(), self.max_batch)));
+        }
+        if let Some(bad) = windows.iter().find(|w| w.len() != n) {
+            return Err(Error::Inference(format!("a window has {} samples, the model takes {n}", bad.len())));
+        }
+        let rows = self.fixed_batch.unwrap_or(windows.len());
+        let mut flat = Vec::with_capacity(rows * n);
+        for window in windows {
+            flat.extend_from_slice(window);
+        }
+        flat.resize(rows * n, 0.0);
+        let input = Tensor::from_array(([rows, n], flat)).map_err(|e| Error::Inference(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.spec.input.as_str() => input])
+            .map_err(|e| Error::Inference(e.to_string()))?;
+        let output = outputs
+            .get(self.spec.output.as_str())
+            .ok_or_else(|| Error::Inference(format!("the model produced no output '{}'", self.spec.output)))?;
+        let (shape, values) = output.try_extract_tensor::<f32>().map_err(|e| Error::Inference(e.to_string()))?;
+        let dim = self.spec.dim;
+        if shape.len() != 2 || shape[0] as usize != rows || shape[1] as usize != dim {
+            return Err(Error::Inference(format!(
+                "output '{}' has shape {:?}, expected [{rows}, {dim}]",
+                self.spec.output,
+                shape.to_vec()
+            )));
+        }
+        Ok(values.chunks_exact(dim).take(windows.len()).map(<[f32]>::to_vec).collect())
+    }
+}
+
+/// Turns windows into segments by running the model, batching the windows that arrive together.
+pub trait Embed<'scope> {
+    /// Returns the segments and the dead letters of windows the model failed on.
+    fn embed(
+        self,
+        embedder: Embedder,
+        metrics: Metrics,
+    ) -> (StreamVec<'scope, u64, Segment>, StreamVec<'scope, u64, DeadLetter>);
+}
+
+impl<'scope> Embed<'scope> for StreamVec<'scope, u64, Window> {
+    fn embed(
+        self,
+        mut embedder: Embedder,
+        metrics: Metrics,
+    ) -> (StreamVec<'scope, u64, Segment>, StreamVec<'scope, u64, DeadLetter>) {
+        let mut builder = OperatorBuilder::new("Embed".to_owned(), self.scope());
+        let mut input = builder.new_input(self, Pipeline);
+        let (segments_out, segments) = builder.new_output::<Vec<Segment>>();
+        let (dead_out, dead) = builder.new_output::<Vec<DeadLetter>>();
+        let mut segments_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Segment>>>::from(segments_out);
+        let mut dead_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(dead_out);
+        builder.build(move |_capabilities| {
+            move |_frontiers| {
+                let mut segments_session = segments_out.activate();
+                let mut dead_session = dead_out.activate();
+                input.for_each(|capability, windows| {
+                    let (mut ok, mut failed) = (Vec::new(), Vec::new());
+                    let received = windows.len();
+                    for batch in windows.chunks(embedder.max_batch()) {
+                        embed_batch(&mut embedder, batch, &metrics, &mut ok, &mut failed);
+                    }
+                    metrics.count("embed", received, ok.len());
+                    windows.clear();
+                    segments_session.session(&capability).give_iterator(ok.into_iter());
+                    dead_session.session(&capability).give_iterator(failed.into_iter());
+                });
+            }
+        });
+        (segments, dead)
+    }
+}
+
+/// Embeds one batch; when the batch fails, each window is retried alone so one bad window cannot sink the rest.
+fn embed_batch(
+    embedder: &mut Embedder,
+    batch: &[Window],
+    metrics: &Metrics,
+    ok: &mut Vec<Segment>,
+    failed: &mut Vec<DeadLetter>,
+) {
+    let views: Vec<&[f32]> = batch.iter().map(|w| w.samples.as_slice()).collect();
+    metrics.embed_batch.observe(batch.len() as f64);
+    match embedder.embed(&views) {
+        Ok(embeddings) => {
+            for (window, embedding) in batch.iter().zip(embeddings) {
+                accept(window, embedding, metrics, ok, failed);
+            }
+        }
+        Err(_) if batch.len() > 1 => {
+            for window in batch {
+                embed_batch(embedder, std::slice::from_ref(window), metrics, ok, failed);
+            }
+        }
+        Err(error) => {
+            for window in batch {
+                reject(window, error.to_string(), "model", metrics, failed);
+            }
+        }
+    }
+}
+
+fn accept(window: &Window, embedding: Vec<f32>, metrics: &Metrics, ok: &mut Vec<Segment>, failed: &mut Vec<DeadLetter>) {
+    if let Some(i) = embedding.iter().position(|x| !x.is_finite()) {
+        let reason = format!("the model returned {} at dimension {i}", embedding[i]);
+        return reject(window, reason, "model_output", metrics, failed);
+    }
+    ok.push(Segment {
+        key: window.key.clone(),
+        coverage: window.coverage,
+        origin: window.origin.clone(),
+        embedding,
+    });
+}
+
+fn reject(window: &Window, reason: String, cause: &'static str, metrics: &Metrics, failed: &mut Vec<DeadLetter>) {
+    metrics.reject("embed", cause, 1);
+    failed.push(DeadLetter {
+        origin: Some(window.origin.clone()),
+        key: Some(window.key.sensor.as_bytes().to_vec()),
+        headers: Vec::new(),
+        payload: Vec::new(),
+        reason: format!("window {} of sensor '{}' at sample {}: {reason}", window.key.id(), window.key.sensor, window.key.start),
+        cause,
+    });
+}

@@ -1,0 +1,92 @@
+//! Metric names, label keys and the handles every component updates, registered in a registry the caller owns.
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+/// Records that entered a stage (label `stage`).
+pub const RECORDS_IN: &str = "chorus_records_in_total";
+/// Records a stage emitted (label `stage`).
+pub const RECORDS_OUT: &str = "chorus_records_out_total";
+/// Records a stage rejected (labels `stage`, `cause`); each also went to the dead-letter topic.
+pub const ERRORS: &str = "chorus_errors_total";
+/// Windows per call to the model.
+pub const EMBED_BATCH: &str = "chorus_embed_batch_size";
+/// Points per space in the in-memory index (label `space`).
+pub const INDEX_POINTS: &str = "chorus_index_points";
+/// Segments dropped because their id was already indexed (a replay after a restart).
+pub const DUPLICATES: &str = "chorus_duplicate_segments_total";
+
+/// Label key: pipeline stage (`source`, `decode`, `segment`, `embed`, `index`, `archive`, `segments_topic`, ...).
+pub const STAGE: &str = "stage";
+/// Label key: short machine-readable cause of an error.
+pub const CAUSE: &str = "cause";
+/// Label key: tenant.
+pub const SPACE: &str = "space";
+
+/// The metric handles of one job; cheap to clone and shared by every worker.
+#[derive(Clone)]
+pub struct Metrics {
+    /// See [`RECORDS_IN`].
+    pub records_in: IntCounterVec,
+    /// See [`RECORDS_OUT`].
+    pub records_out: IntCounterVec,
+    /// See [`ERRORS`].
+    pub errors: IntCounterVec,
+    /// See [`EMBED_BATCH`].
+    pub embed_batch: Histogram,
+    /// See [`INDEX_POINTS`].
+    pub index_points: IntGaugeVec,
+    /// See [`DUPLICATES`].
+    pub duplicates: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates the handles and registers them in `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Metrics> {
+        let metrics = Metrics {
+            records_in: IntCounterVec::new(Opts::new(RECORDS_IN, "Records that entered a stage."), &[STAGE])?,
+            records_out: IntCounterVec::new(Opts::new(RECORDS_OUT, "Records a stage emitted."), &[STAGE])?,
+            errors: IntCounterVec::new(
+                Opts::new(ERRORS, "Records a stage rejected, by cause; each went to the dead-letter topic."),
+                &[STAGE, CAUSE],
+            )?,
+            embed_batch: Histogram::with_opts(
+                HistogramOpts::new(EMBED_BATCH, "Windows per call to the model.")
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+            )?,
+            index_points: IntGaugeVec::new(Opts::new(INDEX_POINTS, "Points per space in the index."), &[SPACE])?,
+            duplicates: IntCounterVec::new(
+                Opts::new(DUPLICATES, "Segments dropped because their id was already indexed."),
+                &[SPACE],
+            )?,
+        };
+        registry.register(Box::new(metrics.records_in.clone()))?;
+        registry.register(Box::new(metrics.records_out.clone()))?;
+        registry.register(Box::new(metrics.errors.clone()))?;
+        registry.register(Box::new(metrics.embed_batch.clone()))?;
+        registry.register(Box::new(metrics.index_points.clone()))?;
+        registry.register(Box::new(metrics.duplicates.clone()))?;
+        Ok(metrics)
+    }
+
+    /// Handles registered in a registry of their own, for tests and tools that do not export metrics.
+    pub fn unregistered() -> Metrics {
+        Metrics::register(&Registry::new()).expect("a fresh registry accepts every metric")
+    }
+
+    /// Counts a batch through `stage`.
+    pub fn count(&self, stage: &str, records_in: usize, records_out: usize) {
+        if records_in > 0 {
+            self.records_in.with_label_values(&[stage]).inc_by(records_in as u64);
+        }
+        if records_out > 0 {
+            self.records_out.with_label_values(&[stage]).inc_by(records_out as u64);
+        }
+    }
+
+    /// Counts `n` records `stage` rejected for `cause`.
+    pub fn reject(&self, stage: &str, cause: &str, n: usize) {
+        if n > 0 {
+            self.errors.with_label_values(&[stage, cause]).inc_by(n as u64);
+        }
+    }
+}
