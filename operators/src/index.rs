@@ -33,6 +33,9 @@ const SNAPSHOT_BASENAME: &str = "index";
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IndexConfig {
+    /// Directory of the snapshots (one subdirectory per space); a relative path is resolved against the directory of
+    /// the config file.
+    pub dir: PathBuf,
     /// Links per node (M); layer 0 keeps twice as many.
     pub m: usize,
     /// Beam width while inserting (efConstruction).
@@ -45,13 +48,22 @@ pub struct IndexConfig {
 
 impl Default for IndexConfig {
     fn default() -> Self {
-        IndexConfig { m: 32, ef_construction: 200, ef_search: 128, snapshot_interval_seconds: 60 }
+        IndexConfig {
+            dir: PathBuf::from("var/index"),
+            m: 32,
+            ef_construction: 200,
+            ef_search: 128,
+            snapshot_interval_seconds: 60,
+        }
     }
 }
 
 impl IndexConfig {
-    /// Validates.
-    pub fn build(&self) -> Result<IndexParams, FieldError> {
+    /// Validates; `base` is the directory relative paths are resolved against.
+    pub fn build(&self, base: &Path) -> Result<IndexParams, FieldError> {
+        if self.dir.as_os_str().is_empty() {
+            return Err(FieldError::new("dir", "is empty"));
+        }
         if !(2..=255).contains(&self.m) {
             return Err(FieldError::new("m", format!("{} is outside 2..=255", self.m)));
         }
@@ -62,6 +74,7 @@ impl IndexConfig {
             return Err(FieldError::new("ef_search", "must be at least 1"));
         }
         Ok(IndexParams {
+            dir: base.join(&self.dir),
             m: self.m,
             ef_construction: self.ef_construction,
             ef_search: self.ef_search,
@@ -73,6 +86,8 @@ impl IndexConfig {
 /// Validated index parameters.
 #[derive(Clone, Debug, PartialEq)]
 pub struct IndexParams {
+    /// Snapshot directory.
+    pub dir: PathBuf,
     /// Links per node.
     pub m: usize,
     /// Insert beam width.
@@ -229,32 +244,31 @@ pub fn normalized(v: &[f32], dim: usize) -> Result<Vec<f32>, Error> {
     Ok(v.iter().map(|x| x * scale).collect())
 }
 
-/// The indices of the spaces one worker owns, with where their snapshots live.
+/// The indices of the spaces one worker owns; snapshots live under `params.dir/space=<space>/`.
 pub struct Indices {
-    dir: PathBuf,
     params: IndexParams,
     dim: usize,
     spaces: HashMap<String, SpaceIndex>,
 }
 
 impl Indices {
-    /// Indices whose snapshots live under `dir/<space>/`.
-    pub fn new(dir: PathBuf, params: IndexParams, dim: usize) -> Self {
-        Indices { dir, params, dim, spaces: HashMap::new() }
-    }
-
-    /// The directory holding `space`'s snapshots.
-    pub fn space_dir(&self, space: &str) -> PathBuf {
-        space_dir(&self.dir, space)
+    /// No index opened yet.
+    pub fn new(params: IndexParams, dim: usize) -> Self {
+        Indices { params, dim, spaces: HashMap::new() }
     }
 
     /// The index of `space`, opened from its snapshot on first use.
     pub fn space(&mut self, space: &str) -> Result<&mut SpaceIndex, Error> {
         if !self.spaces.contains_key(space) {
-            let index = SpaceIndex::open(&self.space_dir(space), &self.params, self.dim)?;
+            let index = SpaceIndex::open(&space_dir(&self.params.dir, space), &self.params, self.dim)?;
             self.spaces.insert(space.to_owned(), index);
         }
         Ok(self.spaces.get_mut(space).expect("inserted above"))
+    }
+
+    /// Adds an index opened elsewhere (e.g. caught up from the archive).
+    pub fn insert(&mut self, space: String, index: SpaceIndex) {
+        self.spaces.insert(space, index);
     }
 
     /// The spaces opened so far.
@@ -265,7 +279,7 @@ impl Indices {
     /// Snapshots every index changed since its last snapshot.
     pub fn save(&mut self) -> Result<(), Error> {
         for (space, index) in &mut self.spaces {
-            index.save(&space_dir(&self.dir, space))?;
+            index.save(&space_dir(&self.params.dir, space))?;
         }
         Ok(())
     }
@@ -362,7 +376,7 @@ mod tests {
     use super::*;
 
     fn params() -> IndexParams {
-        IndexConfig { m: 8, ef_construction: 32, ..Default::default() }.build().unwrap()
+        IndexConfig { m: 8, ef_construction: 32, ..Default::default() }.build(Path::new("/")).unwrap()
     }
 
     fn vector(seed: u64, dim: usize) -> Vec<f32> {

@@ -21,6 +21,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
+use crate::metrics::Metrics;
 use crate::record::{AudioChunk, DeadLetter, Nanos, Origin, SegmentKey, Window, nanos_to_samples, route};
 use crate::resample::StreamResampler;
 use crate::{Error, FieldError};
@@ -104,6 +105,29 @@ impl WindowSpec {
     fn tolerance_samples(&self) -> i64 {
         nanos_to_samples(self.gap_tolerance, self.sample_rate)
     }
+}
+
+/// Cuts a standalone clip (a query, a file) into windows starting every hop from its first sample; the last window
+/// is zero-padded and kept when it holds at least `min_coverage` samples. A clip shorter than a window gives one
+/// padded window. Returns each window's offset in samples with its samples.
+pub fn clip_windows(spec: &WindowSpec, samples: &[f32]) -> Vec<(usize, Vec<f32>)> {
+    let (window, hop) = (spec.window as usize, spec.hop as usize);
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < samples.len() {
+        let available = samples.len() - start;
+        if !out.is_empty() && available < spec.min_coverage as usize {
+            break;
+        }
+        let mut w = samples[start..start + available.min(window)].to_vec();
+        w.resize(window, 0.0);
+        out.push((start, w));
+        if available <= window {
+            break;
+        }
+        start += hop;
+    }
+    out
 }
 
 /// What segmenting one chunk produced.
@@ -406,6 +430,7 @@ pub trait Segment<'scope> {
     ///
     /// # Examples
     /// ```
+    /// use chorus_operators::metrics::Metrics;
     /// use chorus_operators::record::{AudioChunk, Origin, Priority};
     /// use chorus_operators::segment::{Segment, WindowsConfig};
     /// use timely::dataflow::operators::capture::Extract;
@@ -419,7 +444,7 @@ pub trait Segment<'scope> {
     ///         sample_rate: 1_000, samples: vec![0.1; 5_000],
     ///         origin: Origin { topic: "audio".into(), partition: 0, offset: 0 },
     ///     };
-    ///     let (windows, _dead_letters, _held) = vec![chunk].to_stream(scope).segment(spec);
+    ///     let (windows, _dead_letters, _held) = vec![chunk].to_stream(scope).segment(spec, Metrics::unregistered());
     ///     windows.map(|w| w.key.start).capture()
     /// });
     /// let starts: Vec<i64> = starts.extract().into_iter().flat_map(|(_, s)| s).collect();
@@ -428,6 +453,7 @@ pub trait Segment<'scope> {
     fn segment(
         self,
         spec: WindowSpec,
+        metrics: Metrics,
     ) -> (StreamVec<'scope, u64, Window>, StreamVec<'scope, u64, DeadLetter>, StreamVec<'scope, u64, Origin>);
 }
 
@@ -435,6 +461,7 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
     fn segment(
         self,
         spec: WindowSpec,
+        metrics: Metrics,
     ) -> (StreamVec<'scope, u64, Window>, StreamVec<'scope, u64, DeadLetter>, StreamVec<'scope, u64, Origin>) {
         let mut builder = OperatorBuilder::new("Segment".to_owned(), self.scope());
         let mut input =
@@ -459,6 +486,7 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
                 let mut dead_session = dead_out.activate();
                 input.for_each(|capability, chunks| {
                     let time = *capability.least().expect("chunks travel with a time");
+                    let (received, mut cut) = (chunks.len(), 0);
                     for chunk in chunks.drain(..) {
                         let (space, sensor, origin) = (chunk.space.clone(), chunk.sensor.clone(), chunk.origin.clone());
                         pinned
@@ -467,13 +495,14 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
                             .1 += 1;
                         match segmenter.push(chunk, time) {
                             Ok(pushed) => {
+                                cut += pushed.windows.len();
                                 for (mut window, oldest) in pushed.windows {
                                     window.key.space.clone_from(&space);
                                     window.key.sensor.clone_from(&sensor);
                                     windows_session.session(&pinned[&oldest].0).give(window);
                                 }
                                 if let Some(letter) = pushed.rejected {
-                                    dead_session.session(&capability).give(letter);
+                                    failed.push(letter);
                                 }
                                 for token in pushed.released {
                                     release(&mut pinned, token);
@@ -491,6 +520,10 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
                                 release(&mut pinned, time);
                             }
                         }
+                    }
+                    metrics.count("segment", received, cut);
+                    for letter in &failed {
+                        metrics.reject("segment", letter.cause, 1);
                     }
                     dead_session.session(&capability).give_iterator(failed.drain(..));
                 });
@@ -558,6 +591,18 @@ mod tests {
             offset += 1;
         }
         windows
+    }
+
+    #[test]
+    fn clips_are_cut_from_their_first_sample_and_padded_at_the_end() {
+        let spec = spec(1.0, 2_000);
+        let starts = |n: usize| clip_windows(&spec, &vec![1.0; n]).into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+        assert_eq!(starts(700), vec![0]);
+        assert_eq!(starts(2_000), vec![0]);
+        assert_eq!(starts(3_400), vec![0, 1_000, 2_000]);
+        assert_eq!(starts(3_000), vec![0, 1_000]);
+        let last = clip_windows(&spec, &vec![1.0; 3_600]).pop().unwrap().1;
+        assert_eq!((last[1_599], last[1_600]), (1.0, 0.0));
     }
 
     #[test]

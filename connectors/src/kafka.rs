@@ -1,0 +1,855 @@
+//! Kafka: the audio-chunk message contract, the source (explicit partition assignment, manual commits behind the
+//! sinks' durability frontier), the producer, and sinks that report what the broker has acknowledged.
+//!
+//! Progress follows Materialize's Kafka source: no consumer-group rebalancing inside a job — worker `w` of `W` reads
+//! the partitions `p` with `p mod W = w` — and `enable.auto.commit=false`. Each poll's messages enter the dataflow at
+//! a new epoch (a timely time); the source remembers, per epoch, the next offset of each partition it read. An epoch's
+//! offsets are committed only after the probe over every durable sink has passed it.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chorus_operators::FieldError;
+use chorus_operators::record::{AudioChunk, DeadLetter, Nanos, Origin, Priority};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde::Deserialize;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::operator::source as timely_source;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::{Scope, StreamVec};
+
+use crate::wav::{self, DecodeLimits};
+use crate::{Error, Fatal};
+
+/// Header naming the tenant ("space") of a chunk; absent means `default`.
+pub const HEADER_SPACE: &str = "space";
+/// Header with the RFC 3339 capture time of a chunk's first sample; absent means the Kafka timestamp.
+pub const HEADER_CAPTURED_AT: &str = "captured_at";
+/// Header with a chunk's priority: `critical`, `high`, `normal` (default) or `low`.
+pub const HEADER_PRIORITY: &str = "priority";
+/// Dead-letter header: why the record was rejected.
+pub const HEADER_REASON: &str = "chorus.reason";
+/// Dead-letter header: the short cause (`not_wav`, `truncated`, ...).
+pub const HEADER_CAUSE: &str = "chorus.cause";
+/// Dead-letter header: `topic/partition@offset` of the rejected message.
+pub const HEADER_ORIGIN: &str = "chorus.origin";
+/// Dead-letter header: present when the original payload was too large to be carried along.
+pub const HEADER_PAYLOAD_DROPPED: &str = "chorus.payload_dropped";
+
+/// The space a chunk without a `space` header belongs to.
+pub const DEFAULT_SPACE: &str = "default";
+
+/// `[kafka]`: the broker, the topics and the message limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// Topic of audio chunks (key = sensor id, value = one WAV file).
+    pub audio_topic: String,
+    /// Topic receiving one JSON record per new segment.
+    pub segments_topic: String,
+    /// Topic receiving rejected input with a `chorus.reason` header.
+    pub dead_letter_topic: String,
+    /// Consumer group under which the job commits its offsets (it never joins the group).
+    pub group_id: String,
+    /// Partitions of the audio topic when chorus creates it.
+    pub partitions: i32,
+    /// Create missing topics at start.
+    pub create_topics: bool,
+    /// Largest message accepted, in bytes (larger chunks are dead-lettered; producers split below it).
+    pub max_message_bytes: usize,
+    /// Producer compression: `none`, `gzip` or `lz4` (Snappy is refused: the bundled broker cannot read it back).
+    pub compression: String,
+    /// Milliseconds between waits for the broker to acknowledge what the sinks produced.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            audio_topic: "chorus.audio".into(),
+            segments_topic: "chorus.segments".into(),
+            dead_letter_topic: "chorus.dead-letter".into(),
+            group_id: "chorus".into(),
+            partitions: 4,
+            create_topics: true,
+            max_message_bytes: 1_000_000,
+            compression: "lz4".into(),
+            flush_interval_ms: 100,
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// Validates.
+    pub fn build(&self) -> Result<KafkaSettings, FieldError> {
+        if self.brokers.trim().is_empty() {
+            return Err(FieldError::new("brokers", "is empty"));
+        }
+        for (field, topic) in [
+            ("audio_topic", &self.audio_topic),
+            ("segments_topic", &self.segments_topic),
+            ("dead_letter_topic", &self.dead_letter_topic),
+        ] {
+            let valid = !topic.is_empty()
+                && topic.len() <= 249
+                && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !valid {
+                return Err(FieldError::new(field, format!("'{topic}' is not a valid topic name ([A-Za-z0-9._-]{{1,249}})")));
+            }
+        }
+        if self.group_id.is_empty() {
+            return Err(FieldError::new("group_id", "is empty"));
+        }
+        if !(1..=10_000).contains(&self.partitions) {
+            return Err(FieldError::new("partitions", format!("{} is outside 1..=10000", self.partitions)));
+        }
+        if !(1_024..=100_000_000).contains(&self.max_message_bytes) {
+            return Err(FieldError::new("max_message_bytes", format!("{} is outside 1024..=100000000", self.max_message_bytes)));
+        }
+        match self.compression.as_str() {
+            "none" | "gzip" | "lz4" => {}
+            "snappy" => {
+                return Err(FieldError::new(
+                    "compression",
+                    "snappy is refused: the bundled broker accepts it but can never read such a partition back; use lz4",
+                ));
+            }
+            other => return Err(FieldError::new("compression", format!("'{other}' is not one of none, gzip, lz4"))),
+        }
+        Ok(KafkaSettings {
+            brokers: self.brokers.clone(),
+            audio_topic: self.audio_topic.clone(),
+            segments_topic: self.segments_topic.clone(),
+            dead_letter_topic: self.dead_letter_topic.clone(),
+            group_id: self.group_id.clone(),
+            partitions: self.partitions,
+            create_topics: self.create_topics,
+            max_message_bytes: self.max_message_bytes,
+            compression: self.compression.clone(),
+            flush_interval: Duration::from_millis(self.flush_interval_ms.max(1)),
+        })
+    }
+}
+
+/// Validated Kafka settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KafkaSettings {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Audio chunks.
+    pub audio_topic: String,
+    /// Segment records.
+    pub segments_topic: String,
+    /// Dead letters.
+    pub dead_letter_topic: String,
+    /// Group for committed offsets.
+    pub group_id: String,
+    /// Partitions of a created audio topic.
+    pub partitions: i32,
+    /// Create missing topics.
+    pub create_topics: bool,
+    /// Largest accepted message.
+    pub max_message_bytes: usize,
+    /// Producer compression codec.
+    pub compression: String,
+    /// Time between acknowledgement waits.
+    pub flush_interval: Duration,
+}
+
+impl KafkaSettings {
+    fn client(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers).set("log_level", "4");
+        config
+    }
+}
+
+fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> Error {
+    let what = what.into();
+    move |source| Error::Kafka { what, source }
+}
+
+/// Creates the audio, segments and dead-letter topics where missing.
+pub fn ensure_topics(settings: &KafkaSettings) -> Result<(), Error> {
+    let admin: AdminClient<DefaultClientContext> =
+        settings.client().create().map_err(kafka(format!("cannot create an admin client for {}", settings.brokers)))?;
+    let topics = [
+        NewTopic::new(&settings.audio_topic, settings.partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(&settings.segments_topic, 1, TopicReplication::Fixed(1)),
+        NewTopic::new(&settings.dead_letter_topic, 1, TopicReplication::Fixed(1)),
+    ];
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = futures_executor::block_on(admin.create_topics(&topics, &options))
+        .map_err(kafka(format!("cannot create topics on {}", settings.brokers)))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(Error::Kafka { what: format!("cannot create topic {topic}"), source: KafkaError::AdminOp(code) });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One Kafka message, copied out of the client.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawMessage {
+    /// Where it was read.
+    pub origin: Origin,
+    /// Message key.
+    pub key: Option<Vec<u8>>,
+    /// Message value.
+    pub payload: Option<Vec<u8>>,
+    /// Headers in order (a header without a value has an empty one).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Kafka timestamp in milliseconds.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl RawMessage {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+    }
+
+    /// A dead letter carrying this message and `reason`.
+    pub fn reject(self, cause: &'static str, reason: String) -> DeadLetter {
+        DeadLetter {
+            origin: Some(self.origin),
+            key: self.key,
+            headers: self.headers,
+            payload: self.payload.unwrap_or_default(),
+            reason,
+            cause,
+        }
+    }
+}
+
+/// Decodes an audio-chunk message: key = sensor id, value = WAV, headers `space`, `captured_at`, `priority`.
+pub fn decode_message(message: RawMessage, max_bytes: usize, limits: &DecodeLimits) -> Result<AudioChunk, DeadLetter> {
+    let sensor = match message.key.as_deref().map(std::str::from_utf8) {
+        None => return Err(message.reject("no_key", "the message has no key; the key is the sensor id".into())),
+        Some(Err(_)) => return Err(message.reject("bad_key", "the key (sensor id) is not UTF-8".into())),
+        Some(Ok(s)) if s.is_empty() || s.len() > 256 || s.chars().any(char::is_control) => {
+            let reason = format!("the sensor id {s:?} must be 1 to 256 bytes without control characters");
+            return Err(message.reject("bad_key", reason));
+        }
+        Some(Ok(s)) => s.to_owned(),
+    };
+    let text = |name: &str| message.header(name).map(|v| std::str::from_utf8(v).map_err(|_| name.to_owned()));
+    let space = match text(HEADER_SPACE) {
+        None => DEFAULT_SPACE.to_owned(),
+        Some(Ok(s)) if valid_space(s) => s.to_owned(),
+        Some(Ok(s)) => {
+            let reason = format!("space {s:?} must match [A-Za-z0-9_-][A-Za-z0-9._-]{{0,63}}");
+            return Err(message.reject("bad_space", reason));
+        }
+        Some(Err(_)) => return Err(message.reject("bad_space", "the space header is not UTF-8".into())),
+    };
+    let captured_at: Nanos = match text(HEADER_CAPTURED_AT) {
+        Some(Ok(s)) => match chrono::DateTime::parse_from_rfc3339(s).ok().and_then(|t| t.timestamp_nanos_opt()) {
+            Some(t) => t,
+            None => {
+                let reason = format!("captured_at {s:?} is not an RFC 3339 time (e.g. 2026-05-01T05:00:00Z)");
+                return Err(message.reject("bad_captured_at", reason));
+            }
+        },
+        Some(Err(_)) => return Err(message.reject("bad_captured_at", "the captured_at header is not UTF-8".into())),
+        None => match message.timestamp_ms {
+            Some(ms) if ms > 0 => ms * 1_000_000,
+            _ => return Err(message.reject("no_time", "no captured_at header and no Kafka timestamp".into())),
+        },
+    };
+    let priority = match text(HEADER_PRIORITY) {
+        None => Priority::Normal,
+        Some(Ok(s)) => match s.parse() {
+            Ok(p) => p,
+            Err(reason) => return Err(message.reject("bad_priority", reason)),
+        },
+        Some(Err(_)) => return Err(message.reject("bad_priority", "the priority header is not UTF-8".into())),
+    };
+    let size = message.payload.as_ref().map_or(0, Vec::len);
+    if size > max_bytes {
+        let reason = format!("the message is {size} bytes, above max_message_bytes = {max_bytes}");
+        return Err(message.reject("oversized", reason));
+    }
+    let audio = match wav::decode(message.payload.as_deref().unwrap_or_default(), limits) {
+        Ok(audio) => audio,
+        Err(rejection) => return Err(message.reject(rejection.cause, rejection.reason)),
+    };
+    Ok(AudioChunk {
+        space,
+        sensor,
+        captured_at,
+        priority,
+        sample_rate: audio.sample_rate,
+        samples: audio.samples,
+        origin: message.origin,
+    })
+}
+
+/// Whether `s` can name a space (it becomes a directory name in the archive).
+pub fn valid_space(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// One worker's consumer: its partitions, the offsets read per epoch, and what may be committed.
+pub struct KafkaSource {
+    consumer: BaseConsumer,
+    topic: String,
+    /// Next offset to read, per assigned partition.
+    next: BTreeMap<i32, i64>,
+    /// Per epoch, the next offsets after the messages of that epoch.
+    epochs: VecDeque<(u64, BTreeMap<i32, i64>)>,
+    /// Next offsets whose derived records are all durable.
+    durable: BTreeMap<i32, i64>,
+    committed: BTreeMap<i32, i64>,
+    /// Offsets of chunks still held for windows not yet cut when the job stopped.
+    held: BTreeMap<i32, i64>,
+    last_commit: Instant,
+    high_watermarks_checked: Option<Instant>,
+}
+
+impl KafkaSource {
+    /// Opens a consumer for worker `worker` of `peers` and assigns its partitions from the committed offsets.
+    pub fn open(settings: &KafkaSettings, worker: usize, peers: usize) -> Result<Self, Error> {
+        let consumer: BaseConsumer = settings
+            .client()
+            .set("group.id", &settings.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("max.partition.fetch.bytes", settings.max_message_bytes.max(1 << 20).to_string())
+            .create()
+            .map_err(kafka(format!("cannot create a consumer for {}", settings.brokers)))?;
+        let topic = settings.audio_topic.clone();
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .map_err(kafka(format!("cannot read metadata of topic {topic} from {}", settings.brokers)))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
+            .unwrap_or_default();
+        if partitions.is_empty() {
+            return Err(Error::Topic(format!(
+                "topic {topic} does not exist on {}; run scripts/broker.sh start or set kafka.create_topics = true",
+                settings.brokers
+            )));
+        }
+        let mine: Vec<i32> = partitions.into_iter().filter(|p| (*p as usize) % peers == worker).collect();
+        let mut next = BTreeMap::new();
+        if !mine.is_empty() {
+            let mut wanted = TopicPartitionList::new();
+            for &p in &mine {
+                wanted.add_partition(&topic, p);
+            }
+            let committed = consumer
+                .committed_offsets(wanted, Duration::from_secs(10))
+                .map_err(kafka(format!("cannot read committed offsets of group {}", settings.group_id)))?;
+            let mut assignment = TopicPartitionList::new();
+            for element in committed.elements() {
+                let (offset, start) = match element.offset() {
+                    Offset::Offset(n) => (Offset::Offset(n), n),
+                    _ => (Offset::Beginning, 0),
+                };
+                assignment
+                    .add_partition_offset(&topic, element.partition(), offset)
+                    .map_err(kafka("cannot build the partition assignment"))?;
+                next.insert(element.partition(), start);
+            }
+            consumer.assign(&assignment).map_err(kafka(format!("cannot assign partitions of {topic}")))?;
+        }
+        let committed = next.clone();
+        Ok(KafkaSource {
+            consumer,
+            topic,
+            durable: next.clone(),
+            next,
+            epochs: VecDeque::new(),
+            committed,
+            held: BTreeMap::new(),
+            last_commit: Instant::now(),
+            high_watermarks_checked: None,
+        })
+    }
+
+    /// Partitions this worker reads.
+    pub fn partitions(&self) -> impl Iterator<Item = i32> + '_ {
+        self.next.keys().copied()
+    }
+
+    fn poll(&mut self, max: usize, out: &mut Vec<RawMessage>) {
+        while out.len() < max {
+            match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, topic = %self.topic, "Kafka consumer error; retrying.");
+                    break;
+                }
+                Some(Ok(message)) => {
+                    let origin = Origin {
+                        topic: message.topic().to_owned(),
+                        partition: message.partition(),
+                        offset: message.offset(),
+                    };
+                    self.next.insert(origin.partition, origin.offset + 1);
+                    let headers = message
+                        .headers()
+                        .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())).collect())
+                        .unwrap_or_default();
+                    out.push(RawMessage {
+                        origin,
+                        key: message.key().map(<[u8]>::to_vec),
+                        payload: message.payload().map(<[u8]>::to_vec),
+                        headers,
+                        timestamp_ms: message.timestamp().to_millis(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Whether every assigned partition has been read up to its high watermark (checked at most once a second).
+    fn drained(&mut self) -> bool {
+        if self.high_watermarks_checked.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return false;
+        }
+        self.high_watermarks_checked = Some(Instant::now());
+        self.next.iter().all(|(&p, &next)| {
+            match self.consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(5)) {
+                Ok((_, high)) => next >= high,
+                Err(_) => false,
+            }
+        })
+    }
+
+    fn record_epoch(&mut self, epoch: u64) {
+        self.epochs.push_back((epoch, self.next.clone()));
+    }
+
+    /// Marks as durable every epoch the sinks' frontier has passed (`pending(t)` says whether `t` may still change).
+    pub fn observe_durable(&mut self, pending: impl Fn(&u64) -> bool) {
+        while let Some((epoch, _)) = self.epochs.front() {
+            if pending(epoch) {
+                break;
+            }
+            let (_, offsets) = self.epochs.pop_front().expect("checked");
+            self.durable.extend(offsets);
+        }
+    }
+
+    /// Remembers that the chunk at `origin` is still needed: the final commit will not pass it.
+    pub fn hold(&mut self, origin: &Origin) {
+        let held = self.held.entry(origin.partition).or_insert(origin.offset);
+        *held = (*held).min(origin.offset);
+    }
+
+    /// Commits the durable offsets if they moved and `interval` has passed since the last commit.
+    pub fn commit(&mut self, interval: Duration) -> Result<(), Error> {
+        if self.last_commit.elapsed() < interval {
+            return Ok(());
+        }
+        self.commit_now()
+    }
+
+    fn commit_now(&mut self) -> Result<(), Error> {
+        let mut offsets = self.durable.clone();
+        for (partition, held) in &self.held {
+            if let Some(next) = offsets.get_mut(partition) {
+                *next = (*next).min(*held);
+            }
+        }
+        let changed: Vec<(i32, i64)> =
+            offsets.into_iter().filter(|(p, o)| self.committed.get(p) != Some(o)).collect();
+        self.last_commit = Instant::now();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::new();
+        for &(partition, offset) in &changed {
+            list.add_partition_offset(&self.topic, partition, Offset::Offset(offset))
+                .map_err(kafka("cannot build the commit"))?;
+        }
+        self.consumer
+            .commit(&list, CommitMode::Sync)
+            .map_err(kafka(format!("cannot commit offsets of {}", self.topic)))?;
+        self.committed.extend(changed);
+        Ok(())
+    }
+
+    /// After the dataflow has completed: every epoch is durable; commits, keeping held chunks uncommitted.
+    pub fn finish(&mut self) -> Result<(), Error> {
+        self.observe_durable(|_| false);
+        self.commit_now()
+    }
+
+    /// The committed offsets, per partition.
+    pub fn committed(&self) -> &BTreeMap<i32, i64> {
+        &self.committed
+    }
+}
+
+/// How a source stops by itself.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Until {
+    /// Runs until stopped.
+    Stopped,
+    /// Ends once every partition is drained and nothing arrived for this long.
+    Idle(Duration),
+}
+
+/// Reads the worker's partitions into the dataflow; one epoch per non-empty poll.
+pub fn source<'scope>(
+    scope: Scope<'scope, u64>,
+    state: Rc<RefCell<KafkaSource>>,
+    until: Until,
+) -> StreamVec<'scope, u64, RawMessage> {
+    timely_source::<_, CapacityContainerBuilder<Vec<RawMessage>>, _, _>(scope, "KafkaSource", move |capability, info| {
+        let activator = scope.activator_for(info.address.clone());
+        let mut capability = Some(capability);
+        let mut epoch = 0u64;
+        let mut last_message = Instant::now();
+        let mut batch = Vec::new();
+        move |output| {
+            let Some(cap) = capability.as_mut() else { return };
+            let mut source = state.borrow_mut();
+            if source.next.is_empty() {
+                capability = None;
+                return;
+            }
+            source.poll(4_096, &mut batch);
+            if !batch.is_empty() {
+                last_message = Instant::now();
+                output.session(&*cap).give_iterator(batch.drain(..));
+                source.record_epoch(epoch);
+                epoch += 1;
+                cap.downgrade(&epoch);
+                activator.activate();
+                return;
+            }
+            if let Until::Idle(idle) = until
+                && last_message.elapsed() >= idle
+                && source.drained()
+            {
+                capability = None;
+                return;
+            }
+            activator.activate_after(Duration::from_millis(5));
+        }
+    })
+}
+
+/// What a sink sends for one record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    /// Message key.
+    pub key: Option<Vec<u8>>,
+    /// Message value.
+    pub payload: Vec<u8>,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Default)]
+struct DeliveryReport {
+    failures: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryReport {}
+
+impl ProducerContext for DeliveryReport {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, message)) = result {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            let text = format!("delivery to {} failed: {error}", message.topic());
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
+        }
+    }
+}
+
+/// A producer shared by every worker of a process (idempotent, acks=all).
+#[derive(Clone)]
+pub struct Producer {
+    inner: ThreadedProducer<DeliveryReport>,
+    max_message_bytes: usize,
+}
+
+impl Producer {
+    /// Connects a producer.
+    pub fn open(settings: &KafkaSettings) -> Result<Self, Error> {
+        let inner = settings
+            .client()
+            .set("compression.type", &settings.compression)
+            .set("message.max.bytes", settings.max_message_bytes.to_string())
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create_with_context(DeliveryReport::default())
+            .map_err(kafka(format!("cannot create a producer for {}", settings.brokers)))?;
+        Ok(Producer { inner, max_message_bytes: settings.max_message_bytes })
+    }
+
+    /// Largest message the producer accepts.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    /// Queues one message, waiting while the local queue is full.
+    pub fn send(&self, topic: &str, record: &Record) -> Result<(), Error> {
+        self.send_to(topic, None, None, record)
+    }
+
+    /// Queues one message for a given partition and with a given timestamp.
+    pub fn send_to(&self, topic: &str, partition: Option<i32>, timestamp_ms: Option<i64>, record: &Record) -> Result<(), Error> {
+        loop {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (key, value) in &record.headers {
+                headers = headers.insert(Header { key, value: Some(value.as_slice()) });
+            }
+            let mut message = BaseRecord::<[u8], [u8]>::to(topic).payload(&record.payload).headers(headers);
+            if let Some(key) = &record.key {
+                message = message.key(key.as_slice());
+            }
+            if let Some(partition) = partition {
+                message = message.partition(partition);
+            }
+            if let Some(ts) = timestamp_ms {
+                message = message.timestamp(ts);
+            }
+            match self.inner.send(message) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((error, _)) => return Err(Error::Kafka { what: format!("cannot produce to {topic}"), source: error }),
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for every queued message to be acknowledged: `Ok(true)` when all were, `Ok(false)` when
+    /// some are still in flight, an error when a delivery failed for good.
+    pub fn flush(&self, timeout: Duration) -> Result<bool, Error> {
+        let outcome = self.inner.flush(timeout);
+        let report = self.inner.context();
+        if report.failures.load(Ordering::Relaxed) > 0 {
+            let last = report.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            return Err(Error::Delivery(last.unwrap_or_else(|| "a delivery failed".into())));
+        }
+        match outcome {
+            Ok(()) => Ok(true),
+            Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => Ok(false),
+            Err(error) => Err(Error::Kafka { what: "cannot flush the producer".into(), source: error }),
+        }
+    }
+}
+
+/// Produces each record of `stream` to `topic`. The returned stream carries no data: its frontier is what the broker
+/// has acknowledged, for the probe that gates offset commits.
+pub fn sink<'scope, D: 'static>(
+    stream: StreamVec<'scope, u64, D>,
+    name: &str,
+    producer: Producer,
+    topic: String,
+    flush_interval: Duration,
+    fatal: Fatal,
+    encode: impl Fn(D) -> Record + 'static,
+) -> StreamVec<'scope, u64, ()> {
+    let scope = stream.scope();
+    let mut builder = OperatorBuilder::new(name.to_owned(), scope);
+    let info = builder.operator_info();
+    let mut input = builder.new_input(stream, Pipeline);
+    let (acked_out, acked) = builder.new_output::<Vec<()>>();
+    let _acked_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<()>>>::from(acked_out);
+    let activator = scope.activator_for(info.address.clone());
+    builder.build(move |_initial| {
+        let mut unacknowledged: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
+        let mut last_flush = Instant::now();
+        move |frontiers| {
+            input.for_each(|capability, records| {
+                let time = *capability.least().expect("records travel with a time");
+                for record in records.drain(..) {
+                    if let Err(error) = producer.send(&topic, &encode(record)) {
+                        fatal.raise(error.to_string());
+                    }
+                }
+                unacknowledged.entry(time).or_insert_with(|| capability.delayed(&time, 0));
+            });
+            if unacknowledged.is_empty() {
+                return;
+            }
+            let ended = frontiers[0].is_empty();
+            if ended || last_flush.elapsed() >= flush_interval {
+                last_flush = Instant::now();
+                match producer.flush(Duration::from_millis(if ended { 1_000 } else { 50 })) {
+                    Ok(true) => unacknowledged.clear(),
+                    Ok(false) => {}
+                    Err(error) => fatal.raise(error.to_string()),
+                }
+            }
+            if !unacknowledged.is_empty() {
+                activator.activate_after(flush_interval);
+            }
+        }
+    });
+    acked
+}
+
+/// The JSON value published for each new segment (key: the segment id).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, Deserialize)]
+pub struct SegmentRecord {
+    /// 16 hex digits, deterministic for (space, sensor, start sample).
+    pub segment_id: String,
+    /// Tenant.
+    pub space: String,
+    /// Sensor id.
+    pub sensor: String,
+    /// RFC 3339 UTC time of the first sample.
+    pub start_time: String,
+    /// RFC 3339 UTC time just past the last sample.
+    pub end_time: String,
+    /// Fraction of the window that is recorded audio.
+    pub coverage: f32,
+    /// Model that embedded the segment.
+    pub model: String,
+    /// Audio topic, partition and offset of the message holding the segment's first recorded sample.
+    pub source: Origin,
+}
+
+/// RFC 3339 with the fewest sub-second digits that are exact, in UTC.
+pub fn rfc3339(t: Nanos) -> String {
+    chrono::DateTime::from_timestamp_nanos(t).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+/// The segments-topic record of a new segment.
+pub fn segment_record(segment: &chorus_operators::record::Segment, model: &str) -> Record {
+    let id = segment.key.id().to_string();
+    let value = SegmentRecord {
+        segment_id: id.clone(),
+        space: segment.key.space.clone(),
+        sensor: segment.key.sensor.clone(),
+        start_time: rfc3339(segment.key.start_time()),
+        end_time: rfc3339(segment.key.end_time()),
+        coverage: segment.coverage,
+        model: model.to_owned(),
+        source: segment.origin.clone(),
+    };
+    Record {
+        key: Some(id.into_bytes()),
+        payload: serde_json::to_vec(&value).expect("a segment record serialises"),
+        headers: vec![(HEADER_SPACE.into(), segment.key.space.as_bytes().to_vec())],
+    }
+}
+
+/// The record of a dead letter: original key, payload and headers, plus the reason, cause and origin headers.
+pub fn dead_letter_record(letter: DeadLetter, max_message_bytes: usize) -> Record {
+    let mut headers = letter.headers;
+    headers.push((HEADER_REASON.into(), letter.reason.into_bytes()));
+    headers.push((HEADER_CAUSE.into(), letter.cause.as_bytes().to_vec()));
+    if let Some(origin) = &letter.origin {
+        headers.push((HEADER_ORIGIN.into(), origin.to_string().into_bytes()));
+    }
+    let overhead: usize = 512 + headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    let mut payload = letter.payload;
+    if payload.len() + overhead > max_message_bytes {
+        headers.push((HEADER_PAYLOAD_DROPPED.into(), format!("{} bytes", payload.len()).into_bytes()));
+        payload = Vec::new();
+    }
+    Record { key: letter.key, payload, headers }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(key: Option<&str>, headers: &[(&str, &str)], payload: Vec<u8>) -> RawMessage {
+        RawMessage {
+            origin: Origin { topic: "audio".into(), partition: 3, offset: 42 },
+            key: key.map(|k| k.as_bytes().to_vec()),
+            payload: Some(payload),
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect(),
+            timestamp_ms: Some(1_777_611_600_000),
+        }
+    }
+
+    #[test]
+    fn a_chunk_message_decodes_with_its_headers() {
+        let wav = wav::encode_f32(32_000, &[0.5; 100]);
+        let m = message(
+            Some("sensor-7"),
+            &[("space", "forest"), ("captured_at", "2026-05-01T05:00:00.5Z"), ("priority", "high")],
+            wav,
+        );
+        let chunk = decode_message(m, 1_000_000, &DecodeLimits::default()).unwrap();
+        assert_eq!((chunk.space.as_str(), chunk.sensor.as_str()), ("forest", "sensor-7"));
+        assert_eq!(chunk.captured_at, 1_777_611_600_500_000_000);
+        assert_eq!(chunk.priority, Priority::High);
+        assert_eq!(chunk.samples.len(), 100);
+    }
+
+    #[test]
+    fn defaults_come_from_the_kafka_timestamp_and_the_default_space() {
+        let chunk =
+            decode_message(message(Some("s"), &[], wav::encode_f32(8_000, &[0.0; 8])), 1_000_000, &DecodeLimits::default())
+                .unwrap();
+        assert_eq!((chunk.space.as_str(), chunk.captured_at), ("default", 1_777_611_600_000_000_000));
+    }
+
+    #[test]
+    fn bad_messages_become_dead_letters_naming_the_fault() {
+        let wav = || wav::encode_f32(32_000, &[0.0; 10]);
+        let cause = |m| decode_message(m, 1_000, &DecodeLimits::default()).unwrap_err().cause;
+        assert_eq!(cause(message(None, &[], wav())), "no_key");
+        assert_eq!(cause(message(Some("s"), &[("space", "../etc")], wav())), "bad_space");
+        assert_eq!(cause(message(Some("s"), &[("captured_at", "yesterday")], wav())), "bad_captured_at");
+        assert_eq!(cause(message(Some("s"), &[("priority", "urgent")], wav())), "bad_priority");
+        assert_eq!(cause(message(Some("s"), &[], vec![0; 2_000])), "oversized");
+        assert_eq!(cause(message(Some("s"), &[], b"RIFF\x08\0\0\0WAVEjunk".to_vec())), "not_wav");
+        let letter = decode_message(message(Some("s"), &[("priority", "urgent")], wav()), 1_000, &DecodeLimits::default())
+            .unwrap_err();
+        assert_eq!(letter.origin.unwrap().offset, 42);
+        assert_eq!(letter.payload, wav());
+    }
+
+    #[test]
+    fn dead_letter_records_carry_the_reason_and_drop_oversized_payloads() {
+        let letter = DeadLetter {
+            origin: Some(Origin { topic: "audio".into(), partition: 1, offset: 9 }),
+            key: Some(b"s".to_vec()),
+            headers: vec![("space".into(), b"x".to_vec())],
+            payload: vec![1; 5_000],
+            reason: "too big".into(),
+            cause: "oversized",
+        };
+        let record = dead_letter_record(letter, 4_000);
+        let header = |k: &str| record.headers.iter().find(|(h, _)| h == k).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        assert_eq!(header(HEADER_REASON).as_deref(), Some("too big"));
+        assert_eq!(header(HEADER_ORIGIN).as_deref(), Some("audio/1@9"));
+        assert_eq!(header(HEADER_PAYLOAD_DROPPED).as_deref(), Some("5000 bytes"));
+        assert!(record.payload.is_empty());
+    }
+}

@@ -1,0 +1,490 @@
+//! The Parquet archive, chorus's cold tier: one row per segment under `<dir>/space=<space>/date=<YYYY-MM-DD>/`.
+//!
+//! Columns, in order (the embedding last, so queries that skip it never read it):
+//! `segment_id` (16 hex digits), `space` (dictionary-encoded, matching the hive partition), `sensor`, `start_time`,
+//! `end_time` (µs, UTC), `coverage` (fraction of recorded audio), `sample_rate`, `model`, lineage `topic`,
+//! `partition`, `offset`, `embedding_scale` (f32) and `embedding` (`FixedSizeBinary(dim)`: int8 values; the
+//! embedding is `int8 × embedding_scale`). Files are zstd-compressed, written under a temporary name, synced and
+//! renamed, so a reader never sees half a file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arrow_array::builder::{FixedSizeBinaryBuilder, StringDictionaryBuilder};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float32Type, Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::{
+    ArrayRef, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use chorus_operators::FieldError;
+use chorus_operators::record::{Nanos, Origin, Segment, SegmentId};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+use serde::Deserialize;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::StreamVec;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+
+use crate::{Error, Fatal};
+
+/// `[archive]`: where and how segments are written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// Root directory; a relative path is resolved against the config file's directory.
+    pub dir: PathBuf,
+    /// A file is written once this many rows wait for one space and date.
+    pub max_rows_per_file: usize,
+    /// Seconds a row may wait before its file is written (offsets are committed only after that).
+    pub flush_interval_seconds: f64,
+    /// zstd level, 1..=22.
+    pub zstd_level: i32,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig { dir: PathBuf::from("var/archive"), max_rows_per_file: 100_000, flush_interval_seconds: 10.0, zstd_level: 3 }
+    }
+}
+
+impl ArchiveConfig {
+    /// Validates; `base` is the directory relative paths are resolved against.
+    pub fn build(&self, base: &Path) -> Result<ArchiveSettings, FieldError> {
+        if self.dir.as_os_str().is_empty() {
+            return Err(FieldError::new("dir", "is empty"));
+        }
+        if self.max_rows_per_file == 0 {
+            return Err(FieldError::new("max_rows_per_file", "must be at least 1"));
+        }
+        if !(self.flush_interval_seconds > 0.0 && self.flush_interval_seconds <= 86_400.0) {
+            return Err(FieldError::new("flush_interval_seconds", format!("{} is outside (0, 86400]", self.flush_interval_seconds)));
+        }
+        if ZstdLevel::try_new(self.zstd_level).is_err() || self.zstd_level < 1 {
+            return Err(FieldError::new("zstd_level", format!("{} is outside 1..=22", self.zstd_level)));
+        }
+        Ok(ArchiveSettings {
+            dir: base.join(&self.dir),
+            max_rows_per_file: self.max_rows_per_file,
+            flush_interval: Duration::from_secs_f64(self.flush_interval_seconds),
+            zstd_level: self.zstd_level,
+        })
+    }
+}
+
+/// Validated archive settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArchiveSettings {
+    /// Root directory.
+    pub dir: PathBuf,
+    /// Rows per file at most.
+    pub max_rows_per_file: usize,
+    /// Longest wait before a row is written.
+    pub flush_interval: Duration,
+    /// zstd level.
+    pub zstd_level: i32,
+}
+
+/// The archive's Arrow schema for embeddings of `dim` dimensions.
+pub fn schema(dim: usize) -> SchemaRef {
+    let utc = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("segment_id", DataType::Utf8, false),
+        Field::new("space", DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)), false),
+        Field::new("sensor", DataType::Utf8, false),
+        Field::new("start_time", utc(), false),
+        Field::new("end_time", utc(), false),
+        Field::new("coverage", DataType::Float32, false),
+        Field::new("sample_rate", DataType::Int32, false),
+        Field::new("model", DataType::Utf8, false),
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("offset", DataType::Int64, false),
+        Field::new("embedding_scale", DataType::Float32, false),
+        Field::new("embedding", DataType::FixedSizeBinary(dim as i32), false),
+    ]))
+}
+
+/// Symmetric int8 quantisation with one scale per vector: `x ≈ q × scale`.
+pub fn quantize(v: &[f32]) -> (f32, Vec<u8>) {
+    let peak = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let scale = if peak > 0.0 { peak / 127.0 } else { 1.0 };
+    let q = v.iter().map(|x| ((x / scale).round().clamp(-127.0, 127.0) as i8) as u8).collect();
+    (scale, q)
+}
+
+/// Inverse of [`quantize`].
+pub fn dequantize(scale: f32, q: &[u8]) -> Vec<f32> {
+    q.iter().map(|&b| f32::from(b as i8) * scale).collect()
+}
+
+fn date_of(t: Nanos) -> String {
+    chrono::DateTime::from_timestamp_nanos(t).format("%Y-%m-%d").to_string()
+}
+
+/// Directory of one space's partition for one day.
+pub fn partition_dir(root: &Path, space: &str, date: &str) -> PathBuf {
+    root.join(format!("space={space}")).join(format!("date={date}"))
+}
+
+/// Buffers segments and writes them as Parquet files, one per space and day.
+pub struct ArchiveWriter {
+    settings: ArchiveSettings,
+    model: String,
+    dim: usize,
+    schema: SchemaRef,
+    writer_id: String,
+    sequence: AtomicU64,
+    buffers: BTreeMap<(String, String), Vec<Segment>>,
+    oldest: Option<Instant>,
+}
+
+impl ArchiveWriter {
+    /// A writer for segments of `model` with `dim`-dimensional embeddings; `writer_id` keeps file names of
+    /// concurrent writers apart.
+    pub fn new(settings: ArchiveSettings, model: &str, dim: usize, writer_id: &str) -> Self {
+        ArchiveWriter {
+            settings,
+            model: model.to_owned(),
+            dim,
+            schema: schema(dim),
+            writer_id: writer_id.to_owned(),
+            sequence: AtomicU64::new(0),
+            buffers: BTreeMap::new(),
+            oldest: None,
+        }
+    }
+
+    /// Adds a segment to its partition's buffer.
+    pub fn add(&mut self, segment: Segment) {
+        let key = (segment.key.space.clone(), date_of(segment.key.start_time()));
+        self.buffers.entry(key).or_default().push(segment);
+        self.oldest.get_or_insert_with(Instant::now);
+    }
+
+    /// Rows waiting to be written.
+    pub fn buffered(&self) -> usize {
+        self.buffers.values().map(Vec::len).sum()
+    }
+
+    /// Whether a buffer is full or the oldest row has waited long enough.
+    pub fn due(&self) -> bool {
+        self.buffers.values().any(|b| b.len() >= self.settings.max_rows_per_file)
+            || self.oldest.is_some_and(|t| t.elapsed() >= self.settings.flush_interval)
+    }
+
+    /// Writes every buffer to its own file; returns the files written.
+    pub fn flush(&mut self) -> Result<Vec<PathBuf>, Error> {
+        let mut written = Vec::new();
+        for ((space, date), segments) in std::mem::take(&mut self.buffers) {
+            for part in segments.chunks(self.settings.max_rows_per_file) {
+                written.push(self.write_file(&space, &date, part)?);
+            }
+        }
+        self.oldest = None;
+        Ok(written)
+    }
+
+    fn write_file(&self, space: &str, date: &str, segments: &[Segment]) -> Result<PathBuf, Error> {
+        let dir = partition_dir(&self.settings.dir, space, date);
+        let failed = |what: &str, e: &dyn std::fmt::Display| Error::Archive { path: dir.display().to_string(), message: format!("{what}: {e}") };
+        fs::create_dir_all(&dir).map_err(|e| failed("cannot create the directory", &e))?;
+        let batch = self.batch(segments).map_err(|e| failed("cannot build the record batch", &e))?;
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let millis = chrono::Utc::now().timestamp_millis();
+        let name = format!("part-{millis}-{}-{sequence:06}.parquet", self.writer_id);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let path = dir.join(&name);
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(self.settings.zstd_level).expect("validated")))
+            .set_column_dictionary_enabled(ColumnPath::from("embedding"), false)
+            .set_column_statistics_enabled(ColumnPath::from("embedding"), EnabledStatistics::None)
+            .set_max_row_group_row_count(Some(65_536))
+            .set_created_by(format!("chorus {}", env!("CARGO_PKG_VERSION")))
+            .build();
+        let mut file = fs::File::create(&tmp).map_err(|e| failed("cannot create a file", &e))?;
+        let mut writer = ArrowWriter::try_new(&mut file, self.schema.clone(), Some(properties))
+            .map_err(|e| failed("cannot start a Parquet file", &e))?;
+        writer.write(&batch).map_err(|e| failed("cannot write rows", &e))?;
+        writer.close().map_err(|e| failed("cannot finish a Parquet file", &e))?;
+        file.sync_all().map_err(|e| failed("cannot sync a file", &e))?;
+        fs::rename(&tmp, &path).map_err(|e| failed("cannot publish a file", &e))?;
+        fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| failed("cannot sync the directory", &e))?;
+        Ok(path)
+    }
+
+    fn batch(&self, segments: &[Segment]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+        let micros = |t: Nanos| t.div_euclid(1_000);
+        let mut space = StringDictionaryBuilder::<Int32Type>::new();
+        let mut embedding = FixedSizeBinaryBuilder::with_capacity(segments.len(), self.dim as i32);
+        let mut scales = Vec::with_capacity(segments.len());
+        for segment in segments {
+            space.append_value(&segment.key.space);
+            let (scale, q) = quantize(&segment.embedding);
+            scales.push(scale);
+            embedding.append_value(&q)?;
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(segments.iter().map(|s| s.key.id().to_string()))),
+            Arc::new(space.finish()),
+            Arc::new(StringArray::from_iter_values(segments.iter().map(|s| s.key.sensor.as_str()))),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(segments.iter().map(|s| micros(s.key.start_time())))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(segments.iter().map(|s| micros(s.key.end_time())))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(Float32Array::from_iter_values(segments.iter().map(|s| s.coverage))),
+            Arc::new(Int32Array::from_iter_values(segments.iter().map(|s| s.key.sample_rate as i32))),
+            Arc::new(StringArray::from_iter_values(segments.iter().map(|_| self.model.as_str()))),
+            Arc::new(StringArray::from_iter_values(segments.iter().map(|s| s.origin.topic.as_str()))),
+            Arc::new(Int32Array::from_iter_values(segments.iter().map(|s| s.origin.partition))),
+            Arc::new(Int64Array::from_iter_values(segments.iter().map(|s| s.origin.offset))),
+            Arc::new(Float32Array::from(scales)),
+            Arc::new(embedding.finish()),
+        ];
+        RecordBatch::try_new(self.schema.clone(), columns)
+    }
+}
+
+/// One archived segment as read back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArchivedSegment {
+    /// Segment id.
+    pub id: SegmentId,
+    /// Tenant.
+    pub space: String,
+    /// Sensor id.
+    pub sensor: String,
+    /// First sample, µs since the epoch (UTC).
+    pub start_micros: i64,
+    /// Just past the last sample, µs since the epoch (UTC).
+    pub end_micros: i64,
+    /// Fraction of recorded audio.
+    pub coverage: f32,
+    /// Model that embedded it.
+    pub model: String,
+    /// Where its first recorded sample was read.
+    pub origin: Origin,
+    /// The dequantised embedding, when it was asked for.
+    pub embedding: Option<Vec<f32>>,
+}
+
+/// The spaces present in an archive.
+pub fn spaces(root: &Path) -> Result<Vec<String>, Error> {
+    let mut found = Vec::new();
+    let entries = match fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(Error::Archive { path: root.display().to_string(), message: e.to_string() }),
+    };
+    for entry in entries.flatten() {
+        if let Some(space) = entry.file_name().to_str().and_then(|n| n.strip_prefix("space=")) {
+            found.push(space.to_owned());
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The Parquet files of one space, oldest day first.
+pub fn files(root: &Path, space: &str) -> Result<Vec<PathBuf>, Error> {
+    let space_dir = root.join(format!("space={space}"));
+    let mut out = Vec::new();
+    let days = match fs::read_dir(&space_dir) {
+        Ok(days) => days,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::Archive { path: space_dir.display().to_string(), message: e.to_string() }),
+    };
+    for day in days.flatten().filter(|d| d.file_name().to_string_lossy().starts_with("date=")) {
+        for file in fs::read_dir(day.path()).into_iter().flatten().flatten() {
+            let name = file.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("part-") && name.ends_with(".parquet") {
+                out.push(file.path());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Reads every segment of `space`, with embeddings when `embeddings` is set (otherwise that column is never read).
+pub fn read_space(root: &Path, space: &str, embeddings: bool, mut each: impl FnMut(ArchivedSegment)) -> Result<(), Error> {
+    for path in files(root, space)? {
+        read_file(&path, embeddings, &mut each)?;
+    }
+    Ok(())
+}
+
+/// Reads one archive file.
+pub fn read_file(path: &Path, embeddings: bool, each: &mut impl FnMut(ArchivedSegment)) -> Result<(), Error> {
+    let failed = |e: &dyn std::fmt::Display| Error::Archive { path: path.display().to_string(), message: e.to_string() };
+    let file = fs::File::open(path).map_err(|e| failed(&e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| failed(&e))?;
+    let wanted: &[&str] = if embeddings {
+        &["segment_id", "space", "sensor", "start_time", "end_time", "coverage", "model", "topic", "partition", "offset", "embedding_scale", "embedding"]
+    } else {
+        &["segment_id", "space", "sensor", "start_time", "end_time", "coverage", "model", "topic", "partition", "offset"]
+    };
+    let mask = ProjectionMask::columns(builder.parquet_schema(), wanted.iter().copied());
+    let reader = builder.with_projection(mask).with_batch_size(8_192).build().map_err(|e| failed(&e))?;
+    for batch in reader {
+        let batch = batch.map_err(|e| failed(&e))?;
+        let column = |name: &str| {
+            batch.column_by_name(name).ok_or_else(|| failed(&format!("column {name} is missing")))
+        };
+        let ids = column("segment_id")?.as_string::<i32>();
+        let space = column("space")?.as_dictionary::<Int32Type>();
+        let space_values = space.values().as_string::<i32>();
+        let sensors = column("sensor")?.as_string::<i32>();
+        let starts = column("start_time")?.as_primitive::<TimestampMicrosecondType>();
+        let ends = column("end_time")?.as_primitive::<TimestampMicrosecondType>();
+        let coverage = column("coverage")?.as_primitive::<Float32Type>();
+        let models = column("model")?.as_string::<i32>();
+        let topics = column("topic")?.as_string::<i32>();
+        let partitions = column("partition")?.as_primitive::<Int32Type>();
+        let offsets = column("offset")?.as_primitive::<Int64Type>();
+        let vectors = if embeddings {
+            Some((
+                column("embedding_scale")?.as_primitive::<Float32Type>(),
+                column("embedding")?.as_fixed_size_binary(),
+            ))
+        } else {
+            None
+        };
+        for i in 0..batch.num_rows() {
+            let id = ids.value(i).parse().map_err(|e: String| failed(&e))?;
+            each(ArchivedSegment {
+                id,
+                space: space_values.value(space.keys().value(i) as usize).to_owned(),
+                sensor: sensors.value(i).to_owned(),
+                start_micros: starts.value(i),
+                end_micros: ends.value(i),
+                coverage: coverage.value(i),
+                model: models.value(i).to_owned(),
+                origin: Origin { topic: topics.value(i).to_owned(), partition: partitions.value(i), offset: offsets.value(i) },
+                embedding: vectors.map(|(scales, q)| dequantize(scales.value(i), q.value(i))),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Writes the segments of a stream to the archive. The returned stream carries no data: its frontier is what has
+/// been written and synced, for the probe that gates offset commits.
+pub fn sink<'scope>(
+    stream: StreamVec<'scope, u64, Segment>,
+    mut writer: ArchiveWriter,
+    fatal: Fatal,
+    on_flush: impl Fn(usize) + 'static,
+) -> StreamVec<'scope, u64, ()> {
+    let scope = stream.scope();
+    let mut builder = OperatorBuilder::new("Archive".to_owned(), scope);
+    let info = builder.operator_info();
+    let mut input = builder.new_input(stream, Pipeline);
+    let (written_out, written) = builder.new_output::<Vec<()>>();
+    let _written_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<()>>>::from(written_out);
+    let activator = scope.activator_for(info.address.clone());
+    let interval = writer.settings.flush_interval;
+    builder.build(move |_initial| {
+        let mut unwritten: HashMap<u64, Capability<u64>> = HashMap::new();
+        move |frontiers| {
+            input.for_each(|capability, segments| {
+                let time = *capability.least().expect("segments travel with a time");
+                for segment in segments.drain(..) {
+                    writer.add(segment);
+                }
+                unwritten.entry(time).or_insert_with(|| capability.delayed(&time, 0));
+            });
+            if unwritten.is_empty() {
+                return;
+            }
+            if frontiers[0].is_empty() || writer.due() {
+                let rows = writer.buffered();
+                match writer.flush() {
+                    Ok(_) => {
+                        unwritten.clear();
+                        on_flush(rows);
+                    }
+                    Err(error) => fatal.raise(error.to_string()),
+                }
+            }
+            if !unwritten.is_empty() {
+                activator.activate_after(interval.min(Duration::from_secs(1)));
+            }
+        }
+    });
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chorus_operators::record::SegmentKey;
+
+    fn settings(dir: &Path) -> ArchiveSettings {
+        ArchiveConfig { dir: dir.to_path_buf(), max_rows_per_file: 3, ..Default::default() }.build(Path::new("/")).unwrap()
+    }
+
+    fn seg(space: &str, sensor: &str, start: i64, value: f32) -> Segment {
+        Segment {
+            key: SegmentKey { space: space.into(), sensor: sensor.into(), start, sample_rate: 32_000, len: 160_000 },
+            coverage: 1.0,
+            origin: Origin { topic: "audio".into(), partition: 0, offset: start },
+            embedding: vec![value, -value, 0.5 * value, 0.0],
+        }
+    }
+
+    #[test]
+    fn quantisation_round_trips_within_half_a_step() {
+        let v = vec![0.3, -1.2, 0.0, 0.75];
+        let (scale, q) = quantize(&v);
+        for (a, b) in v.iter().zip(dequantize(scale, &q)) {
+            assert!((a - b).abs() <= scale / 2.0 + 1e-7);
+        }
+        assert_eq!(dequantize(1.0, &quantize(&[0.0; 3]).1), vec![0.0; 3]);
+    }
+
+    #[test]
+    fn segments_are_written_per_space_and_day_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = ArchiveWriter::new(settings(dir.path()), "standin", 4, "w0");
+        let day = 1_777_611_600i64 * 32_000; // 2026-05-01T05:00:00Z on the 32 kHz clock
+        for i in 0..4 {
+            writer.add(seg("default", "s1", day + i * 160_000, i as f32 + 1.0));
+        }
+        writer.add(seg("forest", "s2", day + 86_400 * 32_000, 2.0));
+        let written = writer.flush().unwrap();
+        assert_eq!(written.len(), 3, "{written:?}"); // 3 + 1 rows for default, 1 for forest
+        assert!(written[0].starts_with(dir.path().join("space=default/date=2026-05-01")));
+        assert_eq!(spaces(dir.path()).unwrap(), vec!["default", "forest"]);
+
+        let mut rows = Vec::new();
+        read_space(dir.path(), "default", true, |s| rows.push(s)).unwrap();
+        rows.sort_by_key(|r| r.start_micros);
+        assert_eq!(rows.len(), 4);
+        assert_eq!(rows[0].id, SegmentId::of("default", "s1", day));
+        assert_eq!(rows[0].start_micros, 1_777_611_600_000_000);
+        assert_eq!(rows[0].end_micros - rows[0].start_micros, 5_000_000);
+        let e = rows[2].embedding.as_ref().unwrap();
+        assert!((e[0] - 3.0).abs() < 0.02 && (e[1] + 3.0).abs() < 0.02);
+
+        let mut light = Vec::new();
+        read_space(dir.path(), "forest", false, |s| light.push(s)).unwrap();
+        assert_eq!((light.len(), light[0].embedding.is_none(), light[0].space.as_str()), (1, true, "forest"));
+    }
+}

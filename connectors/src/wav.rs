@@ -1,0 +1,292 @@
+//! WAV files: decoding chunk payloads (PCM 8/16/24/32-bit or float32, any channel count, downmixed to mono) with a
+//! reason for every rejection, and reading and re-chunking files for producers.
+
+use std::io::Cursor;
+use std::path::Path;
+
+use hound::{SampleFormat, WavReader, WavSpec, WavWriter};
+
+/// Limits on what a chunk may contain.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodeLimits {
+    /// Lowest accepted sample rate in Hz.
+    pub min_rate: u32,
+    /// Highest accepted sample rate in Hz.
+    pub max_rate: u32,
+    /// Most channels.
+    pub max_channels: u16,
+    /// Longest chunk in seconds.
+    pub max_seconds: f64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits { min_rate: 1_000, max_rate: 768_000, max_channels: 64, max_seconds: 3_600.0 }
+    }
+}
+
+/// Decoded mono audio.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Audio {
+    /// Sample rate in Hz.
+    pub sample_rate: u32,
+    /// Channels in the file (the samples are their mean).
+    pub channels: u16,
+    /// Mono samples, finite.
+    pub samples: Vec<f32>,
+}
+
+/// Why a payload is not usable audio.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// Short machine-readable cause (`empty`, `not_wav`, `unsupported_format`, `truncated`, `sample_rate`,
+    /// `channels`, `no_audio`, `too_long`, `non_finite`).
+    pub cause: &'static str,
+    /// For people.
+    pub reason: String,
+}
+
+fn reject(cause: &'static str, reason: impl Into<String>) -> Rejection {
+    Rejection { cause, reason: reason.into() }
+}
+
+/// Decodes one WAV file held in memory.
+pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Audio, Rejection> {
+    if bytes.is_empty() {
+        return Err(reject("empty", "the payload is empty (0 bytes)"));
+    }
+    let is_wave = bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WAVE";
+    let reader = WavReader::new(Cursor::new(bytes)).map_err(|e| {
+        if is_wave {
+            // The RIFF header says how long the file is: a shorter payload was cut in transit.
+            let declared = u64::from(u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"))) + 8;
+            if declared > bytes.len() as u64 {
+                let reason = format!("the RIFF header declares {declared} bytes but the payload has {}", bytes.len());
+                return reject("truncated", reason);
+            }
+        }
+        match e {
+            hound::Error::Unsupported => reject("unsupported_format", "unsupported WAV encoding (need PCM or float32)"),
+            hound::Error::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                reject("truncated", format!("the WAV header is cut short ({} bytes in all)", bytes.len()))
+            }
+            other if is_wave => reject("not_wav", format!("a damaged WAV file: {other}")),
+            other => reject("not_wav", format!("not a WAV file: {other}")),
+        }
+    })?;
+    let spec = reader.spec();
+    if !(limits.min_rate..=limits.max_rate).contains(&spec.sample_rate) {
+        return Err(reject(
+            "sample_rate",
+            format!("sample rate {} Hz is outside {}..={} Hz", spec.sample_rate, limits.min_rate, limits.max_rate),
+        ));
+    }
+    if spec.channels == 0 || spec.channels > limits.max_channels {
+        return Err(reject("channels", format!("{} channels (1..={} accepted)", spec.channels, limits.max_channels)));
+    }
+    match (spec.sample_format, spec.bits_per_sample) {
+        (SampleFormat::Int, 8 | 16 | 24 | 32) | (SampleFormat::Float, 32) => {}
+        (format, bits) => {
+            return Err(reject("unsupported_format", format!("{bits}-bit {format:?} samples (need PCM 8/16/24/32 or float32)")));
+        }
+    }
+    let frames = reader.duration() as u64;
+    if frames == 0 {
+        return Err(reject("no_audio", "the WAV file holds no samples"));
+    }
+    let seconds = frames as f64 / f64::from(spec.sample_rate);
+    if seconds > limits.max_seconds {
+        return Err(reject("too_long", format!("{seconds:.1} s of audio exceeds the {} s limit", limits.max_seconds)));
+    }
+    let channels = usize::from(spec.channels);
+    let declared = frames as usize * channels;
+    // Never trust the header for an allocation: the payload bounds what can really be there.
+    let mut interleaved = Vec::with_capacity(declared.min(bytes.len()));
+    let truncated = |read: usize| {
+        reject(
+            "truncated",
+            format!("the header declares {frames} frames but the data ends after {}", read / channels),
+        )
+    };
+    match spec.sample_format {
+        SampleFormat::Float => {
+            for sample in reader.into_samples::<f32>() {
+                let sample = sample.map_err(|_| truncated(interleaved.len()))?;
+                if !sample.is_finite() {
+                    let at = interleaved.len();
+                    return Err(reject(
+                        "non_finite",
+                        format!("sample {} of channel {} is {sample}", at / channels, at % channels),
+                    ));
+                }
+                interleaved.push(sample);
+            }
+        }
+        SampleFormat::Int => {
+            let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
+            for sample in reader.into_samples::<i32>() {
+                let sample = sample.map_err(|_| truncated(interleaved.len()))?;
+                interleaved.push(sample as f32 * scale);
+            }
+        }
+    }
+    if interleaved.len() < declared {
+        return Err(truncated(interleaved.len()));
+    }
+    let samples = if channels == 1 {
+        interleaved
+    } else {
+        let gain = 1.0 / channels as f32;
+        interleaved.chunks_exact(channels).map(|frame| frame.iter().sum::<f32>() * gain).collect()
+    };
+    Ok(Audio { sample_rate: spec.sample_rate, channels: spec.channels, samples })
+}
+
+/// The samples of a WAV file in their stored encoding.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Samples {
+    /// Integer PCM, interleaved.
+    Int(Vec<i32>),
+    /// Float, interleaved.
+    Float(Vec<f32>),
+}
+
+impl Samples {
+    fn len(&self) -> usize {
+        match self {
+            Samples::Int(v) => v.len(),
+            Samples::Float(v) => v.len(),
+        }
+    }
+}
+
+/// A WAV file read whole, kept in its own encoding so chunks can be written back without conversion.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WavFile {
+    /// Format.
+    pub spec: WavSpec,
+    /// Interleaved samples.
+    pub samples: Samples,
+}
+
+impl WavFile {
+    /// Reads `path`.
+    pub fn read(path: &Path) -> Result<WavFile, hound::Error> {
+        let mut reader = WavReader::open(path)?;
+        let spec = reader.spec();
+        let samples = match spec.sample_format {
+            SampleFormat::Float => Samples::Float(reader.samples::<f32>().collect::<Result<_, _>>()?),
+            SampleFormat::Int => Samples::Int(reader.samples::<i32>().collect::<Result<_, _>>()?),
+        };
+        Ok(WavFile { spec, samples })
+    }
+
+    /// Frames (samples per channel).
+    pub fn frames(&self) -> usize {
+        self.samples.len() / usize::from(self.spec.channels.max(1))
+    }
+
+    /// Duration in seconds.
+    pub fn seconds(&self) -> f64 {
+        self.frames() as f64 / f64::from(self.spec.sample_rate)
+    }
+
+    /// Bytes one frame takes in the file.
+    pub fn bytes_per_frame(&self) -> usize {
+        usize::from(self.spec.channels) * usize::from(self.spec.bits_per_sample).div_ceil(8)
+    }
+
+    /// Encodes frames `[from, to)` as a WAV file of the same format.
+    pub fn encode_frames(&self, from: usize, to: usize) -> Result<Vec<u8>, hound::Error> {
+        let channels = usize::from(self.spec.channels);
+        let mut out = Cursor::new(Vec::with_capacity(44 + (to - from) * self.bytes_per_frame()));
+        {
+            let mut writer = WavWriter::new(&mut out, self.spec)?;
+            match &self.samples {
+                Samples::Int(v) => v[from * channels..to * channels].iter().try_for_each(|&s| writer.write_sample(s))?,
+                Samples::Float(v) => v[from * channels..to * channels].iter().try_for_each(|&s| writer.write_sample(s))?,
+            }
+            writer.finalize()?;
+        }
+        Ok(out.into_inner())
+    }
+}
+
+/// Encodes mono float32 samples as a WAV file.
+pub fn encode_f32(sample_rate: u32, samples: &[f32]) -> Vec<u8> {
+    let spec = WavSpec { channels: 1, sample_rate, bits_per_sample: 32, sample_format: SampleFormat::Float };
+    WavFile { spec, samples: Samples::Float(samples.to_vec()) }
+        .encode_frames(0, samples.len())
+        .expect("writing to memory cannot fail")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wav(spec: WavSpec, samples: Samples) -> Vec<u8> {
+        let file = WavFile { spec, samples };
+        file.encode_frames(0, file.frames()).unwrap()
+    }
+
+    fn int_spec(bits: u16, channels: u16) -> WavSpec {
+        WavSpec { channels, sample_rate: 32_000, bits_per_sample: bits, sample_format: SampleFormat::Int }
+    }
+
+    #[test]
+    fn decodes_every_pcm_width_and_float() {
+        for bits in [8u16, 16, 24, 32] {
+            let full = 1i64 << (bits - 1);
+            let bytes = wav(int_spec(bits, 1), Samples::Int(vec![0, (full / 2) as i32, (-full) as i32]));
+            let audio = decode(&bytes, &DecodeLimits::default()).unwrap();
+            assert_eq!(audio.samples, vec![0.0, 0.5, -1.0], "{bits}-bit");
+        }
+        let spec = WavSpec { sample_format: SampleFormat::Float, bits_per_sample: 32, ..int_spec(32, 1) };
+        let audio = decode(&wav(spec, Samples::Float(vec![0.25, -0.75])), &DecodeLimits::default()).unwrap();
+        assert_eq!(audio.samples, vec![0.25, -0.75]);
+    }
+
+    #[test]
+    fn multichannel_audio_is_averaged() {
+        let bytes = wav(int_spec(16, 2), Samples::Int(vec![16_384, 0, -16_384, -16_384]));
+        let audio = decode(&bytes, &DecodeLimits::default()).unwrap();
+        assert_eq!((audio.channels, audio.samples), (2, vec![0.25, -0.5]));
+    }
+
+    #[test]
+    fn bad_input_is_rejected_with_its_cause() {
+        let limits = DecodeLimits::default();
+        let good = wav(int_spec(16, 1), Samples::Int(vec![1; 1_000]));
+        let cause = |bytes: &[u8]| decode(bytes, &limits).unwrap_err().cause;
+        assert_eq!(cause(b""), "empty");
+        assert_eq!(cause(b"this is not audio at all, just text"), "not_wav");
+        assert_eq!(cause(&good[..20]), "truncated");
+        assert_eq!(cause(&good[..good.len() - 100]), "truncated");
+        let nan = wav(
+            WavSpec { sample_format: SampleFormat::Float, ..int_spec(32, 1) },
+            Samples::Float(vec![0.0, f32::NAN]),
+        );
+        assert_eq!(decode(&nan, &limits).unwrap_err().reason, "sample 1 of channel 0 is NaN");
+        let inf = wav(
+            WavSpec { sample_format: SampleFormat::Float, ..int_spec(32, 1) },
+            Samples::Float(vec![f32::INFINITY]),
+        );
+        assert_eq!(cause(&inf), "non_finite");
+        let absurd = wav(WavSpec { sample_rate: 4_000_000, ..int_spec(16, 1) }, Samples::Int(vec![0; 10]));
+        assert_eq!(cause(&absurd), "sample_rate");
+        assert_eq!(cause(&wav(int_spec(16, 1), Samples::Int(vec![]))), "no_audio");
+    }
+
+    #[test]
+    fn files_re_chunk_without_changing_a_sample() {
+        let samples: Vec<i32> = (0..3_000).map(|i| (i % 200) - 100).collect();
+        let file = WavFile { spec: int_spec(24, 3), samples: Samples::Int(samples.clone()) };
+        let mut decoded = Vec::new();
+        for from in (0..file.frames()).step_by(333) {
+            let chunk = file.encode_frames(from, (from + 333).min(file.frames())).unwrap();
+            let mut reader = WavReader::new(Cursor::new(chunk)).unwrap();
+            decoded.extend(reader.samples::<i32>().map(Result::unwrap));
+        }
+        assert_eq!(decoded, samples);
+    }
+}

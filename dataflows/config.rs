@@ -1,0 +1,173 @@
+//! Job configuration: a TOML file (the profiles in `config/`) read in two phases — serde structs that refuse unknown
+//! keys, then a validating `build` into runtime settings whose errors name the file, the section and the field.
+//!
+//! Relative paths inside a file are resolved against the directory holding that file.
+
+use std::path::{Path, PathBuf};
+
+use chorus_connectors::kafka::{KafkaConfig, KafkaSettings};
+use chorus_connectors::parquet::{ArchiveConfig, ArchiveSettings};
+use chorus_operators::FieldError;
+use chorus_operators::embed::{EmbedConfig, EmbedSettings, ModelConfig, ModelSpec};
+use chorus_operators::index::{IndexConfig, IndexParams};
+use chorus_operators::segment::{WindowSpec, WindowsConfig};
+use serde::Deserialize;
+
+/// A config file as written.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConfigFile {
+    /// Timely worker threads in this process (`chorus run -w` overrides it).
+    pub workers: usize,
+    /// The broker, topics and message limits.
+    pub kafka: KafkaConfig,
+    /// The ONNX embedding model and its contract.
+    pub model: ModelConfig,
+    /// How inference runs.
+    pub embed: EmbedConfig,
+    /// How audio is cut into windows.
+    pub windows: WindowsConfig,
+    /// HNSW parameters and snapshots.
+    pub index: IndexConfig,
+    /// The Parquet archive.
+    pub archive: ArchiveConfig,
+}
+
+impl Default for ConfigFile {
+    fn default() -> Self {
+        ConfigFile {
+            workers: 1,
+            kafka: KafkaConfig::default(),
+            model: ModelConfig::default(),
+            embed: EmbedConfig::default(),
+            windows: WindowsConfig::default(),
+            index: IndexConfig::default(),
+            archive: ArchiveConfig::default(),
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Worker threads in this process.
+    pub workers: usize,
+    /// Kafka.
+    pub kafka: KafkaSettings,
+    /// Model contract.
+    pub model: ModelSpec,
+    /// Inference.
+    pub embed: EmbedSettings,
+    /// Window geometry at the model's rate.
+    pub windows: WindowSpec,
+    /// Index.
+    pub index: IndexParams,
+    /// Archive.
+    pub archive: ArchiveSettings,
+}
+
+/// A config file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Occurs when the file cannot be read.
+    #[error("{path}: cannot read the config file: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Occurs when the file is not valid TOML, has an unknown key or a value of the wrong type.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, which names the key, line and column.
+        message: String,
+    },
+    /// Occurs when a value is well-formed but unusable.
+    #[error("{path}: [{section}] {field}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Section (`kafka`, `model`, ...; empty for top-level keys).
+        section: &'static str,
+        /// Field within the section.
+        field: &'static str,
+        /// Why the value is rejected.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parses and validates `text`, read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let file: ConfigFile = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim_end().to_owned() })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        let invalid = |section: &'static str| {
+            move |e: FieldError| ConfigError::Invalid { path: path.to_path_buf(), section, field: e.field, message: e.message }
+        };
+        if !(1..=256).contains(&file.workers) {
+            return Err(invalid("")(FieldError::new("workers", format!("{} is outside 1..=256", file.workers))));
+        }
+        let model = file.model.build(&base).map_err(invalid("model"))?;
+        Ok(Config {
+            path: path.to_path_buf(),
+            workers: file.workers,
+            kafka: file.kafka.build().map_err(invalid("kafka"))?,
+            embed: file.embed.build(&base).map_err(invalid("embed"))?,
+            windows: file.windows.build(model.sample_rate, model.window).map_err(invalid("windows"))?,
+            index: file.index.build(&base).map_err(invalid("index"))?,
+            archive: file.archive.build(&base).map_err(invalid("archive"))?,
+            model,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/chorus/test.toml"), text)
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let config = parse("[model]\npath = \"m.onnx\"\n[embed]\nonnxruntime = \"/opt/ort.so\"\n").unwrap();
+        assert_eq!(config.model.path, Path::new("/etc/chorus/m.onnx"));
+        assert_eq!(config.model.name, "m");
+        assert_eq!(config.embed.library, Path::new("/opt/ort.so"));
+        assert_eq!(config.windows.window, 160_000);
+        assert_eq!(config.archive.dir, Path::new("/etc/chorus/var/archive"));
+    }
+
+    #[test]
+    fn errors_name_the_file_section_and_field() {
+        let error = parse("[windows]\nhopp_seconds = 1.0\n").unwrap_err().to_string();
+        assert!(error.starts_with("/etc/chorus/test.toml:"), "{error}");
+        assert!(error.contains("unknown field `hopp_seconds`"), "{error}");
+        let error = parse("[model]\npath = \"m.onnx\"\n[embed]\nonnxruntime = \"o.so\"\n[windows]\nhop_seconds = 6.0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("/etc/chorus/test.toml: [windows] hop_seconds:"), "{error}");
+        let error = parse("[embed]\nonnxruntime = \"o.so\"\n").unwrap_err().to_string();
+        assert!(error.contains("[model] path: is required"), "{error}");
+        let error = parse("[model]\npath = \"m.onnx\"\n[embed]\nonnxruntime = \"o.so\"\n[kafka]\ncompression = \"snappy\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("[kafka] compression: snappy is refused"), "{error}");
+    }
+}

@@ -1,0 +1,270 @@
+//! The ingest job: Kafka audio chunks → decode → segment → embed → index → archive, segments topic and dead letters,
+//! on `W` timely workers, committing source offsets behind the sinks' durability frontier.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chorus_connectors::kafka::{self, KafkaSource, Producer, Until};
+use chorus_connectors::parquet::{self as archive, ArchiveWriter};
+use chorus_connectors::wav::DecodeLimits;
+use chorus_connectors::Fatal;
+use chorus_operators::embed::{self, Embed, EmbedSettings, Embedder};
+use chorus_operators::index::Index;
+use chorus_operators::metrics::Metrics;
+use chorus_operators::record::{AudioChunk, DeadLetter};
+use chorus_operators::segment::Segment;
+use prometheus::Registry;
+use timely::dataflow::ProbeHandle;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::operators::{Concatenate, Operator, Probe};
+
+use crate::Error;
+use crate::config::Config;
+use crate::store;
+
+/// How a run is launched, beyond its config file.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Worker threads; `None` takes the config's `workers`.
+    pub workers: Option<usize>,
+    /// When the job stops by itself.
+    pub until: Until,
+}
+
+/// What a finished run did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunSummary {
+    /// Audio chunks decoded.
+    pub chunks: u64,
+    /// Windows cut.
+    pub windows: u64,
+    /// New segments indexed and archived.
+    pub segments: u64,
+    /// Segments already indexed (replayed input).
+    pub duplicates: u64,
+    /// Records sent to the dead-letter topic.
+    pub dead_letters: u64,
+    /// Offsets committed at the end, per partition of the audio topic.
+    pub committed: BTreeMap<i32, i64>,
+}
+
+/// Runs the job until it stops by itself (see [`RunOptions::until`]) or fails.
+pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
+    let workers = options.workers.unwrap_or(config.workers).max(1);
+    if config.kafka.create_topics {
+        kafka::ensure_topics(&config.kafka)?;
+    }
+    // Everything that can be checked before the workers start is checked here, so a bad config fails at once.
+    let environment = embed::runtime(&config.embed.library)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let settings = EmbedSettings {
+        threads: if config.embed.threads == 0 { (cores / workers).max(1) } else { config.embed.threads },
+        ..config.embed.clone()
+    };
+    let embedders = (0..workers)
+        .map(|_| Embedder::open(environment, &config.model, &settings))
+        .collect::<Result<Vec<_>, _>>()?;
+    let producer = Producer::open(&config.kafka)?;
+    let registry = Registry::new();
+    let metrics = Metrics::register(&registry).map_err(|e| Error::Job(format!("cannot register metrics: {e}")))?;
+    tracing::info!(
+        workers,
+        topic = %config.kafka.audio_topic,
+        model = %config.model.name,
+        dim = config.model.dim,
+        archive = %config.archive.dir.display(),
+        "Job starting."
+    );
+
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        until: options.until,
+        embedders: Mutex::new(embedders),
+        producer,
+        metrics: metrics.clone(),
+        fatal: Fatal::default(),
+    });
+    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+        let result = run_worker(worker, &shared);
+        if let Err(message) = &result {
+            shared.fatal.raise(message.clone());
+            for id in worker.installed_dataflows() {
+                worker.drop_dataflow(id);
+            }
+        }
+        result
+    })
+    .map_err(Error::Job)?;
+
+    let mut summary = RunSummary::default();
+    let mut failures = Vec::new();
+    for result in guards.join() {
+        match result {
+            Ok(Ok(committed)) => summary.committed.extend(committed),
+            Ok(Err(message)) | Err(message) => failures.push(message),
+        }
+    }
+    if let Some(first) = failures.into_iter().next() {
+        return Err(Error::Job(first));
+    }
+    let counter = |vec: &prometheus::IntCounterVec, stage: &str| vec.with_label_values(&[stage]).get();
+    summary.chunks = counter(&metrics.records_out, "decode");
+    summary.windows = counter(&metrics.records_out, "segment");
+    summary.segments = counter(&metrics.records_out, "index");
+    summary.dead_letters = counter(&metrics.records_in, "dead_letters");
+    summary.duplicates = duplicates(&metrics);
+    Ok(summary)
+}
+
+fn duplicates(metrics: &Metrics) -> u64 {
+    use prometheus::core::Collector;
+    metrics
+        .duplicates
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
+}
+
+/// What every worker of the process shares.
+struct Shared {
+    config: Config,
+    until: Until,
+    embedders: Mutex<Vec<Embedder>>,
+    producer: Producer,
+    metrics: Metrics,
+    fatal: Fatal,
+}
+
+fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BTreeMap<i32, i64>, String> {
+    let config = &shared.config;
+    let (index, peers) = (worker.index(), worker.peers());
+    let source = KafkaSource::open(&config.kafka, index, peers).map_err(|e| e.to_string())?;
+    let partitions: Vec<i32> = source.partitions().collect();
+    let source = Rc::new(RefCell::new(source));
+    let embedder = shared.embedders.lock().unwrap_or_else(|p| p.into_inner()).pop().expect("one embedder per worker");
+    let indices = store::open_indices(config, index, peers).map_err(|e| e.to_string())?;
+    let writer = ArchiveWriter::new(
+        config.archive.clone(),
+        &config.model.name,
+        config.model.dim,
+        &format!("{}-w{index}", std::process::id()),
+    );
+    tracing::info!(worker = index, ?partitions, "Worker reading.");
+
+    let probe = ProbeHandle::new();
+    worker.dataflow::<u64, _, _>(|scope| {
+        let metrics = shared.metrics.clone();
+        let max_bytes = config.kafka.max_message_bytes;
+        let limits = DecodeLimits::default();
+        let decode_metrics = metrics.clone();
+        let (chunks, undecodable) = kafka::source(scope, source.clone(), shared.until).ok_err(move |message| {
+            let decoded = kafka::decode_message(message, max_bytes, &limits);
+            match &decoded {
+                Ok(_) => decode_metrics.count("decode", 1, 1),
+                Err(letter) => {
+                    decode_metrics.count("decode", 1, 0);
+                    decode_metrics.reject("decode", letter.cause, 1);
+                }
+            }
+            decoded
+        });
+        let chunks = chunks.container::<Vec<AudioChunk>>();
+        let undecodable = undecodable.container::<Vec<DeadLetter>>();
+
+        let (windows, unplaced, held) = chunks.segment(config.windows.clone(), metrics.clone());
+        let held_source = source.clone();
+        held.sink(Pipeline, "HoldOffsets", move |(input, _frontier)| {
+            input.for_each(|_, origins| {
+                for origin in origins.drain(..) {
+                    held_source.borrow_mut().hold(&origin);
+                }
+            });
+        });
+        let (segments, unembedded) = windows.embed(embedder, metrics.clone());
+        let (new_segments, unindexed) = segments.index(indices, metrics.clone());
+
+        let archive_metrics = metrics.clone();
+        let archived = archive::sink(new_segments.clone(), writer, shared.fatal.clone(), move |rows| {
+            archive_metrics.count("archive", rows, rows);
+        });
+        let model = config.model.name.clone();
+        let publish_metrics = metrics.clone();
+        let published = kafka::sink(
+            new_segments,
+            "SegmentsTopic",
+            shared.producer.clone(),
+            config.kafka.segments_topic.clone(),
+            config.kafka.flush_interval,
+            shared.fatal.clone(),
+            move |segment| {
+                publish_metrics.count("segments_topic", 1, 1);
+                kafka::segment_record(&segment, &model)
+            },
+        );
+        let dead_letters = scope.concatenate(vec![undecodable, unplaced, unembedded, unindexed]);
+        let max_message_bytes = config.kafka.max_message_bytes;
+        let dead_metrics = metrics.clone();
+        let dead_lettered = kafka::sink(
+            dead_letters,
+            "DeadLetters",
+            shared.producer.clone(),
+            config.kafka.dead_letter_topic.clone(),
+            config.kafka.flush_interval,
+            shared.fatal.clone(),
+            move |letter| {
+                dead_metrics.count("dead_letters", 1, 1);
+                tracing::warn!(cause = letter.cause, reason = %letter.reason, origin = ?letter.origin, "Dead letter.");
+                kafka::dead_letter_record(letter, max_message_bytes)
+            },
+        );
+        archived.probe_with(&probe);
+        published.probe_with(&probe);
+        dead_lettered.probe_with(&probe);
+    });
+
+    let mut last_report = Instant::now();
+    loop {
+        if let Some(message) = shared.fatal.get() {
+            return Err(message);
+        }
+        let running = worker.step_or_park(Some(Duration::from_millis(20)));
+        {
+            let mut source = source.borrow_mut();
+            source.observe_durable(|epoch| probe.less_equal(epoch));
+            if let Err(error) = source.commit(Duration::from_secs(1)) {
+                tracing::warn!(%error, "Offset commit failed; it is retried.");
+            }
+        }
+        if index == 0 && last_report.elapsed() >= Duration::from_secs(10) {
+            last_report = Instant::now();
+            report_progress(&shared.metrics);
+        }
+        if !running {
+            break;
+        }
+    }
+    if let Some(message) = shared.fatal.get() {
+        return Err(message);
+    }
+    let mut source = source.borrow_mut();
+    source.finish().map_err(|e| e.to_string())?;
+    Ok(source.committed().clone())
+}
+
+fn report_progress(metrics: &Metrics) {
+    let get = |vec: &prometheus::IntCounterVec, stage: &str| vec.with_label_values(&[stage]).get();
+    tracing::info!(
+        chunks = get(&metrics.records_out, "decode"),
+        windows = get(&metrics.records_out, "segment"),
+        segments = get(&metrics.records_out, "index"),
+        archived = get(&metrics.records_out, "archive"),
+        dead_letters = get(&metrics.records_in, "dead_letters"),
+        "Progress."
+    );
+}

@@ -1,0 +1,199 @@
+//! The `chorus` command line: run the ingest job, produce audio to Kafka, query the archive.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use chorus::config::Config;
+use chorus::job::{self, RunOptions};
+use chorus::produce::{self, ProduceOptions};
+use chorus::query::{self, QueryOptions, Target};
+use chorus_connectors::kafka::Until;
+use chorus_operators::record::{Priority, SegmentId};
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+/// chorus: a streaming pipeline for bioacoustics — Kafka audio chunks in, a searchable archive of calls out.
+#[derive(Parser)]
+#[command(version, about, long_about = None, propagate_version = true)]
+#[command(after_help = "Start here:\n  scripts/demo.sh          # installs what it needs, runs the job on the sample audio\n  chorus run --help        # the ingest job\n\nLogs go to stderr; RUST_LOG (e.g. RUST_LOG=chorus=debug) overrides -v/-q.")]
+struct Cli {
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Less output: warnings and errors only, no progress bars.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// Job configuration (TOML); relative paths inside it are relative to the file.
+    #[arg(short, long, env = "CHORUS_CONFIG", default_value = "config/balanced.toml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the ingest job: Kafka audio chunks → windows → embeddings → index, archive, segments topic.
+    #[command(after_help = "Examples:\n  chorus run --config config/balanced.toml\n  chorus run -w 2 --until-idle 5    # two workers; stop once the topic is drained and quiet for 5 s\n\nOffsets are committed only after the archive, the segments topic and the dead-letter topic hold what was\nderived from them; a restart resumes there, and segment ids are deterministic, so nothing is lost or doubled.")]
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Worker threads (default: `workers` in the config).
+        #[arg(short, long)]
+        workers: Option<usize>,
+        /// Stop once every partition is drained and no message arrived for this many seconds.
+        #[arg(long, value_name = "SECS")]
+        until_idle: Option<f64>,
+    },
+    /// Produce WAV files to the audio topic as chunks with `captured_at`, `space` and `priority` headers.
+    #[command(after_help = "Examples:\n  chorus produce --sensor pole-7 --start 2026-05-01T05:00:00Z dawn.wav\n  chorus produce --space wetlands --chunk-seconds 5 recordings/*.WAV   # start times from names like 20260501_050000\n\nWithout --start, each file's start comes from a YYYYMMDD_HHMMSS stamp in its name (UTC), else from its\nmodification time. With --start, the files are taken as one continuous recording.")]
+    Produce {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Sensor id, the message key (default: each file's name without extension).
+        #[arg(long)]
+        sensor: Option<String>,
+        /// Space (tenant) header (default: none, which the job reads as `default`).
+        #[arg(long)]
+        space: Option<String>,
+        /// Seconds of audio per message (default: 10, or the most that fits kafka.max_message_bytes).
+        #[arg(long, value_name = "SECS")]
+        chunk_seconds: Option<f64>,
+        /// RFC 3339 capture time of the first sample, e.g. 2026-05-01T05:00:00Z.
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        start: Option<i64>,
+        /// Priority header: critical, high, normal or low.
+        #[arg(long, default_value = "normal", value_parser = parse_priority)]
+        priority: Priority,
+        /// WAV files (PCM 8/16/24/32-bit or float32, any rate, any channel count).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Find the archived segments that sound most like a clip or like an archived segment.
+    #[command(after_help = "Examples:\n  chorus query --audio call.wav -k 5\n  chorus query --segment 3f9a0c1d2b4e5f60 --json\n\nDistances are cosine distances (0 = same direction). A clip longer than one model window is searched\nwindow by window. A segment is left out of its own results.")]
+    Query {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// A WAV clip to search with.
+        #[arg(long, value_name = "FILE", conflicts_with = "segment", required_unless_present = "segment")]
+        audio: Option<PathBuf>,
+        /// An archived segment id (16 hex digits) to search with.
+        #[arg(long, value_name = "ID", value_parser = parse_segment)]
+        segment: Option<SegmentId>,
+        /// Neighbours to show.
+        #[arg(short, default_value_t = 10)]
+        k: usize,
+        /// Search beam width (default: index.ef_search from the config).
+        #[arg(long)]
+        ef: Option<usize>,
+        /// Search this space only (default: every space).
+        #[arg(long)]
+        space: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_time(s: &str) -> Result<i64, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .and_then(|t| t.timestamp_nanos_opt())
+        .ok_or_else(|| format!("'{s}' is not an RFC 3339 time such as 2026-05-01T05:00:00Z"))
+}
+
+fn parse_priority(s: &str) -> Result<Priority, String> {
+    s.parse()
+}
+
+fn parse_segment(s: &str) -> Result<SegmentId, String> {
+    s.parse()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    match execute(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},hnsw_rs=warn,ort=warn")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn load(config: &ConfigArg) -> anyhow::Result<Config> {
+    Ok(Config::load(&config.config)?)
+}
+
+fn execute(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { config, workers, until_idle } => {
+            let config = load(&config)?;
+            let until = match until_idle {
+                Some(secs) if secs >= 0.0 && secs.is_finite() => Until::Idle(Duration::from_secs_f64(secs)),
+                Some(secs) => anyhow::bail!("--until-idle {secs} must be a number of seconds, 0 or more"),
+                None => Until::Stopped,
+            };
+            let summary = job::run(&config, &RunOptions { workers, until })?;
+            eprintln!(
+                "chorus run: {} chunks, {} windows, {} new segments ({} already indexed), {} dead letters; committed {}",
+                summary.chunks,
+                summary.windows,
+                summary.segments,
+                summary.duplicates,
+                summary.dead_letters,
+                summary.committed.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(" ")
+            );
+        }
+        Command::Produce { config, sensor, space, chunk_seconds, start, priority, files } => {
+            let config = load(&config)?;
+            let progress = !cli.quiet && std::io::stderr().is_terminal();
+            let options = ProduceOptions { sensor, space, chunk_seconds, start, priority, files, progress };
+            let summary = produce::produce(&config, &options).context("producing audio")?;
+            if !cli.quiet {
+                eprintln!(
+                    "chorus produce: {} chunks ({:.1} s of audio, {} bytes) from {} file(s) to {}",
+                    summary.chunks, summary.seconds, summary.bytes, summary.files, config.kafka.audio_topic
+                );
+            }
+        }
+        Command::Query { config, audio, segment, k, ef, space, json } => {
+            let config = load(&config)?;
+            let target = match (audio, segment) {
+                (Some(path), None) => Target::Audio(path),
+                (None, Some(id)) => Target::Segment(id),
+                _ => anyhow::bail!("give either --audio FILE or --segment ID"),
+            };
+            if k == 0 {
+                anyhow::bail!("-k must be at least 1");
+            }
+            let answers = query::query(&config, &QueryOptions { target, k, ef, space })?;
+            let mut stdout = std::io::stdout().lock();
+            if json {
+                serde_json::to_writer_pretty(&mut stdout, &answers)?;
+                println!();
+            } else {
+                query::print_table(&answers, &mut stdout)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! Producing WAV files to the audio topic as chunks, with the headers of the message contract.
+//!
+//! Each file is re-chunked without converting a sample: every chunk is a WAV file of the original format. A chunk's
+//! `captured_at` is the file's start time plus the chunk's offset, exact to the nanosecond.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use chorus_connectors::kafka::{self, HEADER_CAPTURED_AT, HEADER_PRIORITY, HEADER_SPACE, Producer, Record, rfc3339};
+use chorus_connectors::wav::WavFile;
+use chorus_operators::record::{Nanos, Priority};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::Error;
+use crate::config::Config;
+
+/// Chunk length when none is given, if it fits the message limit.
+const DEFAULT_CHUNK_SECONDS: f64 = 10.0;
+/// Room left in each message for the key, headers and protocol overhead.
+const MESSAGE_OVERHEAD: usize = 4_096;
+
+/// What to produce.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProduceOptions {
+    /// Sensor id (message key); `None` uses each file's stem.
+    pub sensor: Option<String>,
+    /// Space header; `None` sends none (the job uses `default`).
+    pub space: Option<String>,
+    /// Seconds per chunk; `None` takes 10 s or the most that fits `kafka.max_message_bytes`.
+    pub chunk_seconds: Option<f64>,
+    /// Capture time of the first file's first sample; later files follow it without a gap. `None` reads each file's
+    /// start from a `YYYYMMDD_HHMMSS` stamp in its name (UTC), else from its modification time.
+    pub start: Option<Nanos>,
+    /// Priority header.
+    pub priority: Priority,
+    /// WAV files, in order.
+    pub files: Vec<PathBuf>,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// What was produced.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProduceSummary {
+    /// Files read.
+    pub files: usize,
+    /// Messages produced.
+    pub chunks: usize,
+    /// Seconds of audio.
+    pub seconds: f64,
+    /// Payload bytes.
+    pub bytes: usize,
+}
+
+/// Produces `options.files` to the audio topic of `config` and waits for the broker to acknowledge every chunk.
+pub fn produce(config: &Config, options: &ProduceOptions) -> Result<ProduceSummary, Error> {
+    if let Some(space) = &options.space
+        && !kafka::valid_space(space)
+    {
+        return Err(Error::Usage(format!("--space {space:?} must match [A-Za-z0-9_-][A-Za-z0-9._-]{{0,63}}")));
+    }
+    if options.sensor.as_deref().is_some_and(str::is_empty) {
+        return Err(Error::Usage("--sensor is empty".into()));
+    }
+    if let Some(seconds) = options.chunk_seconds
+        && !(seconds > 0.0)
+    {
+        return Err(Error::Usage(format!("--chunk-seconds {seconds} must be above 0")));
+    }
+    let files = options
+        .files
+        .iter()
+        .map(|path| {
+            WavFile::read(path)
+                .map(|file| (path.clone(), file))
+                .map_err(|e| Error::Input { path: path.clone(), message: format!("not a readable WAV file: {e}") })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let limit = config.kafka.max_message_bytes.saturating_sub(MESSAGE_OVERHEAD);
+    let plans = files
+        .iter()
+        .map(|(path, file)| chunk_frames(path, file, options.chunk_seconds, limit))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    if config.kafka.create_topics {
+        kafka::ensure_topics(&config.kafka)?;
+    }
+    let producer = Producer::open(&config.kafka)?;
+    let total: usize = files.iter().zip(&plans).map(|((_, f), frames)| f.frames().div_ceil(*frames)).sum();
+    let bar = if options.progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} chunks  {msg}").expect("a valid template"),
+    );
+
+    let mut summary = ProduceSummary::default();
+    let mut next_start = options.start;
+    for ((path, file), frames_per_chunk) in files.iter().zip(plans) {
+        let start = match next_start {
+            Some(start) => start,
+            None => start_of(path)?,
+        };
+        let sensor = match &options.sensor {
+            Some(sensor) => sensor.clone(),
+            None => path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+        };
+        bar.set_message(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        let rate = i128::from(file.spec.sample_rate);
+        for from in (0..file.frames()).step_by(frames_per_chunk) {
+            let to = (from + frames_per_chunk).min(file.frames());
+            let captured_at = start + (from as i128 * 1_000_000_000 / rate) as Nanos;
+            let payload = file
+                .encode_frames(from, to)
+                .map_err(|e| Error::Input { path: path.clone(), message: format!("cannot encode a chunk: {e}") })?;
+            let mut headers = vec![
+                (HEADER_CAPTURED_AT.to_owned(), rfc3339(captured_at).into_bytes()),
+                (HEADER_PRIORITY.to_owned(), options.priority.as_str().as_bytes().to_vec()),
+            ];
+            if let Some(space) = &options.space {
+                headers.push((HEADER_SPACE.to_owned(), space.as_bytes().to_vec()));
+            }
+            summary.bytes += payload.len();
+            let record = Record { key: Some(sensor.as_bytes().to_vec()), payload, headers };
+            producer.send_to(&config.kafka.audio_topic, None, Some(captured_at.div_euclid(1_000_000)), &record)?;
+            summary.chunks += 1;
+            bar.inc(1);
+        }
+        summary.files += 1;
+        summary.seconds += file.seconds();
+        if next_start.is_some() {
+            next_start = Some(start + (file.frames() as i128 * 1_000_000_000 / rate) as Nanos);
+        }
+    }
+    bar.set_message("waiting for the broker to acknowledge");
+    while !producer.flush(Duration::from_secs(30))? {
+        tracing::warn!("The broker has not acknowledged every chunk yet; still waiting.");
+    }
+    bar.finish_and_clear();
+    Ok(summary)
+}
+
+/// Frames per chunk for `file`: the requested length, or the default capped by the message limit.
+fn chunk_frames(path: &Path, file: &WavFile, requested: Option<f64>, limit: usize) -> Result<usize, Error> {
+    let rate = f64::from(file.spec.sample_rate);
+    let fitting = limit.saturating_sub(44) / file.bytes_per_frame().max(1);
+    if fitting == 0 {
+        return Err(Error::Input { path: path.to_path_buf(), message: "a single frame exceeds kafka.max_message_bytes".into() });
+    }
+    match requested {
+        Some(seconds) => {
+            let frames = ((seconds * rate).round() as usize).max(1);
+            if frames > fitting {
+                return Err(Error::Usage(format!(
+                    "--chunk-seconds {seconds} makes messages of {} bytes for {}, above kafka.max_message_bytes = {} \
+                     (less {MESSAGE_OVERHEAD} for headers); use --chunk-seconds {:.2} or less",
+                    44 + frames * file.bytes_per_frame(),
+                    path.display(),
+                    limit + MESSAGE_OVERHEAD,
+                    fitting as f64 / rate
+                )));
+            }
+            Ok(frames)
+        }
+        None => Ok(((DEFAULT_CHUNK_SECONDS * rate) as usize).min(fitting)),
+    }
+}
+
+/// The capture time of a file's first sample: a `YYYYMMDD_HHMMSS` stamp in its name (as AudioMoth and Song Meter
+/// recorders write them, UTC), else its modification time.
+pub fn start_of(path: &Path) -> Result<Nanos, Error> {
+    let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    if let Some(t) = stamp_in(&name) {
+        return Ok(t);
+    }
+    let modified = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map_err(|e| Error::Input { path: path.to_path_buf(), message: format!("cannot read its modification time: {e}") })?;
+    let since = modified.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    Ok(since.as_nanos() as Nanos)
+}
+
+fn stamp_in(name: &str) -> Option<Nanos> {
+    let bytes = name.as_bytes();
+    (0..bytes.len().saturating_sub(14)).find_map(|i| {
+        let candidate = &bytes[i..i + 15];
+        let digits = |s: &[u8]| s.iter().all(u8::is_ascii_digit);
+        if candidate[8] != b'_' || !digits(&candidate[..8]) || !digits(&candidate[9..]) {
+            return None;
+        }
+        if i > 0 && bytes[i - 1].is_ascii_digit() || bytes.get(i + 15).is_some_and(u8::is_ascii_digit) {
+            return None;
+        }
+        let candidate = std::str::from_utf8(candidate).ok()?;
+        chrono::NaiveDateTime::parse_from_str(candidate, "%Y%m%d_%H%M%S").ok()?.and_utc().timestamp_nanos_opt()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorder_stamps_in_file_names_give_the_start() {
+        assert_eq!(stamp_in("20260501_050000"), Some(1_777_611_600_000_000_000));
+        assert_eq!(stamp_in("S4A01234_20260501_050000"), Some(1_777_611_600_000_000_000));
+        assert_eq!(stamp_in("pole-7 20260501_050000 dawn"), Some(1_777_611_600_000_000_000));
+        assert_eq!(stamp_in("120260501_050000"), None);
+        assert_eq!(stamp_in("20261301_050000"), None);
+        assert_eq!(stamp_in("birds_10s"), None);
+        assert_eq!(stamp_in("é20260501_050000ü"), Some(1_777_611_600_000_000_000));
+    }
+}
