@@ -1,1 +1,7 @@
-//! placeholder
+//! Integration tests: the real broker, the real ONNX Runtime, real files. `scripts/test.sh` installs and starts what
+//! they need; tests are named after the issue they settle (`r2_...`).
+
+mod config;
+mod model;
+mod pipeline;
+mod support;

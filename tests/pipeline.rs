@@ -1,0 +1,200 @@
+//! End to end on the real broker, ONNX Runtime and files: produce → `chorus run` → archive, topics, `chorus query`.
+
+use chorus_connectors::kafka::{HEADER_CAUSE, HEADER_ORIGIN, HEADER_REASON, SegmentRecord};
+use chorus_operators::record::SegmentId;
+use serde_json::Value;
+
+use crate::support::{Scenario, T0, T0_SECONDS, gaussian_noise, root, sample_samples, tools, write_wav};
+
+/// Ids and start times of the windows the sample gives at a 1 s hop, computed from the id definition.
+fn expected_sample_windows(space: &str, sensor: &str) -> Vec<(String, String)> {
+    (0..=5)
+        .map(|k| {
+            let id = SegmentId::of(space, sensor, (T0_SECONDS + k) * 32_000);
+            (id.to_string(), format!("2026-05-01T05:00:0{k}Z"))
+        })
+        .collect()
+}
+
+fn sample() -> String {
+    tools().sample.display().to_string()
+}
+
+#[test]
+fn r2_sample_in_mid_window_chunks_gives_exactly_the_expected_windows() {
+    let s = Scenario::new("r2-windows", &[("windows.hop_seconds", 1.0.into())]);
+    s.chorus(&["produce", "--sensor", "pole-1", "--start", T0, "--chunk-seconds", "1.3", &sample()]);
+    s.run_until_idle();
+
+    let expected = expected_sample_windows("default", "pole-1");
+    let golden: Vec<(String, String)> = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/golden/r2_sample_windows.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(expected, golden, "segment ids changed: replays would no longer deduplicate against old archives");
+
+    // pyarrow and DuckDB open the archive as it is.
+    let seen: Value = serde_json::from_str(&s.python("read_archive.py", &[&s.archive.display().to_string()])).unwrap();
+    let columns: Vec<&str> = seen["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    for documented in [
+        "segment_id", "space", "sensor", "start_time", "end_time", "coverage", "sample_rate", "model", "topic",
+        "partition", "offset", "embedding_scale", "embedding", "date",
+    ] {
+        assert!(columns.contains(&documented), "column {documented} missing from {columns:?}");
+    }
+    let rows: Vec<(String, String)> = seen["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!((r[1].as_str(), r[2].as_str(), r[4].as_str()), (Some("default"), Some("pole-1"), Some("2026-05-01")));
+            (r[0].as_str().unwrap().to_owned(), r[3].as_str().unwrap().to_owned())
+        })
+        .collect();
+    let mut rows = rows;
+    rows.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(rows, expected);
+    assert_eq!(seen["duckdb"], serde_json::json!([6, 6, 1536]));
+
+    // The segments topic carries one JSON record per segment, keyed by its id.
+    let records = s.consume(&s.segments_topic, 6);
+    let mut published: Vec<(String, String)> = records
+        .iter()
+        .map(|m| {
+            let record: SegmentRecord = serde_json::from_slice(&m.payload).unwrap();
+            assert_eq!(m.key.as_deref(), Some(record.segment_id.as_str()));
+            assert_eq!(record.source.topic, s.audio_topic);
+            (record.segment_id, record.start_time)
+        })
+        .collect();
+    published.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(published, expected);
+
+    // A second run re-reads only the chunk still holding the unfinished tail and adds nothing.
+    let log = s.run_until_idle();
+    assert!(log.contains("0 new segments"), "{log}");
+    assert_eq!(s.archived("default", false).len(), 6);
+}
+
+#[test]
+fn r2_a_noisy_excerpt_between_window_starts_finds_its_own_sensor() {
+    let s = Scenario::new("r2-query", &[]);
+    s.chorus(&["produce", "--sensor", "pole-1", "--start", T0, &sample()]);
+    // Other sensors record other sounds at the same time: a chirping bird, wind-like noise, a mains hum, and the
+    // same bird far away under loud noise.
+    let rate = 32_000.0f32;
+    let n = 10 * 32_000;
+    let t = |i: usize| i as f32 / rate;
+    let chirps: Vec<f32> = (0..n)
+        .map(|i| {
+            let phase = (t(i) * 4.0).fract();
+            let f = 2_500.0 + 2_000.0 * phase;
+            if phase < 0.3 { 0.3 * (2.0 * std::f32::consts::PI * f * t(i)).sin() } else { 0.0 }
+        })
+        .collect();
+    let noise: Vec<f32> = gaussian_noise(n, 7).iter().map(|x| 0.05 * x).collect();
+    let hum: Vec<f32> =
+        (0..n).map(|i| (1..6).map(|h| 0.1 / h as f32 * (2.0 * std::f32::consts::PI * 50.0 * h as f32 * t(i)).sin()).sum()).collect();
+    let bird = sample_samples();
+    let far: Vec<f32> = gaussian_noise(bird.len(), 11).iter().zip(&bird).map(|(z, b)| 0.2 * z + 0.05 * b).collect();
+    for (sensor, audio) in [("pole-2", chirps), ("pole-3", noise), ("pole-4", hum), ("pole-5", far)] {
+        let path = s.dir.path().join(format!("{sensor}.wav"));
+        write_wav(&path, 32_000, &audio);
+        s.chorus(&["produce", "--sensor", sensor, "--start", T0, &path.display().to_string()]);
+    }
+    s.run_until_idle();
+    assert_eq!(s.archived("default", false).len(), 10);
+
+    // 2.5 s to 7.5 s: between the window starts at 0 s and 5 s, with white noise 20 dB below the signal.
+    let excerpt = &bird[80_000..240_000];
+    let power = excerpt.iter().map(|x| x * x).sum::<f32>() / excerpt.len() as f32;
+    let scale = (power / 100.0).sqrt();
+    let noisy: Vec<f32> = excerpt.iter().zip(gaussian_noise(excerpt.len(), 3)).map(|(x, z)| x + scale * z).collect();
+    let clip = s.dir.path().join("excerpt.wav");
+    write_wav(&clip, 32_000, &noisy);
+
+    let output = s.chorus(&["query", "--audio", &clip.display().to_string(), "-k", "5", "--json"]);
+    let answers: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let top = &answers[0]["hits"][0];
+    assert_eq!(top["sensor"], "pole-1", "{answers:#}");
+    let (start, end) = (top["start_time"].as_str().unwrap(), top["end_time"].as_str().unwrap());
+    assert!(start < "2026-05-01T05:00:07.5Z" && end > "2026-05-01T05:00:02.5Z", "top hit {start}..{end} does not overlap");
+}
+
+#[test]
+fn r2_malformed_messages_are_dead_lettered_and_the_audio_around_them_archived() {
+    let s = Scenario::new("r2-dead", &[("windows.hop_seconds", 1.0.into())]);
+    let produced: Value = serde_json::from_str(&s.python(
+        "produce_malformed.py",
+        &[&crate::support::brokers(), &s.audio_topic, &sample(), T0],
+    ))
+    .unwrap();
+    assert_eq!(produced, serde_json::json!({"valid": 6, "malformed": 7}));
+    let log = s.run_until_idle();
+    assert!(log.contains("7 dead letters"), "{log}");
+
+    let letters = s.consume(&s.dead_letter_topic, 7);
+    let mut causes: Vec<&str> = letters.iter().map(|m| m.header(HEADER_CAUSE).unwrap()).collect();
+    causes.sort();
+    assert_eq!(causes, ["empty", "non_finite", "non_finite", "not_wav", "oversized", "sample_rate", "truncated"]);
+    for letter in &letters {
+        assert!(!letter.header(HEADER_REASON).unwrap().is_empty());
+        assert!(letter.header(HEADER_ORIGIN).unwrap().starts_with(&format!("{}/", s.audio_topic)), "{letter:?}");
+        assert_eq!(letter.key.as_deref(), Some("pole-1"));
+    }
+    let nan = letters.iter().find(|m| m.header(HEADER_REASON).is_some_and(|r| r.contains("NaN"))).unwrap();
+    assert_eq!(nan.header(HEADER_REASON), Some("sample 1 of channel 0 is NaN"));
+
+    let archived: Vec<(String, i64)> =
+        s.archived("default", false).into_iter().map(|r| (r.id.to_string(), r.start_micros / 1_000_000)).collect();
+    let expected: Vec<(String, i64)> =
+        expected_sample_windows("default", "pole-1").into_iter().zip(0..).map(|((id, _), k)| (id, T0_SECONDS + k)).collect();
+    assert_eq!(archived, expected);
+}
+
+#[test]
+fn r2_a_model_with_another_contract_runs_by_config_alone() {
+    let probe = Scenario::new("r2-model-gen", &[]);
+    let model = probe.dir.path().join("m48k.onnx");
+    let generated = std::process::Command::new(&tools().python)
+        .arg(root().join("scripts/gen_model.py"))
+        .args(["--out", &model.display().to_string()])
+        .args(["--sample-rate", "48000", "--window-seconds", "3", "--dim", "1024", "--input", "audio", "--output", "emb"])
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+
+    let s = Scenario::new(
+        "r2-model",
+        &[
+            ("model.path", model.display().to_string().into()),
+            ("model.input", "audio".into()),
+            ("model.output", "emb".into()),
+            ("model.sample_rate", 48_000.into()),
+            ("model.window_seconds", 3.0.into()),
+            ("model.dim", 1024.into()),
+            ("windows.hop_seconds", 1.5.into()),
+        ],
+    );
+    // The 32 kHz sample is resampled to the model's 48 kHz on the way.
+    s.chorus(&["produce", "--sensor", "pole-1", "--start", T0, &sample()]);
+    s.run_until_idle();
+    let rows = s.archived("default", true);
+    let starts: Vec<i64> = rows.iter().map(|r| r.start_micros - T0_SECONDS * 1_000_000).collect();
+    assert_eq!(starts, vec![0, 1_500_000, 3_000_000, 4_500_000, 6_000_000]);
+    for row in &rows {
+        assert_eq!(row.end_micros - row.start_micros, 3_000_000);
+        assert_eq!(row.model, "m48k");
+        assert_eq!(row.embedding.as_ref().unwrap().len(), 1024);
+        assert_eq!(row.id, SegmentId::of("default", "pole-1", row.start_micros * 48 / 1_000));
+    }
+    // The archive keeps the model's own vectors: a window's embedding is nearest to itself.
+    let output = s.chorus(&["query", "--segment", &rows[2].id.to_string(), "-k", "2", "--json"]);
+    let answers: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answers[0]["hits"].as_array().unwrap().len(), 2);
+    let clip = s.dir.path().join("clip.wav");
+    write_wav(&clip, 32_000, &sample_samples()[..96_000]);
+    let output = s.chorus(&["query", "--audio", &clip.display().to_string(), "-k", "1", "--json"]);
+    let answers: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answers[0]["hits"][0]["segment_id"], rows[0].id.to_string(), "{answers:#}");
+}

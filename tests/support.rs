@@ -1,0 +1,254 @@
+//! What the integration tests share: the installed tools, the running broker, isolated scenarios (own topics, group,
+//! archive and index) and the `chorus` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use chorus_connectors::parquet::{self, ArchivedSegment};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Paths of the tools `scripts/tools.sh` installs.
+pub struct Tools {
+    pub onnxruntime: PathBuf,
+    pub model: PathBuf,
+    pub sample: PathBuf,
+    pub python: PathBuf,
+}
+
+/// The installed tools; a clear failure when they are missing.
+pub fn tools() -> &'static Tools {
+    static TOOLS: OnceLock<Tools> = OnceLock::new();
+    TOOLS.get_or_init(|| {
+        let dir = std::env::var_os("CHORUS_TOOLS").map(PathBuf::from).unwrap_or_else(|| root().join(".tools"));
+        let tools = Tools {
+            onnxruntime: dir.join("onnxruntime-1.32.0/libonnxruntime.so.1.32.0"),
+            model: dir.join("models/chorus-standin-v1.onnx"),
+            sample: dir.join("sample/birds_10s.wav"),
+            python: dir.join("venv/bin/python"),
+        };
+        for path in [&tools.onnxruntime, &tools.model, &tools.sample, &tools.python] {
+            assert!(path.exists(), "{} is missing: run the tests with scripts/test.sh, which installs it", path.display());
+        }
+        tools
+    })
+}
+
+/// The broker address; a clear failure when nothing answers there.
+pub fn brokers() -> String {
+    let brokers = std::env::var("CHORUS_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let first = brokers.split(',').next().unwrap_or_default();
+    let address = first.parse().unwrap_or_else(|_| panic!("CHORUS_BROKERS {brokers:?} is not host:port"));
+    std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).unwrap_or_else(|e| {
+        panic!("no broker at {first} ({e}): run the tests with scripts/test.sh, which starts it")
+    });
+    brokers
+}
+
+/// A name no other test run has used: topics and groups persist in the broker between runs.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("t.{prefix}.{}.{nanos:x}.{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// 2026-05-01T05:00:00Z, where test recordings start.
+pub const T0: &str = "2026-05-01T05:00:00Z";
+/// [`T0`] in seconds since the epoch.
+pub const T0_SECONDS: i64 = 1_777_611_600;
+
+/// An isolated job: its own topics, consumer group, archive and index, in a temporary directory.
+pub struct Scenario {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub audio_topic: String,
+    pub segments_topic: String,
+    pub dead_letter_topic: String,
+    pub archive: PathBuf,
+}
+
+impl Scenario {
+    /// A scenario from `config/balanced.toml` with `overrides` (`("section.key", value)`) applied.
+    pub fn new(name: &str, overrides: &[(&str, toml::Value)]) -> Scenario {
+        let tools = tools();
+        let brokers = brokers();
+        let dir = tempfile::Builder::new().prefix(&format!("chorus-{name}-")).tempdir().unwrap();
+        let text = std::fs::read_to_string(root().join("config/balanced.toml")).unwrap();
+        let mut table: toml::Table = text.parse().unwrap();
+        let audio_topic = unique(&format!("{name}.audio"));
+        let segments_topic = unique(&format!("{name}.segments"));
+        let dead_letter_topic = unique(&format!("{name}.dead"));
+        let archive = dir.path().join("archive");
+        let path = |p: &Path| toml::Value::String(p.display().to_string());
+        let mut settings: Vec<(&str, toml::Value)> = vec![
+            ("kafka.brokers", brokers.into()),
+            ("kafka.audio_topic", audio_topic.clone().into()),
+            ("kafka.segments_topic", segments_topic.clone().into()),
+            ("kafka.dead_letter_topic", dead_letter_topic.clone().into()),
+            ("kafka.group_id", unique(name).into()),
+            ("model.path", path(&tools.model)),
+            ("embed.onnxruntime", path(&tools.onnxruntime)),
+            ("index.dir", path(&dir.path().join("index"))),
+            ("archive.dir", path(&archive)),
+            ("archive.flush_interval_seconds", 1.0.into()),
+        ];
+        settings.extend(overrides.iter().cloned());
+        for (key, value) in settings {
+            let (section, field) = key.split_once('.').unwrap();
+            table
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .unwrap()
+                .insert(field.to_owned(), value);
+        }
+        let config = dir.path().join("chorus.toml");
+        std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
+        // Third-party producers expect the topics to exist: the broker does not create them on first use.
+        let settings = chorus::config::Config::load(&config).unwrap();
+        chorus_connectors::kafka::ensure_topics(&settings.kafka).unwrap();
+        Scenario { dir, config, audio_topic, segments_topic, dead_letter_topic, archive }
+    }
+
+    /// Runs `chorus <args> --config <this scenario>` and returns its output; fails the test when it fails.
+    pub fn chorus(&self, args: &[&str]) -> Output {
+        let output = self.chorus_unchecked(args);
+        assert!(
+            output.status.success(),
+            "chorus {args:?} failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    /// Runs `chorus`, killing it after three minutes.
+    pub fn chorus_unchecked(&self, args: &[&str]) -> Output {
+        let (command, rest) = args.split_first().expect("a subcommand");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .arg(command)
+            .arg("--config")
+            .arg(&self.config)
+            .args(rest)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                let output = child.wait_with_output().unwrap();
+                panic!("chorus {args:?} did not finish in 180 s:\n{}", String::from_utf8_lossy(&output.stderr));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs the job until the audio topic is drained and quiet for a second.
+    pub fn run_until_idle(&self) -> String {
+        String::from_utf8(self.chorus(&["run", "--until-idle", "1"]).stderr).unwrap()
+    }
+
+    /// Every archived segment of `space`, sorted by sensor and start time.
+    pub fn archived(&self, space: &str, embeddings: bool) -> Vec<ArchivedSegment> {
+        let mut rows = Vec::new();
+        parquet::read_space(&self.archive, space, embeddings, |row| rows.push(row)).unwrap();
+        rows.sort_by(|a, b| (&a.sensor, a.start_micros).cmp(&(&b.sensor, b.start_micros)));
+        rows
+    }
+
+    /// Runs a Python script from `tests/fixtures` with the pinned interpreter; returns its stdout.
+    pub fn python(&self, script: &str, args: &[&str]) -> String {
+        let output = Command::new(&tools().python)
+            .arg(root().join("tests/fixtures").join(script))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{script} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Reads `expected` messages from partition 0 of `topic`, waiting up to 30 s.
+    pub fn consume(&self, topic: &str, expected: usize) -> Vec<Consumed> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+        consumer.assign(&assignment).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut out = Vec::new();
+        while out.len() < expected && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                out.push(Consumed {
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                });
+            }
+        }
+        out
+    }
+}
+
+/// A message read back from a topic.
+#[derive(Debug)]
+pub struct Consumed {
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Consumed {
+    /// The last value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// The sample recording's samples (32 kHz mono).
+pub fn sample_samples() -> Vec<f32> {
+    let bytes = std::fs::read(&tools().sample).unwrap();
+    chorus_connectors::wav::decode(&bytes, &Default::default()).unwrap().samples
+}
+
+/// Deterministic standard-normal noise (xorshift + Box–Muller).
+pub fn gaussian_noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed | 1;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    (0..n)
+        .map(|_| ((-2.0 * uniform().ln()).sqrt() * (2.0 * std::f64::consts::PI * uniform()).cos()) as f32)
+        .collect()
+}
+
+/// Writes mono float32 samples as a WAV file.
+pub fn write_wav(path: &Path, sample_rate: u32, samples: &[f32]) {
+    std::fs::write(path, chorus_connectors::wav::encode_f32(sample_rate, samples)).unwrap();
+}
