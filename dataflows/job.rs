@@ -219,7 +219,8 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
             shared.fatal.clone(),
             move |letter| {
                 dead_metrics.count("dead_letters", 1, 1);
-                tracing::warn!(cause = letter.cause, reason = %letter.reason, origin = ?letter.origin, "Dead letter.");
+                let origin = letter.origin.as_ref().map(ToString::to_string).unwrap_or_default();
+                tracing::warn!(cause = letter.cause, reason = %letter.reason, %origin, "Dead letter.");
                 kafka::dead_letter_record(letter, max_message_bytes)
             },
         );

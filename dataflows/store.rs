@@ -62,14 +62,11 @@ pub fn open_space(config: &Config, space: &str) -> Result<(SpaceIndex, usize), E
     if let Some(error) = failure {
         return Err(error);
     }
-    if caught_up > 0 || from_snapshot > 0 {
-        tracing::info!(
-            space,
-            from_snapshot,
-            caught_up,
-            seconds = started.elapsed().as_secs_f32(),
-            "Index opened."
-        );
+    let seconds = started.elapsed().as_secs_f32();
+    if caught_up > 0 {
+        tracing::info!(space, from_snapshot, caught_up, seconds, "Index opened and caught up from the archive.");
+    } else {
+        tracing::debug!(space, from_snapshot, seconds, "Index opened.");
     }
     Ok((index, caught_up))
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the pinned tools chorus needs into a git-ignored folder; every step is skipped when its result is present.
 #
-#   scripts/tools.sh [all|tansu|onnxruntime|sample|python|model]...
+#   scripts/tools.sh [all|system|tansu|onnxruntime|sample|python|model|paths]...
 #
 # Where: $CHORUS_TOOLS (default: <repo>/.tools). CI may cache that folder; nothing in it is ever rebuilt when present.
 set -euo pipefail
@@ -43,6 +43,35 @@ with_heartbeat() {
     say "  ... $(( (SECONDS - start) / 60 )) min, ${done_crates} crates compiled (log: $log)"
   done
   wait "$pid"
+}
+
+# Debian packages the build needs: a C/C++ toolchain and zlib headers for the vendored librdkafka, Python's venv.
+ensure_system() {
+  command -v cargo >/dev/null || die "cargo is missing: install Rust with rustup (https://rustup.rs) first"
+  local missing=()
+  command -v gcc >/dev/null || missing+=(gcc)
+  command -v g++ >/dev/null || missing+=(g++)
+  command -v make >/dev/null || missing+=(make)
+  command -v pkg-config >/dev/null || missing+=(pkg-config)
+  [ -e /usr/include/zlib.h ] || missing+=(zlib1g-dev)
+  python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  command -v apt-get >/dev/null || die "missing: ${missing[*]} (install them with your package manager)"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  say "Installing system packages: ${missing[*]}."
+  $sudo apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >&2
+}
+
+# With CHORUS_TOOLS elsewhere (a CI cache), <repo>/.tools points there so the paths in config/ keep working.
+link_tools() {
+  [ "$TOOLS" = "$ROOT/.tools" ] && return 0
+  mkdir -p "$TOOLS"
+  if [ -L "$ROOT/.tools" ] || [ ! -e "$ROOT/.tools" ]; then
+    ln -sfn "$TOOLS" "$ROOT/.tools"
+  else
+    die "$ROOT/.tools exists and is not a link to CHORUS_TOOLS=$TOOLS; move it away"
+  fi
 }
 
 tansu_bin() { echo "$TOOLS/tansu-$TANSU_VERSION/bin/tansu"; }
@@ -142,7 +171,8 @@ main() {
   [ $# -eq 0 ] && set -- all
   for what in "$@"; do
     case "$what" in
-      all) ensure_onnxruntime; ensure_sample; ensure_python; ensure_model; ensure_tansu ;;
+      all) link_tools; ensure_system; ensure_onnxruntime; ensure_sample; ensure_python; ensure_model; ensure_tansu ;;
+      system) ensure_system ;;
       tansu) ensure_tansu ;;
       onnxruntime) ensure_onnxruntime ;;
       sample) ensure_sample ;;
@@ -151,7 +181,7 @@ main() {
       paths)
         printf 'TANSU=%s\nORT_DYLIB=%s\nSAMPLE_WAV=%s\nPYTHON=%s\nMODEL=%s\n' \
           "$(tansu_bin)" "$(ort_lib)" "$(sample_wav)" "$(venv_python)" "$(model_path)" ;;
-      *) die "unknown tool '$what' (expected all, tansu, onnxruntime, sample, python, model, paths)" ;;
+      *) die "unknown tool '$what' (expected all, system, tansu, onnxruntime, sample, python, model, paths)" ;;
     esac
   done
 }

@@ -15,6 +15,9 @@ pub const INDEX_POINTS: &str = "chorus_index_points";
 /// Segments dropped because their id was already indexed (a replay after a restart).
 pub const DUPLICATES: &str = "chorus_duplicate_segments_total";
 
+/// Chunks dropped because their audio had already been received (label `space`).
+pub const DUPLICATE_CHUNKS: &str = "chorus_duplicate_chunks_total";
+
 /// Label key: pipeline stage (`source`, `decode`, `segment`, `embed`, `index`, `archive`, `segments_topic`, ...).
 pub const STAGE: &str = "stage";
 /// Label key: short machine-readable cause of an error.
@@ -37,6 +40,8 @@ pub struct Metrics {
     pub index_points: IntGaugeVec,
     /// See [`DUPLICATES`].
     pub duplicates: IntCounterVec,
+    /// See [`DUPLICATE_CHUNKS`].
+    pub duplicate_chunks: IntCounterVec,
 }
 
 impl Metrics {
@@ -58,6 +63,10 @@ impl Metrics {
                 Opts::new(DUPLICATES, "Segments dropped because their id was already indexed."),
                 &[SPACE],
             )?,
+            duplicate_chunks: IntCounterVec::new(
+                Opts::new(DUPLICATE_CHUNKS, "Chunks dropped because their audio had already been received."),
+                &[SPACE],
+            )?,
         };
         registry.register(Box::new(metrics.records_in.clone()))?;
         registry.register(Box::new(metrics.records_out.clone()))?;
@@ -65,6 +74,7 @@ impl Metrics {
         registry.register(Box::new(metrics.embed_batch.clone()))?;
         registry.register(Box::new(metrics.index_points.clone()))?;
         registry.register(Box::new(metrics.duplicates.clone()))?;
+        registry.register(Box::new(metrics.duplicate_chunks.clone()))?;
         Ok(metrics)
     }
 

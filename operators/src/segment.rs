@@ -139,6 +139,8 @@ pub struct Pushed<T> {
     pub released: Vec<T>,
     /// Audio that could not be placed (it overlapped audio already received).
     pub rejected: Option<DeadLetter>,
+    /// The chunk lay wholly within audio already received — a repeated delivery — and was dropped.
+    pub duplicate: bool,
 }
 
 /// Reassembles chunks per sensor and cuts windows; dataflow-agnostic. `T` tags each chunk (a timely time).
@@ -193,7 +195,7 @@ impl<T: Clone> Segmenter<T> {
             .timelines
             .entry((chunk.space.clone(), chunk.sensor.clone()))
             .or_insert_with(|| Timeline::starting_at(spec, nanos_to_samples(chunk.captured_at, spec.sample_rate)));
-        let mut pushed = Pushed { windows: Vec::new(), released: Vec::new(), rejected: None };
+        let mut pushed = Pushed { windows: Vec::new(), released: Vec::new(), rejected: None, duplicate: false };
         timeline.push(spec, chunk, token, &mut pushed)?;
         Ok(pushed)
     }
@@ -233,6 +235,14 @@ impl<T: Clone> Timeline<T> {
         });
         let mut samples = chunk.samples;
         if !continues {
+            let end = nanos_to_samples(chunk.captured_at, spec.sample_rate)
+                + (samples.len() as u128 * u128::from(spec.sample_rate) / u128::from(chunk.sample_rate)) as i64;
+            if end <= self.write_pos + spec.tolerance_samples() {
+                // Sent again (an at-least-once producer, a re-upload): the first copy is kept, the run goes on.
+                out.duplicate = true;
+                out.released.push(token);
+                return Ok(());
+            }
             self.end_run(spec, out)?;
             let mut pos = nanos_to_samples(chunk.captured_at, spec.sample_rate);
             if (pos - self.write_pos).abs() <= spec.tolerance_samples() {
@@ -504,6 +514,10 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
                                 if let Some(letter) = pushed.rejected {
                                     failed.push(letter);
                                 }
+                                if pushed.duplicate {
+                                    metrics.duplicate_chunks.with_label_values(&[space.as_str()]).inc();
+                                    tracing::debug!(sensor, %origin, "Repeated chunk dropped.");
+                                }
                                 for token in pushed.released {
                                     release(&mut pinned, token);
                                 }
@@ -662,6 +676,19 @@ mod tests {
         let w = &pushed.windows.last().unwrap().0;
         assert_eq!(w.key.start, 3_000);
         assert_eq!(w.samples[..1_000], vec![2.0; 1_000][..]);
+    }
+
+    #[test]
+    fn a_repeated_chunk_is_dropped_without_breaking_the_run() {
+        let spec = spec(1.0, 2_000);
+        let mut segmenter = Segmenter::new(spec);
+        segmenter.push(chunk("s", 0, vec![1.0; 1_500], RATE, 0), 0).unwrap();
+        let again = segmenter.push(chunk("s", 0, vec![1.0; 1_500], RATE, 1), 1).unwrap();
+        assert!(again.duplicate && again.rejected.is_none() && again.windows.is_empty());
+        assert_eq!(again.released, vec![1]);
+        let next = segmenter.push(chunk("s", 1_500, vec![1.0; 1_500], RATE, 2), 2).unwrap();
+        assert!(!next.duplicate);
+        assert_eq!(next.windows.iter().map(|(w, _)| w.key.start).collect::<Vec<_>>(), vec![0, 1_000]);
     }
 
     #[test]
