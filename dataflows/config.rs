@@ -112,12 +112,19 @@ impl Config {
 
     /// Parses and validates `text`, read from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let file: ConfigFile = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string().trim_end().to_owned() })?;
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
         let invalid = |section: &'static str| {
-            move |e: FieldError| ConfigError::Invalid { path: path.to_path_buf(), section, field: e.field, message: e.message }
+            move |e: FieldError| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                section,
+                field: e.field,
+                message: e.message,
+            }
         };
         if !(1..=256).contains(&file.workers) {
             return Err(invalid("")(FieldError::new("workers", format!("{} is outside 1..=256", file.workers))));
@@ -159,15 +166,17 @@ mod tests {
         let error = parse("[windows]\nhopp_seconds = 1.0\n").unwrap_err().to_string();
         assert!(error.starts_with("/etc/chorus/test.toml:"), "{error}");
         assert!(error.contains("unknown field `hopp_seconds`"), "{error}");
-        let error = parse("[model]\npath = \"m.onnx\"\n[embed]\nonnxruntime = \"o.so\"\n[windows]\nhop_seconds = 6.0\n")
-            .unwrap_err()
-            .to_string();
+        let error =
+            parse("[model]\npath = \"m.onnx\"\n[embed]\nonnxruntime = \"o.so\"\n[windows]\nhop_seconds = 6.0\n")
+                .unwrap_err()
+                .to_string();
         assert!(error.starts_with("/etc/chorus/test.toml: [windows] hop_seconds:"), "{error}");
         let error = parse("[embed]\nonnxruntime = \"o.so\"\n").unwrap_err().to_string();
         assert!(error.contains("[model] path: is required"), "{error}");
-        let error = parse("[model]\npath = \"m.onnx\"\n[embed]\nonnxruntime = \"o.so\"\n[kafka]\ncompression = \"snappy\"\n")
-            .unwrap_err()
-            .to_string();
+        let error =
+            parse("[model]\npath = \"m.onnx\"\n[embed]\nonnxruntime = \"o.so\"\n[kafka]\ncompression = \"snappy\"\n")
+                .unwrap_err()
+                .to_string();
         assert!(error.contains("[kafka] compression: snappy is refused"), "{error}");
     }
 }

@@ -7,10 +7,10 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chorus_connectors::Fatal;
 use chorus_connectors::kafka::{self, KafkaSource, Producer, Until};
 use chorus_connectors::parquet::{self as archive, ArchiveWriter};
 use chorus_connectors::wav::DecodeLimits;
-use chorus_connectors::Fatal;
 use chorus_operators::embed::{self, Embed, EmbedSettings, Embedder};
 use chorus_operators::index::Index;
 use chorus_operators::metrics::Metrics;
@@ -65,9 +65,8 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
         threads: if config.embed.threads == 0 { (cores / workers).max(1) } else { config.embed.threads },
         ..config.embed.clone()
     };
-    let embedders = (0..workers)
-        .map(|_| Embedder::open(environment, &config.model, &settings))
-        .collect::<Result<Vec<_>, _>>()?;
+    let embedders =
+        (0..workers).map(|_| Embedder::open(environment, &config.model, &settings)).collect::<Result<Vec<_>, _>>()?;
     let producer = Producer::open(&config.kafka)?;
     let registry = Registry::new();
     let metrics = Metrics::register(&registry).map_err(|e| Error::Job(format!("cannot register metrics: {e}")))?;

@@ -17,7 +17,9 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 /// chorus: a streaming pipeline for bioacoustics — Kafka audio chunks in, a searchable archive of calls out.
 #[derive(Parser)]
 #[command(version, about, long_about = None, propagate_version = true)]
-#[command(after_help = "Start here:\n  scripts/demo.sh          # installs what it needs, runs the job on the sample audio\n  chorus run --help        # the ingest job\n\nLogs go to stderr; RUST_LOG (e.g. RUST_LOG=chorus=debug) overrides -v/-q.")]
+#[command(
+    after_help = "Start here:\n  scripts/demo.sh          # installs what it needs, runs the job on the sample audio\n  chorus run --help        # the ingest job\n\nLogs go to stderr; RUST_LOG (e.g. RUST_LOG=chorus=debug) overrides -v/-q."
+)]
 struct Cli {
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = ArgAction::Count, global = true)]
@@ -39,7 +41,9 @@ struct ConfigArg {
 #[derive(Subcommand)]
 enum Command {
     /// Run the ingest job: Kafka audio chunks → windows → embeddings → index, archive, segments topic.
-    #[command(after_help = "Examples:\n  chorus run --config config/balanced.toml\n  chorus run -w 2 --until-idle 5    # two workers; stop once the topic is drained and quiet for 5 s\n\nOffsets are committed only after the archive, the segments topic and the dead-letter topic hold what was\nderived from them; a restart resumes there, and segment ids are deterministic, so nothing is lost or doubled.")]
+    #[command(
+        after_help = "Examples:\n  chorus run --config config/balanced.toml\n  chorus run -w 2 --until-idle 5    # two workers; stop once the topic is drained and quiet for 5 s\n\nOffsets are committed only after the archive, the segments topic and the dead-letter topic hold what was\nderived from them; a restart resumes there, and segment ids are deterministic, so nothing is lost or doubled."
+    )]
     Run {
         #[command(flatten)]
         config: ConfigArg,
@@ -51,7 +55,9 @@ enum Command {
         until_idle: Option<f64>,
     },
     /// Produce WAV files to the audio topic as chunks with `captured_at`, `space` and `priority` headers.
-    #[command(after_help = "Examples:\n  chorus produce --sensor pole-7 --start 2026-05-01T05:00:00Z dawn.wav\n  chorus produce --space wetlands --chunk-seconds 5 recordings/*.WAV   # start times from names like 20260501_050000\n\nWithout --start, each file's start comes from a YYYYMMDD_HHMMSS stamp in its name (UTC), else from its\nmodification time. With --start, the files are taken as one continuous recording.")]
+    #[command(
+        after_help = "Examples:\n  chorus produce --sensor pole-7 --start 2026-05-01T05:00:00Z dawn.wav\n  chorus produce --space wetlands --chunk-seconds 5 recordings/*.WAV   # start times from names like 20260501_050000\n\nWithout --start, each file's start comes from a YYYYMMDD_HHMMSS stamp in its name (UTC), else from its\nmodification time. With --start, the files are taken as one continuous recording."
+    )]
     Produce {
         #[command(flatten)]
         config: ConfigArg,
@@ -75,7 +81,9 @@ enum Command {
         files: Vec<PathBuf>,
     },
     /// Find the archived segments that sound most like a clip or like an archived segment.
-    #[command(after_help = "Examples:\n  chorus query --audio call.wav -k 5\n  chorus query --segment 3f9a0c1d2b4e5f60 --json\n\nDistances are cosine distances (0 = same direction). A clip longer than one model window is searched\nwindow by window. A segment is left out of its own results.")]
+    #[command(
+        after_help = "Examples:\n  chorus query --audio call.wav -k 5\n  chorus query --segment 3f9a0c1d2b4e5f60 --json\n\nDistances are cosine distances (0 = same direction). A clip longer than one model window is searched\nwindow by window. A segment is left out of its own results."
+    )]
     Query {
         #[command(flatten)]
         config: ConfigArg,

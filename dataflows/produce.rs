@@ -63,7 +63,7 @@ pub fn produce(config: &Config, options: &ProduceOptions) -> Result<ProduceSumma
         return Err(Error::Usage("--sensor is empty".into()));
     }
     if let Some(seconds) = options.chunk_seconds
-        && !(seconds > 0.0)
+        && (seconds.is_nan() || seconds <= 0.0)
     {
         return Err(Error::Usage(format!("--chunk-seconds {seconds} must be above 0")));
     }
@@ -143,7 +143,10 @@ fn chunk_frames(path: &Path, file: &WavFile, requested: Option<f64>, limit: usiz
     let rate = f64::from(file.spec.sample_rate);
     let fitting = limit.saturating_sub(44) / file.bytes_per_frame().max(1);
     if fitting == 0 {
-        return Err(Error::Input { path: path.to_path_buf(), message: "a single frame exceeds kafka.max_message_bytes".into() });
+        return Err(Error::Input {
+            path: path.to_path_buf(),
+            message: "a single frame exceeds kafka.max_message_bytes".into(),
+        });
     }
     match requested {
         Some(seconds) => {
@@ -171,9 +174,10 @@ pub fn start_of(path: &Path) -> Result<Nanos, Error> {
     if let Some(t) = stamp_in(&name) {
         return Ok(t);
     }
-    let modified = std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .map_err(|e| Error::Input { path: path.to_path_buf(), message: format!("cannot read its modification time: {e}") })?;
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).map_err(|e| Error::Input {
+        path: path.to_path_buf(),
+        message: format!("cannot read its modification time: {e}"),
+    })?;
     let since = modified.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     Ok(since.as_nanos() as Nanos)
 }

@@ -194,7 +194,8 @@ pub fn print_table(answers: &[Answer], out: &mut impl std::io::Write) -> std::io
             writeln!(out, "  (no neighbours)")?;
             continue;
         }
-        let width = |f: &dyn Fn(&Hit) -> usize, title: &str| answer.hits.iter().map(f).max().unwrap_or(0).max(title.len());
+        let width =
+            |f: &dyn Fn(&Hit) -> usize, title: &str| answer.hits.iter().map(f).max().unwrap_or(0).max(title.len());
         let (space_w, sensor_w) = (width(&|h| h.space.len(), "space"), width(&|h| h.sensor.len(), "sensor"));
         writeln!(
             out,

@@ -150,7 +150,7 @@ ensure_python() {
   local stamp="$TOOLS/venv/.requirements.sha256" want
   want=$(sha256_of "$PY_REQUIREMENTS")
   [ -x "$py" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return 0
-  say "Installing the pinned Python packages (numpy, onnx, pyarrow, confluent-kafka) into $TOOLS/venv."
+  say "Installing the pinned Python packages of scripts/requirements.txt into $TOOLS/venv."
   python3 -m venv "$TOOLS/venv"
   "$py" -m pip install -q --disable-pip-version-check --only-binary=:all: -r "$PY_REQUIREMENTS" >&2
   echo "$want" >"$stamp"

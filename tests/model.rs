@@ -4,7 +4,11 @@ use crate::support::{root, tools};
 
 fn pinned_sha256() -> String {
     let pins = std::fs::read_to_string(root().join("scripts/pins.txt")).unwrap();
-    pins.lines().find_map(|l| l.strip_prefix("standin-model ")).expect("scripts/pins.txt pins the model").trim().to_owned()
+    pins.lines()
+        .find_map(|l| l.strip_prefix("standin-model "))
+        .expect("scripts/pins.txt pins the model")
+        .trim()
+        .to_owned()
 }
 
 #[test]

@@ -37,8 +37,20 @@ fn r2_sample_in_mid_window_chunks_gives_exactly_the_expected_windows() {
     let seen: Value = serde_json::from_str(&s.python("read_archive.py", &[&s.archive.display().to_string()])).unwrap();
     let columns: Vec<&str> = seen["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
     for documented in [
-        "segment_id", "space", "sensor", "start_time", "end_time", "coverage", "sample_rate", "model", "topic",
-        "partition", "offset", "embedding_scale", "embedding", "date",
+        "segment_id",
+        "space",
+        "sensor",
+        "start_time",
+        "end_time",
+        "coverage",
+        "sample_rate",
+        "model",
+        "topic",
+        "partition",
+        "offset",
+        "embedding_scale",
+        "embedding",
+        "date",
     ] {
         assert!(columns.contains(&documented), "column {documented} missing from {columns:?}");
     }
@@ -47,7 +59,10 @@ fn r2_sample_in_mid_window_chunks_gives_exactly_the_expected_windows() {
         .unwrap()
         .iter()
         .map(|r| {
-            assert_eq!((r[1].as_str(), r[2].as_str(), r[4].as_str()), (Some("default"), Some("pole-1"), Some("2026-05-01")));
+            assert_eq!(
+                (r[1].as_str(), r[2].as_str(), r[4].as_str()),
+                (Some("default"), Some("pole-1"), Some("2026-05-01"))
+            );
             (r[0].as_str().unwrap().to_owned(), r[3].as_str().unwrap().to_owned())
         })
         .collect();
@@ -55,6 +70,9 @@ fn r2_sample_in_mid_window_chunks_gives_exactly_the_expected_windows() {
     rows.sort_by(|a, b| a.1.cmp(&b.1));
     assert_eq!(rows, expected);
     assert_eq!(seen["duckdb"], serde_json::json!([6, 6, 1536]));
+    let mut ids: Vec<String> = expected.iter().map(|(id, _)| id.clone()).collect();
+    ids.sort();
+    assert_eq!(seen["polars_ids"], serde_json::json!(ids));
 
     // The segments topic carries one JSON record per segment, keyed by its id.
     let records = s.consume(&s.segments_topic, 6);
@@ -70,10 +88,21 @@ fn r2_sample_in_mid_window_chunks_gives_exactly_the_expected_windows() {
     published.sort_by(|a, b| a.1.cmp(&b.1));
     assert_eq!(published, expected);
 
-    // A second run re-reads only the chunk still holding the unfinished tail and adds nothing.
+    // A second run re-reads only the chunks still holding the unfinished tail and adds nothing.
     let log = s.run_until_idle();
     assert!(log.contains("0 new segments"), "{log}");
     assert_eq!(s.archived("default", false).len(), 6);
+
+    // Without its snapshot the index is rebuilt from the archive: replayed windows are still recognised, and a
+    // query still finds every segment.
+    std::fs::remove_dir_all(s.dir.path().join("index")).unwrap();
+    let log = s.run_until_idle();
+    assert!(log.contains("caught up from the archive") && log.contains("0 new segments"), "{log}");
+    assert!(!log.contains("(0 already indexed)"), "the replayed window should have been a duplicate: {log}");
+    assert_eq!(s.archived("default", false).len(), 6);
+    let output = s.chorus(&["query", "--segment", &expected[2].0, "-k", "10", "--json"]);
+    let answers: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answers[0]["hits"].as_array().unwrap().len(), 5);
 }
 
 #[test]
@@ -93,8 +122,9 @@ fn r2_a_noisy_excerpt_between_window_starts_finds_its_own_sensor() {
         })
         .collect();
     let noise: Vec<f32> = gaussian_noise(n, 7).iter().map(|x| 0.05 * x).collect();
-    let hum: Vec<f32> =
-        (0..n).map(|i| (1..6).map(|h| 0.1 / h as f32 * (2.0 * std::f32::consts::PI * 50.0 * h as f32 * t(i)).sin()).sum()).collect();
+    let hum: Vec<f32> = (0..n)
+        .map(|i| (1..6).map(|h| 0.1 / h as f32 * (2.0 * std::f32::consts::PI * 50.0 * h as f32 * t(i)).sin()).sum())
+        .collect();
     let bird = sample_samples();
     let far: Vec<f32> = gaussian_noise(bird.len(), 11).iter().zip(&bird).map(|(z, b)| 0.2 * z + 0.05 * b).collect();
     for (sensor, audio) in [("pole-2", chirps), ("pole-3", noise), ("pole-4", hum), ("pole-5", far)] {
@@ -118,16 +148,18 @@ fn r2_a_noisy_excerpt_between_window_starts_finds_its_own_sensor() {
     let top = &answers[0]["hits"][0];
     assert_eq!(top["sensor"], "pole-1", "{answers:#}");
     let (start, end) = (top["start_time"].as_str().unwrap(), top["end_time"].as_str().unwrap());
-    assert!(start < "2026-05-01T05:00:07.5Z" && end > "2026-05-01T05:00:02.5Z", "top hit {start}..{end} does not overlap");
+    assert!(
+        start < "2026-05-01T05:00:07.5Z" && end > "2026-05-01T05:00:02.5Z",
+        "top hit {start}..{end} does not overlap"
+    );
 }
 
 #[test]
 fn r2_malformed_messages_are_dead_lettered_and_the_audio_around_them_archived() {
     let s = Scenario::new("r2-dead", &[("windows.hop_seconds", 1.0.into())]);
-    let produced: Value = serde_json::from_str(&s.python(
-        "produce_malformed.py",
-        &[&crate::support::brokers(), &s.audio_topic, &sample(), T0],
-    ))
+    let produced: Value = serde_json::from_str(
+        &s.python("produce_malformed.py", &[&crate::support::brokers(), &s.audio_topic, &sample(), T0]),
+    )
     .unwrap();
     assert_eq!(produced, serde_json::json!({"valid": 6, "malformed": 7}));
     let log = s.run_until_idle();
@@ -147,8 +179,11 @@ fn r2_malformed_messages_are_dead_lettered_and_the_audio_around_them_archived() 
 
     let archived: Vec<(String, i64)> =
         s.archived("default", false).into_iter().map(|r| (r.id.to_string(), r.start_micros / 1_000_000)).collect();
-    let expected: Vec<(String, i64)> =
-        expected_sample_windows("default", "pole-1").into_iter().zip(0..).map(|((id, _), k)| (id, T0_SECONDS + k)).collect();
+    let expected: Vec<(String, i64)> = expected_sample_windows("default", "pole-1")
+        .into_iter()
+        .zip(0..)
+        .map(|((id, _), k)| (id, T0_SECONDS + k))
+        .collect();
     assert_eq!(archived, expected);
 }
 
@@ -159,7 +194,18 @@ fn r2_a_model_with_another_contract_runs_by_config_alone() {
     let generated = std::process::Command::new(&tools().python)
         .arg(root().join("scripts/gen_model.py"))
         .args(["--out", &model.display().to_string()])
-        .args(["--sample-rate", "48000", "--window-seconds", "3", "--dim", "1024", "--input", "audio", "--output", "emb"])
+        .args([
+            "--sample-rate",
+            "48000",
+            "--window-seconds",
+            "3",
+            "--dim",
+            "1024",
+            "--input",
+            "audio",
+            "--output",
+            "emb",
+        ])
         .output()
         .unwrap();
     assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));

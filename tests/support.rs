@@ -38,7 +38,11 @@ pub fn tools() -> &'static Tools {
             python: dir.join("venv/bin/python"),
         };
         for path in [&tools.onnxruntime, &tools.model, &tools.sample, &tools.python] {
-            assert!(path.exists(), "{} is missing: run the tests with scripts/test.sh, which installs it", path.display());
+            assert!(
+                path.exists(),
+                "{} is missing: run the tests with scripts/test.sh, which installs it",
+                path.display()
+            );
         }
         tools
     })
@@ -49,9 +53,8 @@ pub fn brokers() -> String {
     let brokers = std::env::var("CHORUS_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let first = brokers.split(',').next().unwrap_or_default();
     let address = first.parse().unwrap_or_else(|_| panic!("CHORUS_BROKERS {brokers:?} is not host:port"));
-    std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).unwrap_or_else(|e| {
-        panic!("no broker at {first} ({e}): run the tests with scripts/test.sh, which starts it")
-    });
+    std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("no broker at {first} ({e}): run the tests with scripts/test.sh, which starts it"));
     brokers
 }
 
@@ -171,11 +174,8 @@ impl Scenario {
 
     /// Runs a Python script from `tests/fixtures` with the pinned interpreter; returns its stdout.
     pub fn python(&self, script: &str, args: &[&str]) -> String {
-        let output = Command::new(&tools().python)
-            .arg(root().join("tests/fixtures").join(script))
-            .args(args)
-            .output()
-            .unwrap();
+        let output =
+            Command::new(&tools().python).arg(root().join("tests/fixtures").join(script)).args(args).output().unwrap();
         assert!(output.status.success(), "{script} failed:\n{}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout).unwrap()
     }
@@ -202,7 +202,12 @@ impl Scenario {
                         .headers()
                         .map(|h| {
                             h.iter()
-                                .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                                .map(|h| {
+                                    (
+                                        h.key.to_owned(),
+                                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                                    )
+                                })
                                 .collect()
                         })
                         .unwrap_or_default(),
@@ -243,9 +248,7 @@ pub fn gaussian_noise(n: usize, seed: u64) -> Vec<f32> {
         state ^= state << 17;
         ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
     };
-    (0..n)
-        .map(|_| ((-2.0 * uniform().ln()).sqrt() * (2.0 * std::f64::consts::PI * uniform()).cos()) as f32)
-        .collect()
+    (0..n).map(|_| ((-2.0 * uniform().ln()).sqrt() * (2.0 * std::f64::consts::PI * uniform()).cos()) as f32).collect()
 }
 
 /// Writes mono float32 samples as a WAV file.

@@ -25,11 +25,11 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerConte
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde::Deserialize;
 use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::operator::source as timely_source;
-use timely::dataflow::operators::Capability;
-use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::{Scope, StreamVec};
 
 use crate::wav::{self, DecodeLimits};
@@ -111,7 +111,10 @@ impl KafkaConfig {
                 && topic.len() <= 249
                 && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
             if !valid {
-                return Err(FieldError::new(field, format!("'{topic}' is not a valid topic name ([A-Za-z0-9._-]{{1,249}})")));
+                return Err(FieldError::new(
+                    field,
+                    format!("'{topic}' is not a valid topic name ([A-Za-z0-9._-]{{1,249}})"),
+                ));
             }
         }
         if self.group_id.is_empty() {
@@ -121,7 +124,10 @@ impl KafkaConfig {
             return Err(FieldError::new("partitions", format!("{} is outside 1..=10000", self.partitions)));
         }
         if !(1_024..=100_000_000).contains(&self.max_message_bytes) {
-            return Err(FieldError::new("max_message_bytes", format!("{} is outside 1024..=100000000", self.max_message_bytes)));
+            return Err(FieldError::new(
+                "max_message_bytes",
+                format!("{} is outside 1024..=100000000", self.max_message_bytes),
+            ));
         }
         match self.compression.as_str() {
             "none" | "gzip" | "lz4" => {}
@@ -202,7 +208,10 @@ pub fn ensure_topics(settings: &KafkaSettings) -> Result<(), Error> {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                return Err(Error::Kafka { what: format!("cannot create topic {topic}"), source: KafkaError::AdminOp(code) });
+                return Err(Error::Kafka {
+                    what: format!("cannot create topic {topic}"),
+                    source: KafkaError::AdminOp(code),
+                });
             }
         }
     }
@@ -482,8 +491,7 @@ impl KafkaSource {
                 *next = (*next).min(*held);
             }
         }
-        let changed: Vec<(i32, i64)> =
-            offsets.into_iter().filter(|(p, o)| self.committed.get(p) != Some(o)).collect();
+        let changed: Vec<(i32, i64)> = offsets.into_iter().filter(|(p, o)| self.committed.get(p) != Some(o)).collect();
         self.last_commit = Instant::now();
         if changed.is_empty() {
             return Ok(());
@@ -527,39 +535,43 @@ pub fn source<'scope>(
     state: Rc<RefCell<KafkaSource>>,
     until: Until,
 ) -> StreamVec<'scope, u64, RawMessage> {
-    timely_source::<_, CapacityContainerBuilder<Vec<RawMessage>>, _, _>(scope, "KafkaSource", move |capability, info| {
-        let activator = scope.activator_for(info.address.clone());
-        let mut capability = Some(capability);
-        let mut epoch = 0u64;
-        let mut last_message = Instant::now();
-        let mut batch = Vec::new();
-        move |output| {
-            let Some(cap) = capability.as_mut() else { return };
-            let mut source = state.borrow_mut();
-            if source.next.is_empty() {
-                capability = None;
-                return;
+    timely_source::<_, CapacityContainerBuilder<Vec<RawMessage>>, _, _>(
+        scope,
+        "KafkaSource",
+        move |capability, info| {
+            let activator = scope.activator_for(info.address.clone());
+            let mut capability = Some(capability);
+            let mut epoch = 0u64;
+            let mut last_message = Instant::now();
+            let mut batch = Vec::new();
+            move |output| {
+                let Some(cap) = capability.as_mut() else { return };
+                let mut source = state.borrow_mut();
+                if source.next.is_empty() {
+                    capability = None;
+                    return;
+                }
+                source.poll(4_096, &mut batch);
+                if !batch.is_empty() {
+                    last_message = Instant::now();
+                    output.session(&*cap).give_iterator(batch.drain(..));
+                    source.record_epoch(epoch);
+                    epoch += 1;
+                    cap.downgrade(&epoch);
+                    activator.activate();
+                    return;
+                }
+                if let Until::Idle(idle) = until
+                    && last_message.elapsed() >= idle
+                    && source.drained()
+                {
+                    capability = None;
+                    return;
+                }
+                activator.activate_after(Duration::from_millis(5));
             }
-            source.poll(4_096, &mut batch);
-            if !batch.is_empty() {
-                last_message = Instant::now();
-                output.session(&*cap).give_iterator(batch.drain(..));
-                source.record_epoch(epoch);
-                epoch += 1;
-                cap.downgrade(&epoch);
-                activator.activate();
-                return;
-            }
-            if let Until::Idle(idle) = until
-                && last_message.elapsed() >= idle
-                && source.drained()
-            {
-                capability = None;
-                return;
-            }
-            activator.activate_after(Duration::from_millis(5));
-        }
-    })
+        },
+    )
 }
 
 /// What a sink sends for one record.
@@ -625,7 +637,13 @@ impl Producer {
     }
 
     /// Queues one message for a given partition and with a given timestamp.
-    pub fn send_to(&self, topic: &str, partition: Option<i32>, timestamp_ms: Option<i64>, record: &Record) -> Result<(), Error> {
+    pub fn send_to(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        timestamp_ms: Option<i64>,
+        record: &Record,
+    ) -> Result<(), Error> {
         loop {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
             for (key, value) in &record.headers {
@@ -646,7 +664,9 @@ impl Producer {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err((error, _)) => return Err(Error::Kafka { what: format!("cannot produce to {topic}"), source: error }),
+                Err((error, _)) => {
+                    return Err(Error::Kafka { what: format!("cannot produce to {topic}"), source: error });
+                }
             }
         }
     }
@@ -813,9 +833,12 @@ mod tests {
 
     #[test]
     fn defaults_come_from_the_kafka_timestamp_and_the_default_space() {
-        let chunk =
-            decode_message(message(Some("s"), &[], wav::encode_f32(8_000, &[0.0; 8])), 1_000_000, &DecodeLimits::default())
-                .unwrap();
+        let chunk = decode_message(
+            message(Some("s"), &[], wav::encode_f32(8_000, &[0.0; 8])),
+            1_000_000,
+            &DecodeLimits::default(),
+        )
+        .unwrap();
         assert_eq!((chunk.space.as_str(), chunk.captured_at), ("default", 1_777_611_600_000_000_000));
     }
 
@@ -829,8 +852,9 @@ mod tests {
         assert_eq!(cause(message(Some("s"), &[("priority", "urgent")], wav())), "bad_priority");
         assert_eq!(cause(message(Some("s"), &[], vec![0; 2_000])), "oversized");
         assert_eq!(cause(message(Some("s"), &[], b"RIFF\x08\0\0\0WAVEjunk".to_vec())), "not_wav");
-        let letter = decode_message(message(Some("s"), &[("priority", "urgent")], wav()), 1_000, &DecodeLimits::default())
-            .unwrap_err();
+        let letter =
+            decode_message(message(Some("s"), &[("priority", "urgent")], wav()), 1_000, &DecodeLimits::default())
+                .unwrap_err();
         assert_eq!(letter.origin.unwrap().offset, 42);
         assert_eq!(letter.payload, wav());
     }
@@ -846,7 +870,8 @@ mod tests {
             cause: "oversized",
         };
         let record = dead_letter_record(letter, 4_000);
-        let header = |k: &str| record.headers.iter().find(|(h, _)| h == k).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        let header =
+            |k: &str| record.headers.iter().find(|(h, _)| h == k).map(|(_, v)| String::from_utf8_lossy(v).into_owned());
         assert_eq!(header(HEADER_REASON).as_deref(), Some("too big"));
         assert_eq!(header(HEADER_ORIGIN).as_deref(), Some("audio/1@9"));
         assert_eq!(header(HEADER_PAYLOAD_DROPPED).as_deref(), Some("5000 bytes"));

@@ -55,7 +55,12 @@ pub struct ArchiveConfig {
 
 impl Default for ArchiveConfig {
     fn default() -> Self {
-        ArchiveConfig { dir: PathBuf::from("var/archive"), max_rows_per_file: 100_000, flush_interval_seconds: 10.0, zstd_level: 3 }
+        ArchiveConfig {
+            dir: PathBuf::from("var/archive"),
+            max_rows_per_file: 100_000,
+            flush_interval_seconds: 10.0,
+            zstd_level: 3,
+        }
     }
 }
 
@@ -69,7 +74,10 @@ impl ArchiveConfig {
             return Err(FieldError::new("max_rows_per_file", "must be at least 1"));
         }
         if !(self.flush_interval_seconds > 0.0 && self.flush_interval_seconds <= 86_400.0) {
-            return Err(FieldError::new("flush_interval_seconds", format!("{} is outside (0, 86400]", self.flush_interval_seconds)));
+            return Err(FieldError::new(
+                "flush_interval_seconds",
+                format!("{} is outside (0, 86400]", self.flush_interval_seconds),
+            ));
         }
         if ZstdLevel::try_new(self.zstd_level).is_err() || self.zstd_level < 1 {
             return Err(FieldError::new("zstd_level", format!("{} is outside 1..=22", self.zstd_level)));
@@ -198,7 +206,10 @@ impl ArchiveWriter {
 
     fn write_file(&self, space: &str, date: &str, segments: &[Segment]) -> Result<PathBuf, Error> {
         let dir = partition_dir(&self.settings.dir, space, date);
-        let failed = |what: &str, e: &dyn std::fmt::Display| Error::Archive { path: dir.display().to_string(), message: format!("{what}: {e}") };
+        let failed = |what: &str, e: &dyn std::fmt::Display| Error::Archive {
+            path: dir.display().to_string(),
+            message: format!("{what}: {e}"),
+        };
         fs::create_dir_all(&dir).map_err(|e| failed("cannot create the directory", &e))?;
         let batch = self.batch(segments).map_err(|e| failed("cannot build the record batch", &e))?;
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
@@ -323,7 +334,12 @@ pub fn files(root: &Path, space: &str) -> Result<Vec<PathBuf>, Error> {
 }
 
 /// Reads every segment of `space`, with embeddings when `embeddings` is set (otherwise that column is never read).
-pub fn read_space(root: &Path, space: &str, embeddings: bool, mut each: impl FnMut(ArchivedSegment)) -> Result<(), Error> {
+pub fn read_space(
+    root: &Path,
+    space: &str,
+    embeddings: bool,
+    mut each: impl FnMut(ArchivedSegment),
+) -> Result<(), Error> {
     for path in files(root, space)? {
         read_file(&path, embeddings, &mut each)?;
     }
@@ -332,21 +348,45 @@ pub fn read_space(root: &Path, space: &str, embeddings: bool, mut each: impl FnM
 
 /// Reads one archive file.
 pub fn read_file(path: &Path, embeddings: bool, each: &mut impl FnMut(ArchivedSegment)) -> Result<(), Error> {
-    let failed = |e: &dyn std::fmt::Display| Error::Archive { path: path.display().to_string(), message: e.to_string() };
+    let failed =
+        |e: &dyn std::fmt::Display| Error::Archive { path: path.display().to_string(), message: e.to_string() };
     let file = fs::File::open(path).map_err(|e| failed(&e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| failed(&e))?;
     let wanted: &[&str] = if embeddings {
-        &["segment_id", "space", "sensor", "start_time", "end_time", "coverage", "model", "topic", "partition", "offset", "embedding_scale", "embedding"]
+        &[
+            "segment_id",
+            "space",
+            "sensor",
+            "start_time",
+            "end_time",
+            "coverage",
+            "model",
+            "topic",
+            "partition",
+            "offset",
+            "embedding_scale",
+            "embedding",
+        ]
     } else {
-        &["segment_id", "space", "sensor", "start_time", "end_time", "coverage", "model", "topic", "partition", "offset"]
+        &[
+            "segment_id",
+            "space",
+            "sensor",
+            "start_time",
+            "end_time",
+            "coverage",
+            "model",
+            "topic",
+            "partition",
+            "offset",
+        ]
     };
     let mask = ProjectionMask::columns(builder.parquet_schema(), wanted.iter().copied());
     let reader = builder.with_projection(mask).with_batch_size(8_192).build().map_err(|e| failed(&e))?;
     for batch in reader {
         let batch = batch.map_err(|e| failed(&e))?;
-        let column = |name: &str| {
-            batch.column_by_name(name).ok_or_else(|| failed(&format!("column {name} is missing")))
-        };
+        let column =
+            |name: &str| batch.column_by_name(name).ok_or_else(|| failed(&format!("column {name} is missing")));
         let ids = column("segment_id")?.as_string::<i32>();
         let space = column("space")?.as_dictionary::<Int32Type>();
         let space_values = space.values().as_string::<i32>();
@@ -376,7 +416,11 @@ pub fn read_file(path: &Path, embeddings: bool, each: &mut impl FnMut(ArchivedSe
                 end_micros: ends.value(i),
                 coverage: coverage.value(i),
                 model: models.value(i).to_owned(),
-                origin: Origin { topic: topics.value(i).to_owned(), partition: partitions.value(i), offset: offsets.value(i) },
+                origin: Origin {
+                    topic: topics.value(i).to_owned(),
+                    partition: partitions.value(i),
+                    offset: offsets.value(i),
+                },
                 embedding: vectors.map(|(scales, q)| dequantize(scales.value(i), q.value(i))),
             });
         }
@@ -437,7 +481,9 @@ mod tests {
     use chorus_operators::record::SegmentKey;
 
     fn settings(dir: &Path) -> ArchiveSettings {
-        ArchiveConfig { dir: dir.to_path_buf(), max_rows_per_file: 3, ..Default::default() }.build(Path::new("/")).unwrap()
+        ArchiveConfig { dir: dir.to_path_buf(), max_rows_per_file: 3, ..Default::default() }
+            .build(Path::new("/"))
+            .unwrap()
     }
 
     fn seg(space: &str, sensor: &str, start: i64, value: f32) -> Segment {

@@ -87,7 +87,10 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Audio, Rejection> {
     match (spec.sample_format, spec.bits_per_sample) {
         (SampleFormat::Int, 8 | 16 | 24 | 32) | (SampleFormat::Float, 32) => {}
         (format, bits) => {
-            return Err(reject("unsupported_format", format!("{bits}-bit {format:?} samples (need PCM 8/16/24/32 or float32)")));
+            return Err(reject(
+                "unsupported_format",
+                format!("{bits}-bit {format:?} samples (need PCM 8/16/24/32 or float32)"),
+            ));
         }
     }
     let frames = reader.duration() as u64;
@@ -100,26 +103,90 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Audio, Rejection> {
     }
     let channels = usize::from(spec.channels);
     let declared = frames as usize * channels;
+    let truncated = |read: usize| {
+        reject("truncated", format!("the header declares {frames} frames but the data ends after {}", read / channels))
+    };
+    let container = block_align(bytes).map(|align| usize::from(align) / channels);
+    // hound has read the header and stopped at the first byte of the data chunk.
+    let data_start = reader.into_inner().position() as usize;
+    let data = &bytes[data_start.min(bytes.len())..];
+    let interleaved = match container {
+        Some(width) if width == usize::from(spec.bits_per_sample).div_ceil(8) => {
+            if data.len() < declared * width {
+                return Err(truncated(data.len() / width));
+            }
+            bulk_samples(&data[..declared * width], spec.sample_format, width)
+        }
+        // An unusual layout (e.g. 20 valid bits in a 32-bit container): hound reads it sample by sample.
+        _ => sample_by_sample(bytes, spec, declared, truncated)?,
+    };
+    if spec.sample_format == SampleFormat::Float
+        && let Some(at) = interleaved.iter().position(|x| !x.is_finite())
+    {
+        let value = interleaved[at];
+        return Err(reject("non_finite", format!("sample {} of channel {} is {value}", at / channels, at % channels)));
+    }
+    let mut samples = interleaved;
+    if channels > 1 {
+        // Downmix in place: frame i is written to slot i, which its own samples have already been read from.
+        let gain = 1.0 / channels as f32;
+        let frames = samples.len() / channels;
+        for i in 0..frames {
+            samples[i] = samples[i * channels..(i + 1) * channels].iter().sum::<f32>() * gain;
+        }
+        samples.truncate(frames);
+    }
+    Ok(Audio { sample_rate: spec.sample_rate, channels: spec.channels, samples })
+}
+
+/// Converts a whole data chunk of `width`-byte little-endian samples at once.
+fn bulk_samples(data: &[u8], format: SampleFormat, width: usize) -> Vec<f32> {
+    match (format, width) {
+        (SampleFormat::Float, _) => {
+            data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        }
+        (SampleFormat::Int, 1) => data.iter().map(|&b| (f32::from(b) - 128.0) * (1.0 / 128.0)).collect(),
+        (SampleFormat::Int, 2) => {
+            data.chunks_exact(2).map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) * (1.0 / 32_768.0)).collect()
+        }
+        (SampleFormat::Int, 3) => data
+            .chunks_exact(3)
+            .map(|b| (i32::from_le_bytes([0, b[0], b[1], b[2]]) >> 8) as f32 * (1.0 / 8_388_608.0))
+            .collect(),
+        (SampleFormat::Int, _) => data
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32 * (1.0 / 2_147_483_648.0))
+            .collect(),
+    }
+}
+
+/// The block alignment (bytes per frame) of the `fmt ` chunk, walking the RIFF chunks.
+fn block_align(bytes: &[u8]) -> Option<u16> {
+    let mut at = 12;
+    while at + 8 <= bytes.len() {
+        let size = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().ok()?) as usize;
+        if &bytes[at..at + 4] == b"fmt " {
+            let field = bytes.get(at + 20..at + 22)?;
+            return Some(u16::from_le_bytes([field[0], field[1]]));
+        }
+        at = at.checked_add(8 + size + (size & 1))?;
+    }
+    None
+}
+
+fn sample_by_sample(
+    bytes: &[u8],
+    spec: WavSpec,
+    declared: usize,
+    truncated: impl Fn(usize) -> Rejection,
+) -> Result<Vec<f32>, Rejection> {
+    let reader = WavReader::new(Cursor::new(bytes)).map_err(|e| reject("not_wav", e.to_string()))?;
     // Never trust the header for an allocation: the payload bounds what can really be there.
     let mut interleaved = Vec::with_capacity(declared.min(bytes.len()));
-    let truncated = |read: usize| {
-        reject(
-            "truncated",
-            format!("the header declares {frames} frames but the data ends after {}", read / channels),
-        )
-    };
     match spec.sample_format {
         SampleFormat::Float => {
             for sample in reader.into_samples::<f32>() {
-                let sample = sample.map_err(|_| truncated(interleaved.len()))?;
-                if !sample.is_finite() {
-                    let at = interleaved.len();
-                    return Err(reject(
-                        "non_finite",
-                        format!("sample {} of channel {} is {sample}", at / channels, at % channels),
-                    ));
-                }
-                interleaved.push(sample);
+                interleaved.push(sample.map_err(|_| truncated(interleaved.len()))?);
             }
         }
         SampleFormat::Int => {
@@ -133,13 +200,7 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Audio, Rejection> {
     if interleaved.len() < declared {
         return Err(truncated(interleaved.len()));
     }
-    let samples = if channels == 1 {
-        interleaved
-    } else {
-        let gain = 1.0 / channels as f32;
-        interleaved.chunks_exact(channels).map(|frame| frame.iter().sum::<f32>() * gain).collect()
-    };
-    Ok(Audio { sample_rate: spec.sample_rate, channels: spec.channels, samples })
+    Ok(interleaved)
 }
 
 /// The samples of a WAV file in their stored encoding.
@@ -203,8 +264,12 @@ impl WavFile {
         {
             let mut writer = WavWriter::new(&mut out, self.spec)?;
             match &self.samples {
-                Samples::Int(v) => v[from * channels..to * channels].iter().try_for_each(|&s| writer.write_sample(s))?,
-                Samples::Float(v) => v[from * channels..to * channels].iter().try_for_each(|&s| writer.write_sample(s))?,
+                Samples::Int(v) => {
+                    v[from * channels..to * channels].iter().try_for_each(|&s| writer.write_sample(s))?
+                }
+                Samples::Float(v) => {
+                    v[from * channels..to * channels].iter().try_for_each(|&s| writer.write_sample(s))?
+                }
             }
             writer.finalize()?;
         }
@@ -247,6 +312,23 @@ mod tests {
     }
 
     #[test]
+    fn bulk_conversion_matches_hound_sample_by_sample() {
+        for bits in [8u16, 16, 24, 32] {
+            let full = 1i64 << (bits - 1);
+            let values: Vec<i32> = (0..997).map(|i| ((i * 7919) % (2 * full) - full) as i32).collect();
+            let bytes = wav(int_spec(bits, 3), Samples::Int(values));
+            let spec = WavReader::new(Cursor::new(&bytes[..])).unwrap().spec();
+            let slow = sample_by_sample(&bytes, spec, 996, |_| reject("truncated", "")).unwrap();
+            let data_start = bytes.len() - 996 * usize::from(bits / 8);
+            assert_eq!(
+                bulk_samples(&bytes[data_start..], SampleFormat::Int, usize::from(bits / 8)),
+                slow,
+                "{bits}-bit"
+            );
+        }
+    }
+
+    #[test]
     fn multichannel_audio_is_averaged() {
         let bytes = wav(int_spec(16, 2), Samples::Int(vec![16_384, 0, -16_384, -16_384]));
         let audio = decode(&bytes, &DecodeLimits::default()).unwrap();
@@ -262,15 +344,11 @@ mod tests {
         assert_eq!(cause(b"this is not audio at all, just text"), "not_wav");
         assert_eq!(cause(&good[..20]), "truncated");
         assert_eq!(cause(&good[..good.len() - 100]), "truncated");
-        let nan = wav(
-            WavSpec { sample_format: SampleFormat::Float, ..int_spec(32, 1) },
-            Samples::Float(vec![0.0, f32::NAN]),
-        );
+        let nan =
+            wav(WavSpec { sample_format: SampleFormat::Float, ..int_spec(32, 1) }, Samples::Float(vec![0.0, f32::NAN]));
         assert_eq!(decode(&nan, &limits).unwrap_err().reason, "sample 1 of channel 0 is NaN");
-        let inf = wav(
-            WavSpec { sample_format: SampleFormat::Float, ..int_spec(32, 1) },
-            Samples::Float(vec![f32::INFINITY]),
-        );
+        let inf =
+            wav(WavSpec { sample_format: SampleFormat::Float, ..int_spec(32, 1) }, Samples::Float(vec![f32::INFINITY]));
         assert_eq!(cause(&inf), "non_finite");
         let absurd = wav(WavSpec { sample_rate: 4_000_000, ..int_spec(16, 1) }, Samples::Int(vec![0; 10]));
         assert_eq!(cause(&absurd), "sample_rate");

@@ -66,7 +66,11 @@ impl ModelConfig {
             return Err(FieldError::new("sample_rate", format!("{} Hz is outside 1000..=768000", self.sample_rate)));
         }
         let window = self.window_seconds * f64::from(self.sample_rate);
-        if !(self.window_seconds > 0.0) || (window - window.round()).abs() > 1e-6 || window > f64::from(u32::MAX) {
+        if self.window_seconds.is_nan()
+            || self.window_seconds <= 0.0
+            || (window - window.round()).abs() > 1e-6
+            || window > f64::from(u32::MAX)
+        {
             return Err(FieldError::new(
                 "window_seconds",
                 format!("{} is not a positive whole number of samples at {} Hz", self.window_seconds, self.sample_rate),
@@ -261,7 +265,11 @@ impl Embedder {
     pub fn embed(&mut self, windows: &[&[f32]]) -> Result<Vec<Vec<f32>>, Error> {
         let n = self.spec.window as usize;
         if windows.len() > self.max_batch {
-            return Err(Error::Inference(format!("{} windows exceed the batch limit {}", windows.len(), self.max_batch)));
+            return Err(Error::Inference(format!(
+                "{} windows exceed the batch limit {}",
+                windows.len(),
+                self.max_batch
+            )));
         }
         if let Some(bad) = windows.iter().find(|w| w.len() != n) {
             return Err(Error::Inference(format!("a window has {} samples, the model takes {n}", bad.len())));
@@ -365,17 +373,18 @@ fn embed_batch(
     }
 }
 
-fn accept(window: &Window, embedding: Vec<f32>, metrics: &Metrics, ok: &mut Vec<Segment>, failed: &mut Vec<DeadLetter>) {
+fn accept(
+    window: &Window,
+    embedding: Vec<f32>,
+    metrics: &Metrics,
+    ok: &mut Vec<Segment>,
+    failed: &mut Vec<DeadLetter>,
+) {
     if let Some(i) = embedding.iter().position(|x| !x.is_finite()) {
         let reason = format!("the model returned {} at dimension {i}", embedding[i]);
         return reject(window, reason, "model_output", metrics, failed);
     }
-    ok.push(Segment {
-        key: window.key.clone(),
-        coverage: window.coverage,
-        origin: window.origin.clone(),
-        embedding,
-    });
+    ok.push(Segment { key: window.key.clone(), coverage: window.coverage, origin: window.origin.clone(), embedding });
 }
 
 fn reject(window: &Window, reason: String, cause: &'static str, metrics: &Metrics, failed: &mut Vec<DeadLetter>) {
@@ -385,7 +394,12 @@ fn reject(window: &Window, reason: String, cause: &'static str, metrics: &Metric
         key: Some(window.key.sensor.as_bytes().to_vec()),
         headers: Vec::new(),
         payload: Vec::new(),
-        reason: format!("window {} of sensor '{}' at sample {}: {reason}", window.key.id(), window.key.sensor, window.key.start),
+        reason: format!(
+            "window {} of sensor '{}' at sample {}: {reason}",
+            window.key.id(),
+            window.key.sensor,
+            window.key.start
+        ),
         cause,
     });
 }

@@ -68,7 +68,10 @@ impl IndexConfig {
             return Err(FieldError::new("m", format!("{} is outside 2..=255", self.m)));
         }
         if self.ef_construction < self.m {
-            return Err(FieldError::new("ef_construction", format!("{} is below m = {}", self.ef_construction, self.m)));
+            return Err(FieldError::new(
+                "ef_construction",
+                format!("{} is below m = {}", self.ef_construction, self.m),
+            ));
         }
         if self.ef_search == 0 {
             return Err(FieldError::new("ef_search", "must be at least 1"));
@@ -201,9 +204,7 @@ impl SpaceIndex {
         let target = dir.join(&name);
         let _ = fs::remove_dir_all(&target);
         fs::create_dir_all(&target).map_err(|e| failed(format!("cannot create {}: {e}", target.display())))?;
-        self.hnsw
-            .file_dump(&target, SNAPSHOT_BASENAME)
-            .map_err(|e| failed(format!("cannot write snapshot: {e}")))?;
+        self.hnsw.file_dump(&target, SNAPSHOT_BASENAME).map_err(|e| failed(format!("cannot write snapshot: {e}")))?;
         for file in ["graph", "data"] {
             let path = target.join(format!("{SNAPSHOT_BASENAME}.hnsw.{file}"));
             fs::File::open(&path).and_then(|f| f.sync_all()).map_err(|e| failed(format!("{}: {e}", path.display())))?;

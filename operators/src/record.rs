@@ -168,9 +168,7 @@ impl FromStr for SegmentId {
         if s.len() != 16 {
             return Err(format!("segment id '{s}' is not 16 hex digits"));
         }
-        u64::from_str_radix(s, 16)
-            .map(SegmentId)
-            .map_err(|_| format!("segment id '{s}' is not 16 hex digits"))
+        u64::from_str_radix(s, 16).map(SegmentId).map_err(|_| format!("segment id '{s}' is not 16 hex digits"))
     }
 }
 

@@ -49,7 +49,7 @@ impl WindowsConfig {
     /// Validates against the model's rate and window length (in samples).
     pub fn build(&self, sample_rate: u32, window: u32) -> Result<WindowSpec, FieldError> {
         let hop = self.hop_seconds * f64::from(sample_rate);
-        if !(self.hop_seconds > 0.0) || (hop - hop.round()).abs() > 1e-6 {
+        if self.hop_seconds.is_nan() || self.hop_seconds <= 0.0 || (hop - hop.round()).abs() > 1e-6 {
             return Err(FieldError::new(
                 "hop_seconds",
                 format!(
@@ -62,7 +62,10 @@ impl WindowsConfig {
         if hop > window {
             return Err(FieldError::new(
                 "hop_seconds",
-                format!("{} s is longer than the model's window: audio between windows would be skipped", self.hop_seconds),
+                format!(
+                    "{} s is longer than the model's window: audio between windows would be skipped",
+                    self.hop_seconds
+                ),
             ));
         }
         let min_coverage = (self.min_coverage_seconds * f64::from(sample_rate)).round();
@@ -284,7 +287,8 @@ impl<T: Clone> Timeline<T> {
         let run = self.run.as_mut().expect("a run was started above");
         let resampled = match run.resampler.as_mut() {
             Some(resampler) => {
-                let mut resampled = Vec::with_capacity(samples.len() * spec.sample_rate as usize / run.rate_in as usize + 1);
+                let mut resampled =
+                    Vec::with_capacity(samples.len() * spec.sample_rate as usize / run.rate_in as usize + 1);
                 resampler.push(&samples, &mut resampled)?;
                 Some(resampled)
             }
@@ -313,7 +317,8 @@ impl<T: Clone> Timeline<T> {
                 self.skip = Some((previous_end, run_grid));
             }
         }
-        let resampler = if rate_in == spec.sample_rate { None } else { Some(StreamResampler::new(rate_in, spec.sample_rate)?) };
+        let resampler =
+            if rate_in == spec.sample_rate { None } else { Some(StreamResampler::new(rate_in, spec.sample_rate)?) };
         self.run = Some(Run { rate_in, resampler, start: pos, input_samples: 0, expected_next: 0 });
         if pos > self.write_pos {
             // The gap is longer than a window: the windows holding earlier audio are all known now, and the timeline
@@ -474,8 +479,7 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
         metrics: Metrics,
     ) -> (StreamVec<'scope, u64, Window>, StreamVec<'scope, u64, DeadLetter>, StreamVec<'scope, u64, Origin>) {
         let mut builder = OperatorBuilder::new("Segment".to_owned(), self.scope());
-        let mut input =
-            builder.new_input(self, ExchangePact::new(|c: &AudioChunk| route(&c.space) ^ route(&c.sensor)));
+        let mut input = builder.new_input(self, ExchangePact::new(|c: &AudioChunk| route(&c.space) ^ route(&c.sensor)));
         let (windows_out, windows) = builder.new_output::<Vec<Window>>();
         let (dead_out, dead) = builder.new_output::<Vec<DeadLetter>>();
         let (held_out, held) = builder.new_output::<Vec<Origin>>();
@@ -499,10 +503,7 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
                     let (received, mut cut) = (chunks.len(), 0);
                     for chunk in chunks.drain(..) {
                         let (space, sensor, origin) = (chunk.space.clone(), chunk.sensor.clone(), chunk.origin.clone());
-                        pinned
-                            .entry(time)
-                            .or_insert_with(|| (capability.delayed(&time, 0), 0))
-                            .1 += 1;
+                        pinned.entry(time).or_insert_with(|| (capability.delayed(&time, 0), 0)).1 += 1;
                         match segmenter.push(chunk, time) {
                             Ok(pushed) => {
                                 cut += pushed.windows.len();
@@ -597,9 +598,8 @@ mod tests {
                 break;
             }
             let end = (at + size).min(signal.len());
-            let pushed = segmenter
-                .push(chunk("s", start + at as i64, signal[at..end].to_vec(), RATE, offset), offset)
-                .unwrap();
+            let pushed =
+                segmenter.push(chunk("s", start + at as i64, signal[at..end].to_vec(), RATE, offset), offset).unwrap();
             windows.extend(pushed.windows.into_iter().map(|(w, _)| w));
             at = end;
             offset += 1;
@@ -703,7 +703,10 @@ mod tests {
         assert!(second.released.is_empty());
         assert_eq!(segmenter.pending_origins().map(|o| o.offset).collect::<Vec<_>>(), vec![0]);
         let third = segmenter.push(chunk("s", 2_500, vec![1.0; 1_500], RATE, 2), 2).unwrap();
-        assert_eq!(third.windows.iter().map(|(w, t)| (w.key.start, *t)).collect::<Vec<_>>(), vec![(1_000, 0), (2_000, 1)]);
+        assert_eq!(
+            third.windows.iter().map(|(w, t)| (w.key.start, *t)).collect::<Vec<_>>(),
+            vec![(1_000, 0), (2_000, 1)]
+        );
         assert_eq!(third.released, vec![0, 1]);
         assert_eq!(segmenter.pending_chunks(), 1);
     }
