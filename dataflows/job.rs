@@ -11,7 +11,7 @@ use chorus_connectors::Fatal;
 use chorus_connectors::kafka::{self, KafkaSource, Producer, Until};
 use chorus_connectors::parquet::{self as archive, ArchiveWriter};
 use chorus_connectors::wav::DecodeLimits;
-use chorus_operators::embed::{self, Embed, EmbedSettings, Embedder};
+use chorus_operators::embed::{self, Embed, Embedder};
 use chorus_operators::index::Index;
 use chorus_operators::metrics::Metrics;
 use chorus_operators::record::{AudioChunk, DeadLetter};
@@ -60,11 +60,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     }
     // Everything that can be checked before the workers start is checked here, so a bad config fails at once.
     let environment = embed::runtime(&config.embed.library)?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let settings = EmbedSettings {
-        threads: if config.embed.threads == 0 { (cores / workers).max(1) } else { config.embed.threads },
-        ..config.embed.clone()
-    };
+    let settings = config.embed.per_worker(workers);
     let embedders =
         (0..workers).map(|_| Embedder::open(environment, &config.model, &settings)).collect::<Result<Vec<_>, _>>()?;
     let producer = Producer::open(&config.kafka)?;

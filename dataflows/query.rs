@@ -154,7 +154,7 @@ fn embed_clip(config: &Config, path: &std::path::Path) -> Result<Vec<(String, Ve
         out
     };
     let environment = embed::runtime(&config.embed.library)?;
-    let mut embedder = Embedder::open(environment, &config.model, &config.embed)?;
+    let mut embedder = Embedder::open(environment, &config.model, &config.embed.per_worker(1))?;
     let windows = clip_windows(&config.windows, &samples);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut out = Vec::with_capacity(windows.len());

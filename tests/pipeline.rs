@@ -132,7 +132,9 @@ fn r2_a_noisy_excerpt_between_window_starts_finds_its_own_sensor() {
         write_wav(&path, 32_000, &audio);
         s.chorus(&["produce", "--sensor", sensor, "--start", T0, &path.display().to_string()]);
     }
-    s.run_until_idle();
+    // Two workers: sensors are reassembled on one worker, the space indexed on another, partitions split between them.
+    let log = String::from_utf8(s.chorus(&["run", "-w", "2", "--until-idle", "1"]).stderr).unwrap();
+    assert!(log.contains("10 new segments") && log.contains("0 dead letters"), "{log}");
     assert_eq!(s.archived("default", false).len(), 10);
 
     // 2.5 s to 7.5 s: between the window starts at 0 s and 5 s, with white noise 20 dB below the signal.

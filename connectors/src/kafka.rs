@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use chorus_operators::FieldError;
 use chorus_operators::record::{AudioChunk, DeadLetter, Nanos, Origin, Priority};
+use chorus_operators::wakeup::Wakeup;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -705,7 +706,7 @@ pub fn sink<'scope, D: 'static>(
     let mut input = builder.new_input(stream, Pipeline);
     let (acked_out, acked) = builder.new_output::<Vec<()>>();
     let _acked_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<()>>>::from(acked_out);
-    let activator = scope.activator_for(info.address.clone());
+    let mut wakeup = Wakeup::new(scope.activator_for(info.address.clone()));
     builder.build(move |_initial| {
         let mut unacknowledged: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
         let mut last_flush = Instant::now();
@@ -732,7 +733,7 @@ pub fn sink<'scope, D: 'static>(
                 }
             }
             if !unacknowledged.is_empty() {
-                activator.activate_after(flush_interval);
+                wakeup.within(flush_interval);
             }
         }
     });

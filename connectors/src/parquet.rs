@@ -23,6 +23,7 @@ use arrow_array::{
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chorus_operators::FieldError;
 use chorus_operators::record::{Nanos, Origin, Segment, SegmentId};
+use chorus_operators::wakeup::Wakeup;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -346,41 +347,20 @@ pub fn read_space(
     Ok(())
 }
 
+/// Every column but the embedding and its scale: what a scan that skips the vectors reads.
+const METADATA_COLUMNS: [&str; 10] =
+    ["segment_id", "space", "sensor", "start_time", "end_time", "coverage", "model", "topic", "partition", "offset"];
+
 /// Reads one archive file.
 pub fn read_file(path: &Path, embeddings: bool, each: &mut impl FnMut(ArchivedSegment)) -> Result<(), Error> {
     let failed =
         |e: &dyn std::fmt::Display| Error::Archive { path: path.display().to_string(), message: e.to_string() };
     let file = fs::File::open(path).map_err(|e| failed(&e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| failed(&e))?;
-    let wanted: &[&str] = if embeddings {
-        &[
-            "segment_id",
-            "space",
-            "sensor",
-            "start_time",
-            "end_time",
-            "coverage",
-            "model",
-            "topic",
-            "partition",
-            "offset",
-            "embedding_scale",
-            "embedding",
-        ]
-    } else {
-        &[
-            "segment_id",
-            "space",
-            "sensor",
-            "start_time",
-            "end_time",
-            "coverage",
-            "model",
-            "topic",
-            "partition",
-            "offset",
-        ]
-    };
+    let mut wanted = METADATA_COLUMNS.to_vec();
+    if embeddings {
+        wanted.extend(["embedding_scale", "embedding"]);
+    }
     let mask = ProjectionMask::columns(builder.parquet_schema(), wanted.iter().copied());
     let reader = builder.with_projection(mask).with_batch_size(8_192).build().map_err(|e| failed(&e))?;
     for batch in reader {
@@ -442,7 +422,7 @@ pub fn sink<'scope>(
     let mut input = builder.new_input(stream, Pipeline);
     let (written_out, written) = builder.new_output::<Vec<()>>();
     let _written_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<()>>>::from(written_out);
-    let activator = scope.activator_for(info.address.clone());
+    let mut wakeup = Wakeup::new(scope.activator_for(info.address.clone()));
     let interval = writer.settings.flush_interval;
     builder.build(move |_initial| {
         let mut unwritten: HashMap<u64, Capability<u64>> = HashMap::new();
@@ -468,7 +448,7 @@ pub fn sink<'scope>(
                 }
             }
             if !unwritten.is_empty() {
-                activator.activate_after(interval.min(Duration::from_secs(1)));
+                wakeup.within(interval.min(Duration::from_secs(1)));
             }
         }
     });

@@ -169,8 +169,17 @@ pub struct EmbedSettings {
     pub library: PathBuf,
     /// Most windows per call.
     pub max_batch: usize,
-    /// Intra-op threads per session (0: automatic).
+    /// Intra-op threads per session (0: see [`EmbedSettings::per_worker`]).
     pub threads: usize,
+}
+
+impl EmbedSettings {
+    /// The settings one of `workers` workers uses: with `threads = 0`, the machine's cores shared among them.
+    pub fn per_worker(&self, workers: usize) -> EmbedSettings {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = if self.threads == 0 { (cores / workers.max(1)).max(1) } else { self.threads };
+        EmbedSettings { threads, ..self.clone() }
+    }
 }
 
 /// Loads ONNX Runtime once per process and returns its environment.
@@ -210,9 +219,8 @@ impl Embedder {
         if !spec.path.is_file() {
             return Err(failed("no such file".into()));
         }
-        let threads = if settings.threads == 0 { 1 } else { settings.threads };
         let session = Session::builder(environment)
-            .and_then(|b| b.with_intra_threads(threads).map_err(ort::Error::from))
+            .and_then(|b| b.with_intra_threads(settings.threads.max(1)).map_err(ort::Error::from))
             .and_then(|b| b.with_inter_threads(1).map_err(ort::Error::from))
             .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(ort::Error::from))
             .and_then(|mut b| b.commit_from_file(&spec.path))

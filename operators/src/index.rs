@@ -21,6 +21,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::metrics::Metrics;
 use crate::record::{DeadLetter, Segment, SegmentId, route};
+use crate::wakeup::Wakeup;
 use crate::{Error, FieldError};
 
 /// hnsw_rs only dumps graphs built with its maximum layer count.
@@ -316,7 +317,7 @@ impl<'scope> Index<'scope> for StreamVec<'scope, u64, Segment> {
         let (dead_out, dead) = builder.new_output::<Vec<DeadLetter>>();
         let mut segments_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Segment>>>::from(segments_out);
         let mut dead_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(dead_out);
-        let activator = scope.activator_for(info.address.clone());
+        let mut wakeup = Wakeup::new(scope.activator_for(info.address.clone()));
         let interval = indices.params.snapshot_interval;
         builder.build(move |_capabilities| {
             let mut last_save = Instant::now();
@@ -364,7 +365,7 @@ impl<'scope> Index<'scope> for StreamVec<'scope, u64, Segment> {
                     finished = ended;
                 }
                 if !ended {
-                    activator.activate_after(interval);
+                    wakeup.within(interval);
                 }
             }
         });

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod record;
 pub mod resample;
 pub mod segment;
+pub mod wakeup;
 
 /// Errors raised by chorus operators.
 #[derive(Debug, thiserror::Error)]
