@@ -41,7 +41,9 @@ pub fn open_space(config: &Config, space: &str) -> Result<(SpaceIndex, usize), E
     let from_snapshot = index.len();
     let mut caught_up = 0;
     let mut failure = None;
+    let mut archived = HashSet::new();
     parquet::read_space(&config.archive.dir, space, true, |row| {
+        archived.insert(row.id.0);
         if failure.is_some() || index.contains(row.id) {
             return;
         }
@@ -61,6 +63,14 @@ pub fn open_space(config: &Config, space: &str) -> Result<(SpaceIndex, usize), E
     })?;
     if let Some(error) = failure {
         return Err(error);
+    }
+    index.reconcile(&archived);
+    if index.unarchived() > 0 {
+        tracing::info!(
+            space,
+            unarchived = index.unarchived(),
+            "Snapshot holds segments the archive lacks; a replay re-archives them."
+        );
     }
     let seconds = started.elapsed().as_secs_f32();
     if caught_up > 0 {

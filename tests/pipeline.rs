@@ -4,7 +4,9 @@ use chorus_connectors::kafka::{HEADER_CAUSE, HEADER_ORIGIN, HEADER_REASON, Segme
 use chorus_operators::record::SegmentId;
 use serde_json::Value;
 
-use crate::support::{Scenario, T0, T0_SECONDS, gaussian_noise, root, sample_samples, tools, write_wav};
+use std::time::Duration;
+
+use crate::support::{Scenario, T0, T0_SECONDS, gaussian_noise, root, sample_samples, tools, wait_for, write_wav};
 
 /// Ids and start times of the windows the sample gives at a 1 s hop, computed from the id definition.
 fn expected_sample_windows(space: &str, sensor: &str) -> Vec<(String, String)> {
@@ -103,6 +105,33 @@ fn r2_sample_in_mid_window_chunks_gives_exactly_the_expected_windows() {
     let output = s.chorus(&["query", "--segment", &expected[2].0, "-k", "10", "--json"]);
     let answers: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(answers[0]["hits"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn r2_segments_in_a_snapshot_but_not_yet_archived_are_archived_after_a_crash() {
+    // Snapshots every second, archive files only when the job ends: a kill -9 leaves an index snapshot that holds
+    // segments the archive does not.
+    let s = Scenario::new(
+        "r2-snapshot",
+        &[
+            ("windows.hop_seconds", 1.0.into()),
+            ("index.snapshot_interval_seconds", 1.into()),
+            ("archive.flush_interval_seconds", 3_600.0.into()),
+        ],
+    );
+    s.chorus(&["produce", "--sensor", "pole-1", "--start", T0, "--chunk-seconds", "1.3", &sample()]);
+    let mut job = s.spawn(&["run"]);
+    let current = s.dir.path().join("index/space=default/CURRENT");
+    wait_for("an index snapshot", Duration::from_secs(60), || current.exists());
+    job.kill().unwrap();
+    job.wait().unwrap();
+    assert!(s.archived("default", false).is_empty(), "the archive was written before the kill");
+
+    let log = s.run_until_idle();
+    assert!(log.contains("6 new segments"), "{log}");
+    let archived: Vec<String> = s.archived("default", false).into_iter().map(|r| r.id.to_string()).collect();
+    let expected: Vec<String> = expected_sample_windows("default", "pole-1").into_iter().map(|(id, _)| id).collect();
+    assert_eq!(archived, expected);
 }
 
 #[test]

@@ -159,6 +159,20 @@ impl Scenario {
         child.wait_with_output().unwrap()
     }
 
+    /// Starts `chorus <args> --config <this scenario>` in the background.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        let (command, rest) = args.split_first().expect("a subcommand");
+        Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .arg(command)
+            .arg("--config")
+            .arg(&self.config)
+            .args(rest)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     /// Runs the job until the audio topic is drained and quiet for a second.
     pub fn run_until_idle(&self) -> String {
         String::from_utf8(self.chorus(&["run", "--until-idle", "1"]).stderr).unwrap()
@@ -215,6 +229,15 @@ impl Scenario {
             }
         }
         out
+    }
+}
+
+/// Waits up to `timeout` for `condition`, polling every 50 ms; fails the test with `what` when it never holds.
+pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

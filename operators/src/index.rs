@@ -106,8 +106,22 @@ pub struct IndexParams {
 pub struct SpaceIndex {
     hnsw: Hnsw<'static, f32, DistDot>,
     ids: HashSet<u64>,
+    /// Ids in the graph that the archive is not known to hold: a snapshot taken before their archive file was
+    /// written, then a crash. A replay of such a segment must reach the archive again.
+    unarchived: HashSet<u64>,
     dim: usize,
     unsaved: usize,
+}
+
+/// What [`SpaceIndex::offer`] did with a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offered {
+    /// A new id: inserted; the segment goes on to the sinks.
+    Inserted,
+    /// In the graph but not in the archive: not inserted again; the segment goes on to the sinks.
+    Unarchived,
+    /// Indexed and archived already: dropped.
+    Duplicate,
 }
 
 impl SpaceIndex {
@@ -116,6 +130,7 @@ impl SpaceIndex {
         SpaceIndex {
             hnsw: Hnsw::new(params.m, 10_000, LAYERS, params.ef_construction, DistDot),
             ids: HashSet::new(),
+            unarchived: HashSet::new(),
             dim,
             unsaved: 0,
         }
@@ -146,7 +161,7 @@ impl SpaceIndex {
                 ids.insert(point.get_origin_id() as u64);
             }
         }
-        Ok(SpaceIndex { hnsw, ids, dim, unsaved: 0 })
+        Ok(SpaceIndex { hnsw, ids, unarchived: HashSet::new(), dim, unsaved: 0 })
     }
 
     /// Number of points.
@@ -162,6 +177,25 @@ impl SpaceIndex {
     /// Whether `id` is indexed.
     pub fn contains(&self, id: SegmentId) -> bool {
         self.ids.contains(&id.0)
+    }
+
+    /// Records which of the indexed ids the archive holds: the others are re-archived when a replay offers them.
+    pub fn reconcile(&mut self, archived: &HashSet<u64>) {
+        self.unarchived = self.ids.difference(archived).copied().collect();
+    }
+
+    /// Ids in the graph that the archive is not known to hold.
+    pub fn unarchived(&self) -> usize {
+        self.unarchived.len()
+    }
+
+    /// Offers a segment from the stream: see [`Offered`].
+    pub fn offer(&mut self, id: SegmentId, embedding: &[f32]) -> Result<Offered, Error> {
+        if self.ids.contains(&id.0) {
+            return Ok(if self.unarchived.remove(&id.0) { Offered::Unarchived } else { Offered::Duplicate });
+        }
+        self.insert(id, embedding)?;
+        Ok(Offered::Inserted)
     }
 
     /// Inserts `embedding` under `id`; returns false (and changes nothing) when `id` is already indexed.
@@ -295,7 +329,8 @@ pub fn space_dir(dir: &Path, space: &str) -> PathBuf {
 /// Inserts segments into their space's index; passes on the segments that were new.
 pub trait Index<'scope> {
     /// Routes each segment to the worker owning its space, inserts it unless its id is already indexed, and emits
-    /// it when it was new. Snapshots are written every `snapshot_interval` and when the input ends.
+    /// it unless it is indexed and archived already. Snapshots are written every `snapshot_interval` and when the
+    /// input ends.
     fn index(
         self,
         indices: Indices,
@@ -329,12 +364,12 @@ impl<'scope> Index<'scope> for StreamVec<'scope, u64, Segment> {
                     let (mut new, mut failed, mut duplicates) = (Vec::new(), Vec::new(), HashMap::<String, u64>::new());
                     let received = batch.len();
                     for segment in batch.drain(..) {
-                        let inserted = indices
+                        let offered = indices
                             .space(&segment.key.space)
-                            .and_then(|index| index.insert(segment.key.id(), &segment.embedding));
-                        match inserted {
-                            Ok(true) => new.push(segment),
-                            Ok(false) => *duplicates.entry(segment.key.space.clone()).or_default() += 1,
+                            .and_then(|index| index.offer(segment.key.id(), &segment.embedding));
+                        match offered {
+                            Ok(Offered::Inserted | Offered::Unarchived) => new.push(segment),
+                            Ok(Offered::Duplicate) => *duplicates.entry(segment.key.space.clone()).or_default() += 1,
                             Err(error) => failed.push(DeadLetter {
                                 origin: Some(segment.origin.clone()),
                                 key: Some(segment.key.sensor.as_bytes().to_vec()),
@@ -430,6 +465,22 @@ mod tests {
         reopened.save(dir.path()).unwrap();
         assert_eq!(SpaceIndex::open(dir.path(), &params(), 8).unwrap().len(), 102);
         assert!(matches!(SpaceIndex::open(dir.path(), &params(), 9), Err(Error::Index { .. })));
+    }
+
+    #[test]
+    fn a_snapshot_point_missing_from_the_archive_is_passed_on_once() {
+        let mut index = SpaceIndex::new(&params(), 4);
+        for i in 0..3 {
+            index.insert(SegmentId(i), &vector(i, 4)).unwrap();
+        }
+        // The archive holds 0 and 1; 2 was in the snapshot only.
+        index.reconcile(&[0, 1].into_iter().collect());
+        assert_eq!(index.unarchived(), 1);
+        assert_eq!(index.offer(SegmentId(1), &vector(1, 4)).unwrap(), Offered::Duplicate);
+        assert_eq!(index.offer(SegmentId(2), &vector(2, 4)).unwrap(), Offered::Unarchived);
+        assert_eq!(index.offer(SegmentId(2), &vector(2, 4)).unwrap(), Offered::Duplicate);
+        assert_eq!(index.offer(SegmentId(3), &vector(3, 4)).unwrap(), Offered::Inserted);
+        assert_eq!(index.len(), 4);
     }
 
     #[test]
