@@ -9,12 +9,12 @@
 //! Needs the tools of `scripts/tools.sh` (ONNX Runtime, the stand-in model, the sample audio).
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use chorus_connectors::kafka::{RawMessage, decode_message, rfc3339};
+use chorus_connectors::kafka::{ChunkLimits, RawMessage, decode_message};
 use chorus_connectors::wav::{self, DecodeLimits, Samples, WavFile};
 use chorus_operators::embed::{self, EmbedSettings, Embedder, ModelConfig};
-use chorus_operators::record::{Origin, Window};
+use chorus_operators::record::{Origin, Window, rfc3339};
 use chorus_operators::resample::StreamResampler;
 use chorus_operators::segment::{Segmenter, WindowsConfig};
 
@@ -80,15 +80,16 @@ struct Figures {
 fn run(messages: Vec<RawMessage>, mut embedder: Option<&mut Embedder>, batch: usize) -> Figures {
     let spec = WindowsConfig::default().build(32_000, 160_000).unwrap();
     let mut segmenter = Segmenter::new(spec);
-    let limits = DecodeLimits::default();
+    let limits =
+        ChunkLimits { max_bytes: 1 << 20, max_clock_skew: Duration::from_secs(600), wav: DecodeLimits::default() };
     let mut pending: Vec<Window> = Vec::new();
     let mut windows = 0;
     let started = Instant::now();
     for message in messages {
-        let chunk = decode_message(message, 1 << 20, &limits).expect("bench chunks decode");
-        let pushed = segmenter.push(chunk, 0u64).expect("bench chunks segment");
+        let chunk = decode_message(message, &limits).expect("bench chunks decode");
+        let pushed = segmenter.push(chunk);
         windows += pushed.windows.len();
-        pending.extend(pushed.windows.into_iter().map(|(w, _)| w));
+        pending.extend(pushed.windows);
         if let Some(embedder) = embedder.as_deref_mut()
             && pending.len() >= batch
         {

@@ -8,11 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chorus_connectors::Fatal;
-use chorus_connectors::kafka::{self, KafkaSource, Producer, Until};
+use chorus_connectors::kafka::{self, KafkaSource, Producer, Stop};
 use chorus_connectors::parquet::{self as archive, ArchiveWriter};
-use chorus_connectors::wav::DecodeLimits;
 use chorus_operators::embed::{self, Embed, Embedder};
-use chorus_operators::index::Index;
+use chorus_operators::index::{Index, Indexed};
 use chorus_operators::metrics::Metrics;
 use chorus_operators::record::{AudioChunk, DeadLetter};
 use chorus_operators::segment::Segment;
@@ -21,6 +20,7 @@ use timely::dataflow::ProbeHandle;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::OkErr;
 use timely::dataflow::operators::{Concatenate, Operator, Probe};
+use timely::progress::Antichain;
 
 use crate::Error;
 use crate::config::Config;
@@ -31,8 +31,8 @@ use crate::store;
 pub struct RunOptions {
     /// Worker threads; `None` takes the config's `workers`.
     pub workers: Option<usize>,
-    /// When the job stops by itself.
-    pub until: Until,
+    /// When the job stops reading; it then drains, flushes its sinks and commits before returning.
+    pub stop: Stop,
 }
 
 /// What a finished run did.
@@ -77,7 +77,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
 
     let shared = Arc::new(Shared {
         config: config.clone(),
-        until: options.until,
+        stop: options.stop.clone(),
         embedders: Mutex::new(embedders),
         producer,
         metrics: metrics.clone(),
@@ -129,7 +129,7 @@ fn duplicates(metrics: &Metrics) -> u64 {
 /// What every worker of the process shares.
 struct Shared {
     config: Config,
-    until: Until,
+    stop: Stop,
     embedders: Mutex<Vec<Embedder>>,
     producer: Producer,
     metrics: Metrics,
@@ -153,13 +153,14 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
     tracing::info!(worker = index, ?partitions, "Worker reading.");
 
     let probe = ProbeHandle::new();
+    // How far the pending reports of every worker have arrived: commits wait for them as for the sinks.
+    let reports_frontier = Rc::new(RefCell::new(Antichain::from_elem(0u64)));
     worker.dataflow::<u64, _, _>(|scope| {
         let metrics = shared.metrics.clone();
-        let max_bytes = config.kafka.max_message_bytes;
-        let limits = DecodeLimits::default();
+        let limits = config.kafka.chunk_limits();
         let decode_metrics = metrics.clone();
-        let (chunks, undecodable) = kafka::source(scope, source.clone(), shared.until).ok_err(move |message| {
-            let decoded = kafka::decode_message(message, max_bytes, &limits);
+        let (chunks, undecodable) = kafka::source(scope, source.clone(), shared.stop.clone()).ok_err(move |message| {
+            let decoded = kafka::decode_message(message, &limits);
             match &decoded {
                 Ok(_) => decode_metrics.count("decode", 1, 1),
                 Err(letter) => {
@@ -172,26 +173,29 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
         let chunks = chunks.container::<Vec<AudioChunk>>();
         let undecodable = undecodable.container::<Vec<DeadLetter>>();
 
-        let (windows, unplaced, held) = chunks.segment(config.windows.clone(), metrics.clone());
-        let held_source = source.clone();
-        held.sink(Pipeline, "HoldOffsets", move |(input, _frontier)| {
-            input.for_each(|_, origins| {
-                for origin in origins.drain(..) {
-                    held_source.borrow_mut().hold(&origin);
+        let (windows, unplaced, reports) = chunks.segment(config.windows.clone(), metrics.clone());
+        let (tracker, tracked) = (source.clone(), reports_frontier.clone());
+        reports.sink(Pipeline, "PendingReports", move |(input, frontier)| {
+            let mut source = tracker.borrow_mut();
+            input.for_each(|capability, reports| {
+                let time = *capability.least().expect("reports travel with a time");
+                for report in reports.drain(..) {
+                    source.receive_report(time, report);
                 }
             });
+            *tracked.borrow_mut() = frontier.frontier().to_owned();
         });
         let (segments, unembedded) = windows.embed(embedder, metrics.clone());
-        let (new_segments, unindexed) = segments.index(indices, metrics.clone());
+        let Indexed { to_archive, to_publish, dead_letters: unindexed } = segments.index(indices, metrics.clone());
 
         let archive_metrics = metrics.clone();
-        let archived = archive::sink(new_segments.clone(), writer, shared.fatal.clone(), move |rows| {
+        let archived = archive::sink(to_archive, writer, shared.fatal.clone(), move |rows| {
             archive_metrics.count("archive", rows, rows);
         });
         let model = config.model.name.clone();
         let publish_metrics = metrics.clone();
         let published = kafka::sink(
-            new_segments,
+            to_publish,
             "SegmentsTopic",
             shared.producer.clone(),
             config.kafka.segments_topic.clone(),
@@ -232,7 +236,8 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
         let running = worker.step_or_park(Some(Duration::from_millis(20)));
         {
             let mut source = source.borrow_mut();
-            source.observe_durable(|epoch| probe.less_equal(epoch));
+            let reports = reports_frontier.borrow();
+            source.observe_durable(|time| probe.less_equal(time) || reports.less_equal(time));
             if let Err(error) = source.commit(Duration::from_secs(1)) {
                 tracing::warn!(%error, "Offset commit failed; it is retried.");
             }

@@ -10,7 +10,7 @@ use chorus::config::Config;
 use chorus::job::{self, RunOptions};
 use chorus::produce::{self, ProduceOptions};
 use chorus::query::{self, QueryOptions, Target};
-use chorus_connectors::kafka::Until;
+use chorus_connectors::kafka::Stop;
 use chorus_operators::record::{Priority, SegmentId};
 use clap::{ArgAction, Args, Parser, Subcommand};
 
@@ -42,7 +42,7 @@ struct ConfigArg {
 enum Command {
     /// Run the ingest job: Kafka audio chunks → windows → embeddings → index, archive, segments topic.
     #[command(
-        after_help = "Examples:\n  chorus run --config config/balanced.toml\n  chorus run -w 2 --until-idle 5    # two workers; stop once the topic is drained and quiet for 5 s\n\nOffsets are committed only after the archive, the segments topic and the dead-letter topic hold what was\nderived from them; a restart resumes there, and segment ids are deterministic, so nothing is lost or doubled."
+        after_help = "Examples:\n  chorus run --config config/balanced.toml\n  chorus run -w 2 --until-idle 5    # two workers; stop once the topic is drained and quiet for 5 s\n\nSIGTERM or Ctrl-C stops reading, drains what is in flight, flushes the sinks and commits (a second one\nexits at once). Offsets are committed only after the archive, the segments topic and the dead-letter topic\nhold what was derived from them; a restart resumes there, and segment ids are deterministic, so nothing is\nlost or doubled."
     )]
     Run {
         #[command(flatten)]
@@ -160,12 +160,18 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config, workers, until_idle } => {
             let config = load(&config)?;
-            let until = match until_idle {
-                Some(secs) if secs >= 0.0 && secs.is_finite() => Until::Idle(Duration::from_secs_f64(secs)),
+            let idle = match until_idle {
+                Some(secs) if secs >= 0.0 && secs.is_finite() => Some(Duration::from_secs_f64(secs)),
                 Some(secs) => anyhow::bail!("--until-idle {secs} must be a number of seconds, 0 or more"),
-                None => Until::Stopped,
+                None => None,
             };
-            let summary = job::run(&config, &RunOptions { workers, until })?;
+            let stop = Stop { idle, ..Stop::default() };
+            // SIGTERM or Ctrl-C: stop reading, drain, flush, commit. A second one exits at once.
+            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register_conditional_shutdown(signal, 1, stop.requested.clone())?;
+                signal_hook::flag::register(signal, stop.requested.clone())?;
+            }
+            let summary = job::run(&config, &RunOptions { workers, stop })?;
             eprintln!(
                 "chorus run: {} chunks, {} windows, {} new segments ({} already indexed), {} dead letters; committed {}",
                 summary.chunks,

@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use chorus_connectors::kafka::{self, HEADER_CAPTURED_AT, HEADER_PRIORITY, HEADER_SPACE, Producer, Record, rfc3339};
+use chorus_connectors::kafka::{self, HEADER_CAPTURED_AT, HEADER_PRIORITY, HEADER_SPACE, Producer, Record};
 use chorus_connectors::wav::WavFile;
-use chorus_operators::record::{Nanos, Priority};
+use chorus_operators::record::{Nanos, Priority, rfc3339};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::Error;

@@ -6,12 +6,11 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use chorus_connectors::kafka::rfc3339;
 use chorus_connectors::parquet::{self, ArchivedSegment};
 use chorus_connectors::wav::{self, DecodeLimits};
 use chorus_operators::embed::{self, Embedder};
 use chorus_operators::index::SpaceIndex;
-use chorus_operators::record::SegmentId;
+use chorus_operators::record::{SegmentId, rfc3339};
 use chorus_operators::resample::StreamResampler;
 use chorus_operators::segment::clip_windows;
 use serde::Serialize;

@@ -135,6 +135,35 @@ fn r2_segments_in_a_snapshot_but_not_yet_archived_are_archived_after_a_crash() {
 }
 
 #[test]
+fn r2_a_quiet_sensor_holds_back_only_its_own_partition_and_sigterm_commits() {
+    let s = Scenario::new("r2-commits", &[("archive.flush_interval_seconds", 0.2.into())]);
+    // librdkafka's default partitioner (CRC32 of the key) puts "quiet" on partition 0 and "busy" on partition 2: with
+    // two workers, worker 0 reads both and worker 1's partitions stay empty.
+    let produce = |sensor: &str, start: &str| {
+        s.chorus(&["produce", "--sensor", sensor, "--start", start, "--chunk-seconds", "1.3", &sample()]);
+    };
+    produce("quiet", T0);
+    produce("busy", T0);
+    // "busy" goes on after a gap: its first tail is done with, and only the new one (offset 15) stays pending.
+    produce("busy", "2026-05-01T05:00:20Z");
+    let mut job = s.spawn(&["run", "-w", "2"]);
+    // Each partition is committed up to its own oldest chunk still needed — while the job runs.
+    let expected = std::collections::BTreeMap::from([(0, 7), (2, 15)]);
+    wait_for("per-partition commits", Duration::from_secs(90), || s.committed() == expected);
+
+    // SIGTERM: the job stops reading, drains, flushes, commits and exits 0.
+    let status = std::process::Command::new("kill").args(["-TERM", &job.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = job.wait().unwrap();
+    assert!(exit.success(), "{exit}");
+    assert_eq!(s.committed(), expected);
+    let sensors: Vec<(String, i64)> =
+        s.archived("default", false).into_iter().map(|r| (r.sensor, r.start_micros / 1_000_000 - T0_SECONDS)).collect();
+    let expected = [("busy", 0), ("busy", 5), ("busy", 20), ("busy", 25), ("quiet", 0), ("quiet", 5)];
+    assert_eq!(sensors, expected.map(|(s, t)| (s.to_owned(), t)));
+}
+
+#[test]
 fn r2_a_noisy_excerpt_between_window_starts_finds_its_own_sensor() {
     let s = Scenario::new("r2-query", &[]);
     s.chorus(&["produce", "--sensor", "pole-1", "--start", T0, &sample()]);

@@ -77,6 +77,7 @@ pub struct Scenario {
     pub audio_topic: String,
     pub segments_topic: String,
     pub dead_letter_topic: String,
+    pub group: String,
     pub archive: PathBuf,
 }
 
@@ -91,6 +92,7 @@ impl Scenario {
         let audio_topic = unique(&format!("{name}.audio"));
         let segments_topic = unique(&format!("{name}.segments"));
         let dead_letter_topic = unique(&format!("{name}.dead"));
+        let group = unique(name);
         let archive = dir.path().join("archive");
         let path = |p: &Path| toml::Value::String(p.display().to_string());
         let mut settings: Vec<(&str, toml::Value)> = vec![
@@ -98,7 +100,7 @@ impl Scenario {
             ("kafka.audio_topic", audio_topic.clone().into()),
             ("kafka.segments_topic", segments_topic.clone().into()),
             ("kafka.dead_letter_topic", dead_letter_topic.clone().into()),
-            ("kafka.group_id", unique(name).into()),
+            ("kafka.group_id", group.clone().into()),
             ("model.path", path(&tools.model)),
             ("embed.onnxruntime", path(&tools.onnxruntime)),
             ("index.dir", path(&dir.path().join("index"))),
@@ -120,7 +122,7 @@ impl Scenario {
         // Third-party producers expect the topics to exist: the broker does not create them on first use.
         let settings = chorus::config::Config::load(&config).unwrap();
         chorus_connectors::kafka::ensure_topics(&settings.kafka).unwrap();
-        Scenario { dir, config, audio_topic, segments_topic, dead_letter_topic, archive }
+        Scenario { dir, config, audio_topic, segments_topic, dead_letter_topic, group, archive }
     }
 
     /// Runs `chorus <args> --config <this scenario>` and returns its output; fails the test when it fails.
@@ -192,6 +194,29 @@ impl Scenario {
             Command::new(&tools().python).arg(root().join("tests/fixtures").join(script)).args(args).output().unwrap();
         assert!(output.status.success(), "{script} failed:\n{}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// The offsets the job has committed for the audio topic, per partition (partitions without a commit left out).
+    pub fn committed(&self) -> std::collections::BTreeMap<i32, i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", &self.group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut wanted = TopicPartitionList::new();
+        for partition in 0..4 {
+            wanted.add_partition(&self.audio_topic, partition);
+        }
+        let committed = consumer.committed_offsets(wanted, Duration::from_secs(10)).unwrap();
+        committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(n) => Some((e.partition(), n)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Reads `expected` messages from partition 0 of `topic`, waiting up to 30 s.

@@ -2,19 +2,21 @@
 //! sinks' durability frontier), the producer, and sinks that report what the broker has acknowledged.
 //!
 //! Progress follows Materialize's Kafka source: no consumer-group rebalancing inside a job — worker `w` of `W` reads
-//! the partitions `p` with `p mod W = w` — and `enable.auto.commit=false`. Each poll's messages enter the dataflow at
-//! a new epoch (a timely time); the source remembers, per epoch, the next offset of each partition it read. An epoch's
-//! offsets are committed only after the probe over every durable sink has passed it.
+//! the partitions `p` with `p mod W = w` — and `enable.auto.commit=false`. Messages enter the dataflow at the wall
+//! clock's millisecond (a timely time, advanced on every activation, even without messages), and the source
+//! remembers, per epoch, the next offset of each partition it read. An epoch's offsets become committable once the
+//! probe over every durable sink has passed it; each partition is then committed up to the oldest chunk the segmenting
+//! workers still report as pending, and no further.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chorus_operators::FieldError;
-use chorus_operators::record::{AudioChunk, DeadLetter, Nanos, Origin, Priority};
+use chorus_operators::record::{AudioChunk, DeadLetter, Nanos, Origin, PendingReport, Priority, rfc3339};
 use chorus_operators::wakeup::Wakeup;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -78,6 +80,9 @@ pub struct KafkaConfig {
     pub compression: String,
     /// Milliseconds between waits for the broker to acknowledge what the sinks produced.
     pub flush_interval_ms: u64,
+    /// How far a chunk's `captured_at` may lie after its Kafka timestamp (audio cannot be produced before it is
+    /// recorded; a sensor clock further ahead is rejected, since it would misplace the sensor's audio).
+    pub max_clock_skew_seconds: u64,
 }
 
 impl Default for KafkaConfig {
@@ -93,6 +98,7 @@ impl Default for KafkaConfig {
             max_message_bytes: 1_000_000,
             compression: "lz4".into(),
             flush_interval_ms: 100,
+            max_clock_skew_seconds: 600,
         }
     }
 }
@@ -151,6 +157,7 @@ impl KafkaConfig {
             max_message_bytes: self.max_message_bytes,
             compression: self.compression.clone(),
             flush_interval: Duration::from_millis(self.flush_interval_ms.max(1)),
+            max_clock_skew: Duration::from_secs(self.max_clock_skew_seconds),
         })
     }
 }
@@ -178,7 +185,36 @@ pub struct KafkaSettings {
     pub compression: String,
     /// Time between acknowledgement waits.
     pub flush_interval: Duration,
+    /// Largest lead of `captured_at` over the Kafka timestamp.
+    pub max_clock_skew: Duration,
 }
+
+impl KafkaSettings {
+    /// What a chunk message may be.
+    pub fn chunk_limits(&self) -> ChunkLimits {
+        ChunkLimits {
+            max_bytes: self.max_message_bytes,
+            max_clock_skew: self.max_clock_skew,
+            wav: DecodeLimits::default(),
+        }
+    }
+}
+
+/// What a chunk message may be.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChunkLimits {
+    /// Largest payload.
+    pub max_bytes: usize,
+    /// Largest lead of `captured_at` over the Kafka timestamp.
+    pub max_clock_skew: Duration,
+    /// What the WAV file may hold.
+    pub wav: DecodeLimits,
+}
+
+/// Earliest accepted `captured_at`: 1970-01-01T00:00:00Z.
+const EARLIEST: Nanos = 0;
+/// Latest accepted `captured_at`: 2200-01-01T00:00:00Z (time arithmetic stays far from overflow below it).
+const LATEST: Nanos = 7_258_118_400_000_000_000;
 
 impl KafkaSettings {
     fn client(&self) -> ClientConfig {
@@ -253,12 +289,17 @@ impl RawMessage {
 }
 
 /// Decodes an audio-chunk message: key = sensor id, value = WAV, headers `space`, `captured_at`, `priority`.
-pub fn decode_message(message: RawMessage, max_bytes: usize, limits: &DecodeLimits) -> Result<AudioChunk, DeadLetter> {
+pub fn decode_message(message: RawMessage, limits: &ChunkLimits) -> Result<AudioChunk, DeadLetter> {
     let sensor = match message.key.as_deref().map(std::str::from_utf8) {
         None => return Err(message.reject("no_key", "the message has no key; the key is the sensor id".into())),
         Some(Err(_)) => return Err(message.reject("bad_key", "the key (sensor id) is not UTF-8".into())),
         Some(Ok(s)) if s.is_empty() || s.len() > 256 || s.chars().any(char::is_control) => {
-            let reason = format!("the sensor id {s:?} must be 1 to 256 bytes without control characters");
+            let shown: String = s.chars().take(64).collect();
+            let reason = format!(
+                "the sensor id {shown:?}{} ({} bytes) must be 1 to 256 bytes without control characters",
+                if shown.len() < s.len() { "…" } else { "" },
+                s.len()
+            );
             return Err(message.reject("bad_key", reason));
         }
         Some(Ok(s)) => s.to_owned(),
@@ -273,20 +314,38 @@ pub fn decode_message(message: RawMessage, max_bytes: usize, limits: &DecodeLimi
         }
         Some(Err(_)) => return Err(message.reject("bad_space", "the space header is not UTF-8".into())),
     };
+    let produced: Option<Nanos> = message.timestamp_ms.filter(|ms| *ms > 0).and_then(|ms| ms.checked_mul(1_000_000));
     let captured_at: Nanos = match text(HEADER_CAPTURED_AT) {
         Some(Ok(s)) => match chrono::DateTime::parse_from_rfc3339(s).ok().and_then(|t| t.timestamp_nanos_opt()) {
-            Some(t) => t,
+            Some(t) if (EARLIEST..LATEST).contains(&t) => t,
+            Some(_) => {
+                let reason = format!("captured_at {s:?} lies outside 1970..2200");
+                return Err(message.reject("bad_captured_at", reason));
+            }
             None => {
                 let reason = format!("captured_at {s:?} is not an RFC 3339 time (e.g. 2026-05-01T05:00:00Z)");
                 return Err(message.reject("bad_captured_at", reason));
             }
         },
         Some(Err(_)) => return Err(message.reject("bad_captured_at", "the captured_at header is not UTF-8".into())),
-        None => match message.timestamp_ms {
-            Some(ms) if ms > 0 => ms * 1_000_000,
-            _ => return Err(message.reject("no_time", "no captured_at header and no Kafka timestamp".into())),
+        None => match produced.filter(|t| (EARLIEST..LATEST).contains(t)) {
+            Some(t) => t,
+            None => return Err(message.reject("no_time", "no captured_at header and no usable Kafka timestamp".into())),
         },
     };
+    if let Some(produced) = produced
+        && captured_at > produced.saturating_add(limits.max_clock_skew.as_nanos() as Nanos)
+    {
+        let reason = format!(
+            "captured_at {} is {:.0} s after the message was produced ({}): the sensor's clock is ahead \
+             (kafka.max_clock_skew_seconds = {})",
+            rfc3339(captured_at),
+            (captured_at - produced) as f64 / 1e9,
+            rfc3339(produced),
+            limits.max_clock_skew.as_secs()
+        );
+        return Err(message.reject("bad_captured_at", reason));
+    }
     let priority = match text(HEADER_PRIORITY) {
         None => Priority::Normal,
         Some(Ok(s)) => match s.parse() {
@@ -296,11 +355,11 @@ pub fn decode_message(message: RawMessage, max_bytes: usize, limits: &DecodeLimi
         Some(Err(_)) => return Err(message.reject("bad_priority", "the priority header is not UTF-8".into())),
     };
     let size = message.payload.as_ref().map_or(0, Vec::len);
-    if size > max_bytes {
-        let reason = format!("the message is {size} bytes, above max_message_bytes = {max_bytes}");
+    if size > limits.max_bytes {
+        let reason = format!("the message is {size} bytes, above max_message_bytes = {}", limits.max_bytes);
         return Err(message.reject("oversized", reason));
     }
-    let audio = match wav::decode(message.payload.as_deref().unwrap_or_default(), limits) {
+    let audio = match wav::decode(message.payload.as_deref().unwrap_or_default(), &limits.wav) {
         Ok(audio) => audio,
         Err(rejection) => return Err(message.reject(rejection.cause, rejection.reason)),
     };
@@ -334,8 +393,10 @@ pub struct KafkaSource {
     /// Next offsets whose derived records are all durable.
     durable: BTreeMap<i32, i64>,
     committed: BTreeMap<i32, i64>,
-    /// Offsets of chunks still held for windows not yet cut when the job stopped.
-    held: BTreeMap<i32, i64>,
+    /// Pending reports received and not yet applied, by time.
+    reports: BTreeMap<u64, Vec<PendingReport>>,
+    /// The latest applied report of each worker: its oldest pending chunk per partition.
+    pending: BTreeMap<usize, Vec<(i32, i64)>>,
     last_commit: Instant,
     high_watermarks_checked: Option<Instant>,
 }
@@ -383,7 +444,13 @@ impl KafkaSource {
             for element in committed.elements() {
                 let (offset, start) = match element.offset() {
                     Offset::Offset(n) => (Offset::Offset(n), n),
-                    _ => (Offset::Beginning, 0),
+                    // Nothing committed: from the oldest message still there.
+                    _ => {
+                        let (low, _) = consumer
+                            .fetch_watermarks(&topic, element.partition(), Duration::from_secs(10))
+                            .map_err(kafka(format!("cannot read the watermarks of {topic}")))?;
+                        (Offset::Beginning, low)
+                    }
                 };
                 assignment
                     .add_partition_offset(&topic, element.partition(), offset)
@@ -400,7 +467,8 @@ impl KafkaSource {
             next,
             epochs: VecDeque::new(),
             committed,
-            held: BTreeMap::new(),
+            reports: BTreeMap::new(),
+            pending: BTreeMap::new(),
             last_commit: Instant::now(),
             high_watermarks_checked: None,
         })
@@ -448,33 +516,48 @@ impl KafkaSource {
             return false;
         }
         self.high_watermarks_checked = Some(Instant::now());
-        self.next.iter().all(|(&p, &next)| {
-            match self.consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(5)) {
-                Ok((_, high)) => next >= high,
-                Err(_) => false,
+        let topic = &self.topic;
+        let consumer = &self.consumer;
+        self.next.iter_mut().all(|(&p, next)| match consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) {
+            Ok((low, high)) => {
+                // Messages before `low` have expired: the consumer resumes at `low`.
+                *next = (*next).max(low);
+                *next >= high
             }
+            Err(_) => false,
         })
     }
 
     fn record_epoch(&mut self, epoch: u64) {
-        self.epochs.push_back((epoch, self.next.clone()));
+        match self.epochs.back_mut() {
+            Some((last, offsets)) if *last == epoch => offsets.clone_from(&self.next),
+            _ => self.epochs.push_back((epoch, self.next.clone())),
+        }
     }
 
-    /// Marks as durable every epoch the sinks' frontier has passed (`pending(t)` says whether `t` may still change).
-    pub fn observe_durable(&mut self, pending: impl Fn(&u64) -> bool) {
+    /// Takes a pending report sent at `time`; it applies once every time up to `time` is settled.
+    pub fn receive_report(&mut self, time: u64, report: PendingReport) {
+        self.reports.entry(time).or_default().push(report);
+    }
+
+    /// Marks as durable every epoch, and applies every pending report, at a time the job's frontiers have passed
+    /// (`unsettled(t)` says whether time `t` may still change in a sink or in the pending reports).
+    pub fn observe_durable(&mut self, unsettled: impl Fn(&u64) -> bool) {
         while let Some((epoch, _)) = self.epochs.front() {
-            if pending(epoch) {
+            if unsettled(epoch) {
                 break;
             }
             let (_, offsets) = self.epochs.pop_front().expect("checked");
             self.durable.extend(offsets);
         }
-    }
-
-    /// Remembers that the chunk at `origin` is still needed: the final commit will not pass it.
-    pub fn hold(&mut self, origin: &Origin) {
-        let held = self.held.entry(origin.partition).or_insert(origin.offset);
-        *held = (*held).min(origin.offset);
+        while let Some(entry) = self.reports.first_entry() {
+            if unsettled(entry.key()) {
+                break;
+            }
+            for report in entry.remove() {
+                self.pending.insert(report.worker, report.pending);
+            }
+        }
     }
 
     /// Commits the durable offsets if they moved and `interval` has passed since the last commit.
@@ -485,13 +568,19 @@ impl KafkaSource {
         self.commit_now()
     }
 
-    fn commit_now(&mut self) -> Result<(), Error> {
+    /// The offsets that may be committed: the durable ones, held back to each partition's oldest pending chunk.
+    pub fn committable(&self) -> BTreeMap<i32, i64> {
         let mut offsets = self.durable.clone();
-        for (partition, held) in &self.held {
-            if let Some(next) = offsets.get_mut(partition) {
-                *next = (*next).min(*held);
+        for &(partition, oldest) in self.pending.values().flatten() {
+            if let Some(next) = offsets.get_mut(&partition) {
+                *next = (*next).min(oldest);
             }
         }
+        offsets
+    }
+
+    fn commit_now(&mut self) -> Result<(), Error> {
+        let offsets = self.committable();
         let changed: Vec<(i32, i64)> = offsets.into_iter().filter(|(p, o)| self.committed.get(p) != Some(o)).collect();
         self.last_commit = Instant::now();
         if changed.is_empty() {
@@ -509,7 +598,8 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// After the dataflow has completed: every epoch is durable; commits, keeping held chunks uncommitted.
+    /// After the dataflow has completed: every epoch is durable and every report applied; commits, keeping chunks
+    /// still needed uncommitted.
     pub fn finish(&mut self) -> Result<(), Error> {
         self.observe_durable(|_| false);
         self.commit_now()
@@ -521,20 +611,25 @@ impl KafkaSource {
     }
 }
 
-/// How a source stops by itself.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Until {
-    /// Runs until stopped.
-    Stopped,
-    /// Ends once every partition is drained and nothing arrived for this long.
-    Idle(Duration),
+/// When a source stops reading.
+#[derive(Clone, Debug, Default)]
+pub struct Stop {
+    /// Once every partition is drained and nothing arrived for this long.
+    pub idle: Option<Duration>,
+    /// Once this is set (by a signal handler): the job then drains, flushes and commits.
+    pub requested: Arc<AtomicBool>,
 }
 
-/// Reads the worker's partitions into the dataflow; one epoch per non-empty poll.
+/// Milliseconds since the Unix epoch: the source's timely time.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Reads the worker's partitions into the dataflow, at the wall clock's millisecond.
 pub fn source<'scope>(
     scope: Scope<'scope, u64>,
     state: Rc<RefCell<KafkaSource>>,
-    until: Until,
+    stop: Stop,
 ) -> StreamVec<'scope, u64, RawMessage> {
     timely_source::<_, CapacityContainerBuilder<Vec<RawMessage>>, _, _>(
         scope,
@@ -542,27 +637,29 @@ pub fn source<'scope>(
         move |capability, info| {
             let activator = scope.activator_for(info.address.clone());
             let mut capability = Some(capability);
-            let mut epoch = 0u64;
             let mut last_message = Instant::now();
             let mut batch = Vec::new();
             move |output| {
                 let Some(cap) = capability.as_mut() else { return };
                 let mut source = state.borrow_mut();
-                if source.next.is_empty() {
+                if source.next.is_empty() || stop.requested.load(Ordering::Relaxed) {
                     capability = None;
                     return;
+                }
+                // Time moves on even without messages, so an idle worker never holds back the others' commits.
+                let now = now_ms();
+                if now > *cap.time() {
+                    cap.downgrade(&now);
                 }
                 source.poll(4_096, &mut batch);
                 if !batch.is_empty() {
                     last_message = Instant::now();
                     output.session(&*cap).give_iterator(batch.drain(..));
-                    source.record_epoch(epoch);
-                    epoch += 1;
-                    cap.downgrade(&epoch);
+                    source.record_epoch(*cap.time());
                     activator.activate();
                     return;
                 }
-                if let Until::Idle(idle) = until
+                if let Some(idle) = stop.idle
                     && last_message.elapsed() >= idle
                     && source.drained()
                 {
@@ -761,11 +858,6 @@ pub struct SegmentRecord {
     pub source: Origin,
 }
 
-/// RFC 3339 with the fewest sub-second digits that are exact, in UTC.
-pub fn rfc3339(t: Nanos) -> String {
-    chrono::DateTime::from_timestamp_nanos(t).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
-}
-
 /// The segments-topic record of a new segment.
 pub fn segment_record(segment: &chorus_operators::record::Segment, model: &str) -> Record {
     let id = segment.key.id().to_string();
@@ -787,25 +879,53 @@ pub fn segment_record(segment: &chorus_operators::record::Segment, model: &str) 
 }
 
 /// The record of a dead letter: original key, payload and headers, plus the reason, cause and origin headers.
+///
+/// The record always fits `max_message_bytes`: the payload is dropped first (`chorus.payload_dropped`), then the
+/// original headers, then the key is cut (`chorus.key_truncated`); the reason, cause and origin are always kept.
 pub fn dead_letter_record(letter: DeadLetter, max_message_bytes: usize) -> Record {
-    let mut headers = letter.headers;
-    headers.push((HEADER_REASON.into(), letter.reason.into_bytes()));
-    headers.push((HEADER_CAUSE.into(), letter.cause.as_bytes().to_vec()));
+    let size = |headers: &[(String, Vec<u8>)]| headers.iter().map(|(k, v)| 16 + k.len() + v.len()).sum::<usize>();
+    let mut own = vec![(HEADER_REASON.to_owned(), truncated(letter.reason.into_bytes(), 2_048))];
+    own.push((HEADER_CAUSE.into(), letter.cause.as_bytes().to_vec()));
     if let Some(origin) = &letter.origin {
-        headers.push((HEADER_ORIGIN.into(), origin.to_string().into_bytes()));
+        own.push((HEADER_ORIGIN.into(), origin.to_string().into_bytes()));
     }
-    let overhead: usize = 512 + headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-    let mut payload = letter.payload;
-    if payload.len() + overhead > max_message_bytes {
-        headers.push((HEADER_PAYLOAD_DROPPED.into(), format!("{} bytes", payload.len()).into_bytes()));
+    let budget = max_message_bytes.saturating_sub(1_024);
+    let (mut key, mut headers, mut payload) = (letter.key, letter.headers, letter.payload);
+    let used = |key: &Option<Vec<u8>>, headers: &[(String, Vec<u8>)], own: &[(String, Vec<u8>)], payload: &[u8]| {
+        key.as_ref().map_or(0, Vec::len) + size(headers) + size(own) + payload.len()
+    };
+    if used(&key, &headers, &own, &payload) > budget {
+        own.push((HEADER_PAYLOAD_DROPPED.into(), format!("{} bytes", payload.len()).into_bytes()));
         payload = Vec::new();
     }
-    Record { key: letter.key, payload, headers }
+    if used(&key, &headers, &own, &payload) > budget {
+        headers.clear();
+    }
+    if used(&key, &headers, &own, &payload) > budget
+        && let Some(k) = key.as_mut()
+    {
+        own.push(("chorus.key_truncated".into(), format!("{} bytes", k.len()).into_bytes()));
+        k.truncate(256);
+    }
+    headers.extend(own);
+    Record { key, payload, headers }
+}
+
+fn truncated(mut bytes: Vec<u8>, limit: usize) -> Vec<u8> {
+    if bytes.len() > limit {
+        bytes.truncate(limit);
+        bytes.extend_from_slice("…".as_bytes());
+    }
+    bytes
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn limits(max_bytes: usize) -> ChunkLimits {
+        ChunkLimits { max_bytes, max_clock_skew: Duration::from_secs(600), wav: DecodeLimits::default() }
+    }
 
     fn message(key: Option<&str>, headers: &[(&str, &str)], payload: Vec<u8>) -> RawMessage {
         RawMessage {
@@ -825,7 +945,7 @@ mod tests {
             &[("space", "forest"), ("captured_at", "2026-05-01T05:00:00.5Z"), ("priority", "high")],
             wav,
         );
-        let chunk = decode_message(m, 1_000_000, &DecodeLimits::default()).unwrap();
+        let chunk = decode_message(m, &limits(1_000_000)).unwrap();
         assert_eq!((chunk.space.as_str(), chunk.sensor.as_str()), ("forest", "sensor-7"));
         assert_eq!(chunk.captured_at, 1_777_611_600_500_000_000);
         assert_eq!(chunk.priority, Priority::High);
@@ -834,28 +954,28 @@ mod tests {
 
     #[test]
     fn defaults_come_from_the_kafka_timestamp_and_the_default_space() {
-        let chunk = decode_message(
-            message(Some("s"), &[], wav::encode_f32(8_000, &[0.0; 8])),
-            1_000_000,
-            &DecodeLimits::default(),
-        )
-        .unwrap();
+        let chunk =
+            decode_message(message(Some("s"), &[], wav::encode_f32(8_000, &[0.0; 8])), &limits(1_000_000)).unwrap();
         assert_eq!((chunk.space.as_str(), chunk.captured_at), ("default", 1_777_611_600_000_000_000));
     }
 
     #[test]
     fn bad_messages_become_dead_letters_naming_the_fault() {
         let wav = || wav::encode_f32(32_000, &[0.0; 10]);
-        let cause = |m| decode_message(m, 1_000, &DecodeLimits::default()).unwrap_err().cause;
+        let cause = |m| decode_message(m, &limits(1_000)).unwrap_err().cause;
         assert_eq!(cause(message(None, &[], wav())), "no_key");
         assert_eq!(cause(message(Some("s"), &[("space", "../etc")], wav())), "bad_space");
         assert_eq!(cause(message(Some("s"), &[("captured_at", "yesterday")], wav())), "bad_captured_at");
+        assert_eq!(cause(message(Some("s"), &[("captured_at", "1700-01-01T00:00:00Z")], wav())), "bad_captured_at");
+        // The Kafka timestamp says 2026-05-01T05:00Z: a chunk cannot have been recorded a day later.
+        assert_eq!(cause(message(Some("s"), &[("captured_at", "2026-05-02T05:00:00Z")], wav())), "bad_captured_at");
+        let mut far = message(Some("s"), &[], wav());
+        far.timestamp_ms = Some(i64::MAX);
+        assert_eq!(cause(far), "no_time");
         assert_eq!(cause(message(Some("s"), &[("priority", "urgent")], wav())), "bad_priority");
         assert_eq!(cause(message(Some("s"), &[], vec![0; 2_000])), "oversized");
         assert_eq!(cause(message(Some("s"), &[], b"RIFF\x08\0\0\0WAVEjunk".to_vec())), "not_wav");
-        let letter =
-            decode_message(message(Some("s"), &[("priority", "urgent")], wav()), 1_000, &DecodeLimits::default())
-                .unwrap_err();
+        let letter = decode_message(message(Some("s"), &[("priority", "urgent")], wav()), &limits(1_000)).unwrap_err();
         assert_eq!(letter.origin.unwrap().offset, 42);
         assert_eq!(letter.payload, wav());
     }
@@ -877,5 +997,20 @@ mod tests {
         assert_eq!(header(HEADER_ORIGIN).as_deref(), Some("audio/1@9"));
         assert_eq!(header(HEADER_PAYLOAD_DROPPED).as_deref(), Some("5000 bytes"));
         assert!(record.payload.is_empty());
+
+        // A huge key, headers and reason still make a record within the limit.
+        let huge = DeadLetter {
+            origin: None,
+            key: Some(vec![b'k'; 600_000]),
+            headers: vec![("h".into(), vec![0; 300_000])],
+            payload: vec![],
+            reason: "r".repeat(100_000),
+            cause: "bad_key",
+        };
+        let record = dead_letter_record(huge, 100_000);
+        let size = record.key.as_ref().unwrap().len()
+            + record.payload.len()
+            + record.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        assert!(size < 100_000, "{size}");
     }
 }

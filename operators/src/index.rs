@@ -326,31 +326,35 @@ pub fn space_dir(dir: &Path, space: &str) -> PathBuf {
     dir.join(format!("space={space}"))
 }
 
-/// Inserts segments into their space's index; passes on the segments that were new.
+/// The streams the index operator emits.
+pub struct Indexed<'scope> {
+    /// Segments the archive does not hold yet: new ones, and replayed ones a snapshot held but the archive lacked.
+    pub to_archive: StreamVec<'scope, u64, Segment>,
+    /// Every segment offered, replays included: the segments topic is at-least-once, and a replay may follow a
+    /// publication that never reached the broker.
+    pub to_publish: StreamVec<'scope, u64, Segment>,
+    /// Segments that could not be indexed.
+    pub dead_letters: StreamVec<'scope, u64, DeadLetter>,
+}
+
+/// Inserts segments into their space's index.
 pub trait Index<'scope> {
-    /// Routes each segment to the worker owning its space, inserts it unless its id is already indexed, and emits
-    /// it unless it is indexed and archived already. Snapshots are written every `snapshot_interval` and when the
-    /// input ends.
-    fn index(
-        self,
-        indices: Indices,
-        metrics: Metrics,
-    ) -> (StreamVec<'scope, u64, Segment>, StreamVec<'scope, u64, DeadLetter>);
+    /// Routes each segment to the worker owning its space and inserts it unless its id is already indexed; see
+    /// [`Indexed`] for what goes where. Snapshots are written every `snapshot_interval` and when the input ends.
+    fn index(self, indices: Indices, metrics: Metrics) -> Indexed<'scope>;
 }
 
 impl<'scope> Index<'scope> for StreamVec<'scope, u64, Segment> {
-    fn index(
-        self,
-        mut indices: Indices,
-        metrics: Metrics,
-    ) -> (StreamVec<'scope, u64, Segment>, StreamVec<'scope, u64, DeadLetter>) {
+    fn index(self, mut indices: Indices, metrics: Metrics) -> Indexed<'scope> {
         let scope = self.scope();
         let mut builder = OperatorBuilder::new("Index".to_owned(), scope);
         let info = builder.operator_info();
         let mut input = builder.new_input(self, ExchangePact::new(|s: &Segment| route(&s.key.space)));
-        let (segments_out, segments) = builder.new_output::<Vec<Segment>>();
-        let (dead_out, dead) = builder.new_output::<Vec<DeadLetter>>();
-        let mut segments_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Segment>>>::from(segments_out);
+        let (archive_out, to_archive) = builder.new_output::<Vec<Segment>>();
+        let (publish_out, to_publish) = builder.new_output::<Vec<Segment>>();
+        let (dead_out, dead_letters) = builder.new_output::<Vec<DeadLetter>>();
+        let mut archive_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Segment>>>::from(archive_out);
+        let mut publish_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Segment>>>::from(publish_out);
         let mut dead_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(dead_out);
         let mut wakeup = Wakeup::new(scope.activator_for(info.address.clone()));
         let interval = indices.params.snapshot_interval;
@@ -358,10 +362,12 @@ impl<'scope> Index<'scope> for StreamVec<'scope, u64, Segment> {
             let mut last_save = Instant::now();
             let mut finished = false;
             move |frontiers| {
-                let mut segments_session = segments_out.activate();
+                let mut archive_session = archive_out.activate();
+                let mut publish_session = publish_out.activate();
                 let mut dead_session = dead_out.activate();
                 input.for_each(|capability, batch| {
-                    let (mut new, mut failed, mut duplicates) = (Vec::new(), Vec::new(), HashMap::<String, u64>::new());
+                    let (mut new, mut replayed, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+                    let mut duplicates = HashMap::<String, u64>::new();
                     let received = batch.len();
                     for segment in batch.drain(..) {
                         let offered = indices
@@ -369,7 +375,10 @@ impl<'scope> Index<'scope> for StreamVec<'scope, u64, Segment> {
                             .and_then(|index| index.offer(segment.key.id(), &segment.embedding));
                         match offered {
                             Ok(Offered::Inserted | Offered::Unarchived) => new.push(segment),
-                            Ok(Offered::Duplicate) => *duplicates.entry(segment.key.space.clone()).or_default() += 1,
+                            Ok(Offered::Duplicate) => {
+                                *duplicates.entry(segment.key.space.clone()).or_default() += 1;
+                                replayed.push(segment);
+                            }
                             Err(error) => failed.push(DeadLetter {
                                 origin: Some(segment.origin.clone()),
                                 key: Some(segment.key.sensor.as_bytes().to_vec()),
@@ -385,7 +394,8 @@ impl<'scope> Index<'scope> for StreamVec<'scope, u64, Segment> {
                     for (space, n) in duplicates {
                         metrics.duplicates.with_label_values(&[space.as_str()]).inc_by(n);
                     }
-                    segments_session.session(&capability).give_iterator(new.into_iter());
+                    publish_session.session(&capability).give_iterator(new.iter().cloned().chain(replayed));
+                    archive_session.session(&capability).give_iterator(new.into_iter());
                     dead_session.session(&capability).give_iterator(failed.into_iter());
                 });
                 for (space, index) in indices.spaces() {
@@ -404,7 +414,7 @@ impl<'scope> Index<'scope> for StreamVec<'scope, u64, Segment> {
                 }
             }
         });
-        (segments, dead)
+        Indexed { to_archive, to_publish, dead_letters }
     }
 }
 

@@ -142,6 +142,16 @@ pub struct Segment {
     pub embedding: Vec<f32>,
 }
 
+/// One worker's oldest still-needed chunk per partition of the audio topic, sent whenever that changes: offsets at
+/// or after these cannot be committed yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingReport {
+    /// The reporting worker.
+    pub worker: usize,
+    /// `(partition, offset)` of the oldest chunk a window not yet cut still needs, per partition.
+    pub pending: Vec<(i32, i64)>,
+}
+
 /// A 64-bit segment id, shown as 16 lowercase hex digits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SegmentId(pub u64);
@@ -198,6 +208,11 @@ fn fnv1a(bytes: impl Iterator<Item = u8>) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     bytes.fold(OFFSET, |hash, b| (hash ^ u64::from(b)).wrapping_mul(PRIME))
+}
+
+/// RFC 3339 in UTC with the fewest sub-second digits that are exact.
+pub fn rfc3339(t: Nanos) -> String {
+    chrono::DateTime::from_timestamp_nanos(t).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 /// Converts a time to a position on the absolute sample clock of `rate` (floor).

@@ -7,9 +7,15 @@
 //! however it was chunked and wherever a replay starts. A window is cut once audio past its end has arrived; silence
 //! in a gap is zeros, and windows with less than `min_coverage` of recorded audio are skipped.
 //!
-//! Every chunk whose samples a future window may still need stays *pending*. The timely operator holds a capability
-//! for each pending chunk's time and sends a window at the time of its oldest chunk, so downstream frontiers — and
-//! the Kafka offsets committed behind them — never pass audio that has not reached a durable sink.
+//! Contiguity is judged on the sample clock: a chunk continues its run when its `captured_at` is within the tolerance
+//! (at most half the chunk's length) of the run's start time plus the samples received since. A chunk lying wholly
+//! within audio already received is a repeated delivery and is dropped; one that starts inside it keeps only its new
+//! part; one that lies wholly before it is out of order. The last two leave dead letters.
+//!
+//! Every chunk whose samples a future window may still need stays *pending*. The timely operator processes chunks in
+//! time order, sends each window at the time of the chunk that completed it (never earlier than any chunk it holds),
+//! and reports, whenever it changes, the offset of the oldest pending chunk per partition. Offsets are committed up
+//! to those reports and no further, so a restart re-reads every chunk a window not yet cut still needs.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -20,11 +26,15 @@ use timely::dataflow::channels::pact::Exchange as ExchangePact;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::vec::Broadcast;
 
+use crate::FieldError;
 use crate::metrics::Metrics;
-use crate::record::{AudioChunk, DeadLetter, Nanos, Origin, SegmentKey, Window, nanos_to_samples, route};
+use crate::record::{
+    AudioChunk, DeadLetter, Nanos, Origin, PendingReport, SegmentKey, Window, nanos_to_samples, rfc3339, route,
+    samples_to_nanos,
+};
 use crate::resample::StreamResampler;
-use crate::{Error, FieldError};
 
 /// `[windows]`: how audio is cut into model windows.
 #[derive(Clone, Debug, Deserialize)]
@@ -104,10 +114,6 @@ impl WindowSpec {
     fn grid_floor(&self, pos: i64) -> i64 {
         pos.div_euclid(i64::from(self.hop)) * i64::from(self.hop)
     }
-
-    fn tolerance_samples(&self) -> i64 {
-        nanos_to_samples(self.gap_tolerance, self.sample_rate)
-    }
 }
 
 /// Cuts a standalone clip (a query, a file) into windows starting every hop from its first sample; the last window
@@ -134,43 +140,50 @@ pub fn clip_windows(spec: &WindowSpec, samples: &[f32]) -> Vec<(usize, Vec<f32>)
 }
 
 /// What segmenting one chunk produced.
-#[derive(Debug)]
-pub struct Pushed<T> {
-    /// Windows cut, each with the token of the oldest chunk it contains.
-    pub windows: Vec<(Window, T)>,
-    /// Tokens of chunks no future window needs any more (one entry per chunk).
-    pub released: Vec<T>,
-    /// Audio that could not be placed (it overlapped audio already received).
-    pub rejected: Option<DeadLetter>,
+#[derive(Debug, Default)]
+pub struct Pushed {
+    /// Windows cut.
+    pub windows: Vec<Window>,
+    /// Audio that could not be placed, with the reason.
+    pub rejected: Vec<DeadLetter>,
     /// The chunk lay wholly within audio already received — a repeated delivery — and was dropped.
     pub duplicate: bool,
 }
 
-/// Reassembles chunks per sensor and cuts windows; dataflow-agnostic. `T` tags each chunk (a timely time).
-pub struct Segmenter<T> {
+/// Reassembles chunks per sensor and cuts windows; dataflow-agnostic.
+pub struct Segmenter {
     spec: WindowSpec,
-    timelines: HashMap<(String, String), Timeline<T>>,
+    timelines: HashMap<(String, String), Timeline>,
 }
+
+/// Spans of received audio remembered per sensor to recognise repeated deliveries.
+const RECEIVED_SPANS: usize = 16;
 
 struct Run {
     rate_in: u32,
     resampler: Option<StreamResampler>,
-    /// Where the run started on the model clock.
+    /// Where the run's first kept sample lies on the model clock.
     start: i64,
-    /// Input samples so far.
+    /// `captured_at` of the run's first kept sample.
+    start_time: Nanos,
+    /// Input samples kept so far.
     input_samples: u64,
-    /// `captured_at` at which the next chunk of this run is expected.
-    expected_next: Nanos,
 }
 
-struct PendingChunk<T> {
+impl Run {
+    /// Where the next chunk of this run should start, by the sample clock.
+    fn expected_next(&self) -> Nanos {
+        self.start_time + (u128::from(self.input_samples) * 1_000_000_000 / u128::from(self.rate_in)) as Nanos
+    }
+}
+
+struct PendingChunk {
     /// Model-clock position just past the chunk's last sample.
     end: i64,
     origin: Origin,
-    token: T,
 }
 
-struct Timeline<T> {
+struct Timeline {
     run: Option<Run>,
     /// Samples from `buf_start` to `write_pos`.
     buf: VecDeque<f32>,
@@ -178,34 +191,46 @@ struct Timeline<T> {
     write_pos: i64,
     /// Recorded (non-filler) stretches at or after `buf_start`, sorted and disjoint.
     recorded: VecDeque<(i64, i64)>,
+    /// The latest stretches of audio received, merged, oldest first.
+    received: VecDeque<(i64, i64)>,
     next_window: i64,
     /// Windows starting in `[from, to)` hold no audio of an earlier run and start before the grid point of a later
     /// run's first sample: they are skipped when reached.
     skip: Option<(i64, i64)>,
-    chunks: VecDeque<PendingChunk<T>>,
+    chunks: VecDeque<PendingChunk>,
 }
 
-impl<T: Clone> Segmenter<T> {
+impl Segmenter {
     /// A segmenter cutting windows of `spec`.
     pub fn new(spec: WindowSpec) -> Self {
         Segmenter { spec, timelines: HashMap::new() }
     }
 
     /// Adds one chunk to its sensor's timeline and cuts every window it completes.
-    pub fn push(&mut self, chunk: AudioChunk, token: T) -> Result<Pushed<T>, Error> {
+    pub fn push(&mut self, chunk: AudioChunk) -> Pushed {
         let spec = &self.spec;
         let timeline = self
             .timelines
             .entry((chunk.space.clone(), chunk.sensor.clone()))
             .or_insert_with(|| Timeline::starting_at(spec, nanos_to_samples(chunk.captured_at, spec.sample_rate)));
-        let mut pushed = Pushed { windows: Vec::new(), released: Vec::new(), rejected: None, duplicate: false };
-        timeline.push(spec, chunk, token, &mut pushed)?;
-        Ok(pushed)
+        let (space, sensor) = (chunk.space.clone(), chunk.sensor.clone());
+        let mut pushed = Pushed::default();
+        timeline.push(spec, chunk, &mut pushed);
+        for window in &mut pushed.windows {
+            window.key.space.clone_from(&space);
+            window.key.sensor.clone_from(&sensor);
+        }
+        pushed
     }
 
-    /// The oldest chunk each timeline still needs: where a restart must resume reading to lose nothing.
-    pub fn pending_origins(&self) -> impl Iterator<Item = &Origin> {
-        self.timelines.values().filter_map(|t| t.chunks.front().map(|c| &c.origin))
+    /// The oldest chunk still needed per partition of the audio topic: where a restart must resume to lose nothing.
+    pub fn pending_offsets(&self) -> BTreeMap<i32, i64> {
+        let mut oldest = BTreeMap::new();
+        for chunk in self.timelines.values().flat_map(|t| &t.chunks) {
+            let offset = oldest.entry(chunk.origin.partition).or_insert(chunk.origin.offset);
+            *offset = (*offset).min(chunk.origin.offset);
+        }
+        oldest
     }
 
     /// Number of chunks held.
@@ -214,7 +239,18 @@ impl<T: Clone> Segmenter<T> {
     }
 }
 
-impl<T: Clone> Timeline<T> {
+fn rejection(chunk: &AudioChunk, cause: &'static str, reason: String) -> DeadLetter {
+    DeadLetter {
+        origin: Some(chunk.origin.clone()),
+        key: Some(chunk.sensor.as_bytes().to_vec()),
+        headers: Vec::new(),
+        payload: Vec::new(),
+        reason,
+        cause,
+    }
+}
+
+impl Timeline {
     /// A timeline whose first sample is at `pos`: its first window starts at the grid point at or before `pos`.
     fn starting_at(spec: &WindowSpec, pos: i64) -> Self {
         let start = spec.grid_floor(pos);
@@ -224,6 +260,7 @@ impl<T: Clone> Timeline<T> {
             buf_start: start,
             write_pos: start,
             recorded: VecDeque::new(),
+            received: VecDeque::new(),
             next_window: start,
             skip: None,
             chunks: VecDeque::new(),
@@ -232,81 +269,102 @@ impl<T: Clone> Timeline<T> {
         timeline
     }
 
-    fn push(&mut self, spec: &WindowSpec, chunk: AudioChunk, token: T, out: &mut Pushed<T>) -> Result<(), Error> {
-        let continues = self.run.as_ref().is_some_and(|run| {
-            run.rate_in == chunk.sample_rate && (chunk.captured_at - run.expected_next).abs() <= spec.gap_tolerance
-        });
-        let mut samples = chunk.samples;
+    fn push(&mut self, spec: &WindowSpec, chunk: AudioChunk, out: &mut Pushed) {
+        let rate = chunk.sample_rate;
+        let duration = (chunk.samples.len() as u128 * 1_000_000_000 / u128::from(rate)) as Nanos;
+        // Jitter up to the tolerance is absorbed, but never half a chunk: a repeated short chunk is not a successor.
+        let tolerance = spec.gap_tolerance.min(duration / 2);
+        let continues = self
+            .run
+            .as_ref()
+            .is_some_and(|run| run.rate_in == rate && (chunk.captured_at - run.expected_next()).abs() <= tolerance);
+        let mut samples = chunk.samples.as_slice();
+        let mut start_time = chunk.captured_at;
         if !continues {
-            let end = nanos_to_samples(chunk.captured_at, spec.sample_rate)
-                + (samples.len() as u128 * u128::from(spec.sample_rate) / u128::from(chunk.sample_rate)) as i64;
-            if end <= self.write_pos + spec.tolerance_samples() {
-                // Sent again (an at-least-once producer, a re-upload): the first copy is kept, the run goes on.
-                out.duplicate = true;
-                out.released.push(token);
-                return Ok(());
-            }
-            self.end_run(spec, out)?;
+            let tolerance = nanos_to_samples(tolerance, spec.sample_rate);
             let mut pos = nanos_to_samples(chunk.captured_at, spec.sample_rate);
-            if (pos - self.write_pos).abs() <= spec.tolerance_samples() {
+            let end = pos + (samples.len() as u128 * u128::from(spec.sample_rate) / u128::from(rate)) as i64;
+            if end <= self.write_pos + tolerance {
+                if self.received.iter().any(|&(a, b)| a - tolerance <= pos && end <= b + tolerance) {
+                    out.duplicate = true;
+                } else {
+                    let reason = format!(
+                        "chunk of sensor '{}' ({} to {}) lies before audio already received up to {} and outside \
+                         every stretch received: out of order, or its captured_at is wrong; dropped",
+                        chunk.sensor,
+                        rfc3339(chunk.captured_at),
+                        rfc3339(chunk.captured_at + duration),
+                        rfc3339(samples_to_nanos(self.write_pos, spec.sample_rate)),
+                    );
+                    out.rejected.push(rejection(&chunk, "out_of_order", reason));
+                }
+                return;
+            }
+            self.end_run(spec, out);
+            if (pos - self.write_pos).abs() <= tolerance {
                 pos = self.write_pos;
             }
             if pos < self.write_pos {
-                // Audio for this stretch was already received: keep the first copy, drop the overlap.
+                // Audio for the start of this chunk was already received: keep the first copy, drop the overlap.
                 let overlap = self.write_pos - pos;
-                let drop_in = (overlap as u128 * u128::from(chunk.sample_rate))
-                    .div_ceil(u128::from(spec.sample_rate))
-                    .min(samples.len() as u128) as usize;
-                out.rejected = Some(DeadLetter {
-                    origin: Some(chunk.origin.clone()),
-                    key: Some(chunk.sensor.as_bytes().to_vec()),
-                    headers: Vec::new(),
-                    payload: Vec::new(),
-                    reason: format!(
-                        "chunk of sensor '{}' starts {:.3} s before the end of audio already received; \
-                         the first {:.3} s of it were dropped",
-                        chunk.sensor,
-                        overlap as f64 / f64::from(spec.sample_rate),
-                        drop_in as f64 / f64::from(chunk.sample_rate),
-                    ),
-                    cause: "overlap",
-                });
-                samples.drain(..drop_in);
+                let dropped = ((overlap as u128 * u128::from(rate)).div_ceil(u128::from(spec.sample_rate)) as usize)
+                    .min(samples.len());
+                let reason = format!(
+                    "chunk of sensor '{}' starts {:.3} s before the end of audio already received; the first \
+                     {:.3} s of it were dropped",
+                    chunk.sensor,
+                    overlap as f64 / f64::from(spec.sample_rate),
+                    dropped as f64 / f64::from(rate),
+                );
+                out.rejected.push(rejection(&chunk, "overlap", reason));
+                samples = &samples[dropped..];
+                start_time += (dropped as u128 * 1_000_000_000 / u128::from(rate)) as Nanos;
                 pos = self.write_pos;
             }
-            self.start_run(spec, pos, chunk.sample_rate, out)?;
+            if let Err(reason) = self.start_run(spec, pos, start_time, rate, out) {
+                out.rejected.push(rejection(&chunk, "resample", reason));
+                return;
+            }
         }
         if samples.is_empty() {
-            // Nothing of this chunk is kept; the run still moves on to where the chunk ended.
-            if let Some(run) = self.run.as_mut() {
-                run.expected_next = run.expected_next.max(chunk.captured_at);
-            }
-            out.released.push(token);
-            return Ok(());
+            return;
         }
-        let run = self.run.as_mut().expect("a run was started above");
+        let run = self.run.as_mut().expect("a run is under way");
         let resampled = match run.resampler.as_mut() {
             Some(resampler) => {
-                let mut resampled =
-                    Vec::with_capacity(samples.len() * spec.sample_rate as usize / run.rate_in as usize + 1);
-                resampler.push(&samples, &mut resampled)?;
+                let mut resampled = Vec::with_capacity(samples.len() * spec.sample_rate as usize / rate as usize + 1);
+                if let Err(error) = resampler.push(samples, &mut resampled) {
+                    // The resampler's state is unknown after a failure: the run ends here.
+                    self.run = None;
+                    out.rejected.push(rejection(&chunk, "resample", error.to_string()));
+                    return;
+                }
                 Some(resampled)
             }
             None => None,
         };
         run.input_samples += samples.len() as u64;
-        run.expected_next = chunk.captured_at
-            + (i128::from(samples.len() as u64) * 1_000_000_000 / i128::from(chunk.sample_rate)) as Nanos;
         // Where the chunk's last sample lands, even while the resampler still holds it back.
         let end = run.start
             + (u128::from(run.input_samples) * u128::from(spec.sample_rate)).div_ceil(u128::from(run.rate_in)) as i64;
-        self.chunks.push_back(PendingChunk { end, origin: chunk.origin, token });
-        self.append(resampled.as_deref().unwrap_or(&samples), true);
+        self.chunks.push_back(PendingChunk { end, origin: chunk.origin.clone() });
+        self.append(resampled.as_deref().unwrap_or(samples), true);
         self.cut(spec, out);
-        Ok(())
     }
 
-    fn start_run(&mut self, spec: &WindowSpec, pos: i64, rate_in: u32, out: &mut Pushed<T>) -> Result<(), Error> {
+    fn start_run(
+        &mut self,
+        spec: &WindowSpec,
+        pos: i64,
+        start_time: Nanos,
+        rate_in: u32,
+        out: &mut Pushed,
+    ) -> Result<(), String> {
+        let resampler = if rate_in == spec.sample_rate {
+            None
+        } else {
+            Some(StreamResampler::new(rate_in, spec.sample_rate).map_err(|e| e.to_string())?)
+        };
         let previous_end = self.write_pos;
         if pos > previous_end {
             // A gap: known silence, materialised only as far as a window holding earlier audio can reach.
@@ -317,9 +375,7 @@ impl<T: Clone> Timeline<T> {
                 self.skip = Some((previous_end, run_grid));
             }
         }
-        let resampler =
-            if rate_in == spec.sample_rate { None } else { Some(StreamResampler::new(rate_in, spec.sample_rate)?) };
-        self.run = Some(Run { rate_in, resampler, start: pos, input_samples: 0, expected_next: 0 });
+        self.run = Some(Run { rate_in, resampler, start: pos, start_time, input_samples: 0 });
         if pos > self.write_pos {
             // The gap is longer than a window: the windows holding earlier audio are all known now, and the timeline
             // restarts at the new run's grid point.
@@ -332,23 +388,24 @@ impl<T: Clone> Timeline<T> {
             self.buf_start = start;
             self.write_pos = start;
             self.next_window = start;
-            self.forget_before(start, out);
+            self.release_before_next_window();
             self.append(&vec![0.0; (pos - start) as usize], false);
         }
         Ok(())
     }
 
     /// Flushes the current run's resampler, so its last samples take their place before a new run starts.
-    fn end_run(&mut self, spec: &WindowSpec, out: &mut Pushed<T>) -> Result<(), Error> {
-        let Some(mut run) = self.run.take() else { return Ok(()) };
+    fn end_run(&mut self, spec: &WindowSpec, out: &mut Pushed) {
+        let Some(mut run) = self.run.take() else { return };
         if let Some(resampler) = run.resampler.as_mut() {
             let mut tail = Vec::new();
-            resampler.finish(&mut tail)?;
-            self.append(&tail, true);
+            // A failure here loses at most the resampler's few milliseconds of latency; the run ends either way.
+            if resampler.finish(&mut tail).is_ok() {
+                self.append(&tail, true);
+            }
         }
         // Windows lying wholly before the gap can be cut now; those reaching into it wait for the gap to be filled.
         self.cut(spec, out);
-        Ok(())
     }
 
     fn append(&mut self, samples: &[f32], recorded: bool) {
@@ -359,9 +416,14 @@ impl<T: Clone> Timeline<T> {
         let to = from + samples.len() as i64;
         self.buf.extend(samples);
         if recorded {
-            match self.recorded.back_mut() {
-                Some(last) if last.1 == from => last.1 = to,
-                _ => self.recorded.push_back((from, to)),
+            for spans in [&mut self.recorded, &mut self.received] {
+                match spans.back_mut() {
+                    Some(last) if last.1 == from => last.1 = to,
+                    _ => spans.push_back((from, to)),
+                }
+            }
+            if self.received.len() > RECEIVED_SPANS {
+                self.received.pop_front();
             }
         }
         self.write_pos = to;
@@ -377,7 +439,7 @@ impl<T: Clone> Timeline<T> {
     }
 
     /// Cuts every window whose samples are all known.
-    fn cut(&mut self, spec: &WindowSpec, out: &mut Pushed<T>) {
+    fn cut(&mut self, spec: &WindowSpec, out: &mut Pushed) {
         let window = i64::from(spec.window);
         loop {
             self.apply_skip();
@@ -386,30 +448,25 @@ impl<T: Clone> Timeline<T> {
                 break;
             }
             let covered = self.recorded_in(start, start + window);
-            if covered >= i64::from(spec.min_coverage) {
+            if covered >= i64::from(spec.min_coverage)
+                && let Some(first) = self.chunks.iter().find(|c| c.end > start).or(self.chunks.front())
+            {
                 let offset = (start - self.buf_start) as usize;
-                let samples: Vec<f32> = self.buf.range(offset..offset + spec.window as usize).copied().collect();
-                let first = self.chunks.iter().find(|c| c.end > start).or(self.chunks.front());
-                if let Some(first) = first {
-                    out.windows.push((
-                        Window {
-                            key: SegmentKey {
-                                space: String::new(),
-                                sensor: String::new(),
-                                start,
-                                sample_rate: spec.sample_rate,
-                                len: spec.window,
-                            },
-                            samples,
-                            coverage: covered as f32 / window as f32,
-                            origin: first.origin.clone(),
-                        },
-                        first.token.clone(),
-                    ));
-                }
+                out.windows.push(Window {
+                    key: SegmentKey {
+                        space: String::new(),
+                        sensor: String::new(),
+                        start,
+                        sample_rate: spec.sample_rate,
+                        len: spec.window,
+                    },
+                    samples: self.buf.range(offset..offset + spec.window as usize).copied().collect(),
+                    coverage: covered as f32 / window as f32,
+                    origin: first.origin.clone(),
+                });
             }
             self.next_window += i64::from(spec.hop);
-            self.forget_before(self.next_window.min(self.write_pos), out);
+            self.forget_before(self.next_window.min(self.write_pos));
         }
     }
 
@@ -417,8 +474,8 @@ impl<T: Clone> Timeline<T> {
         self.recorded.iter().map(|&(a, b)| (b.min(to) - a.max(from)).max(0)).sum()
     }
 
-    /// Drops samples before `pos` and releases the chunks that held only those samples.
-    fn forget_before(&mut self, pos: i64, out: &mut Pushed<T>) {
+    /// Drops samples before `pos` and the chunks no future window needs.
+    fn forget_before(&mut self, pos: i64) {
         if pos > self.buf_start {
             let n = ((pos - self.buf_start) as usize).min(self.buf.len());
             self.buf.drain(..n);
@@ -432,16 +489,20 @@ impl<T: Clone> Timeline<T> {
                 break;
             }
         }
+        self.release_before_next_window();
+    }
+
+    fn release_before_next_window(&mut self) {
         while self.chunks.front().is_some_and(|c| c.end <= self.next_window) {
-            out.released.push(self.chunks.pop_front().expect("checked").token);
+            self.chunks.pop_front();
         }
     }
 }
 
 /// Cuts a stream of audio chunks into model windows; see the module documentation.
 pub trait Segment<'scope> {
-    /// Returns the windows, the dead letters of audio that could not be placed, and — once the input is exhausted —
-    /// the origins of chunks still held for windows not yet cut, routed to the worker reading their partition.
+    /// Returns the windows, the dead letters of audio that could not be placed, and the pending reports of every
+    /// worker (broadcast: each worker receives them all).
     ///
     /// # Examples
     /// ```
@@ -453,23 +514,25 @@ pub trait Segment<'scope> {
     /// use timely::dataflow::operators::Capture;
     ///
     /// let spec = WindowsConfig { hop_seconds: 1.0, ..Default::default() }.build(1_000, 2_000).unwrap();
-    /// let starts = timely::example(move |scope| {
+    /// let (starts, pending) = timely::example(move |scope| {
     ///     let chunk = AudioChunk {
     ///         space: "default".into(), sensor: "s1".into(), captured_at: 0, priority: Priority::Normal,
     ///         sample_rate: 1_000, samples: vec![0.1; 5_000],
-    ///         origin: Origin { topic: "audio".into(), partition: 0, offset: 0 },
+    ///         origin: Origin { topic: "audio".into(), partition: 3, offset: 7 },
     ///     };
-    ///     let (windows, _dead_letters, _held) = vec![chunk].to_stream(scope).segment(spec, Metrics::unregistered());
-    ///     windows.map(|w| w.key.start).capture()
+    ///     let (windows, _dead_letters, reports) = vec![chunk].to_stream(scope).segment(spec, Metrics::unregistered());
+    ///     (windows.map(|w| w.key.start).capture(), reports.map(|r| r.pending).capture())
     /// });
     /// let starts: Vec<i64> = starts.extract().into_iter().flat_map(|(_, s)| s).collect();
     /// assert_eq!(starts, vec![0, 1_000, 2_000, 3_000]); // the window at 4 s waits for audio past 6 s
+    /// // ... so the chunk holding it stays pending: offset 7 of partition 3 must not be committed yet.
+    /// assert_eq!(pending.extract(), vec![(0, vec![vec![(3, 7)]])]);
     /// ```
     fn segment(
         self,
         spec: WindowSpec,
         metrics: Metrics,
-    ) -> (StreamVec<'scope, u64, Window>, StreamVec<'scope, u64, DeadLetter>, StreamVec<'scope, u64, Origin>);
+    ) -> (StreamVec<'scope, u64, Window>, StreamVec<'scope, u64, DeadLetter>, StreamVec<'scope, u64, PendingReport>);
 }
 
 impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
@@ -477,99 +540,75 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
         self,
         spec: WindowSpec,
         metrics: Metrics,
-    ) -> (StreamVec<'scope, u64, Window>, StreamVec<'scope, u64, DeadLetter>, StreamVec<'scope, u64, Origin>) {
-        let mut builder = OperatorBuilder::new("Segment".to_owned(), self.scope());
+    ) -> (StreamVec<'scope, u64, Window>, StreamVec<'scope, u64, DeadLetter>, StreamVec<'scope, u64, PendingReport>)
+    {
+        let scope = self.scope();
+        let worker = scope.index();
+        let mut builder = OperatorBuilder::new("Segment".to_owned(), scope);
         let mut input = builder.new_input(self, ExchangePact::new(|c: &AudioChunk| route(&c.space) ^ route(&c.sensor)));
         let (windows_out, windows) = builder.new_output::<Vec<Window>>();
         let (dead_out, dead) = builder.new_output::<Vec<DeadLetter>>();
-        let (held_out, held) = builder.new_output::<Vec<Origin>>();
+        let (reports_out, reports) = builder.new_output::<Vec<PendingReport>>();
         let mut windows_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Window>>>::from(windows_out);
         let mut dead_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(dead_out);
-        let mut held_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Origin>>>::from(held_out);
+        let mut reports_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<PendingReport>>>::from(reports_out);
 
-        builder.build(move |mut capabilities| {
-            // Kept until the input ends, to report the chunks still held at that point.
-            let mut held_capability = capabilities.pop();
-            drop(capabilities);
-            let mut segmenter = Segmenter::<u64>::new(spec);
-            // One capability per time that pending chunks carry, with the number of chunks at that time.
-            let mut pinned: BTreeMap<u64, (Capability<u64>, usize)> = BTreeMap::new();
-            let mut failed = Vec::new();
+        builder.build(move |_initial| {
+            let mut segmenter = Segmenter::new(spec);
+            // Chunks wait here until no earlier chunk can arrive: each sensor's audio is placed in time order, and
+            // a window goes out at the time of the chunk that completed it, never before a chunk it holds.
+            let mut stash: BTreeMap<u64, ([Capability<u64>; 3], Vec<AudioChunk>)> = BTreeMap::new();
+            let mut reported = BTreeMap::new();
             move |frontiers| {
-                let mut windows_session = windows_out.activate();
-                let mut dead_session = dead_out.activate();
                 input.for_each(|capability, chunks| {
                     let time = *capability.least().expect("chunks travel with a time");
-                    let (received, mut cut) = (chunks.len(), 0);
-                    for chunk in chunks.drain(..) {
-                        let (space, sensor, origin) = (chunk.space.clone(), chunk.sensor.clone(), chunk.origin.clone());
-                        pinned.entry(time).or_insert_with(|| (capability.delayed(&time, 0), 0)).1 += 1;
-                        match segmenter.push(chunk, time) {
-                            Ok(pushed) => {
-                                cut += pushed.windows.len();
-                                for (mut window, oldest) in pushed.windows {
-                                    window.key.space.clone_from(&space);
-                                    window.key.sensor.clone_from(&sensor);
-                                    windows_session.session(&pinned[&oldest].0).give(window);
-                                }
-                                if let Some(letter) = pushed.rejected {
-                                    failed.push(letter);
-                                }
-                                if pushed.duplicate {
-                                    metrics.duplicate_chunks.with_label_values(&[space.as_str()]).inc();
-                                    tracing::debug!(sensor, %origin, "Repeated chunk dropped.");
-                                }
-                                for token in pushed.released {
-                                    release(&mut pinned, token);
-                                }
-                            }
-                            Err(error) => {
-                                failed.push(DeadLetter {
-                                    origin: Some(origin),
-                                    key: Some(sensor.into_bytes()),
-                                    headers: Vec::new(),
-                                    payload: Vec::new(),
-                                    reason: error.to_string(),
-                                    cause: "resample",
-                                });
-                                release(&mut pinned, time);
-                            }
+                    stash
+                        .entry(time)
+                        .or_insert_with(|| ([0, 1, 2].map(|port| capability.delayed(&time, port)), Vec::new()))
+                        .1
+                        .append(chunks);
+                });
+                let mut windows_session = windows_out.activate();
+                let mut dead_session = dead_out.activate();
+                let mut reports_session = reports_out.activate();
+                while let Some(entry) = stash.first_entry() {
+                    if frontiers[0].less_equal(entry.key()) {
+                        break;
+                    }
+                    let (capabilities, chunks) = entry.remove();
+                    let (received, mut cut, mut failed) = (chunks.len(), 0, Vec::new());
+                    for chunk in chunks {
+                        let space = chunk.space.clone();
+                        let pushed = segmenter.push(chunk);
+                        cut += pushed.windows.len();
+                        if pushed.duplicate {
+                            metrics.duplicate_chunks.with_label_values(&[space.as_str()]).inc();
                         }
+                        windows_session.session(&capabilities[0]).give_iterator(pushed.windows.into_iter());
+                        failed.extend(pushed.rejected);
                     }
                     metrics.count("segment", received, cut);
                     for letter in &failed {
                         metrics.reject("segment", letter.cause, 1);
                     }
-                    dead_session.session(&capability).give_iterator(failed.drain(..));
-                });
-                if frontiers[0].is_empty()
-                    && let Some(capability) = held_capability.take()
-                {
-                    let mut held_session = held_out.activate();
-                    held_session.session(&capability).give_iterator(segmenter.pending_origins().cloned());
-                    pinned.clear();
+                    dead_session.session(&capabilities[1]).give_iterator(failed.into_iter());
+                    let pending = segmenter.pending_offsets();
+                    if pending != reported {
+                        let report = PendingReport { worker, pending: pending.iter().map(|(p, o)| (*p, *o)).collect() };
+                        reports_session.session(&capabilities[2]).give(report);
+                        reported = pending;
+                    }
                 }
             }
         });
-        // Partition `p` is read by worker `p mod peers`, which is where exchanging by `p` sends its origins.
-        let held = timely::dataflow::operators::Exchange::exchange(held, |origin: &Origin| origin.partition as u64);
-        (windows, dead, held)
-    }
-}
-
-fn release(pinned: &mut BTreeMap<u64, (Capability<u64>, usize)>, time: u64) {
-    if let Some(entry) = pinned.get_mut(&time) {
-        entry.1 -= 1;
-        if entry.1 == 0 {
-            pinned.remove(&time);
-        }
+        (windows, dead, reports.broadcast())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Priority, samples_to_nanos};
+    use crate::record::Priority;
 
     const RATE: u32 = 1_000;
 
@@ -589,6 +628,10 @@ mod tests {
         }
     }
 
+    fn starts(pushed: &Pushed) -> Vec<i64> {
+        pushed.windows.iter().map(|w| w.key.start).collect()
+    }
+
     /// Feeds `signal` (one value per sample, at RATE) in chunks of `sizes` (cycled) and returns the windows.
     fn segment_in_chunks(spec: &WindowSpec, signal: &[f32], start: i64, sizes: &[usize]) -> Vec<Window> {
         let mut segmenter = Segmenter::new(spec.clone());
@@ -598,9 +641,9 @@ mod tests {
                 break;
             }
             let end = (at + size).min(signal.len());
-            let pushed =
-                segmenter.push(chunk("s", start + at as i64, signal[at..end].to_vec(), RATE, offset), offset).unwrap();
-            windows.extend(pushed.windows.into_iter().map(|(w, _)| w));
+            let pushed = segmenter.push(chunk("s", start + at as i64, signal[at..end].to_vec(), RATE, offset));
+            assert!(pushed.rejected.is_empty() && !pushed.duplicate);
+            windows.extend(pushed.windows);
             at = end;
             offset += 1;
         }
@@ -636,8 +679,7 @@ mod tests {
     #[test]
     fn windows_sit_on_the_absolute_grid() {
         let spec = spec(1.0, 2_000);
-        let signal = vec![0.5; 6_000];
-        let windows = segment_in_chunks(&spec, &signal, 10_250, &[1_000]);
+        let windows = segment_in_chunks(&spec, &vec![0.5; 6_000], 10_250, &[1_000]);
         // The first window starts at the grid point before the first sample and is zero-padded at its head.
         assert_eq!(windows[0].key.start, 10_000);
         assert_eq!(windows[0].samples[..250], vec![0.0; 250][..]);
@@ -647,68 +689,100 @@ mod tests {
 
     #[test]
     fn a_gap_starts_a_new_run_and_skips_silent_windows() {
-        let spec = spec(1.0, 2_000);
-        let mut segmenter = Segmenter::new(spec);
-        let mut starts = Vec::new();
-        let mut push = |at: i64, n: usize, offset: i64| {
-            let pushed = segmenter.push(chunk("s", at, vec![1.0; n], RATE, offset), offset).unwrap();
-            starts.extend(pushed.windows.iter().map(|(w, _)| (w.key.start, w.coverage)));
-            pushed.released.len()
-        };
-        push(0, 3_000, 0);
-        // 20 s later: the window [2000, 4000) holds the first run's tail and is cut as soon as the gap is known.
-        push(23_000, 3_000, 1);
-        push(26_000, 1_000, 2);
-        assert_eq!(starts, vec![(0, 1.0), (1_000, 1.0), (2_000, 0.5), (23_000, 1.0), (24_000, 1.0), (25_000, 1.0)]);
+        let mut segmenter = Segmenter::new(spec(1.0, 2_000));
+        let mut cut = Vec::new();
+        for (at, n, offset) in [(0, 3_000, 0), (23_000, 3_000, 1), (26_000, 1_000, 2)] {
+            let pushed = segmenter.push(chunk("s", at, vec![1.0; n], RATE, offset));
+            cut.extend(pushed.windows.iter().map(|w| (w.key.start, w.coverage)));
+        }
+        // The window [2000, 4000) holds the first run's tail and is cut as soon as the gap is known.
+        assert_eq!(cut, vec![(0, 1.0), (1_000, 1.0), (2_000, 0.5), (23_000, 1.0), (24_000, 1.0), (25_000, 1.0)]);
     }
 
     #[test]
-    fn overlapping_audio_is_dropped_with_a_dead_letter() {
-        let spec = spec(1.0, 2_000);
-        let mut segmenter = Segmenter::new(spec);
-        segmenter.push(chunk("s", 0, vec![1.0; 3_000], RATE, 0), 0).unwrap();
-        let pushed = segmenter.push(chunk("s", 2_000, vec![2.0; 2_000], RATE, 1), 1).unwrap();
-        let letter = pushed.rejected.expect("overlap reported");
+    fn overlapping_audio_keeps_its_new_part_and_leaves_a_dead_letter() {
+        let mut segmenter = Segmenter::new(spec(1.0, 2_000));
+        segmenter.push(chunk("s", 0, vec![1.0; 3_000], RATE, 0));
+        let pushed = segmenter.push(chunk("s", 2_000, vec![2.0; 2_000], RATE, 1));
+        let letter = &pushed.rejected[0];
         assert_eq!(letter.cause, "overlap");
         assert!(letter.reason.contains("1.000 s"), "{}", letter.reason);
         // The kept second half continues the timeline at 3000.
-        let pushed = segmenter.push(chunk("s", 4_000, vec![3.0; 1_000], RATE, 2), 2).unwrap();
-        let w = &pushed.windows.last().unwrap().0;
+        let pushed = segmenter.push(chunk("s", 4_000, vec![3.0; 1_000], RATE, 2));
+        let w = pushed.windows.last().unwrap();
         assert_eq!(w.key.start, 3_000);
         assert_eq!(w.samples[..1_000], vec![2.0; 1_000][..]);
     }
 
     #[test]
     fn a_repeated_chunk_is_dropped_without_breaking_the_run() {
-        let spec = spec(1.0, 2_000);
-        let mut segmenter = Segmenter::new(spec);
-        segmenter.push(chunk("s", 0, vec![1.0; 1_500], RATE, 0), 0).unwrap();
-        let again = segmenter.push(chunk("s", 0, vec![1.0; 1_500], RATE, 1), 1).unwrap();
-        assert!(again.duplicate && again.rejected.is_none() && again.windows.is_empty());
-        assert_eq!(again.released, vec![1]);
-        let next = segmenter.push(chunk("s", 1_500, vec![1.0; 1_500], RATE, 2), 2).unwrap();
+        let mut segmenter = Segmenter::new(spec(1.0, 2_000));
+        segmenter.push(chunk("s", 0, vec![1.0; 1_500], RATE, 0));
+        let again = segmenter.push(chunk("s", 0, vec![1.0; 1_500], RATE, 1));
+        assert!(again.duplicate && again.rejected.is_empty() && again.windows.is_empty());
+        let next = segmenter.push(chunk("s", 1_500, vec![1.0; 1_500], RATE, 2));
         assert!(!next.duplicate);
-        assert_eq!(next.windows.iter().map(|(w, _)| w.key.start).collect::<Vec<_>>(), vec![0, 1_000]);
+        assert_eq!(starts(&next), vec![0, 1_000]);
+        // A repeated chunk shorter than the tolerance is still a repeat, not a successor.
+        let short = segmenter.push(chunk("s", 2_997, vec![1.0; 3], RATE, 3));
+        assert!(short.duplicate);
+    }
+
+    #[test]
+    fn a_first_chunk_shorter_than_the_tolerance_is_kept() {
+        let spec = WindowsConfig { hop_seconds: 1.0, gap_tolerance_ms: 100, min_coverage_seconds: 0.001 }
+            .build(RATE, 2_000)
+            .unwrap();
+        let mut segmenter = Segmenter::new(spec);
+        let first = segmenter.push(chunk("s", 0, vec![1.0; 50], RATE, 0));
+        assert!(!first.duplicate && first.rejected.is_empty());
+        assert_eq!(segmenter.pending_chunks(), 1);
+    }
+
+    #[test]
+    fn audio_from_before_everything_received_is_out_of_order() {
+        let mut segmenter = Segmenter::new(spec(1.0, 2_000));
+        // A chunk stamped far in the future, then the sensor's real audio: reported, never silently dropped.
+        segmenter.push(chunk("s", 1_000_000, vec![1.0; 1_000], RATE, 0));
+        let late = segmenter.push(chunk("s", 0, vec![1.0; 1_000], RATE, 1));
+        assert!(!late.duplicate);
+        assert_eq!(late.rejected[0].cause, "out_of_order");
+        assert!(late.rejected[0].reason.contains("1970-01-01T00:00:00Z"), "{}", late.rejected[0].reason);
     }
 
     #[test]
     fn chunks_stay_pending_until_no_window_needs_them() {
-        let spec = spec(1.0, 2_000);
-        let mut segmenter = Segmenter::new(spec);
-        let first = segmenter.push(chunk("s", 0, vec![1.0; 1_500], RATE, 0), 0).unwrap();
-        assert!(first.windows.is_empty() && first.released.is_empty());
-        let second = segmenter.push(chunk("s", 1_500, vec![1.0; 1_000], RATE, 1), 1).unwrap();
-        // Window [0, 2000) is cut and carries the oldest chunk's token; chunk 0 is still needed by [1000, 3000).
-        assert_eq!(second.windows.iter().map(|(w, t)| (w.key.start, *t)).collect::<Vec<_>>(), vec![(0, 0)]);
-        assert!(second.released.is_empty());
-        assert_eq!(segmenter.pending_origins().map(|o| o.offset).collect::<Vec<_>>(), vec![0]);
-        let third = segmenter.push(chunk("s", 2_500, vec![1.0; 1_500], RATE, 2), 2).unwrap();
-        assert_eq!(
-            third.windows.iter().map(|(w, t)| (w.key.start, *t)).collect::<Vec<_>>(),
-            vec![(1_000, 0), (2_000, 1)]
-        );
-        assert_eq!(third.released, vec![0, 1]);
-        assert_eq!(segmenter.pending_chunks(), 1);
+        let mut segmenter = Segmenter::new(spec(1.0, 2_000));
+        let first = segmenter.push(chunk("s", 0, vec![1.0; 1_500], RATE, 0));
+        assert!(first.windows.is_empty());
+        assert_eq!(segmenter.pending_offsets(), BTreeMap::from([(0, 0)]));
+        let second = segmenter.push(chunk("s", 1_500, vec![1.0; 1_000], RATE, 1));
+        // Window [0, 2000) is cut; chunk 0 is still needed by [1000, 3000).
+        assert_eq!(starts(&second), vec![0]);
+        assert_eq!(segmenter.pending_offsets(), BTreeMap::from([(0, 0)]));
+        let third = segmenter.push(chunk("s", 2_500, vec![1.0; 1_500], RATE, 2));
+        assert_eq!(starts(&third), vec![1_000, 2_000]);
+        assert_eq!(segmenter.pending_offsets(), BTreeMap::from([(0, 2)]));
+        // Another sensor's pending chunk on another partition is reported alongside.
+        let mut other = chunk("t", 0, vec![1.0; 500], RATE, 9);
+        other.origin.partition = 1;
+        segmenter.push(other);
+        assert_eq!(segmenter.pending_offsets(), BTreeMap::from([(0, 2), (1, 9)]));
+    }
+
+    #[test]
+    fn contiguity_follows_the_sample_clock() {
+        // Each chunk's captured_at is 4 ms late against the previous one's end: within the 5 ms tolerance each time,
+        // but the drift adds up and eventually starts a new run instead of silently shifting the audio.
+        let mut segmenter = Segmenter::new(spec(1.0, 2_000));
+        let mut rejected = 0;
+        for i in 0..4i64 {
+            let pushed = segmenter.push(chunk("s", i * 1_004, vec![1.0; 1_000], RATE, i));
+            rejected += pushed.rejected.len();
+        }
+        assert_eq!(rejected, 0);
+        // Chunk 2 is 8 ms behind the sample clock: a new run with an 8 ms gap; chunk 3 continues it.
+        assert_eq!(segmenter.timelines.values().next().unwrap().write_pos, 4_008);
     }
 
     #[test]
@@ -719,8 +793,7 @@ mod tests {
         let mut segmenter = Segmenter::new(spec);
         let mut windows = Vec::new();
         for (i, part) in vec![0.25f32; 48_000 * 4].chunks(48_000).enumerate() {
-            let pushed = segmenter.push(chunk("s", 48_000 * i as i64, part.to_vec(), 48_000, i as i64), i).unwrap();
-            windows.extend(pushed.windows.into_iter().map(|(w, _)| w));
+            windows.extend(segmenter.push(chunk("s", 48_000 * i as i64, part.to_vec(), 48_000, i as i64)).windows);
         }
         assert_eq!(windows.iter().map(|w| w.key.start).collect::<Vec<_>>(), vec![0, 32_000]);
         let middle = &windows[1].samples[16_000..48_000];
