@@ -55,6 +55,7 @@ pub struct RunSummary {
 /// Runs the job until it stops by itself (see [`RunOptions::until`]) or fails.
 pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     let workers = options.workers.unwrap_or(config.workers).max(1);
+    let _lock = lock(config)?;
     if config.kafka.create_topics {
         kafka::ensure_topics(&config.kafka)?;
     }
@@ -113,6 +114,23 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     summary.dead_letters = counter(&metrics.records_in, "dead_letters");
     summary.duplicates = duplicates(&metrics);
     Ok(summary)
+}
+
+/// Holds the archive for this job: a second job on the same archive would index and archive every segment twice.
+fn lock(config: &Config) -> Result<std::fs::File, Error> {
+    let failed = |message: String| Error::Job(format!("{}: {message}", config.archive.dir.display()));
+    std::fs::create_dir_all(&config.archive.dir).map_err(|e| failed(format!("cannot create the archive: {e}")))?;
+    let path = config.archive.dir.join(".chorus-job.lock");
+    let file = std::fs::File::create(&path).map_err(|e| failed(format!("cannot create {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(failed(
+            "another chorus job is running on this archive; stop it first (to run on several cores or machines, \
+             give one job more workers)"
+                .into(),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(failed(format!("cannot lock {}: {e}", path.display()))),
+    }
 }
 
 fn duplicates(metrics: &Metrics) -> u64 {

@@ -4,9 +4,10 @@
 //! `captured_at` is the file's start time plus the chunk's offset, exact to the nanosecond.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use chorus_connectors::kafka::{self, HEADER_CAPTURED_AT, HEADER_PRIORITY, HEADER_SPACE, Producer, Record};
+use chorus_connectors::kafka::{self, Acks, HEADER_CAPTURED_AT, HEADER_PRIORITY, HEADER_SPACE, Producer, Record};
 use chorus_connectors::wav::WavFile;
 use chorus_operators::record::{Nanos, Priority, rfc3339};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -86,6 +87,7 @@ pub fn produce(config: &Config, options: &ProduceOptions) -> Result<ProduceSumma
         kafka::ensure_topics(&config.kafka)?;
     }
     let producer = Producer::open(&config.kafka)?;
+    let acks = Arc::new(Acks::default());
     let total: usize = files.iter().zip(&plans).map(|((_, f), frames)| f.frames().div_ceil(*frames)).sum();
     let bar = if options.progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
     bar.set_style(
@@ -120,7 +122,7 @@ pub fn produce(config: &Config, options: &ProduceOptions) -> Result<ProduceSumma
             }
             summary.bytes += payload.len();
             let record = Record { key: Some(sensor.as_bytes().to_vec()), payload, headers };
-            producer.send_to(&config.kafka.audio_topic, None, Some(captured_at.div_euclid(1_000_000)), &record)?;
+            producer.send_to(&config.kafka.audio_topic, Some(captured_at.div_euclid(1_000_000)), &record, &acks, 0)?;
             summary.chunks += 1;
             bar.inc(1);
         }
@@ -132,7 +134,13 @@ pub fn produce(config: &Config, options: &ProduceOptions) -> Result<ProduceSumma
     }
     bar.set_message("waiting for the broker to acknowledge");
     while !producer.flush(Duration::from_secs(30))? {
-        tracing::warn!("The broker has not acknowledged every chunk yet; still waiting.");
+        tracing::warn!(
+            outstanding = acks.outstanding(),
+            "The broker has not acknowledged every chunk yet; still waiting."
+        );
+    }
+    if let Some(failure) = acks.failure() {
+        return Err(chorus_connectors::Error::Delivery(failure).into());
     }
     bar.finish_and_clear();
     Ok(summary)

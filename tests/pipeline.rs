@@ -150,6 +150,10 @@ fn r2_a_quiet_sensor_holds_back_only_its_own_partition_and_sigterm_commits() {
     // Each partition is committed up to its own oldest chunk still needed — while the job runs.
     let expected = std::collections::BTreeMap::from([(0, 7), (2, 15)]);
     wait_for("per-partition commits", Duration::from_secs(90), || s.committed() == expected);
+    // A second job on the same archive is refused while this one runs.
+    let second = s.chorus_unchecked(&["run", "--until-idle", "1"]);
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another chorus job is running on this archive"));
 
     // SIGTERM: the job stops reading, drains, flushes, commits and exits 0.
     let status = std::process::Command::new("kill").args(["-TERM", &job.id().to_string()]).status().unwrap();

@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,7 +78,7 @@ pub struct KafkaConfig {
     pub max_message_bytes: usize,
     /// Producer compression: `none`, `gzip` or `lz4` (Snappy is refused: the bundled broker cannot read it back).
     pub compression: String,
-    /// Milliseconds between waits for the broker to acknowledge what the sinks produced.
+    /// Milliseconds between checks for the broker's acknowledgements of what the sinks produced.
     pub flush_interval_ms: u64,
     /// How far a chunk's `captured_at` may lie after its Kafka timestamp (audio cannot be produced before it is
     /// recorded; a sensor clock further ahead is rejected, since it would misplace the sensor's audio).
@@ -129,6 +129,12 @@ impl KafkaConfig {
         }
         if !(1..=10_000).contains(&self.partitions) {
             return Err(FieldError::new("partitions", format!("{} is outside 1..=10000", self.partitions)));
+        }
+        if self.max_clock_skew_seconds > 31_536_000 {
+            return Err(FieldError::new(
+                "max_clock_skew_seconds",
+                format!("{} is more than a year", self.max_clock_skew_seconds),
+            ));
         }
         if !(1_024..=100_000_000).contains(&self.max_message_bytes) {
             return Err(FieldError::new(
@@ -233,11 +239,14 @@ fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> Error {
 pub fn ensure_topics(settings: &KafkaSettings) -> Result<(), Error> {
     let admin: AdminClient<DefaultClientContext> =
         settings.client().create().map_err(kafka(format!("cannot create an admin client for {}", settings.brokers)))?;
+    // The dead-letter topic carries chunks as large as the audio topic accepts.
+    let max_bytes = settings.max_message_bytes.to_string();
     let topics = [
         NewTopic::new(&settings.audio_topic, settings.partitions, TopicReplication::Fixed(1)),
         NewTopic::new(&settings.segments_topic, 1, TopicReplication::Fixed(1)),
         NewTopic::new(&settings.dead_letter_topic, 1, TopicReplication::Fixed(1)),
-    ];
+    ]
+    .map(|topic| topic.set("max.message.bytes", &max_bytes));
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = futures_executor::block_on(admin.create_topics(&topics, &options))
         .map_err(kafka(format!("cannot create topics on {}", settings.brokers)))?;
@@ -516,9 +525,17 @@ impl KafkaSource {
             return false;
         }
         self.high_watermarks_checked = Some(Instant::now());
+        // The consumer's position passes control records that never reach the dataflow.
+        if let Ok(positions) = self.consumer.position() {
+            for element in positions.elements() {
+                if let (Offset::Offset(at), Some(next)) = (element.offset(), self.next.get_mut(&element.partition())) {
+                    *next = (*next).max(at);
+                }
+            }
+        }
         let topic = &self.topic;
         let consumer = &self.consumer;
-        self.next.iter_mut().all(|(&p, next)| match consumer.fetch_watermarks(topic, p, Duration::from_secs(5)) {
+        self.next.iter_mut().all(|(&p, next)| match consumer.fetch_watermarks(topic, p, Duration::from_secs(1)) {
             Ok((low, high)) => {
                 // Messages before `low` have expired: the consumer resumes at `low`.
                 *next = (*next).max(low);
@@ -683,23 +700,64 @@ pub struct Record {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
-#[derive(Default)]
-struct DeliveryReport {
-    failures: AtomicU64,
-    last_error: Mutex<Option<String>>,
+/// Acknowledgements still outstanding per time, for one sink (or one `produce` run).
+#[derive(Debug, Default)]
+pub struct Acks {
+    outstanding: Mutex<BTreeMap<u64, usize>>,
+    failure: Mutex<Option<String>>,
 }
+
+impl Acks {
+    fn sent(&self, time: u64) {
+        *self.outstanding.lock().unwrap_or_else(|p| p.into_inner()).entry(time).or_default() += 1;
+    }
+
+    fn settle(&self, time: u64, failure: Option<String>) {
+        let mut outstanding = self.outstanding.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = outstanding.get_mut(&time) {
+            *count -= 1;
+            if *count == 0 {
+                outstanding.remove(&time);
+            }
+        }
+        if let Some(failure) = failure {
+            self.failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(failure);
+        }
+    }
+
+    /// Whether every message sent at `time` has been acknowledged (or has failed: see [`Acks::failure`]).
+    pub fn settled(&self, time: u64) -> bool {
+        !self.outstanding.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&time)
+    }
+
+    /// Messages not yet acknowledged.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.lock().unwrap_or_else(|p| p.into_inner()).values().sum()
+    }
+
+    /// The first delivery that failed for good (after librdkafka's retries), if any.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// What travels with each message to its delivery report.
+struct Tracked {
+    acks: Arc<Acks>,
+    time: u64,
+}
+
+struct DeliveryReport;
 
 impl ClientContext for DeliveryReport {}
 
 impl ProducerContext for DeliveryReport {
-    type DeliveryOpaque = ();
+    type DeliveryOpaque = Box<Tracked>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((error, message)) = result {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            let text = format!("delivery to {} failed: {error}", message.topic());
-            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
-        }
+    fn delivery(&self, result: &DeliveryResult<'_>, tracked: Box<Tracked>) {
+        let failure =
+            result.as_ref().err().map(|(error, message)| format!("delivery to {} failed: {error}", message.topic()));
+        tracked.acks.settle(tracked.time, failure);
     }
 }
 
@@ -719,7 +777,7 @@ impl Producer {
             .set("message.max.bytes", settings.max_message_bytes.to_string())
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
-            .create_with_context(DeliveryReport::default())
+            .create_with_context(DeliveryReport)
             .map_err(kafka(format!("cannot create a producer for {}", settings.brokers)))?;
         Ok(Producer { inner, max_message_bytes: settings.max_message_bytes })
     }
@@ -729,30 +787,32 @@ impl Producer {
         self.max_message_bytes
     }
 
-    /// Queues one message, waiting while the local queue is full.
-    pub fn send(&self, topic: &str, record: &Record) -> Result<(), Error> {
-        self.send_to(topic, None, None, record)
+    /// Queues one message, counted in `acks` under `time` until the broker acknowledges it; waits while the local
+    /// queue is full.
+    pub fn send(&self, topic: &str, record: &Record, acks: &Arc<Acks>, time: u64) -> Result<(), Error> {
+        self.send_to(topic, None, record, acks, time)
     }
 
-    /// Queues one message for a given partition and with a given timestamp.
+    /// Like [`Producer::send`], with a message timestamp.
     pub fn send_to(
         &self,
         topic: &str,
-        partition: Option<i32>,
         timestamp_ms: Option<i64>,
         record: &Record,
+        acks: &Arc<Acks>,
+        time: u64,
     ) -> Result<(), Error> {
+        acks.sent(time);
         loop {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
             for (key, value) in &record.headers {
                 headers = headers.insert(Header { key, value: Some(value.as_slice()) });
             }
-            let mut message = BaseRecord::<[u8], [u8]>::to(topic).payload(&record.payload).headers(headers);
+            let tracked = Box::new(Tracked { acks: acks.clone(), time });
+            let mut message =
+                BaseRecord::<[u8], [u8], _>::with_opaque_to(topic, tracked).payload(&record.payload).headers(headers);
             if let Some(key) = &record.key {
                 message = message.key(key.as_slice());
-            }
-            if let Some(partition) = partition {
-                message = message.partition(partition);
             }
             if let Some(ts) = timestamp_ms {
                 message = message.timestamp(ts);
@@ -763,22 +823,17 @@ impl Producer {
                     std::thread::sleep(Duration::from_millis(5));
                 }
                 Err((error, _)) => {
+                    acks.settle(time, None);
                     return Err(Error::Kafka { what: format!("cannot produce to {topic}"), source: error });
                 }
             }
         }
     }
 
-    /// Waits up to `timeout` for every queued message to be acknowledged: `Ok(true)` when all were, `Ok(false)` when
-    /// some are still in flight, an error when a delivery failed for good.
+    /// Waits up to `timeout` for every message queued by this process to be acknowledged or to fail: `true` when
+    /// none is left in flight.
     pub fn flush(&self, timeout: Duration) -> Result<bool, Error> {
-        let outcome = self.inner.flush(timeout);
-        let report = self.inner.context();
-        if report.failures.load(Ordering::Relaxed) > 0 {
-            let last = report.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            return Err(Error::Delivery(last.unwrap_or_else(|| "a delivery failed".into())));
-        }
-        match outcome {
+        match self.inner.flush(timeout) {
             Ok(()) => Ok(true),
             Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => Ok(false),
             Err(error) => Err(Error::Kafka { what: "cannot flush the producer".into(), source: error }),
@@ -787,13 +842,13 @@ impl Producer {
 }
 
 /// Produces each record of `stream` to `topic`. The returned stream carries no data: its frontier is what the broker
-/// has acknowledged, for the probe that gates offset commits.
+/// has acknowledged, time by time, for the probe that gates offset commits.
 pub fn sink<'scope, D: 'static>(
     stream: StreamVec<'scope, u64, D>,
     name: &str,
     producer: Producer,
     topic: String,
-    flush_interval: Duration,
+    check_interval: Duration,
     fatal: Fatal,
     encode: impl Fn(D) -> Record + 'static,
 ) -> StreamVec<'scope, u64, ()> {
@@ -805,32 +860,25 @@ pub fn sink<'scope, D: 'static>(
     let _acked_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<()>>>::from(acked_out);
     let mut wakeup = Wakeup::new(scope.activator_for(info.address.clone()));
     builder.build(move |_initial| {
+        let acks = Arc::new(Acks::default());
         let mut unacknowledged: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
-        let mut last_flush = Instant::now();
-        move |frontiers| {
+        move |_frontiers| {
             input.for_each(|capability, records| {
                 let time = *capability.least().expect("records travel with a time");
                 for record in records.drain(..) {
-                    if let Err(error) = producer.send(&topic, &encode(record)) {
+                    if let Err(error) = producer.send(&topic, &encode(record), &acks, time) {
                         fatal.raise(error.to_string());
                     }
                 }
                 unacknowledged.entry(time).or_insert_with(|| capability.delayed(&time, 0));
             });
-            if unacknowledged.is_empty() {
-                return;
+            if let Some(failure) = acks.failure() {
+                fatal.raise(failure);
             }
-            let ended = frontiers[0].is_empty();
-            if ended || last_flush.elapsed() >= flush_interval {
-                last_flush = Instant::now();
-                match producer.flush(Duration::from_millis(if ended { 1_000 } else { 50 })) {
-                    Ok(true) => unacknowledged.clear(),
-                    Ok(false) => {}
-                    Err(error) => fatal.raise(error.to_string()),
-                }
-            }
+            // A time is done once all its messages are acknowledged, whatever else the shared producer carries.
+            unacknowledged.retain(|time, _| !acks.settled(*time));
             if !unacknowledged.is_empty() {
-                wakeup.within(flush_interval);
+                wakeup.within(check_interval);
             }
         }
     });
@@ -884,12 +932,12 @@ pub fn segment_record(segment: &chorus_operators::record::Segment, model: &str) 
 /// original headers, then the key is cut (`chorus.key_truncated`); the reason, cause and origin are always kept.
 pub fn dead_letter_record(letter: DeadLetter, max_message_bytes: usize) -> Record {
     let size = |headers: &[(String, Vec<u8>)]| headers.iter().map(|(k, v)| 16 + k.len() + v.len()).sum::<usize>();
-    let mut own = vec![(HEADER_REASON.to_owned(), truncated(letter.reason.into_bytes(), 2_048))];
+    let budget = max_message_bytes.saturating_sub(1_024);
+    let mut own = vec![(HEADER_REASON.to_owned(), truncated(letter.reason.into_bytes(), (budget / 4).min(2_048)))];
     own.push((HEADER_CAUSE.into(), letter.cause.as_bytes().to_vec()));
     if let Some(origin) = &letter.origin {
         own.push((HEADER_ORIGIN.into(), origin.to_string().into_bytes()));
     }
-    let budget = max_message_bytes.saturating_sub(1_024);
     let (mut key, mut headers, mut payload) = (letter.key, letter.headers, letter.payload);
     let used = |key: &Option<Vec<u8>>, headers: &[(String, Vec<u8>)], own: &[(String, Vec<u8>)], payload: &[u8]| {
         key.as_ref().map_or(0, Vec::len) + size(headers) + size(own) + payload.len()

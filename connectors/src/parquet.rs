@@ -471,6 +471,7 @@ mod tests {
             key: SegmentKey { space: space.into(), sensor: sensor.into(), start, sample_rate: 32_000, len: 160_000 },
             coverage: 1.0,
             origin: Origin { topic: "audio".into(), partition: 0, offset: start },
+            resumed: false,
             embedding: vec![value, -value, 0.5 * value, 0.0],
         }
     }

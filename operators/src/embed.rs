@@ -392,7 +392,13 @@ fn accept(
         let reason = format!("the model returned {} at dimension {i}", embedding[i]);
         return reject(window, reason, "model_output", metrics, failed);
     }
-    ok.push(Segment { key: window.key.clone(), coverage: window.coverage, origin: window.origin.clone(), embedding });
+    ok.push(Segment {
+        key: window.key.clone(),
+        coverage: window.coverage,
+        origin: window.origin.clone(),
+        resumed: window.resumed,
+        embedding,
+    });
 }
 
 fn reject(window: &Window, reason: String, cause: &'static str, metrics: &Metrics, failed: &mut Vec<DeadLetter>) {

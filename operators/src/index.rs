@@ -330,8 +330,9 @@ pub fn space_dir(dir: &Path, space: &str) -> PathBuf {
 pub struct Indexed<'scope> {
     /// Segments the archive does not hold yet: new ones, and replayed ones a snapshot held but the archive lacked.
     pub to_archive: StreamVec<'scope, u64, Segment>,
-    /// Every segment offered, replays included: the segments topic is at-least-once, and a replay may follow a
-    /// publication that never reached the broker.
+    /// Every segment offered, replays included — the segments topic is at-least-once, and a replay may follow a
+    /// publication that never reached the broker — except replayed windows whose head predates the audio this job
+    /// received ([`Segment::resumed`]): an earlier run cut those from more audio, and published that version.
     pub to_publish: StreamVec<'scope, u64, Segment>,
     /// Segments that could not be indexed.
     pub dead_letters: StreamVec<'scope, u64, DeadLetter>,
@@ -377,7 +378,9 @@ impl<'scope> Index<'scope> for StreamVec<'scope, u64, Segment> {
                             Ok(Offered::Inserted | Offered::Unarchived) => new.push(segment),
                             Ok(Offered::Duplicate) => {
                                 *duplicates.entry(segment.key.space.clone()).or_default() += 1;
-                                replayed.push(segment);
+                                if !segment.resumed {
+                                    replayed.push(segment);
+                                }
                             }
                             Err(error) => failed.push(DeadLetter {
                                 origin: Some(segment.origin.clone()),

@@ -95,6 +95,9 @@ pub struct Window {
     pub coverage: f32,
     /// The message holding the window's first recorded sample.
     pub origin: Origin,
+    /// The window starts before the first sample this job received from its sensor: when the job resumed from a
+    /// committed offset, an earlier run may have cut it from more audio.
+    pub resumed: bool,
 }
 
 /// Where a segment sits: its space, its sensor and its first sample on the model's absolute sample clock.
@@ -138,6 +141,8 @@ pub struct Segment {
     pub coverage: f32,
     /// The message holding the window's first recorded sample.
     pub origin: Origin,
+    /// See [`Window::resumed`].
+    pub resumed: bool,
     /// The model's output, as produced (not normalised).
     pub embedding: Vec<f32>,
 }

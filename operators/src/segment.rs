@@ -193,6 +193,8 @@ struct Timeline {
     recorded: VecDeque<(i64, i64)>,
     /// The latest stretches of audio received, merged, oldest first.
     received: VecDeque<(i64, i64)>,
+    /// The first sample received, on the model clock.
+    first_received: i64,
     next_window: i64,
     /// Windows starting in `[from, to)` hold no audio of an earlier run and start before the grid point of a later
     /// run's first sample: they are skipped when reached.
@@ -261,6 +263,7 @@ impl Timeline {
             write_pos: start,
             recorded: VecDeque::new(),
             received: VecDeque::new(),
+            first_received: pos,
             next_window: start,
             skip: None,
             chunks: VecDeque::new(),
@@ -463,6 +466,7 @@ impl Timeline {
                     samples: self.buf.range(offset..offset + spec.window as usize).copied().collect(),
                     coverage: covered as f32 / window as f32,
                     origin: first.origin.clone(),
+                    resumed: start < self.first_received,
                 });
             }
             self.next_window += i64::from(spec.hop);
