@@ -137,18 +137,17 @@ impl Scenario {
         output
     }
 
+    /// `chorus <subcommand> --config <this scenario> <rest>`.
+    fn command(&self, args: &[&str]) -> Command {
+        let (subcommand, rest) = args.split_first().expect("a subcommand");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chorus"));
+        command.arg(subcommand).arg("--config").arg(&self.config).args(rest);
+        command
+    }
+
     /// Runs `chorus`, killing it after three minutes.
     pub fn chorus_unchecked(&self, args: &[&str]) -> Output {
-        let (command, rest) = args.split_first().expect("a subcommand");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chorus"))
-            .arg(command)
-            .arg("--config")
-            .arg(&self.config)
-            .args(rest)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(180);
         while child.try_wait().unwrap().is_none() {
             if Instant::now() > deadline {
@@ -163,16 +162,7 @@ impl Scenario {
 
     /// Starts `chorus <args> --config <this scenario>` in the background.
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
-        let (command, rest) = args.split_first().expect("a subcommand");
-        Command::new(env!("CARGO_BIN_EXE_chorus"))
-            .arg(command)
-            .arg("--config")
-            .arg(&self.config)
-            .args(rest)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+        self.command(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
     }
 
     /// Runs the job until the audio topic is drained and quiet for a second.
