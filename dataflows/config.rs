@@ -13,6 +13,8 @@ use chorus_operators::index::{IndexConfig, IndexParams};
 use chorus_operators::segment::{WindowSpec, WindowsConfig};
 use serde::Deserialize;
 
+use crate::http::HttpConfig;
+
 /// A config file as written.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -31,6 +33,8 @@ pub struct ConfigFile {
     pub index: IndexConfig,
     /// The Parquet archive.
     pub archive: ArchiveConfig,
+    /// Health and metrics endpoints.
+    pub http: HttpConfig,
 }
 
 impl Default for ConfigFile {
@@ -43,6 +47,7 @@ impl Default for ConfigFile {
             windows: WindowsConfig::default(),
             index: IndexConfig::default(),
             archive: ArchiveConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -66,6 +71,8 @@ pub struct Config {
     pub index: IndexParams,
     /// Archive.
     pub archive: ArchiveSettings,
+    /// Where the health and metrics endpoints listen, when they are on.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// A config file that cannot be used.
@@ -138,6 +145,7 @@ impl Config {
             windows: file.windows.build(model.sample_rate, model.window).map_err(invalid("windows"))?,
             index: file.index.build(&base).map_err(invalid("index"))?,
             archive: file.archive.build(&base).map_err(invalid("archive"))?,
+            http: file.http.build().map_err(invalid("http"))?,
             model,
         })
     }

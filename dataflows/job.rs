@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chorus_connectors::Fatal;
-use chorus_connectors::kafka::{self, KafkaSource, Producer, Stop};
+use chorus_connectors::kafka::{self, BrokerWatch, KafkaSource, Producer, Stop, Throttle};
 use chorus_connectors::parquet::{self as archive, ArchiveWriter};
 use chorus_operators::embed::{self, Embed, Embedder};
 use chorus_operators::index::{Index, Indexed};
@@ -24,6 +24,7 @@ use timely::progress::Antichain;
 
 use crate::Error;
 use crate::config::Config;
+use crate::http::{HttpServer, Probes};
 use crate::store;
 
 /// How a run is launched, beyond its config file.
@@ -67,6 +68,15 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     let producer = Producer::open(&config.kafka)?;
     let registry = Registry::new();
     let metrics = Metrics::register(&registry).map_err(|e| Error::Job(format!("cannot register metrics: {e}")))?;
+    let fatal = Fatal::default();
+    let watch = BrokerWatch::start(&config.kafka)?;
+    let _server = match config.http {
+        Some(listen) => {
+            let probes = Probes { registry: registry.clone(), broker: watch.status(), fatal: fatal.clone() };
+            Some(HttpServer::start(listen, probes)?)
+        }
+        None => None,
+    };
     tracing::info!(
         workers,
         topic = %config.kafka.audio_topic,
@@ -82,7 +92,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
         embedders: Mutex::new(embedders),
         producer,
         metrics: metrics.clone(),
-        fatal: Fatal::default(),
+        fatal,
     });
     let guards = timely::execute(timely::Config::process(workers), move |worker| {
         let result = run_worker(worker, &shared);
@@ -247,6 +257,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
     });
 
     let mut last_report = Instant::now();
+    let mut commit_warnings = Throttle::default();
     loop {
         if let Some(message) = shared.fatal.get() {
             return Err(message);
@@ -256,7 +267,9 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
             let mut source = source.borrow_mut();
             let reports = reports_frontier.borrow();
             source.observe_durable(|time| probe.less_equal(time) || reports.less_equal(time));
-            if let Err(error) = source.commit(Duration::from_secs(1)) {
+            if let Err(error) = source.commit(Duration::from_secs(1))
+                && commit_warnings.ready(Duration::from_secs(10))
+            {
                 tracing::warn!(%error, "Offset commit failed; it is retried.");
             }
         }

@@ -106,6 +106,7 @@ impl Scenario {
             ("index.dir", path(&dir.path().join("index"))),
             ("archive.dir", path(&archive)),
             ("archive.flush_interval_seconds", 1.0.into()),
+            ("http.listen", "127.0.0.1:0".into()),
         ];
         settings.extend(overrides.iter().cloned());
         for (key, value) in settings {

@@ -264,6 +264,84 @@ pub fn ensure_topics(settings: &KafkaSettings) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether the broker answers, as seen by a [`BrokerWatch`].
+#[derive(Debug, Default)]
+pub struct BrokerStatus {
+    last_ok: Mutex<Option<Instant>>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl BrokerStatus {
+    /// How long since the broker last answered; `None` when it never has.
+    pub fn unanswered_for(&self) -> Option<Duration> {
+        self.last_ok.lock().unwrap_or_else(|p| p.into_inner()).map(|t| t.elapsed())
+    }
+
+    /// The last error seen while asking.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A thread asking the broker for the audio topic's metadata twice a second; stops when dropped.
+pub struct BrokerWatch {
+    status: Arc<BrokerStatus>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BrokerWatch {
+    /// Starts watching the brokers of `settings`.
+    pub fn start(settings: &KafkaSettings) -> Result<BrokerWatch, Error> {
+        let client: BaseConsumer =
+            settings.client().create().map_err(kafka(format!("cannot create a client for {}", settings.brokers)))?;
+        let (status, stop) = (Arc::new(BrokerStatus::default()), Arc::new(AtomicBool::new(false)));
+        let (watched, stopping, topic) = (status.clone(), stop.clone(), settings.audio_topic.clone());
+        let thread = std::thread::Builder::new()
+            .name("chorus-broker-watch".into())
+            .spawn(move || {
+                while !stopping.load(Ordering::Relaxed) {
+                    match client.fetch_metadata(Some(&topic), Duration::from_secs(1)) {
+                        Ok(_) => *watched.last_ok.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now()),
+                        Err(e) => *watched.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string()),
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            })
+            .map_err(|e| Error::Topic(format!("cannot start the broker watch: {e}")))?;
+        Ok(BrokerWatch { status, stop, thread: Some(thread) })
+    }
+
+    /// What the watch sees.
+    pub fn status(&self) -> Arc<BrokerStatus> {
+        self.status.clone()
+    }
+}
+
+impl Drop for BrokerWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Logs a repeated warning at most once per interval.
+#[derive(Debug, Default)]
+pub struct Throttle(Option<Instant>);
+
+impl Throttle {
+    /// Whether to log now.
+    pub fn ready(&mut self, every: Duration) -> bool {
+        if self.0.is_some_and(|t| t.elapsed() < every) {
+            return false;
+        }
+        self.0 = Some(Instant::now());
+        true
+    }
+}
+
 /// One Kafka message, copied out of the client.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RawMessage {
@@ -408,6 +486,7 @@ pub struct KafkaSource {
     pending: BTreeMap<usize, Vec<(i32, i64)>>,
     last_commit: Instant,
     high_watermarks_checked: Option<Instant>,
+    consume_warnings: Throttle,
 }
 
 impl KafkaSource {
@@ -480,6 +559,7 @@ impl KafkaSource {
             pending: BTreeMap::new(),
             last_commit: Instant::now(),
             high_watermarks_checked: None,
+            consume_warnings: Throttle::default(),
         })
     }
 
@@ -493,7 +573,9 @@ impl KafkaSource {
             match self.consumer.poll(Duration::ZERO) {
                 None => break,
                 Some(Err(error)) => {
-                    tracing::warn!(%error, topic = %self.topic, "Kafka consumer error; retrying.");
+                    if self.consume_warnings.ready(Duration::from_secs(10)) {
+                        tracing::warn!(%error, topic = %self.topic, "Kafka consumer error; retrying.");
+                    }
                     break;
                 }
                 Some(Ok(message)) => {
@@ -777,6 +859,8 @@ impl Producer {
             .set("message.max.bytes", settings.max_message_bytes.to_string())
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
+            // Wait out broker outages instead of failing deliveries; the source's in-flight budget bounds memory.
+            .set("message.timeout.ms", "0")
             .create_with_context(DeliveryReport)
             .map_err(kafka(format!("cannot create a producer for {}", settings.brokers)))?;
         Ok(Producer { inner, max_message_bytes: settings.max_message_bytes })
