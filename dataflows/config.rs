@@ -10,6 +10,7 @@ use chorus_connectors::parquet::{ArchiveConfig, ArchiveSettings};
 use chorus_operators::FieldError;
 use chorus_operators::embed::{EmbedConfig, EmbedSettings, ModelConfig, ModelSpec};
 use chorus_operators::index::{IndexConfig, IndexParams};
+use chorus_operators::schedule::{SchedulingConfig, SchedulingSpec};
 use chorus_operators::segment::{WindowSpec, WindowsConfig};
 use serde::Deserialize;
 
@@ -21,12 +22,17 @@ use crate::http::HttpConfig;
 pub struct ConfigFile {
     /// Timely worker threads in this process (`chorus run -w` overrides it).
     pub workers: usize,
+    /// Resident memory the job may use, in MiB. What the model and runtime leave of it bounds the audio each worker
+    /// reads ahead of the embedding stage; beyond that, reading pauses and Kafka lag grows instead.
+    pub memory_budget_mb: usize,
     /// The broker, topics and message limits.
     pub kafka: KafkaConfig,
     /// The ONNX embedding model and its contract.
     pub model: ModelConfig,
     /// How inference runs.
     pub embed: EmbedConfig,
+    /// How the embedding stage orders work under load.
+    pub scheduling: SchedulingConfig,
     /// How audio is cut into windows.
     pub windows: WindowsConfig,
     /// HNSW parameters and snapshots.
@@ -41,9 +47,11 @@ impl Default for ConfigFile {
     fn default() -> Self {
         ConfigFile {
             workers: 1,
+            memory_budget_mb: 1_024,
             kafka: KafkaConfig::default(),
             model: ModelConfig::default(),
             embed: EmbedConfig::default(),
+            scheduling: SchedulingConfig::default(),
             windows: WindowsConfig::default(),
             index: IndexConfig::default(),
             archive: ArchiveConfig::default(),
@@ -59,12 +67,16 @@ pub struct Config {
     pub path: PathBuf,
     /// Worker threads in this process.
     pub workers: usize,
+    /// Resident memory budget in bytes.
+    pub memory_budget: usize,
     /// Kafka.
     pub kafka: KafkaSettings,
     /// Model contract.
     pub model: ModelSpec,
     /// Inference.
     pub embed: EmbedSettings,
+    /// Work order under load.
+    pub scheduling: SchedulingSpec,
     /// Window geometry at the model's rate.
     pub windows: WindowSpec,
     /// Index.
@@ -136,12 +148,19 @@ impl Config {
         if !(1..=256).contains(&file.workers) {
             return Err(invalid("")(FieldError::new("workers", format!("{} is outside 1..=256", file.workers))));
         }
+        if !(128..=1_048_576).contains(&file.memory_budget_mb) {
+            let message = format!("{} is outside 128..=1048576", file.memory_budget_mb);
+            return Err(invalid("")(FieldError::new("memory_budget_mb", message)));
+        }
         let model = file.model.build(&base).map_err(invalid("model"))?;
+        let embed = file.embed.build(&base).map_err(invalid("embed"))?;
         Ok(Config {
             path: path.to_path_buf(),
             workers: file.workers,
+            memory_budget: file.memory_budget_mb << 20,
             kafka: file.kafka.build().map_err(invalid("kafka"))?,
-            embed: file.embed.build(&base).map_err(invalid("embed"))?,
+            scheduling: file.scheduling.build(embed.max_batch).map_err(invalid("scheduling"))?,
+            embed,
             windows: file.windows.build(model.sample_rate, model.window).map_err(invalid("windows"))?,
             index: file.index.build(&base).map_err(invalid("index"))?,
             archive: file.archive.build(&base).map_err(invalid("archive"))?,

@@ -65,6 +65,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     let settings = config.embed.per_worker(workers);
     let embedders =
         (0..workers).map(|_| Embedder::open(environment, &config.model, &settings)).collect::<Result<Vec<_>, _>>()?;
+    let max_in_flight = read_ahead(config.memory_budget, workers)?;
     let producer = Producer::open(&config.kafka)?;
     let registry = Registry::new();
     let metrics = Metrics::register(&registry).map_err(|e| Error::Job(format!("cannot register metrics: {e}")))?;
@@ -90,6 +91,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
         config: config.clone(),
         stop: options.stop.clone(),
         embedders: Mutex::new(embedders),
+        max_in_flight,
         producer,
         metrics: metrics.clone(),
         fatal,
@@ -126,6 +128,40 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     Ok(summary)
 }
 
+/// How much memory a chunk in flight costs per payload byte: the message as librdkafka and the dataflow hold it,
+/// decoded to f32, buffered by the segmenter and copied into windows.
+const MEMORY_PER_PAYLOAD_BYTE: usize = 8;
+
+/// The bytes each of `workers` workers may read ahead of the embedding stage: what the model and the runtime leave of
+/// the memory budget, measured now that they are loaded.
+fn read_ahead(budget: usize, workers: usize) -> Result<usize, Error> {
+    let resident = resident_bytes().unwrap_or(0);
+    let spare = budget.saturating_sub(resident);
+    let per_worker = spare / MEMORY_PER_PAYLOAD_BYTE / workers;
+    if per_worker < 1 << 20 {
+        return Err(Error::Job(format!(
+            "memory_budget_mb = {} leaves too little for audio in flight: the model and runtime already use {} MiB; \
+             raise memory_budget_mb",
+            budget >> 20,
+            resident >> 20
+        )));
+    }
+    tracing::info!(
+        budget_mib = budget >> 20,
+        resident_mib = resident >> 20,
+        read_ahead_mib_per_worker = per_worker >> 20,
+        "Memory budget."
+    );
+    Ok(per_worker)
+}
+
+/// This process's resident memory, from /proc.
+fn resident_bytes() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse::<usize>().ok().map(|kb| kb << 10)
+}
+
 /// Holds the archive for this job: a second job on the same archive would index and archive every segment twice.
 fn lock(config: &Config) -> Result<std::fs::File, Error> {
     let failed = |message: String| Error::Job(format!("{}: {message}", config.archive.dir.display()));
@@ -159,6 +195,8 @@ struct Shared {
     config: Config,
     stop: Stop,
     embedders: Mutex<Vec<Embedder>>,
+    /// Bytes of messages each worker may read ahead of the embedding stage.
+    max_in_flight: usize,
     producer: Producer,
     metrics: Metrics,
     fatal: Fatal,
@@ -167,7 +205,7 @@ struct Shared {
 fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BTreeMap<i32, i64>, String> {
     let config = &shared.config;
     let (index, peers) = (worker.index(), worker.peers());
-    let source = KafkaSource::open(&config.kafka, index, peers).map_err(|e| e.to_string())?;
+    let source = KafkaSource::open(&config.kafka, index, peers, shared.max_in_flight).map_err(|e| e.to_string())?;
     let partitions: Vec<i32> = source.partitions().collect();
     let source = Rc::new(RefCell::new(source));
     let embedder = shared.embedders.lock().unwrap_or_else(|p| p.into_inner()).pop().expect("one embedder per worker");
@@ -181,23 +219,26 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
     tracing::info!(worker = index, ?partitions, "Worker reading.");
 
     let probe = ProbeHandle::new();
+    // How far the embedding stage has come: the source's read-ahead is counted against it.
+    let embedded = ProbeHandle::new();
     // How far the pending reports of every worker have arrived: commits wait for them as for the sinks.
     let reports_frontier = Rc::new(RefCell::new(Antichain::from_elem(0u64)));
     worker.dataflow::<u64, _, _>(|scope| {
         let metrics = shared.metrics.clone();
         let limits = config.kafka.chunk_limits();
         let decode_metrics = metrics.clone();
-        let (chunks, undecodable) = kafka::source(scope, source.clone(), shared.stop.clone()).ok_err(move |message| {
-            let decoded = kafka::decode_message(message, &limits);
-            match &decoded {
-                Ok(_) => decode_metrics.count("decode", 1, 1),
-                Err(letter) => {
-                    decode_metrics.count("decode", 1, 0);
-                    decode_metrics.reject("decode", letter.cause, 1);
+        let (chunks, undecodable) =
+            kafka::source(scope, source.clone(), embedded.clone(), shared.stop.clone()).ok_err(move |message| {
+                let decoded = kafka::decode_message(message, &limits);
+                match &decoded {
+                    Ok(_) => decode_metrics.count("decode", 1, 1),
+                    Err(letter) => {
+                        decode_metrics.count("decode", 1, 0);
+                        decode_metrics.reject("decode", letter.cause, 1);
+                    }
                 }
-            }
-            decoded
-        });
+                decoded
+            });
         let chunks = chunks.container::<Vec<AudioChunk>>();
         let undecodable = undecodable.container::<Vec<DeadLetter>>();
 
@@ -213,7 +254,8 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
             });
             *tracked.borrow_mut() = frontier.frontier().to_owned();
         });
-        let (segments, unembedded) = windows.embed(embedder, metrics.clone());
+        let (segments, unembedded) = windows.embed(embedder, config.scheduling.clone(), metrics.clone());
+        let segments = segments.probe_with(&embedded);
         let Indexed { to_archive, to_publish, dead_letters: unindexed } = segments.index(indices, metrics.clone());
 
         let archive_metrics = metrics.clone();

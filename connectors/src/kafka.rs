@@ -33,7 +33,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::operator::source as timely_source;
-use timely::dataflow::{Scope, StreamVec};
+use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
 use crate::wav::{self, DecodeLimits};
 use crate::{Error, Fatal};
@@ -480,6 +480,11 @@ pub struct KafkaSource {
     /// Next offsets whose derived records are all durable.
     durable: BTreeMap<i32, i64>,
     committed: BTreeMap<i32, i64>,
+    /// Bytes read per epoch that the embedding stage has not yet passed, and their sum.
+    unembedded: VecDeque<(u64, usize)>,
+    in_flight: usize,
+    /// Most bytes in flight before reading pauses.
+    max_in_flight: usize,
     /// Pending reports received and not yet applied, by time.
     reports: BTreeMap<u64, Vec<PendingReport>>,
     /// The latest applied report of each worker: its oldest pending chunk per partition.
@@ -490,8 +495,9 @@ pub struct KafkaSource {
 }
 
 impl KafkaSource {
-    /// Opens a consumer for worker `worker` of `peers` and assigns its partitions from the committed offsets.
-    pub fn open(settings: &KafkaSettings, worker: usize, peers: usize) -> Result<Self, Error> {
+    /// Opens a consumer for worker `worker` of `peers` and assigns its partitions from the committed offsets; at most
+    /// `max_in_flight` bytes of messages are read ahead of the embedding stage.
+    pub fn open(settings: &KafkaSettings, worker: usize, peers: usize, max_in_flight: usize) -> Result<Self, Error> {
         let consumer: BaseConsumer = settings
             .client()
             .set("group.id", &settings.group_id)
@@ -500,6 +506,8 @@ impl KafkaSource {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("max.partition.fetch.bytes", settings.max_message_bytes.max(1 << 20).to_string())
+            // librdkafka's own read-ahead counts against the budget too.
+            .set("queued.max.messages.kbytes", (max_in_flight / 4 / 1024).max(1_024).to_string())
             .create()
             .map_err(kafka(format!("cannot create a consumer for {}", settings.brokers)))?;
         let topic = settings.audio_topic.clone();
@@ -555,6 +563,9 @@ impl KafkaSource {
             next,
             epochs: VecDeque::new(),
             committed,
+            unembedded: VecDeque::new(),
+            in_flight: 0,
+            max_in_flight,
             reports: BTreeMap::new(),
             pending: BTreeMap::new(),
             last_commit: Instant::now(),
@@ -625,6 +636,30 @@ impl KafkaSource {
             }
             Err(_) => false,
         })
+    }
+
+    /// Forgets the bytes of epochs the embedding stage has passed (`unembedded(t)`: whether `t` may still be there).
+    fn trim_embedded(&mut self, unembedded: impl Fn(&u64) -> bool) {
+        while let Some(&(epoch, bytes)) = self.unembedded.front() {
+            if unembedded(&epoch) {
+                break;
+            }
+            self.unembedded.pop_front();
+            self.in_flight -= bytes;
+        }
+    }
+
+    fn record_bytes(&mut self, epoch: u64, bytes: usize) {
+        match self.unembedded.back_mut() {
+            Some((last, total)) if *last == epoch => *total += bytes,
+            _ => self.unembedded.push_back((epoch, bytes)),
+        }
+        self.in_flight += bytes;
+    }
+
+    /// Bytes read and not yet embedded.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
     }
 
     fn record_epoch(&mut self, epoch: u64) {
@@ -725,9 +760,13 @@ fn now_ms() -> u64 {
 }
 
 /// Reads the worker's partitions into the dataflow, at the wall clock's millisecond.
+///
+/// Reading pauses while the bytes read at epochs the `embedded` probe has not passed exceed the source's budget: under
+/// overload the lag grows in Kafka, not in memory.
 pub fn source<'scope>(
     scope: Scope<'scope, u64>,
     state: Rc<RefCell<KafkaSource>>,
+    embedded: ProbeHandle<u64>,
     stop: Stop,
 ) -> StreamVec<'scope, u64, RawMessage> {
     timely_source::<_, CapacityContainerBuilder<Vec<RawMessage>>, _, _>(
@@ -750,9 +789,16 @@ pub fn source<'scope>(
                 if now > *cap.time() {
                     cap.downgrade(&now);
                 }
+                source.trim_embedded(|t| embedded.less_equal(t));
+                if source.in_flight >= source.max_in_flight {
+                    activator.activate_after(Duration::from_millis(5));
+                    return;
+                }
                 source.poll(4_096, &mut batch);
                 if !batch.is_empty() {
                     last_message = Instant::now();
+                    let bytes = batch.iter().map(|m| m.payload.as_ref().map_or(0, Vec::len)).sum();
+                    source.record_bytes(*cap.time(), bytes);
                     output.session(&*cap).give_iterator(batch.drain(..));
                     source.record_epoch(*cap.time());
                     activator.activate();

@@ -4,8 +4,10 @@
 //! from configuration and is checked against the model's declared inputs and outputs when it is opened. The defaults
 //! describe Perch 2.0 (`inputs` f32 [batch, 160000] at 32 kHz → `embedding` f32 [batch, 1536]).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
 
 use ort::environment::Environment;
 use ort::session::Session;
@@ -15,11 +17,14 @@ use serde::Deserialize;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::metrics::Metrics;
 use crate::record::{DeadLetter, Segment, Window};
+use crate::schedule::{Scheduler, SchedulingSpec, Step};
+use crate::wakeup::Wakeup;
 use crate::{Error, FieldError};
 
 /// `[model]`: the ONNX embedding model and its input/output contract.
@@ -309,12 +314,13 @@ impl Embedder {
     }
 }
 
-/// Turns windows into segments by running the model, batching the windows that arrive together.
+/// Turns windows into segments by running the model, in the order and batch sizes the scheduler decides.
 pub trait Embed<'scope> {
-    /// Returns the segments and the dead letters of windows the model failed on.
+    /// Returns the segments, and the dead letters of windows the model failed on or that were shed under overload.
     fn embed(
         self,
         embedder: Embedder,
+        scheduling: SchedulingSpec,
         metrics: Metrics,
     ) -> (StreamVec<'scope, u64, Segment>, StreamVec<'scope, u64, DeadLetter>);
 }
@@ -323,87 +329,121 @@ impl<'scope> Embed<'scope> for StreamVec<'scope, u64, Window> {
     fn embed(
         self,
         mut embedder: Embedder,
+        scheduling: SchedulingSpec,
         metrics: Metrics,
     ) -> (StreamVec<'scope, u64, Segment>, StreamVec<'scope, u64, DeadLetter>) {
-        let mut builder = OperatorBuilder::new("Embed".to_owned(), self.scope());
+        let scope = self.scope();
+        let mut builder = OperatorBuilder::new("Embed".to_owned(), scope);
+        let info = builder.operator_info();
         let mut input = builder.new_input(self, Pipeline);
         let (segments_out, segments) = builder.new_output::<Vec<Segment>>();
         let (dead_out, dead) = builder.new_output::<Vec<DeadLetter>>();
         let mut segments_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Segment>>>::from(segments_out);
         let mut dead_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(dead_out);
+        let mut wakeup = Wakeup::new(scope.activator_for(info.address.clone()));
         builder.build(move |_capabilities| {
-            move |_frontiers| {
+            let max_batch = scheduling.max_batch.min(embedder.max_batch());
+            let mut scheduler = Scheduler::<(Window, u64)>::new(scheduling);
+            // Capabilities for the times of queued windows, with how many are queued at each.
+            let mut held: BTreeMap<u64, ([Capability<u64>; 2], usize)> = BTreeMap::new();
+            let mut queued_here = 0i64;
+            move |frontiers| {
+                let now = Instant::now();
+                input.for_each(|capability, windows| {
+                    let time = *capability.least().expect("windows travel with a time");
+                    held.entry(time).or_insert_with(|| ([0, 1].map(|port| capability.delayed(&time, port)), 0)).1 +=
+                        windows.len();
+                    for window in windows.drain(..) {
+                        let (space, priority) = (window.key.space.clone(), window.priority);
+                        scheduler.push((window, time), &space, priority, now);
+                    }
+                });
                 let mut segments_session = segments_out.activate();
                 let mut dead_session = dead_out.activate();
-                input.for_each(|capability, windows| {
-                    let (mut ok, mut failed) = (Vec::new(), Vec::new());
-                    let received = windows.len();
-                    for batch in windows.chunks(embedder.max_batch()) {
-                        embed_batch(&mut embedder, batch, &metrics, &mut ok, &mut failed);
+                let shed = scheduler.shed();
+                let queued = scheduler.len() + shed.len();
+                for entry in shed {
+                    let (window, time) = entry.item;
+                    metrics.shed.with_label_values(&[window.priority.as_str()]).inc();
+                    let reason = format!(
+                        "{} window shed under overload: {queued} windows queued, above scheduling.shed_queue_windows",
+                        window.priority.as_str()
+                    );
+                    dead_session.session(&held[&time].0[1]).give(rejection(&window, reason, "shed", &metrics));
+                    release(&mut held, time);
+                }
+                match scheduler.step(now, frontiers[0].is_empty()) {
+                    Step::Idle => {}
+                    Step::Wait(delay) => wakeup.within(delay),
+                    Step::Run(n) => {
+                        let (windows, times): (Vec<Window>, Vec<u64>) =
+                            scheduler.take(n.min(max_batch)).into_iter().map(|e| e.item).unzip();
+                        let outcomes = embed_batch(&mut embedder, &windows, &metrics);
+                        metrics.count("embed", windows.len(), outcomes.iter().filter(|o| o.is_ok()).count());
+                        // Each result goes out at the time of its own window.
+                        for (time, outcome) in times.iter().zip(outcomes) {
+                            match outcome {
+                                Ok(segment) => segments_session.session(&held[time].0[0]).give(segment),
+                                Err(letter) => dead_session.session(&held[time].0[1]).give(letter),
+                            }
+                        }
+                        for time in times {
+                            release(&mut held, time);
+                        }
+                        if !scheduler.is_empty() {
+                            wakeup.now();
+                        }
                     }
-                    metrics.count("embed", received, ok.len());
-                    windows.clear();
-                    segments_session.session(&capability).give_iterator(ok.into_iter());
-                    dead_session.session(&capability).give_iterator(failed.into_iter());
-                });
+                }
+                let now_queued = scheduler.len() as i64;
+                metrics.embed_queue.add(now_queued - queued_here);
+                queued_here = now_queued;
             }
         });
         (segments, dead)
     }
 }
 
-/// Embeds one batch; when the batch fails, each window is retried alone so one bad window cannot sink the rest.
-fn embed_batch(
-    embedder: &mut Embedder,
-    batch: &[Window],
-    metrics: &Metrics,
-    ok: &mut Vec<Segment>,
-    failed: &mut Vec<DeadLetter>,
-) {
-    let views: Vec<&[f32]> = batch.iter().map(|w| w.samples.as_slice()).collect();
-    metrics.embed_batch.observe(batch.len() as f64);
-    match embedder.embed(&views) {
-        Ok(embeddings) => {
-            for (window, embedding) in batch.iter().zip(embeddings) {
-                accept(window, embedding, metrics, ok, failed);
-            }
-        }
-        Err(_) if batch.len() > 1 => {
-            for window in batch {
-                embed_batch(embedder, std::slice::from_ref(window), metrics, ok, failed);
-            }
-        }
-        Err(error) => {
-            for window in batch {
-                reject(window, error.to_string(), "model", metrics, failed);
-            }
+fn release(held: &mut BTreeMap<u64, ([Capability<u64>; 2], usize)>, time: u64) {
+    if let Some(entry) = held.get_mut(&time) {
+        entry.1 -= 1;
+        if entry.1 == 0 {
+            held.remove(&time);
         }
     }
 }
 
-fn accept(
-    window: &Window,
-    embedding: Vec<f32>,
-    metrics: &Metrics,
-    ok: &mut Vec<Segment>,
-    failed: &mut Vec<DeadLetter>,
-) {
+/// Embeds one batch, one outcome per window in order; when the batch fails, each window is retried alone so one bad
+/// window cannot sink the rest.
+fn embed_batch(embedder: &mut Embedder, batch: &[Window], metrics: &Metrics) -> Vec<Result<Segment, DeadLetter>> {
+    let views: Vec<&[f32]> = batch.iter().map(|w| w.samples.as_slice()).collect();
+    metrics.embed_batch.observe(batch.len() as f64);
+    match embedder.embed(&views) {
+        Ok(embeddings) => batch.iter().zip(embeddings).map(|(window, e)| accept(window, e, metrics)).collect(),
+        Err(_) if batch.len() > 1 => {
+            batch.iter().flat_map(|window| embed_batch(embedder, std::slice::from_ref(window), metrics)).collect()
+        }
+        Err(error) => batch.iter().map(|window| Err(rejection(window, error.to_string(), "model", metrics))).collect(),
+    }
+}
+
+fn accept(window: &Window, embedding: Vec<f32>, metrics: &Metrics) -> Result<Segment, DeadLetter> {
     if let Some(i) = embedding.iter().position(|x| !x.is_finite()) {
         let reason = format!("the model returned {} at dimension {i}", embedding[i]);
-        return reject(window, reason, "model_output", metrics, failed);
+        return Err(rejection(window, reason, "model_output", metrics));
     }
-    ok.push(Segment {
+    Ok(Segment {
         key: window.key.clone(),
         coverage: window.coverage,
         origin: window.origin.clone(),
         resumed: window.resumed,
         embedding,
-    });
+    })
 }
 
-fn reject(window: &Window, reason: String, cause: &'static str, metrics: &Metrics, failed: &mut Vec<DeadLetter>) {
+fn rejection(window: &Window, reason: String, cause: &'static str, metrics: &Metrics) -> DeadLetter {
     metrics.reject("embed", cause, 1);
-    failed.push(DeadLetter {
+    DeadLetter {
         origin: Some(window.origin.clone()),
         key: Some(window.key.sensor.as_bytes().to_vec()),
         headers: Vec::new(),
@@ -415,5 +455,5 @@ fn reject(window: &Window, reason: String, cause: &'static str, metrics: &Metric
             window.key.start
         ),
         cause,
-    });
+    }
 }

@@ -17,6 +17,7 @@ pub mod index;
 pub mod metrics;
 pub mod record;
 pub mod resample;
+pub mod schedule;
 pub mod segment;
 pub mod wakeup;
 

@@ -1,6 +1,6 @@
 //! Metric names, label keys and the handles every component updates, registered in a registry the caller owns.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Records that entered a stage (label `stage`).
 pub const RECORDS_IN: &str = "chorus_records_in_total";
@@ -18,12 +18,19 @@ pub const DUPLICATES: &str = "chorus_duplicate_segments_total";
 /// Chunks dropped because their audio had already been received (label `space`).
 pub const DUPLICATE_CHUNKS: &str = "chorus_duplicate_chunks_total";
 
+/// Windows waiting for the model, per worker summed.
+pub const EMBED_QUEUE: &str = "chorus_embed_queue_windows";
+/// Windows dropped under overload (label `priority`); each also went to the dead-letter topic.
+pub const SHED: &str = "chorus_shed_windows_total";
+
 /// Label key: pipeline stage (`source`, `decode`, `segment`, `embed`, `index`, `archive`, `segments_topic`, ...).
 pub const STAGE: &str = "stage";
 /// Label key: short machine-readable cause of an error.
 pub const CAUSE: &str = "cause";
 /// Label key: tenant.
 pub const SPACE: &str = "space";
+/// Label key: chunk priority.
+pub const PRIORITY: &str = "priority";
 
 /// The metric handles of one job; cheap to clone and shared by every worker.
 #[derive(Clone)]
@@ -42,6 +49,10 @@ pub struct Metrics {
     pub duplicates: IntCounterVec,
     /// See [`DUPLICATE_CHUNKS`].
     pub duplicate_chunks: IntCounterVec,
+    /// See [`EMBED_QUEUE`].
+    pub embed_queue: IntGauge,
+    /// See [`SHED`].
+    pub shed: IntCounterVec,
 }
 
 impl Metrics {
@@ -67,6 +78,8 @@ impl Metrics {
                 Opts::new(DUPLICATE_CHUNKS, "Chunks dropped because their audio had already been received."),
                 &[SPACE],
             )?,
+            embed_queue: IntGauge::new(EMBED_QUEUE, "Windows waiting for the model.")?,
+            shed: IntCounterVec::new(Opts::new(SHED, "Windows dropped under overload."), &[PRIORITY])?,
         };
         registry.register(Box::new(metrics.records_in.clone()))?;
         registry.register(Box::new(metrics.records_out.clone()))?;
@@ -75,6 +88,8 @@ impl Metrics {
         registry.register(Box::new(metrics.index_points.clone()))?;
         registry.register(Box::new(metrics.duplicates.clone()))?;
         registry.register(Box::new(metrics.duplicate_chunks.clone()))?;
+        registry.register(Box::new(metrics.embed_queue.clone()))?;
+        registry.register(Box::new(metrics.shed.clone()))?;
         Ok(metrics)
     }
 

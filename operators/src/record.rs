@@ -98,6 +98,8 @@ pub struct Window {
     /// The window starts before the first sample this job received from its sensor: when the job resumed from a
     /// committed offset, an earlier run may have cut it from more audio.
     pub resumed: bool,
+    /// The priority of the chunk that completed the window.
+    pub priority: Priority,
 }
 
 /// Where a segment sits: its space, its sensor and its first sample on the model's absolute sample clock.

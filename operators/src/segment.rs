@@ -31,8 +31,8 @@ use timely::dataflow::operators::vec::Broadcast;
 use crate::FieldError;
 use crate::metrics::Metrics;
 use crate::record::{
-    AudioChunk, DeadLetter, Nanos, Origin, PendingReport, SegmentKey, Window, nanos_to_samples, rfc3339, route,
-    samples_to_nanos,
+    AudioChunk, DeadLetter, Nanos, Origin, PendingReport, Priority, SegmentKey, Window, nanos_to_samples, rfc3339,
+    route, samples_to_nanos,
 };
 use crate::resample::StreamResampler;
 
@@ -215,12 +215,13 @@ impl Segmenter {
             .timelines
             .entry((chunk.space.clone(), chunk.sensor.clone()))
             .or_insert_with(|| Timeline::starting_at(spec, nanos_to_samples(chunk.captured_at, spec.sample_rate)));
-        let (space, sensor) = (chunk.space.clone(), chunk.sensor.clone());
+        let (space, sensor, priority) = (chunk.space.clone(), chunk.sensor.clone(), chunk.priority);
         let mut pushed = Pushed::default();
         timeline.push(spec, chunk, &mut pushed);
         for window in &mut pushed.windows {
             window.key.space.clone_from(&space);
             window.key.sensor.clone_from(&sensor);
+            window.priority = priority;
         }
         pushed
     }
@@ -467,6 +468,7 @@ impl Timeline {
                     coverage: covered as f32 / window as f32,
                     origin: first.origin.clone(),
                     resumed: start < self.first_received,
+                    priority: Priority::Normal,
                 });
             }
             self.next_window += i64::from(spec.hop);
@@ -612,7 +614,6 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Priority;
 
     const RATE: u32 = 1_000;
 

@@ -17,6 +17,11 @@ impl Wakeup {
         Wakeup { activator, due: None }
     }
 
+    /// Schedules the operator again as soon as the worker gets to it.
+    pub fn now(&self) {
+        self.activator.activate();
+    }
+
     /// Schedules the operator within `delay`, unless a wake-up at least that early is already pending.
     pub fn within(&mut self, delay: Duration) {
         let now = Instant::now();
