@@ -22,6 +22,11 @@ use crate::http::HttpConfig;
 pub struct ConfigFile {
     /// Timely worker threads in this process (`chorus run -w` overrides it).
     pub workers: usize,
+    /// Directory of the job's state between runs (the savepoint a clean stop leaves); relative to this file.
+    pub state_dir: PathBuf,
+    /// Seconds a stop (SIGTERM, Ctrl-C) may take to drain, flush and commit before the job exits with an error
+    /// (nothing is lost then either: it re-reads from the last commit).
+    pub shutdown_timeout_seconds: u64,
     /// Resident memory the job may use, in MiB. What the model and runtime leave of it bounds the audio each worker
     /// reads ahead of the embedding stage; beyond that, reading pauses and Kafka lag grows instead.
     pub memory_budget_mb: usize,
@@ -47,6 +52,8 @@ impl Default for ConfigFile {
     fn default() -> Self {
         ConfigFile {
             workers: 1,
+            state_dir: PathBuf::from("var/state"),
+            shutdown_timeout_seconds: 30,
             memory_budget_mb: 1_024,
             kafka: KafkaConfig::default(),
             model: ModelConfig::default(),
@@ -67,6 +74,10 @@ pub struct Config {
     pub path: PathBuf,
     /// Worker threads in this process.
     pub workers: usize,
+    /// Job state between runs.
+    pub state_dir: PathBuf,
+    /// Longest a stop may take.
+    pub shutdown_timeout: std::time::Duration,
     /// Resident memory budget in bytes.
     pub memory_budget: usize,
     /// Kafka.
@@ -158,6 +169,8 @@ impl Config {
             path: path.to_path_buf(),
             workers: file.workers,
             memory_budget: file.memory_budget_mb << 20,
+            state_dir: base.join(&file.state_dir),
+            shutdown_timeout: std::time::Duration::from_secs(file.shutdown_timeout_seconds.max(1)),
             kafka: file.kafka.build().map_err(invalid("kafka"))?,
             scheduling: file.scheduling.build(embed.max_batch).map_err(invalid("scheduling"))?,
             embed,

@@ -13,8 +13,9 @@ use chorus_connectors::parquet::{self as archive, ArchiveWriter};
 use chorus_operators::embed::{self, Embed, Embedder};
 use chorus_operators::index::{Index, Indexed};
 use chorus_operators::metrics::Metrics;
+use chorus_operators::record::route;
 use chorus_operators::record::{AudioChunk, DeadLetter};
-use chorus_operators::segment::Segment;
+use chorus_operators::segment::{Savepoint, Segment};
 use prometheus::Registry;
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::channels::pact::Pipeline;
@@ -66,6 +67,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     let embedders =
         (0..workers).map(|_| Embedder::open(environment, &config.model, &settings)).collect::<Result<Vec<_>, _>>()?;
     let max_in_flight = read_ahead(config.memory_budget, workers)?;
+    let (resume, savepoint) = resume_from_savepoint(config)?;
     let producer = Producer::open(&config.kafka)?;
     let registry = Registry::new();
     let metrics = Metrics::register(&registry).map_err(|e| Error::Job(format!("cannot register metrics: {e}")))?;
@@ -92,6 +94,8 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
         stop: options.stop.clone(),
         embedders: Mutex::new(embedders),
         max_in_flight,
+        resume,
+        savepoint: Mutex::new(savepoint),
         producer,
         metrics: metrics.clone(),
         fatal,
@@ -126,6 +130,54 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     summary.dead_letters = counter(&metrics.records_in, "dead_letters");
     summary.duplicates = duplicates(&metrics);
     Ok(summary)
+}
+
+/// Loads the savepoint a clean stop left, if any: the timelines go to the workers, and reading resumes where the
+/// previous job stopped. First, though, the group's committed offsets are rewound to the oldest chunk the saved
+/// timelines hold and the savepoint is removed — should this job die before its own first commit, the next one
+/// re-reads that audio instead of missing it.
+fn resume_from_savepoint(config: &Config) -> Result<(BTreeMap<i32, i64>, Savepoint), Error> {
+    let failed = |message: String| Error::Job(format!("{}: {message}", config.state_dir.display()));
+    let files: Vec<std::path::PathBuf> = match std::fs::read_dir(&config.state_dir) {
+        Ok(entries) => entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("segmenter-") && n.ends_with(".bin"))
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(failed(format!("cannot read the state directory: {e}"))),
+    };
+    std::fs::create_dir_all(&config.state_dir).map_err(|e| failed(format!("cannot create it: {e}")))?;
+    let mut savepoint = Savepoint::default();
+    if files.is_empty() {
+        return Ok((BTreeMap::new(), savepoint));
+    }
+    for file in &files {
+        let part = Savepoint::read(file).map_err(|e| {
+            failed(format!(
+                "savepoint {} cannot be read ({e}); move it away to start without it (the audio it holds is then \
+                 only re-read if the group's offsets are reset)",
+                file.display()
+            ))
+        })?;
+        savepoint.merge(part);
+    }
+    let resume = kafka::committed_offsets(&config.kafka)?;
+    let rewind: BTreeMap<i32, i64> = savepoint
+        .pending_offsets()
+        .into_iter()
+        .map(|(partition, oldest)| (partition, resume.get(&partition).map_or(oldest, |&at| at.min(oldest))))
+        .collect();
+    kafka::commit_offsets(&config.kafka, &rewind)?;
+    for file in &files {
+        std::fs::remove_file(file).map_err(|e| failed(format!("cannot remove {}: {e}", file.display())))?;
+    }
+    tracing::info!(sensors = savepoint.len(), ?resume, "Resuming from the savepoint of a clean stop.");
+    Ok((resume, savepoint))
 }
 
 /// How much memory a chunk in flight costs per payload byte: the message as librdkafka and the dataflow hold it,
@@ -197,6 +249,10 @@ struct Shared {
     embedders: Mutex<Vec<Embedder>>,
     /// Bytes of messages each worker may read ahead of the embedding stage.
     max_in_flight: usize,
+    /// Where reading resumes, per partition, after a clean stop.
+    resume: BTreeMap<i32, i64>,
+    /// Timelines a clean stop saved, taken by the workers that own them.
+    savepoint: Mutex<Savepoint>,
     producer: Producer,
     metrics: Metrics,
     fatal: Fatal,
@@ -205,7 +261,14 @@ struct Shared {
 fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BTreeMap<i32, i64>, String> {
     let config = &shared.config;
     let (index, peers) = (worker.index(), worker.peers());
-    let source = KafkaSource::open(&config.kafka, index, peers, shared.max_in_flight).map_err(|e| e.to_string())?;
+    let source = KafkaSource::open(&config.kafka, index, peers, shared.max_in_flight, &shared.resume)
+        .map_err(|e| e.to_string())?;
+    let restored = shared
+        .savepoint
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take(|space, sensor| ((route(space) ^ route(sensor)) % peers as u64) as usize == index);
+    let savepoint_path = config.state_dir.join(format!("segmenter-{index}-of-{peers}.bin"));
     let partitions: Vec<i32> = source.partitions().collect();
     let source = Rc::new(RefCell::new(source));
     let embedder = shared.embedders.lock().unwrap_or_else(|p| p.into_inner()).pop().expect("one embedder per worker");
@@ -242,7 +305,8 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
         let chunks = chunks.container::<Vec<AudioChunk>>();
         let undecodable = undecodable.container::<Vec<DeadLetter>>();
 
-        let (windows, unplaced, reports) = chunks.segment(config.windows.clone(), metrics.clone());
+        let (windows, unplaced, reports) =
+            chunks.segment(config.windows.clone(), restored, Some(savepoint_path), metrics.clone());
         let (tracker, tracked) = (source.clone(), reports_frontier.clone());
         reports.sink(Pipeline, "PendingReports", move |(input, frontier)| {
             let mut source = tracker.borrow_mut();
@@ -300,9 +364,22 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
 
     let mut last_report = Instant::now();
     let mut commit_warnings = Throttle::default();
+    let mut stopping_since: Option<Instant> = None;
     loop {
         if let Some(message) = shared.fatal.get() {
             return Err(message);
+        }
+        if shared.stop.requested.load(std::sync::atomic::Ordering::Relaxed) {
+            let since = *stopping_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > config.shutdown_timeout {
+                let message = format!(
+                    "the stop did not complete within shutdown_timeout_seconds = {}; offsets are committed up to \
+                     what was durable, and a restart re-reads the rest",
+                    config.shutdown_timeout.as_secs()
+                );
+                shared.fatal.raise(message.clone());
+                return Err(message);
+            }
         }
         let running = worker.step_or_park(Some(Duration::from_millis(20)));
         {

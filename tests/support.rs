@@ -105,12 +105,16 @@ impl Scenario {
             ("embed.onnxruntime", path(&tools.onnxruntime)),
             ("index.dir", path(&dir.path().join("index"))),
             ("archive.dir", path(&archive)),
+            ("state_dir", path(&dir.path().join("state"))),
             ("archive.flush_interval_seconds", 1.0.into()),
             ("http.listen", "127.0.0.1:0".into()),
         ];
         settings.extend(overrides.iter().cloned());
         for (key, value) in settings {
-            let (section, field) = key.split_once('.').unwrap();
+            let Some((section, field)) = key.split_once('.') else {
+                table.insert(key.to_owned(), value);
+                continue;
+            };
             table
                 .entry(section)
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()))

@@ -342,6 +342,68 @@ impl Throttle {
     }
 }
 
+/// The offsets the job's group has committed for the audio topic, per partition (partitions without one left out).
+pub fn committed_offsets(settings: &KafkaSettings) -> Result<BTreeMap<i32, i64>, Error> {
+    let consumer = group_client(settings)?;
+    let list = partitions(&consumer, settings)?;
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .map_err(kafka(format!("cannot read committed offsets of group {}", settings.group_id)))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(n) => Some((e.partition(), n)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Commits `offsets` for the audio topic under the job's group.
+pub fn commit_offsets(settings: &KafkaSettings, offsets: &BTreeMap<i32, i64>) -> Result<(), Error> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let consumer = group_client(settings)?;
+    let mut list = TopicPartitionList::new();
+    for (&partition, &offset) in offsets {
+        list.add_partition_offset(&settings.audio_topic, partition, Offset::Offset(offset))
+            .map_err(kafka("cannot build the commit"))?;
+    }
+    consumer
+        .commit(&list, CommitMode::Sync)
+        .map_err(kafka(format!("cannot commit offsets of {}", settings.audio_topic)))
+}
+
+fn group_client(settings: &KafkaSettings) -> Result<BaseConsumer, Error> {
+    settings
+        .client()
+        .set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(kafka(format!("cannot create a consumer for {}", settings.brokers)))
+}
+
+fn partitions(consumer: &BaseConsumer, settings: &KafkaSettings) -> Result<TopicPartitionList, Error> {
+    let topic = &settings.audio_topic;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(kafka(format!("cannot read metadata of topic {topic} from {}", settings.brokers)))?;
+    let mut list = TopicPartitionList::new();
+    for t in metadata.topics().iter().filter(|t| t.name() == topic && t.error().is_none()) {
+        for p in t.partitions() {
+            list.add_partition(topic, p.id());
+        }
+    }
+    if list.count() == 0 {
+        return Err(Error::Topic(format!(
+            "topic {topic} does not exist on {}; run scripts/broker.sh start or set kafka.create_topics = true",
+            settings.brokers
+        )));
+    }
+    Ok(list)
+}
+
 /// One Kafka message, copied out of the client.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RawMessage {
@@ -489,15 +551,25 @@ pub struct KafkaSource {
     reports: BTreeMap<u64, Vec<PendingReport>>,
     /// The latest applied report of each worker: its oldest pending chunk per partition.
     pending: BTreeMap<usize, Vec<(i32, i64)>>,
+    /// Workers whose last report says their pending audio is in a savepoint, out of `peers`.
+    saved: std::collections::BTreeSet<usize>,
+    peers: usize,
     last_commit: Instant,
     high_watermarks_checked: Option<Instant>,
     consume_warnings: Throttle,
 }
 
 impl KafkaSource {
-    /// Opens a consumer for worker `worker` of `peers` and assigns its partitions from the committed offsets; at most
-    /// `max_in_flight` bytes of messages are read ahead of the embedding stage.
-    pub fn open(settings: &KafkaSettings, worker: usize, peers: usize, max_in_flight: usize) -> Result<Self, Error> {
+    /// Opens a consumer for worker `worker` of `peers` and assigns its partitions from the committed offsets — or, for
+    /// partitions in `resume`, from there (a savepoint holds what lies between); at most `max_in_flight` bytes of
+    /// messages are read ahead of the embedding stage.
+    pub fn open(
+        settings: &KafkaSettings,
+        worker: usize,
+        peers: usize,
+        max_in_flight: usize,
+        resume: &BTreeMap<i32, i64>,
+    ) -> Result<Self, Error> {
         let consumer: BaseConsumer = settings
             .client()
             .set("group.id", &settings.group_id)
@@ -511,33 +583,31 @@ impl KafkaSource {
             .create()
             .map_err(kafka(format!("cannot create a consumer for {}", settings.brokers)))?;
         let topic = settings.audio_topic.clone();
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .map_err(kafka(format!("cannot read metadata of topic {topic} from {}", settings.brokers)))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-            .unwrap_or_default();
-        if partitions.is_empty() {
-            return Err(Error::Topic(format!(
-                "topic {topic} does not exist on {}; run scripts/broker.sh start or set kafka.create_topics = true",
-                settings.brokers
-            )));
-        }
+        let partitions: Vec<i32> = partitions(&consumer, settings)?.elements().iter().map(|e| e.partition()).collect();
         let mine: Vec<i32> = partitions.into_iter().filter(|p| (*p as usize) % peers == worker).collect();
         let mut next = BTreeMap::new();
+        // What the group has committed — the commits made from here on are compared with it.
+        let mut committed = BTreeMap::new();
         if !mine.is_empty() {
             let mut wanted = TopicPartitionList::new();
             for &p in &mine {
                 wanted.add_partition(&topic, p);
             }
-            let committed = consumer
+            let stored = consumer
                 .committed_offsets(wanted, Duration::from_secs(10))
                 .map_err(kafka(format!("cannot read committed offsets of group {}", settings.group_id)))?;
             let mut assignment = TopicPartitionList::new();
-            for element in committed.elements() {
+            for element in stored.elements() {
+                if let Offset::Offset(n) = element.offset() {
+                    committed.insert(element.partition(), n);
+                }
+                if let Some(&at) = resume.get(&element.partition()) {
+                    assignment
+                        .add_partition_offset(&topic, element.partition(), Offset::Offset(at))
+                        .map_err(kafka("cannot build the partition assignment"))?;
+                    next.insert(element.partition(), at);
+                    continue;
+                }
                 let (offset, start) = match element.offset() {
                     Offset::Offset(n) => (Offset::Offset(n), n),
                     // Nothing committed: from the oldest message still there.
@@ -555,7 +625,6 @@ impl KafkaSource {
             }
             consumer.assign(&assignment).map_err(kafka(format!("cannot assign partitions of {topic}")))?;
         }
-        let committed = next.clone();
         Ok(KafkaSource {
             consumer,
             topic,
@@ -568,6 +637,8 @@ impl KafkaSource {
             max_in_flight,
             reports: BTreeMap::new(),
             pending: BTreeMap::new(),
+            saved: Default::default(),
+            peers,
             last_commit: Instant::now(),
             high_watermarks_checked: None,
             consume_warnings: Throttle::default(),
@@ -689,6 +760,11 @@ impl KafkaSource {
                 break;
             }
             for report in entry.remove() {
+                if report.saved {
+                    self.saved.insert(report.worker);
+                } else {
+                    self.saved.remove(&report.worker);
+                }
                 self.pending.insert(report.worker, report.pending);
             }
         }
@@ -732,10 +808,13 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// After the dataflow has completed: every epoch is durable and every report applied; commits, keeping chunks
-    /// still needed uncommitted.
+    /// After the dataflow has completed: every epoch is durable and every report applied. Commits everything read
+    /// when every worker saved its pending audio in a savepoint; otherwise keeps the chunks still needed uncommitted.
     pub fn finish(&mut self) -> Result<(), Error> {
         self.observe_durable(|_| false);
+        if self.saved.len() == self.peers {
+            self.pending.clear();
+        }
         self.commit_now()
     }
 

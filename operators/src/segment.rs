@@ -19,7 +19,10 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use serde::Deserialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange as ExchangePact;
@@ -159,8 +162,11 @@ pub struct Segmenter {
 /// Spans of received audio remembered per sensor to recognise repeated deliveries.
 const RECEIVED_SPANS: usize = 16;
 
+#[derive(Serialize, Deserialize)]
 struct Run {
     rate_in: u32,
+    /// Present when `rate_in` differs from the model's rate (a saved run has none: see [`Segmenter::save`]).
+    #[serde(skip)]
     resampler: Option<StreamResampler>,
     /// Where the run's first kept sample lies on the model clock.
     start: i64,
@@ -177,12 +183,14 @@ impl Run {
     }
 }
 
+#[derive(Serialize, Deserialize)]
 struct PendingChunk {
     /// Model-clock position just past the chunk's last sample.
     end: i64,
     origin: Origin,
 }
 
+#[derive(Serialize, Deserialize)]
 struct Timeline {
     run: Option<Run>,
     /// Samples from `buf_start` to `write_pos`.
@@ -239,6 +247,99 @@ impl Segmenter {
     /// Number of chunks held.
     pub fn pending_chunks(&self) -> usize {
         self.timelines.values().map(|t| t.chunks.len()).sum()
+    }
+
+    /// Takes every timeline out, for a restart to continue where this job stopped. A resampler cannot be saved, so
+    /// each resampled run is flushed first: its tail joins the buffer and the next chunk starts a run right after it.
+    pub fn save(&mut self) -> Savepoint {
+        let mut timelines = Vec::with_capacity(self.timelines.len());
+        for (key, mut timeline) in self.timelines.drain() {
+            if timeline.run.as_ref().is_some_and(|run| run.resampler.is_some()) {
+                let mut run = timeline.run.take().expect("checked");
+                let mut tail = Vec::new();
+                if run.resampler.as_mut().expect("checked").finish(&mut tail).is_ok() {
+                    timeline.append(&tail, true);
+                }
+            }
+            timelines.push((key, timeline));
+        }
+        Savepoint { version: SAVEPOINT_VERSION, timelines }
+    }
+
+    /// Continues the timelines of a savepoint.
+    pub fn restore(&mut self, savepoint: Savepoint) {
+        self.timelines.extend(savepoint.timelines);
+    }
+}
+
+const SAVEPOINT_VERSION: u32 = 1;
+
+/// Per-sensor reassembly state saved by a job that stopped cleanly, so that the next one re-reads nothing.
+#[derive(Default, Serialize, Deserialize)]
+pub struct Savepoint {
+    version: u32,
+    timelines: Vec<((String, String), Timeline)>,
+}
+
+impl Savepoint {
+    /// Sensors held.
+    pub fn len(&self) -> usize {
+        self.timelines.len()
+    }
+
+    /// Whether no sensor is held.
+    pub fn is_empty(&self) -> bool {
+        self.timelines.is_empty()
+    }
+
+    /// The oldest chunk each partition's saved timelines still need: where reading must resume should the savepoint
+    /// be lost.
+    pub fn pending_offsets(&self) -> BTreeMap<i32, i64> {
+        let mut oldest = BTreeMap::new();
+        for chunk in self.timelines.iter().flat_map(|(_, t)| &t.chunks) {
+            let offset = oldest.entry(chunk.origin.partition).or_insert(chunk.origin.offset);
+            *offset = (*offset).min(chunk.origin.offset);
+        }
+        oldest
+    }
+
+    /// Moves in another savepoint's timelines.
+    pub fn merge(&mut self, other: Savepoint) {
+        self.timelines.extend(other.timelines);
+    }
+
+    /// Takes out the timelines of the sensors `owns(space, sensor)` says are wanted.
+    pub fn take(&mut self, owns: impl Fn(&str, &str) -> bool) -> Savepoint {
+        let (taken, kept) =
+            std::mem::take(&mut self.timelines).into_iter().partition(|((space, sensor), _)| owns(space, sensor));
+        self.timelines = kept;
+        Savepoint { version: SAVEPOINT_VERSION, timelines: taken }
+    }
+
+    /// Writes it to `path` durably (temporary file, sync, rename, directory sync).
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        let bytes = bincode::serialize(self).map_err(std::io::Error::other)?;
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Reads one written by [`Savepoint::write`].
+    pub fn read(path: &Path) -> std::io::Result<Savepoint> {
+        let savepoint: Savepoint = bincode::deserialize(&std::fs::read(path)?).map_err(std::io::Error::other)?;
+        if savepoint.version != SAVEPOINT_VERSION {
+            return Err(std::io::Error::other(format!(
+                "savepoint version {} is not {SAVEPOINT_VERSION}",
+                savepoint.version
+            )));
+        }
+        Ok(savepoint)
     }
 }
 
@@ -526,17 +627,24 @@ pub trait Segment<'scope> {
     ///         sample_rate: 1_000, samples: vec![0.1; 5_000],
     ///         origin: Origin { topic: "audio".into(), partition: 3, offset: 7 },
     ///     };
-    ///     let (windows, _dead_letters, reports) = vec![chunk].to_stream(scope).segment(spec, Metrics::unregistered());
+    ///     let (windows, _dead_letters, reports) =
+    ///         vec![chunk].to_stream(scope).segment(spec, Default::default(), None, Metrics::unregistered());
     ///     (windows.map(|w| w.key.start).capture(), reports.map(|r| r.pending).capture())
     /// });
     /// let starts: Vec<i64> = starts.extract().into_iter().flat_map(|(_, s)| s).collect();
     /// assert_eq!(starts, vec![0, 1_000, 2_000, 3_000]); // the window at 4 s waits for audio past 6 s
-    /// // ... so the chunk holding it stays pending: offset 7 of partition 3 must not be committed yet.
-    /// assert_eq!(pending.extract(), vec![(0, vec![vec![(3, 7)]])]);
+    /// // ... so the chunk holding it stays pending: offset 7 of partition 3 must not be committed yet, and the input's
+    /// // end (with no savepoint to write) does not change that.
+    /// assert_eq!(pending.extract(), vec![(0, vec![vec![(3, 7)], vec![(3, 7)]])]);
     /// ```
+    ///
+    /// The segmenter starts from `restored`; when the input ends it saves its timelines to `savepoint` (if given)
+    /// and says so in its last report.
     fn segment(
         self,
         spec: WindowSpec,
+        restored: Savepoint,
+        savepoint: Option<PathBuf>,
         metrics: Metrics,
     ) -> (StreamVec<'scope, u64, Window>, StreamVec<'scope, u64, DeadLetter>, StreamVec<'scope, u64, PendingReport>);
 }
@@ -545,6 +653,8 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
     fn segment(
         self,
         spec: WindowSpec,
+        restored: Savepoint,
+        savepoint: Option<PathBuf>,
         metrics: Metrics,
     ) -> (StreamVec<'scope, u64, Window>, StreamVec<'scope, u64, DeadLetter>, StreamVec<'scope, u64, PendingReport>)
     {
@@ -559,8 +669,12 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
         let mut dead_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<DeadLetter>>>::from(dead_out);
         let mut reports_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<PendingReport>>>::from(reports_out);
 
-        builder.build(move |_initial| {
+        builder.build(move |mut initial| {
+            // Follows the input frontier, to send the last report (after the savepoint) once the input has ended.
+            let mut report_capability = initial.pop();
+            drop(initial);
             let mut segmenter = Segmenter::new(spec);
+            segmenter.restore(restored);
             // Chunks wait here until no earlier chunk can arrive: each sensor's audio is placed in time order, and
             // a window goes out at the time of the chunk that completed it, never before a chunk it holds.
             let mut stash: BTreeMap<u64, ([Capability<u64>; 3], Vec<AudioChunk>)> = BTreeMap::new();
@@ -598,11 +712,43 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
                         metrics.reject("segment", letter.cause, 1);
                     }
                     dead_session.session(&capabilities[1]).give_iterator(failed.into_iter());
-                    let pending = segmenter.pending_offsets();
+                                        let pending = segmenter.pending_offsets();
                     if pending != reported {
-                        let report = PendingReport { worker, pending: pending.iter().map(|(p, o)| (*p, *o)).collect() };
+                        let report = PendingReport {
+                            worker,
+                            pending: pending.iter().map(|(p, o)| (*p, *o)).collect(),
+                            saved: false,
+                        };
                         reports_session.session(&capabilities[2]).give(report);
                         reported = pending;
+                    }
+                }
+                match frontiers[0].frontier().first() {
+                    Some(time) => {
+                        if let Some(capability) = report_capability.as_mut()
+                            && capability.time() < time
+                        {
+                            capability.downgrade(time);
+                        }
+                    }
+                    None => {
+                        if let Some(capability) = report_capability.take() {
+                            let pending: Vec<(i32, i64)> = segmenter.pending_offsets().into_iter().collect();
+                            let saved = savepoint.as_ref().is_some_and(|path| {
+                                let saved = segmenter.save();
+                                match saved.write(path) {
+                                    Ok(()) => {
+                                        tracing::info!(worker, sensors = saved.len(), path = %path.display(), "Savepoint written.");
+                                        true
+                                    }
+                                    Err(error) => {
+                                        tracing::error!(%error, path = %path.display(), "Savepoint not written; a restart re-reads the audio it would have held.");
+                                        false
+                                    }
+                                }
+                            });
+                            reports_session.session(&capability).give(PendingReport { worker, pending, saved });
+                        }
                     }
                 }
             }
@@ -773,6 +919,52 @@ mod tests {
         other.origin.partition = 1;
         segmenter.push(other);
         assert_eq!(segmenter.pending_offsets(), BTreeMap::from([(0, 2), (1, 9)]));
+    }
+
+    #[test]
+    fn a_restored_savepoint_continues_as_if_never_stopped() {
+        let signal: Vec<f32> = (0..9_000).map(|i| (i as f32 * 0.003).sin()).collect();
+        let spec = spec(1.0, 2_000);
+        let whole = segment_in_chunks(&spec, &signal, 0, &[1_000]);
+        let mut first = Segmenter::new(spec.clone());
+        let mut windows = Vec::new();
+        for (i, part) in signal.chunks(1_000).enumerate().take(4) {
+            windows.extend(first.push(chunk("s", i as i64 * 1_000, part.to_vec(), RATE, i as i64)).windows);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("savepoint.bin");
+        first.save().write(&path).unwrap();
+        let saved = Savepoint::read(&path).unwrap();
+        // Windows up to [2000, 4000) are cut; the next one needs chunk 3 and more.
+        assert_eq!(saved.pending_offsets(), BTreeMap::from([(0, 3)]));
+        let mut second = Segmenter::new(spec);
+        second.restore(saved);
+        for (i, part) in signal.chunks(1_000).enumerate().skip(4) {
+            windows.extend(second.push(chunk("s", i as i64 * 1_000, part.to_vec(), RATE, i as i64)).windows);
+        }
+        let content = |w: &Window| (w.key.clone(), w.samples.clone(), w.coverage);
+        assert!(whole.iter().map(content).eq(windows.iter().map(content)), "windows differ");
+    }
+
+    #[test]
+    fn a_resampled_run_is_flushed_into_the_savepoint_and_resumes_without_a_gap() {
+        let spec = WindowsConfig { hop_seconds: 1.0, gap_tolerance_ms: 5, min_coverage_seconds: 0.5 }
+            .build(32_000, 64_000)
+            .unwrap();
+        let mut first = Segmenter::new(spec.clone());
+        for i in 0..2 {
+            first.push(chunk("s", 48_000 * i, vec![0.25; 48_000], 48_000, i));
+        }
+        let mut second = Segmenter::new(spec);
+        second.restore(first.save());
+        let mut windows = Vec::new();
+        for i in 2..4 {
+            windows.extend(second.push(chunk("s", 48_000 * i, vec![0.25; 48_000], 48_000, i)).windows);
+        }
+        // The flush completed window 0 (the resampler had held its last milliseconds back); it is cut on the first
+        // push after the restore, and the run goes on from there.
+        assert_eq!(windows.iter().map(|w| w.key.start).collect::<Vec<_>>(), vec![0, 32_000]);
+        assert!(windows.iter().all(|w| w.coverage == 1.0 && !w.resumed));
     }
 
     #[test]
