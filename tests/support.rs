@@ -165,9 +165,15 @@ impl Scenario {
         child.wait_with_output().unwrap()
     }
 
-    /// Starts `chorus <args> --config <this scenario>` in the background.
+    /// Starts `chorus <args> --config <this scenario>` in the background; its log goes to [`Scenario::job_log`].
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
-        self.command(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+        let log = std::fs::File::create(self.dir.path().join("job.log")).unwrap();
+        self.command(args).stdout(Stdio::null()).stderr(log).spawn().unwrap()
+    }
+
+    /// The log of the job last started with [`Scenario::spawn`].
+    pub fn job_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("job.log")).unwrap_or_default()
     }
 
     /// Runs the job until the audio topic is drained and quiet for a second.
