@@ -35,6 +35,18 @@ pub struct RunOptions {
     pub workers: Option<usize>,
     /// When the job stops reading; it then drains, flushes its sinks and commits before returning.
     pub stop: Stop,
+    /// This process's place in a timely cluster; `None` runs every worker here.
+    pub cluster: Option<Cluster>,
+}
+
+/// One process of a job spread over several (each with `workers` threads, reading partition `p` on global worker
+/// `p mod (processes × workers)`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cluster {
+    /// This process's index, from 0.
+    pub process: usize,
+    /// `host:port` of every process, in process order, the same list in every process.
+    pub addresses: Vec<String>,
 }
 
 /// What a finished run did.
@@ -57,7 +69,8 @@ pub struct RunSummary {
 /// Runs the job until it stops by itself (see [`RunOptions::until`]) or fails.
 pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     let workers = options.workers.unwrap_or(config.workers).max(1);
-    let _lock = lock(config)?;
+    let process = options.cluster.as_ref().map_or(0, |c| c.process);
+    let _lock = lock(config, process)?;
     if config.kafka.create_topics {
         kafka::ensure_topics(&config.kafka)?;
     }
@@ -66,8 +79,17 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     let settings = config.embed.per_worker(workers);
     let embedders =
         (0..workers).map(|_| Embedder::open(environment, &config.model, &settings)).collect::<Result<Vec<_>, _>>()?;
+    let mut embedders = embedders;
+    for embedder in &mut embedders {
+        embedder.warm_up()?;
+    }
     let max_in_flight = read_ahead(config.memory_budget, workers)?;
-    let (resume, savepoint) = resume_from_savepoint(config)?;
+    // Savepoints hold one process's view of every sensor: a cluster re-reads pending audio from Kafka instead.
+    let (resume, savepoint) = if options.cluster.is_some() {
+        (BTreeMap::new(), Savepoint::default())
+    } else {
+        resume_from_savepoint(config)?
+    };
     let producer = Producer::open(&config.kafka)?;
     let registry = Registry::new();
     let metrics = Metrics::register(&registry).map_err(|e| Error::Job(format!("cannot register metrics: {e}")))?;
@@ -76,6 +98,12 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     let _server = match config.http {
         Some(listen) => {
             let probes = Probes { registry: registry.clone(), broker: watch.status(), fatal: fatal.clone() };
+            // The processes of a cluster on one machine each take the next port.
+            let listen = if listen.port() == 0 {
+                listen
+            } else {
+                std::net::SocketAddr::new(listen.ip(), listen.port() + process as u16)
+            };
             Some(HttpServer::start(listen, probes)?)
         }
         None => None,
@@ -94,13 +122,27 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
         stop: options.stop.clone(),
         embedders: Mutex::new(embedders),
         max_in_flight,
+        clustered: options.cluster.is_some(),
         resume,
         savepoint: Mutex::new(savepoint),
         producer,
         metrics: metrics.clone(),
         fatal,
     });
-    let guards = timely::execute(timely::Config::process(workers), move |worker| {
+    let timely_config = match &options.cluster {
+        None => timely::Config::process(workers),
+        Some(cluster) => timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads: workers,
+                process: cluster.process,
+                addresses: cluster.addresses.clone(),
+                report: false,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
+        },
+    };
+    let guards = timely::execute(timely_config, move |worker| {
         let result = run_worker(worker, &shared);
         if let Err(message) = &result {
             shared.fatal.raise(message.clone());
@@ -130,6 +172,24 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     summary.dead_letters = counter(&metrics.records_in, "dead_letters");
     summary.duplicates = duplicates(&metrics);
     Ok(summary)
+}
+
+/// Logs dead letters without flooding the log: the first one in full, then a count by cause every ten seconds.
+#[derive(Default)]
+struct DeadLetterLog {
+    throttle: Throttle,
+    since: BTreeMap<&'static str, u64>,
+}
+
+impl DeadLetterLog {
+    fn note(&mut self, letter: &DeadLetter) {
+        *self.since.entry(letter.cause).or_default() += 1;
+        if self.throttle.ready(Duration::from_secs(10)) {
+            let origin = letter.origin.as_ref().map(ToString::to_string).unwrap_or_default();
+            let counts = std::mem::take(&mut self.since);
+            tracing::warn!(cause = letter.cause, reason = %letter.reason, %origin, ?counts, "Dead letters (counts by cause since the last report; the topic holds each with its reason).");
+        }
+    }
 }
 
 /// Loads the savepoint a clean stop left, if any: the timelines go to the workers, and reading resumes where the
@@ -215,10 +275,14 @@ fn resident_bytes() -> Option<usize> {
 }
 
 /// Holds the archive for this job: a second job on the same archive would index and archive every segment twice.
-fn lock(config: &Config) -> Result<std::fs::File, Error> {
+fn lock(config: &Config, process: usize) -> Result<std::fs::File, Error> {
     let failed = |message: String| Error::Job(format!("{}: {message}", config.archive.dir.display()));
     std::fs::create_dir_all(&config.archive.dir).map_err(|e| failed(format!("cannot create the archive: {e}")))?;
-    let path = config.archive.dir.join(".chorus-job.lock");
+    let path = config.archive.dir.join(if process == 0 {
+        ".chorus-job.lock".to_owned()
+    } else {
+        format!(".chorus-job-{process}.lock")
+    });
     let file = std::fs::File::create(&path).map_err(|e| failed(format!("cannot create {}: {e}", path.display())))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
@@ -249,6 +313,8 @@ struct Shared {
     embedders: Mutex<Vec<Embedder>>,
     /// Bytes of messages each worker may read ahead of the embedding stage.
     max_in_flight: usize,
+    /// Whether other processes run workers of this job.
+    clustered: bool,
     /// Where reading resumes, per partition, after a clean stop.
     resume: BTreeMap<i32, i64>,
     /// Timelines a clean stop saved, taken by the workers that own them.
@@ -305,8 +371,12 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
         let chunks = chunks.container::<Vec<AudioChunk>>();
         let undecodable = undecodable.container::<Vec<DeadLetter>>();
 
-        let (windows, unplaced, reports) =
-            chunks.segment(config.windows.clone(), restored, Some(savepoint_path), metrics.clone());
+        let (windows, unplaced, reports) = chunks.segment(
+            config.windows.clone(),
+            restored,
+            (!shared.clustered).then_some(savepoint_path),
+            metrics.clone(),
+        );
         let (tracker, tracked) = (source.clone(), reports_frontier.clone());
         reports.sink(Pipeline, "PendingReports", move |(input, frontier)| {
             let mut source = tracker.borrow_mut();
@@ -343,6 +413,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
         let dead_letters = scope.concatenate(vec![undecodable, unplaced, unembedded, unindexed]);
         let max_message_bytes = config.kafka.max_message_bytes;
         let dead_metrics = metrics.clone();
+        let mut dead_log = DeadLetterLog::default();
         let dead_lettered = kafka::sink(
             dead_letters,
             "DeadLetters",
@@ -352,8 +423,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
             shared.fatal.clone(),
             move |letter| {
                 dead_metrics.count("dead_letters", 1, 1);
-                let origin = letter.origin.as_ref().map(ToString::to_string).unwrap_or_default();
-                tracing::warn!(cause = letter.cause, reason = %letter.reason, %origin, "Dead letter.");
+                dead_log.note(&letter);
                 kafka::dead_letter_record(letter, max_message_bytes)
             },
         );

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chorus::config::Config;
-use chorus::job::{self, RunOptions};
+use chorus::job::{self, Cluster, RunOptions};
 use chorus::produce::{self, ProduceOptions};
 use chorus::query::{self, QueryOptions, Target};
 use chorus_connectors::kafka::Stop;
@@ -42,7 +42,7 @@ struct ConfigArg {
 enum Command {
     /// Run the ingest job: Kafka audio chunks → windows → embeddings → index, archive, segments topic.
     #[command(
-        after_help = "Examples:\n  chorus run --config config/balanced.toml\n  chorus run -w 2 --until-idle 5    # two workers; stop once the topic is drained and quiet for 5 s\n\nSIGTERM or Ctrl-C stops reading, drains what is in flight, flushes the sinks and commits (a second one\nexits at once). Offsets are committed only after the archive, the segments topic and the dead-letter topic\nhold what was derived from them; a restart resumes there, and segment ids are deterministic, so nothing is\nlost or doubled."
+        after_help = "Examples:\n  chorus run --config config/balanced.toml\n  chorus run -w 2 --until-idle 5    # two workers; stop once the topic is drained and quiet for 5 s\n  chorus run --processes 2 --process 0 --hostfile hosts.txt   # and --process 1 on the second machine\n\nSIGTERM or Ctrl-C stops reading, drains what is in flight, flushes the sinks and commits (a second one\nexits at once). Offsets are committed only after the archive, the segments topic and the dead-letter topic\nhold what was derived from them; a restart resumes there, and segment ids are deterministic, so nothing is\nlost or doubled."
     )]
     Run {
         #[command(flatten)]
@@ -53,6 +53,15 @@ enum Command {
         /// Stop once every partition is drained and no message arrived for this many seconds.
         #[arg(long, value_name = "SECS")]
         until_idle: Option<f64>,
+        /// Processes in the timely cluster running this job (each with the same config and --workers).
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        processes: usize,
+        /// This process's index in the cluster, from 0.
+        #[arg(long, default_value_t = 0, value_name = "I")]
+        process: usize,
+        /// File of `host:port` lines, one per process in process order (default: 127.0.0.1:2101, :2102, ...).
+        #[arg(long, value_name = "FILE")]
+        hostfile: Option<PathBuf>,
     },
     /// Produce WAV files to the audio topic as chunks with `captured_at`, `space` and `priority` headers.
     #[command(
@@ -152,13 +161,36 @@ fn init_logging(verbose: u8, quiet: bool) {
         .init();
 }
 
+fn cluster(processes: usize, process: usize, hostfile: Option<PathBuf>) -> anyhow::Result<Option<Cluster>> {
+    if processes == 0 || process >= processes {
+        anyhow::bail!("--process {process} must be below --processes {processes}");
+    }
+    if processes == 1 && hostfile.is_none() {
+        return Ok(None);
+    }
+    let addresses: Vec<String> = match hostfile {
+        Some(path) => std::fs::read_to_string(&path)
+            .with_context(|| format!("reading --hostfile {}", path.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect(),
+        None => (0..processes).map(|i| format!("127.0.0.1:{}", 2101 + i)).collect(),
+    };
+    if addresses.len() != processes {
+        anyhow::bail!("the hostfile lists {} addresses for --processes {processes}", addresses.len());
+    }
+    Ok(Some(Cluster { process, addresses }))
+}
+
 fn load(config: &ConfigArg) -> anyhow::Result<Config> {
     Ok(Config::load(&config.config)?)
 }
 
 fn execute(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { config, workers, until_idle } => {
+        Command::Run { config, workers, until_idle, processes, process, hostfile } => {
             let config = load(&config)?;
             let idle = match until_idle {
                 Some(secs) if secs >= 0.0 && secs.is_finite() => Some(Duration::from_secs_f64(secs)),
@@ -171,7 +203,8 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 signal_hook::flag::register_conditional_shutdown(signal, 1, stop.requested.clone())?;
                 signal_hook::flag::register(signal, stop.requested.clone())?;
             }
-            let summary = job::run(&config, &RunOptions { workers, stop })?;
+            let cluster = cluster(processes, process, hostfile)?;
+            let summary = job::run(&config, &RunOptions { workers, stop, cluster })?;
             eprintln!(
                 "chorus run: {} chunks, {} windows, {} new segments ({} already indexed), {} dead letters; committed {}",
                 summary.chunks,

@@ -79,13 +79,19 @@ pub struct Scenario {
     pub dead_letter_topic: String,
     pub group: String,
     pub archive: PathBuf,
+    pub brokers: String,
 }
 
 impl Scenario {
     /// A scenario from `config/balanced.toml` with `overrides` (`("section.key", value)`) applied.
     pub fn new(name: &str, overrides: &[(&str, toml::Value)]) -> Scenario {
+        Scenario::on(&brokers(), name, overrides)
+    }
+
+    /// Like [`Scenario::new`], on the broker at `brokers`.
+    pub fn on(brokers: &str, name: &str, overrides: &[(&str, toml::Value)]) -> Scenario {
         let tools = tools();
-        let brokers = brokers();
+        let brokers = brokers.to_owned();
         let dir = tempfile::Builder::new().prefix(&format!("chorus-{name}-")).tempdir().unwrap();
         let text = std::fs::read_to_string(root().join("config/balanced.toml")).unwrap();
         let mut table: toml::Table = text.parse().unwrap();
@@ -96,7 +102,7 @@ impl Scenario {
         let archive = dir.path().join("archive");
         let path = |p: &Path| toml::Value::String(p.display().to_string());
         let mut settings: Vec<(&str, toml::Value)> = vec![
-            ("kafka.brokers", brokers.into()),
+            ("kafka.brokers", brokers.clone().into()),
             ("kafka.audio_topic", audio_topic.clone().into()),
             ("kafka.segments_topic", segments_topic.clone().into()),
             ("kafka.dead_letter_topic", dead_letter_topic.clone().into()),
@@ -127,7 +133,7 @@ impl Scenario {
         // Third-party producers expect the topics to exist: the broker does not create them on first use.
         let settings = chorus::config::Config::load(&config).unwrap();
         chorus_connectors::kafka::ensure_topics(&settings.kafka).unwrap();
-        Scenario { dir, config, audio_topic, segments_topic, dead_letter_topic, group, archive }
+        Scenario { dir, config, audio_topic, segments_topic, dead_letter_topic, group, archive, brokers }
     }
 
     /// Runs `chorus <args> --config <this scenario>` and returns its output; fails the test when it fails.
@@ -150,30 +156,49 @@ impl Scenario {
         command
     }
 
-    /// Runs `chorus`, killing it after three minutes.
+    /// Runs `chorus`, killing it after three minutes; its output is read as it comes, so a chatty job never blocks.
     pub fn chorus_unchecked(&self, args: &[&str]) -> Output {
+        use std::io::Read;
         let mut child = self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let drain = |mut pipe: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                pipe.read_to_end(&mut bytes).unwrap();
+                bytes
+            })
+        };
+        let stdout = drain(Box::new(child.stdout.take().unwrap()));
+        let stderr = drain(Box::new(child.stderr.take().unwrap()));
         let deadline = Instant::now() + Duration::from_secs(180);
-        while child.try_wait().unwrap().is_none() {
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
             if Instant::now() > deadline {
                 child.kill().unwrap();
-                let output = child.wait_with_output().unwrap();
-                panic!("chorus {args:?} did not finish in 180 s:\n{}", String::from_utf8_lossy(&output.stderr));
+                child.wait().unwrap();
+                let stderr = stderr.join().unwrap();
+                panic!("chorus {args:?} did not finish in 180 s:\n{}", String::from_utf8_lossy(&stderr));
             }
             std::thread::sleep(Duration::from_millis(50));
-        }
-        child.wait_with_output().unwrap()
+        };
+        Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
     }
 
     /// Starts `chorus <args> --config <this scenario>` in the background; its log goes to [`Scenario::job_log`].
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
-        let log = std::fs::File::create(self.dir.path().join("job.log")).unwrap();
+        self.spawn_numbered(0, args)
+    }
+
+    /// Like [`Scenario::spawn`], for one of several processes at once (each with a log of its own).
+    pub fn spawn_numbered(&self, n: usize, args: &[&str]) -> std::process::Child {
+        let log = std::fs::File::create(self.dir.path().join(format!("job-{n}.log"))).unwrap();
         self.command(args).stdout(Stdio::null()).stderr(log).spawn().unwrap()
     }
 
-    /// The log of the job last started with [`Scenario::spawn`].
+    /// The logs of the jobs started with [`Scenario::spawn`].
     pub fn job_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("job.log")).unwrap_or_default()
+        (0..4).filter_map(|n| std::fs::read_to_string(self.dir.path().join(format!("job-{n}.log"))).ok()).collect()
     }
 
     /// Runs the job until the audio topic is drained and quiet for a second.
@@ -200,7 +225,7 @@ impl Scenario {
     /// The offsets the job has committed for the audio topic, per partition (partitions without a commit left out).
     pub fn committed(&self) -> std::collections::BTreeMap<i32, i64> {
         let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", &self.brokers)
             .set("group.id", &self.group)
             .set("enable.auto.commit", "false")
             .create()
@@ -223,7 +248,7 @@ impl Scenario {
     /// Reads `expected` messages from partition 0 of `topic`, waiting up to 30 s.
     pub fn consume(&self, topic: &str, expected: usize) -> Vec<Consumed> {
         let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", &self.brokers)
             .set("group.id", unique("reader"))
             .set("enable.auto.commit", "false")
             .create()
@@ -298,6 +323,115 @@ pub fn gaussian_noise(n: usize, seed: u64) -> Vec<f32> {
         ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
     };
     (0..n).map(|_| ((-2.0 * uniform().ln()).sqrt() * (2.0 * std::f64::consts::PI * uniform()).cos()) as f32).collect()
+}
+
+/// Writes mono samples as a 16-bit PCM WAV file.
+pub fn write_wav_i16(path: &Path, sample_rate: u32, samples: &[f32]) {
+    let spec =
+        hound::WavSpec { channels: 1, sample_rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let mut writer = hound::WavWriter::create(path, spec).unwrap();
+    for &x in samples {
+        writer.write_sample((x.clamp(-1.0, 1.0) * 32_767.0) as i16).unwrap();
+    }
+    writer.finalize().unwrap();
+}
+
+/// A TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Peak resident memory of process `pid` so far, in bytes (VmHWM).
+pub fn peak_rss(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<usize>().ok())
+        .map_or(0, |kb| kb << 10)
+}
+
+/// Sends SIGTERM to `pid`.
+pub fn terminate(pid: u32) {
+    let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+/// An HTTP GET on 127.0.0.1: the status code and body, or `None` when nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// A broker of the test's own (tansu, sqlite storage, in a temporary directory), for tests that stop it.
+pub struct PrivateBroker {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateBroker {
+    /// Starts one and waits until it answers.
+    pub fn start() -> PrivateBroker {
+        let mut broker = PrivateBroker {
+            port: free_port(),
+            dir: tempfile::Builder::new().prefix("chorus-broker-").tempdir().unwrap(),
+            child: None,
+        };
+        broker.restart();
+        broker
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it (SIGTERM), keeping its data.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(child.id());
+            child.wait().unwrap();
+        }
+    }
+
+    /// Starts it again on the same port and data, and waits until it answers.
+    pub fn restart(&mut self) {
+        let tools = std::env::var_os("CHORUS_TOOLS").map(PathBuf::from).unwrap_or_else(|| root().join(".tools"));
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::create(self.dir.path().join("broker.log")).unwrap();
+        let child = Command::new(tools.join("tansu-0.6.0/bin/tansu"))
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let address = self.address();
+        wait_for("the private broker", Duration::from_secs(30), || {
+            let client: Result<BaseConsumer, _> = ClientConfig::new().set("bootstrap.servers", &address).create();
+            client.is_ok_and(|c| c.fetch_metadata(None, Duration::from_secs(1)).is_ok())
+        });
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Writes mono float32 samples as a WAV file.

@@ -2,6 +2,7 @@
 //! they need; tests are named after the issue they settle (`r2_...`).
 
 mod config;
+mod faults;
 mod model;
 mod pipeline;
 mod support;

@@ -1059,7 +1059,7 @@ pub fn sink<'scope, D: 'static>(
     topic: String,
     check_interval: Duration,
     fatal: Fatal,
-    encode: impl Fn(D) -> Record + 'static,
+    mut encode: impl FnMut(D) -> Record + 'static,
 ) -> StreamVec<'scope, u64, ()> {
     let scope = stream.scope();
     let mut builder = OperatorBuilder::new(name.to_owned(), scope);

@@ -274,6 +274,13 @@ impl Embedder {
         self.max_batch
     }
 
+    /// Runs one full batch of silence, so ONNX Runtime allocates its working memory now rather than mid-stream.
+    pub fn warm_up(&mut self) -> Result<(), Error> {
+        let silence = vec![0.0f32; self.spec.window as usize];
+        let batch: Vec<&[f32]> = (0..self.max_batch).map(|_| silence.as_slice()).collect();
+        self.embed(&batch).map(|_| ())
+    }
+
     /// Embeds up to `max_batch` windows of exactly `spec.window` samples each.
     pub fn embed(&mut self, windows: &[&[f32]]) -> Result<Vec<Vec<f32>>, Error> {
         let n = self.spec.window as usize;

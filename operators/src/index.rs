@@ -169,6 +169,11 @@ impl SpaceIndex {
         self.ids.len()
     }
 
+    /// Points in the graph itself (equal to [`SpaceIndex::len`] unless an id was inserted twice).
+    pub fn points(&self) -> usize {
+        self.hnsw.get_nb_point()
+    }
+
     /// Whether the index holds no points.
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
