@@ -88,12 +88,19 @@ impl Scenario {
         Scenario::on(&brokers(), name, overrides)
     }
 
-    /// Like [`Scenario::new`], on the broker at `brokers`.
+    /// Like [`Scenario::new`], on the broker at `brokers`; archive files every second, so tests see them soon.
     pub fn on(brokers: &str, name: &str, overrides: &[(&str, toml::Value)]) -> Scenario {
+        let mut settings = vec![("archive.flush_interval_seconds", 1.0.into())];
+        settings.extend(overrides.iter().cloned());
+        Scenario::from_profile("balanced.toml", brokers, name, &settings)
+    }
+
+    /// A scenario from `config/<profile>` as it stands (paths, topics and group made its own) with `overrides`.
+    pub fn from_profile(profile: &str, brokers: &str, name: &str, overrides: &[(&str, toml::Value)]) -> Scenario {
         let tools = tools();
         let brokers = brokers.to_owned();
         let dir = tempfile::Builder::new().prefix(&format!("chorus-{name}-")).tempdir().unwrap();
-        let text = std::fs::read_to_string(root().join("config/balanced.toml")).unwrap();
+        let text = std::fs::read_to_string(root().join("config").join(profile)).unwrap();
         let mut table: toml::Table = text.parse().unwrap();
         let audio_topic = unique(&format!("{name}.audio"));
         let segments_topic = unique(&format!("{name}.segments"));
@@ -112,7 +119,6 @@ impl Scenario {
             ("index.dir", path(&dir.path().join("index"))),
             ("archive.dir", path(&archive)),
             ("state_dir", path(&dir.path().join("state"))),
-            ("archive.flush_interval_seconds", 1.0.into()),
             ("http.listen", "127.0.0.1:0".into()),
         ];
         settings.extend(overrides.iter().cloned());

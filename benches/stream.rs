@@ -1,0 +1,277 @@
+//! The running job end to end, per profile: latency under a steady real-time load, throughput on a backlog, and the
+//! scaling from one worker to two.
+//!
+//!     scripts/broker.sh start
+//!     cargo bench --bench stream -- [--sensors 40] [--seconds 60] [--backlog-seconds 300]
+//!
+//! Latency: `--sensors` sensors send 1 s chunks of 32 kHz audio in real time for `--seconds`; a segment's latency runs
+//! from the moment the chunk that completed its window was handed to the producer to the moment its record arrives
+//! on the segments topic. Throughput: a backlog of `--backlog-seconds` of audio per sensor is produced first, then
+//! the job drains it; windows/s and chunks/s (five 1 s chunks per window) from its first segment to its last. Each
+//! run is a `chorus run` process of its own, with its own topics, group and directories.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chorus::config::Config;
+use chorus_connectors::kafka::{Acks, HEADER_CAPTURED_AT, Producer, Record, SegmentRecord};
+use chorus_connectors::wav::{Samples, WavFile};
+use chorus_operators::record::rfc3339;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+#[allow(dead_code)]
+#[path = "../tests/support.rs"]
+mod support;
+
+use support::Scenario;
+
+const T0_NANOS: i64 = support::T0_SECONDS * 1_000_000_000;
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} takes a whole number, not {v}")))
+        .unwrap_or(default)
+}
+
+/// A profile from `config/` as it stands, with its own topics, group and directories, and no HTTP endpoints.
+fn scenario(profile: &str, run: &str) -> (Scenario, Config) {
+    let scenario = Scenario::from_profile(profile, &support::brokers(), run, &[("http.enabled", false.into())]);
+    let config = Config::load(&scenario.config).unwrap();
+    (scenario, config)
+}
+
+/// One second of the sample recording (cycled), 32 kHz mono 16-bit, as a WAV payload.
+fn chunk_payloads() -> Vec<Vec<u8>> {
+    let file = WavFile::read(&support::tools().sample).expect("the sample audio: run scripts/tools.sh");
+    let Samples::Int(samples) = &file.samples else { panic!("the sample is 16-bit PCM") };
+    (0..10)
+        .map(|s| {
+            let one =
+                WavFile { spec: file.spec, samples: Samples::Int(samples[s * 32_000..(s + 1) * 32_000].to_vec()) };
+            one.encode_frames(0, 32_000).unwrap()
+        })
+        .collect()
+}
+
+struct Sender {
+    producer: Producer,
+    acks: Arc<Acks>,
+    topic: String,
+    payloads: Vec<Vec<u8>>,
+}
+
+impl Sender {
+    fn new(config: &Config) -> Sender {
+        chorus_connectors::kafka::ensure_topics(&config.kafka).unwrap();
+        Sender {
+            producer: Producer::open(&config.kafka).unwrap(),
+            acks: Arc::new(Acks::default()),
+            topic: config.kafka.audio_topic.clone(),
+            payloads: chunk_payloads(),
+        }
+    }
+
+    /// Second `k` of sensor `sensor`.
+    fn send(&self, sensor: usize, k: usize) {
+        let headers = vec![(HEADER_CAPTURED_AT.to_owned(), rfc3339(T0_NANOS + k as i64 * 1_000_000_000).into_bytes())];
+        let record = Record {
+            key: Some(format!("sensor-{sensor:03}").into_bytes()),
+            payload: self.payloads[k % 10].clone(),
+            headers,
+        };
+        self.producer.send(&self.topic, &record, &self.acks, 0).unwrap();
+    }
+
+    fn flush(&self) {
+        while !self.producer.flush(Duration::from_secs(30)).unwrap() {}
+        assert!(self.acks.failure().is_none(), "{:?}", self.acks.failure());
+    }
+}
+
+/// Records the arrival time of each segment record on the segments topic, from a thread.
+struct Arrivals {
+    seen: Arc<Mutex<HashMap<(String, i64), Instant>>>,
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Arrivals {
+    fn watch(config: &Config) -> Arrivals {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &config.kafka.brokers)
+            .set("group.id", format!("{}.reader", config.kafka.group_id))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(&config.kafka.segments_topic, 0, Offset::Beginning).unwrap();
+        consumer.assign(&assignment).unwrap();
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let done = Arc::new(AtomicBool::new(false));
+        let (into, stop) = (seen.clone(), done.clone());
+        let thread = std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(Ok(message)) = consumer.poll(Duration::from_millis(50)) {
+                    let at = Instant::now();
+                    let record: SegmentRecord = serde_json::from_slice(message.payload().unwrap()).unwrap();
+                    let start = chrono::DateTime::parse_from_rfc3339(&record.start_time)
+                        .unwrap()
+                        .timestamp_nanos_opt()
+                        .unwrap();
+                    let second = (start - T0_NANOS) / 1_000_000_000;
+                    into.lock().unwrap().entry((record.sensor, second)).or_insert(at);
+                }
+            }
+        });
+        Arrivals { seen, done, thread: Some(thread) }
+    }
+
+    fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    fn wait_for(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.count() < n {
+            assert!(Instant::now() < deadline, "only {} of {n} segments arrived", self.count());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Arrivals {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts `chorus run` for the scenario, with `workers` worker threads when given.
+fn start_job(scenario: &Scenario, workers: Option<usize>) -> std::process::Child {
+    let workers = workers.map(|w| w.to_string());
+    let mut args = vec!["run"];
+    if let Some(workers) = &workers {
+        args.extend(["-w", workers]);
+    }
+    scenario.spawn(&args)
+}
+
+/// Stops the job with SIGTERM and waits for it; a failed job fails the bench with its log.
+fn stop_job(scenario: &Scenario, mut job: std::process::Child) {
+    support::terminate(job.id());
+    let status = job.wait().unwrap();
+    assert!(status.success(), "the job failed ({status}):\n{}", scenario.job_log());
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// p50 and p99 latency in milliseconds under `sensors` real-time sensors for `seconds`.
+fn latency(profile: &str, sensors: usize, seconds: usize) -> (f64, f64, usize) {
+    let (scenario, config) = scenario(profile, "latency");
+    let sender = Sender::new(&config);
+    let arrivals = Arrivals::watch(&config);
+    let job = start_job(&scenario, None);
+    // The model loads and warms up first: one window from an extra sensor marks the job ready before the clock starts.
+    for k in 0..5 {
+        sender.send(sensors, k);
+    }
+    sender.flush();
+    arrivals.wait_for(1, Duration::from_secs(120));
+    let mut sent = HashMap::new();
+    let started = Instant::now();
+    for k in 0..seconds {
+        while started.elapsed() < Duration::from_secs(k as u64) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for sensor in 0..sensors {
+            sender.send(sensor, k);
+            sent.insert((sensor, k), Instant::now());
+        }
+    }
+    sender.flush();
+    // 5 s windows at a 5 s hop: window `g` is completed by the chunk of second g + 4.
+    let windows = seconds / 5;
+    arrivals.wait_for(sensors * windows + 1, Duration::from_secs(120));
+    stop_job(&scenario, job);
+    let seen = arrivals.seen.lock().unwrap();
+    let mut latencies: Vec<f64> = seen
+        .iter()
+        .filter_map(|((sensor, second), arrived)| {
+            let sensor: usize = sensor.strip_prefix("sensor-")?.parse().ok()?;
+            let completed = sent.get(&(sensor, *second as usize + 4))?;
+            Some(arrived.duration_since(*completed).as_secs_f64() * 1_000.0)
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    (percentile(&latencies, 0.5), percentile(&latencies, 0.99), latencies.len())
+}
+
+/// Windows/s and chunks/s draining a backlog of `seconds` per sensor.
+fn throughput(profile: &str, workers: Option<usize>, sensors: usize, seconds: usize) -> (f64, f64) {
+    let (scenario, config) = scenario(profile, "throughput");
+    let sender = Sender::new(&config);
+    for k in 0..seconds {
+        for sensor in 0..sensors {
+            sender.send(sensor, k);
+        }
+    }
+    sender.flush();
+    let arrivals = Arrivals::watch(&config);
+    let job = start_job(&scenario, workers);
+    // From the first segment out, so the model's load and warm-up do not count.
+    arrivals.wait_for(1, Duration::from_secs(120));
+    let started = Instant::now();
+    let windows = sensors * (seconds / 5);
+    arrivals.wait_for(windows, Duration::from_secs(1_800));
+    let elapsed = started.elapsed().as_secs_f64();
+    stop_job(&scenario, job);
+    let rate = (windows - 1) as f64 / elapsed;
+    (rate, rate * 5.0)
+}
+
+fn main() {
+    let sensors = arg("--sensors", 40);
+    let seconds = arg("--seconds", 60);
+    let backlog = arg("--backlog-seconds", 300);
+    // Quiet the job's own logs; the tables below are the output.
+    tracing_subscriber::fmt().with_env_filter("warn,hnsw_rs=error").with_writer(std::io::stderr).init();
+    println!(
+        "chorus stream bench: {sensors} sensors of 1 s chunks (32 kHz, 16-bit), 5 s windows at a 5 s hop, stand-in model; \
+         latency over {seconds} s of real-time load, throughput over a backlog of {backlog} s per sensor"
+    );
+    println!(
+        "{:<22} {:>8} {:>12} {:>12} {:>10} {:>10} {:>9}",
+        "profile", "workers", "p50 ms", "p99 ms", "windows/s", "chunks/s", "segments"
+    );
+    for profile in ["low-latency.toml", "balanced.toml", "high-throughput.toml"] {
+        let workers = Config::load(&support::root().join("config").join(profile)).unwrap().workers;
+        let (p50, p99, n) = latency(profile, sensors, seconds);
+        let (windows, chunks) = throughput(profile, None, sensors, backlog);
+        println!(
+            "{:<22} {workers:>8} {p50:>12.1} {p99:>12.1} {windows:>10.1} {chunks:>10.1} {n:>9}",
+            profile.trim_end_matches(".toml")
+        );
+    }
+    let (one, one_chunks) = throughput("balanced.toml", Some(1), sensors, backlog);
+    let (two, two_chunks) = throughput("balanced.toml", Some(2), sensors, backlog);
+    println!(
+        "scaling (balanced, backlog): 1 worker {one:.1} windows/s ({one_chunks:.1} chunks/s), \
+         2 workers {two:.1} windows/s ({two_chunks:.1} chunks/s), ratio {:.2}",
+        two / one
+    );
+    println!(
+        "reproduce: scripts/broker.sh start && cargo bench --bench stream -- --sensors {sensors} --seconds {seconds} --backlog-seconds {backlog}"
+    );
+}
