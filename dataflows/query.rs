@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use chorus_connectors::parquet::{self, ArchivedSegment};
 use chorus_connectors::wav::{self, DecodeLimits};
 use chorus_operators::embed::{self, Embedder};
-use chorus_operators::index::SpaceIndex;
+use chorus_operators::index::{Filter, Request, SpaceIndex, now_seconds};
 use chorus_operators::record::{SegmentId, rfc3339};
 use chorus_operators::resample::StreamResampler;
 use chorus_operators::segment::clip_windows;
@@ -98,10 +98,10 @@ pub fn query(config: &Config, options: &QueryOptions) -> Result<Vec<Answer>, Err
         Target::Audio(_) => None,
     };
 
-    let mut indices: Vec<SpaceIndex> = Vec::new();
+    let mut indices: Vec<(&str, SpaceIndex)> = Vec::new();
     let mut rows: HashMap<SegmentId, ArchivedSegment> = HashMap::new();
     for space in &spaces {
-        indices.push(store::open_space(config, space)?.0);
+        indices.push((space, store::open_space(config, space)?.0));
         parquet::read_space(&config.archive.dir, space, false, |row| {
             rows.insert(row.id, row);
         })?;
@@ -110,8 +110,11 @@ pub fn query(config: &Config, options: &QueryOptions) -> Result<Vec<Answer>, Err
     let mut answers = Vec::new();
     for (label, vector) in queries {
         let mut found = Vec::new();
-        for index in &indices {
-            found.extend(index.search(&vector, options.k + 1, ef)?);
+        let filter = Filter::default();
+        let request = Request { vector: &vector, k: options.k + 1, ef, filter: &filter };
+        for (space, index) in &indices {
+            let cold = store::ArchiveScan { dir: &config.archive.dir, space };
+            found.extend(index.search(&request, Some(&cold), now_seconds())?);
         }
         found.retain(|(id, _)| Some(*id) != excluded);
         found.sort_by(|a, b| a.1.total_cmp(&b.1));

@@ -8,11 +8,15 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use chorus_connectors::parquet;
-use chorus_operators::index::{Indices, SpaceIndex, space_dir};
-use chorus_operators::record::route;
+use chorus_operators::Error as OperatorError;
+use chorus_operators::index::{ColdTier, Filter, Indices, PointInfo, Registry, SpaceIndex, now_seconds, space_dir};
+use chorus_operators::record::{SegmentId, route};
 
 use crate::Error;
 use crate::config::Config;
+
+/// Archived segments inserted at once (in parallel) when an index catches up.
+const CATCH_UP_BATCH: usize = 1024;
 
 /// Whether worker `worker` of `peers` owns `space` (the index operator routes segments the same way).
 pub fn owns(space: &str, worker: usize, peers: usize) -> bool {
@@ -42,9 +46,22 @@ pub fn open_space(config: &Config, space: &str) -> Result<(SpaceIndex, usize), E
     let mut caught_up = 0;
     let mut failure = None;
     let mut archived = HashSet::new();
+    let mut pending: Vec<(SegmentId, PointInfo, Vec<f32>)> = Vec::new();
+    let now = now_seconds();
+    let flush = |index: &mut SpaceIndex, pending: &mut Vec<(SegmentId, PointInfo, Vec<f32>)>| {
+        let batch: Vec<_> = pending.iter().map(|(id, info, v)| (*id, info.clone(), v.as_slice())).collect();
+        let inserted = index.insert_many(&batch, now);
+        pending.clear();
+        inserted
+    };
     parquet::read_space(&config.archive.dir, space, true, |row| {
         archived.insert(row.id.0);
-        if failure.is_some() || index.contains(row.id) {
+        let info = PointInfo { sensor: row.sensor.clone(), start_micros: row.start_micros };
+        if failure.is_some() {
+            return;
+        }
+        if index.contains(row.id) {
+            index.describe(row.id, &info);
             return;
         }
         if row.model != config.model.name {
@@ -55,12 +72,20 @@ pub fn open_space(config: &Config, space: &str) -> Result<(SpaceIndex, usize), E
             )));
             return;
         }
-        let embedding = row.embedding.expect("embeddings were asked for");
-        match index.insert(row.id, &embedding) {
-            Ok(_) => caught_up += 1,
-            Err(e) => failure = Some(e.into()),
+        pending.push((row.id, info, row.embedding.expect("embeddings were asked for")));
+        if pending.len() >= CATCH_UP_BATCH {
+            match flush(&mut index, &mut pending) {
+                Ok(n) => caught_up += n,
+                Err(e) => failure = Some(e.into()),
+            }
         }
     })?;
+    if failure.is_none() && !pending.is_empty() {
+        match flush(&mut index, &mut pending) {
+            Ok(n) => caught_up += n,
+            Err(e) => failure = Some(e.into()),
+        }
+    }
     if let Some(error) = failure {
         return Err(error);
     }
@@ -81,9 +106,9 @@ pub fn open_space(config: &Config, space: &str) -> Result<(SpaceIndex, usize), E
     Ok((index, caught_up))
 }
 
-/// The indices of the spaces worker `worker` of `peers` owns, opened and caught up.
-pub fn open_indices(config: &Config, worker: usize, peers: usize) -> Result<Indices, Error> {
-    let mut indices = Indices::new(config.index.clone(), config.model.dim);
+/// The indices of the spaces worker `worker` of `peers` owns, opened, caught up and entered in `registry`.
+pub fn open_indices(config: &Config, worker: usize, peers: usize, registry: &Registry) -> Result<Indices, Error> {
+    let mut indices = Indices::new(config.index.clone(), config.model.dim, registry.clone());
     for space in known_spaces(config)? {
         if owns(&space, worker, peers) {
             let (index, _) = open_space(config, &space)?;
@@ -91,4 +116,47 @@ pub fn open_indices(config: &Config, worker: usize, peers: usize) -> Result<Indi
         }
     }
     Ok(indices)
+}
+
+/// A space's Parquet archive as the index's coldest tier: a scan of the days the filter's time range touches, and of
+/// the rows that pass it.
+pub struct ArchiveScan<'a> {
+    /// The archive root.
+    pub dir: &'a std::path::Path,
+    /// The space.
+    pub space: &'a str,
+}
+
+impl ColdTier for ArchiveScan<'_> {
+    fn scan(&self, filter: &Filter, visit: &mut dyn FnMut(u64, &[f32])) -> Result<(), OperatorError> {
+        const DAY_MICROS: i64 = 86_400_000_000;
+        for path in parquet::files(self.dir, self.space).map_err(archive_error)? {
+            let day = path
+                .parent()
+                .and_then(|d| d.file_name())
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("date="));
+            let start = day
+                .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+                .and_then(|d| d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp_micros()));
+            if let Some(start) = start
+                && !filter.overlaps((start, start + DAY_MICROS - 1))
+            {
+                continue;
+            }
+            parquet::read_file(&path, true, &mut |row| {
+                if filter.admits(&row.sensor, row.start_micros)
+                    && let Some(embedding) = &row.embedding
+                {
+                    visit(row.id.0, embedding);
+                }
+            })
+            .map_err(archive_error)?;
+        }
+        Ok(())
+    }
+}
+
+fn archive_error(error: chorus_connectors::Error) -> OperatorError {
+    OperatorError::Index { path: "archive".into(), message: error.to_string() }
 }

@@ -12,6 +12,8 @@ pub const ERRORS: &str = "chorus_errors_total";
 pub const EMBED_BATCH: &str = "chorus_embed_batch_size";
 /// Points per space in the in-memory index (label `space`).
 pub const INDEX_POINTS: &str = "chorus_index_points";
+/// Bytes the index holds in memory, per space and tier (labels `space`, `tier`).
+pub const INDEX_BYTES: &str = "chorus_index_bytes";
 /// Segments dropped because their id was already indexed (a replay after a restart).
 pub const DUPLICATES: &str = "chorus_duplicate_segments_total";
 
@@ -29,6 +31,8 @@ pub const STAGE: &str = "stage";
 pub const CAUSE: &str = "cause";
 /// Label key: tenant.
 pub const SPACE: &str = "space";
+/// Label key: index memory tier (`f32`, `f16`, `int8`, `archive`).
+pub const TIER: &str = "tier";
 /// Label key: chunk priority.
 pub const PRIORITY: &str = "priority";
 
@@ -45,6 +49,8 @@ pub struct Metrics {
     pub embed_batch: Histogram,
     /// See [`INDEX_POINTS`].
     pub index_points: IntGaugeVec,
+    /// See [`INDEX_BYTES`].
+    pub index_bytes: IntGaugeVec,
     /// See [`DUPLICATES`].
     pub duplicates: IntCounterVec,
     /// See [`DUPLICATE_CHUNKS`].
@@ -70,6 +76,10 @@ impl Metrics {
                     .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
             )?,
             index_points: IntGaugeVec::new(Opts::new(INDEX_POINTS, "Points per space in the index."), &[SPACE])?,
+            index_bytes: IntGaugeVec::new(
+                Opts::new(INDEX_BYTES, "Bytes the index holds in memory, per space and tier."),
+                &[SPACE, TIER],
+            )?,
             duplicates: IntCounterVec::new(
                 Opts::new(DUPLICATES, "Segments dropped because their id was already indexed."),
                 &[SPACE],
@@ -86,6 +96,7 @@ impl Metrics {
         registry.register(Box::new(metrics.errors.clone()))?;
         registry.register(Box::new(metrics.embed_batch.clone()))?;
         registry.register(Box::new(metrics.index_points.clone()))?;
+        registry.register(Box::new(metrics.index_bytes.clone()))?;
         registry.register(Box::new(metrics.duplicates.clone()))?;
         registry.register(Box::new(metrics.duplicate_chunks.clone()))?;
         registry.register(Box::new(metrics.embed_queue.clone()))?;

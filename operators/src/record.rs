@@ -128,6 +128,11 @@ impl SegmentKey {
         samples_to_nanos(self.start, self.sample_rate)
     }
 
+    /// Time of the first sample, in microseconds since the epoch.
+    pub fn start_micros(&self) -> i64 {
+        self.start_time() / 1_000
+    }
+
     /// Time just after the last sample.
     pub fn end_time(&self) -> Nanos {
         samples_to_nanos(self.start + i64::from(self.len), self.sample_rate)

@@ -1,0 +1,227 @@
+//! Vectors as each memory tier holds them, and the distances over them.
+//!
+//! Vectors are L2-normalised before they get here, so a distance is `1 − dot`. Dot products run in SimSIMD's kernels,
+//! which pick AVX2/F16C/AVX-512/NEON at run time. The int8 tier is scalar quantization calibrated per dimension on
+//! the shard's own data: dimension `j` is stored as `round(x_j / s_j)` with `s_j = max |x_j| / 127`. A query is
+//! folded into the same codes (`q_j · s_j`, then scaled to ±127), so a distance is one int8 dot product.
+
+use serde::{Deserialize, Serialize};
+use simsimd::{SpatialSimilarity, f16};
+
+/// Where a sealed shard's vectors live, from the fastest and largest to the smallest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// Full precision in memory.
+    F32,
+    /// Half precision in memory.
+    F16,
+    /// One byte per dimension in memory.
+    Int8,
+    /// Nothing in memory: found by a scan of the Parquet archive.
+    Archive,
+}
+
+impl Tier {
+    /// Every tier, warmest first.
+    pub const ALL: [Tier; 4] = [Tier::F32, Tier::F16, Tier::Int8, Tier::Archive];
+
+    /// The next tier down, if any.
+    pub fn colder(self) -> Option<Tier> {
+        match self {
+            Tier::F32 => Some(Tier::F16),
+            Tier::F16 => Some(Tier::Int8),
+            Tier::Int8 => Some(Tier::Archive),
+            Tier::Archive => None,
+        }
+    }
+
+    /// The next tier up, if any.
+    pub fn warmer(self) -> Option<Tier> {
+        match self {
+            Tier::F32 => None,
+            Tier::F16 => Some(Tier::F32),
+            Tier::Int8 => Some(Tier::F16),
+            Tier::Archive => Some(Tier::Int8),
+        }
+    }
+
+    /// Its name in configs, metrics and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::F32 => "f32",
+            Tier::F16 => "f16",
+            Tier::Int8 => "int8",
+            Tier::Archive => "archive",
+        }
+    }
+}
+
+/// A shard's vectors, row after row, in one tier's representation.
+pub enum Vectors {
+    /// Full precision.
+    F32(Vec<f32>),
+    /// Half precision.
+    F16(Vec<f16>),
+    /// Per-dimension scalar quantization.
+    Int8 {
+        /// `round(x_j / scales[j])`, row after row.
+        codes: Vec<i8>,
+        /// One scale per dimension.
+        scales: Vec<f32>,
+    },
+    /// None held.
+    Archive,
+}
+
+/// A query prepared for one representation.
+pub enum Query {
+    /// As given.
+    F32(Vec<f32>),
+    /// Rounded to half precision.
+    F16(Vec<f16>),
+    /// Folded into the shard's int8 codes: `dot ≈ factor · Σ codes·stored`.
+    Int8 {
+        /// The query's codes.
+        codes: Vec<i8>,
+        /// Scale of the integer dot product.
+        factor: f32,
+    },
+    /// Nothing to compare with.
+    Archive,
+}
+
+impl Vectors {
+    /// `data` (rows of `dim`) in `tier`'s representation.
+    pub fn from_f32(data: Vec<f32>, dim: usize, tier: Tier) -> Vectors {
+        match tier {
+            Tier::F32 => Vectors::F32(data),
+            Tier::F16 => Vectors::F16(data.iter().map(|x| f16::from_f32(*x)).collect()),
+            Tier::Int8 => {
+                let mut scales = vec![0.0f32; dim];
+                for row in data.chunks_exact(dim) {
+                    for (scale, x) in scales.iter_mut().zip(row) {
+                        *scale = scale.max(x.abs());
+                    }
+                }
+                for scale in &mut scales {
+                    *scale = if *scale > 0.0 { *scale / 127.0 } else { 1.0 };
+                }
+                let codes = data
+                    .chunks_exact(dim)
+                    .flat_map(|row| row.iter().zip(&scales).map(|(x, s)| quantize(x / s)))
+                    .collect();
+                Vectors::Int8 { codes, scales }
+            }
+            Tier::Archive => Vectors::Archive,
+        }
+    }
+
+    /// The tier this representation belongs to.
+    pub fn tier(&self) -> Tier {
+        match self {
+            Vectors::F32(_) => Tier::F32,
+            Vectors::F16(_) => Tier::F16,
+            Vectors::Int8 { .. } => Tier::Int8,
+            Vectors::Archive => Tier::Archive,
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Vectors::F32(v) => v.len() * 4,
+            Vectors::F16(v) => v.len() * 2,
+            Vectors::Int8 { codes, scales } => codes.len() + scales.len() * 4,
+            Vectors::Archive => 0,
+        }
+    }
+
+    /// `query` (normalised, `dim` long) ready for [`Vectors::distance`].
+    pub fn prepare(&self, query: &[f32]) -> Query {
+        match self {
+            Vectors::F32(_) => Query::F32(query.to_vec()),
+            Vectors::F16(_) => Query::F16(query.iter().map(|x| f16::from_f32(*x)).collect()),
+            Vectors::Int8 { scales, .. } => {
+                let folded: Vec<f32> = query.iter().zip(scales).map(|(q, s)| q * s).collect();
+                let peak = folded.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                let factor = if peak > 0.0 { peak / 127.0 } else { 1.0 };
+                Query::Int8 { codes: folded.iter().map(|x| quantize(x / factor)).collect(), factor }
+            }
+            Vectors::Archive => Query::Archive,
+        }
+    }
+
+    /// Cosine distance between a prepared query and row `row`; `f32::MAX` when the tier holds no vectors.
+    pub fn distance(&self, query: &Query, row: usize, dim: usize) -> f32 {
+        let span = row * dim..(row + 1) * dim;
+        let dot = match (self, query) {
+            (Vectors::F32(v), Query::F32(q)) => f32::dot(q, &v[span]),
+            (Vectors::F16(v), Query::F16(q)) => f16::dot(q, &v[span]),
+            (Vectors::Int8 { codes, .. }, Query::Int8 { codes: q, factor }) => {
+                i8::dot(q, &codes[span]).map(|d| d * f64::from(*factor))
+            }
+            _ => None,
+        };
+        dot.map_or(f32::MAX, |d| 1.0 - d as f32)
+    }
+}
+
+/// Cosine distance between two normalised full-precision vectors.
+pub fn distance(a: &[f32], b: &[f32]) -> f32 {
+    f32::dot(a, b).map_or(f32::MAX, |d| 1.0 - d as f32)
+}
+
+fn quantize(x: f32) -> i8 {
+    x.round().clamp(-127.0, 127.0) as i8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(seed: u64, dim: usize) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let v: Vec<f32> = (0..dim)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.into_iter().map(|x| x / norm).collect()
+    }
+
+    #[test]
+    fn every_tier_approximates_the_full_precision_distance() {
+        let dim = 256;
+        let data: Vec<f32> = (0..50).flat_map(|i| unit(i, dim)).collect();
+        let query = unit(999, dim);
+        let exact: Vec<f32> = data.chunks_exact(dim).map(|row| distance(&query, row)).collect();
+        for (tier, tolerance) in [(Tier::F32, 1e-5), (Tier::F16, 2e-3), (Tier::Int8, 2e-2)] {
+            let vectors = Vectors::from_f32(data.clone(), dim, tier);
+            assert_eq!(vectors.tier(), tier);
+            let prepared = vectors.prepare(&query);
+            for (row, want) in exact.iter().enumerate() {
+                let got = vectors.distance(&prepared, row, dim);
+                assert!((got - want).abs() < tolerance, "{tier:?} row {row}: {got} vs {want}");
+            }
+        }
+        let bytes = |tier| Vectors::from_f32(data.clone(), dim, tier).bytes();
+        assert_eq!((bytes(Tier::F32), bytes(Tier::F16)), (50 * dim * 4, 50 * dim * 2));
+        assert_eq!(bytes(Tier::Int8), 50 * dim + dim * 4);
+        assert_eq!(Vectors::from_f32(data, dim, Tier::Archive).distance(&Query::Archive, 0, dim), f32::MAX);
+    }
+
+    #[test]
+    fn a_dimension_that_never_varies_quantizes_to_zero_without_dividing_by_zero() {
+        let dim = 4;
+        let data = vec![0.0, 0.6, 0.8, 0.0, 0.0, 0.8, 0.6, 0.0];
+        let vectors = Vectors::from_f32(data, dim, Tier::Int8);
+        let prepared = vectors.prepare(&[0.0, 0.6, 0.8, 0.0]);
+        assert!(vectors.distance(&prepared, 0, dim) < 0.02);
+        assert!((vectors.distance(&prepared, 1, dim) - 0.04).abs() < 0.02);
+    }
+}
