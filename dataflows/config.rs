@@ -14,6 +14,7 @@ use chorus_operators::schedule::{SchedulingConfig, SchedulingSpec};
 use chorus_operators::segment::{WindowSpec, WindowsConfig};
 use serde::Deserialize;
 
+use crate::api::{ApiConfig, ApiSettings};
 use crate::http::HttpConfig;
 
 /// A config file as written.
@@ -44,8 +45,10 @@ pub struct ConfigFile {
     pub index: IndexConfig,
     /// The Parquet archive.
     pub archive: ArchiveConfig,
-    /// Health and metrics endpoints.
+    /// Health and metrics endpoints, and the query API.
     pub http: HttpConfig,
+    /// The query API's limits, cache and access.
+    pub api: ApiConfig,
 }
 
 impl Default for ConfigFile {
@@ -63,6 +66,7 @@ impl Default for ConfigFile {
             index: IndexConfig::default(),
             archive: ArchiveConfig::default(),
             http: HttpConfig::default(),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -94,8 +98,10 @@ pub struct Config {
     pub index: IndexParams,
     /// Archive.
     pub archive: ArchiveSettings,
-    /// Where the health and metrics endpoints listen, when they are on.
+    /// Where the health and metrics endpoints and the query API listen, when they are on.
     pub http: Option<std::net::SocketAddr>,
+    /// Query API settings.
+    pub api: ApiSettings,
 }
 
 /// A config file that cannot be used.
@@ -178,6 +184,7 @@ impl Config {
             index: file.index.build(&base).map_err(invalid("index"))?,
             archive: file.archive.build(&base).map_err(invalid("archive"))?,
             http: file.http.build().map_err(invalid("http"))?,
+            api: file.api.build().map_err(invalid("api"))?,
             model,
         })
     }

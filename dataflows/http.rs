@@ -17,6 +17,7 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use serde::Deserialize;
 
 use crate::Error;
+use crate::api::Api;
 
 /// `[http]`: where the job serves its health and metrics endpoints.
 #[derive(Clone, Debug, Deserialize)]
@@ -51,8 +52,8 @@ impl HttpConfig {
 pub struct Probes {
     /// Metrics for `/metrics`.
     pub registry: Registry,
-    /// Whether the broker answers.
-    pub broker: Arc<BrokerStatus>,
+    /// Whether the broker answers (none: no broker to wait for, as in `chorus serve`).
+    pub broker: Option<Arc<BrokerStatus>>,
     /// Set when the job is failing.
     pub fatal: Fatal,
 }
@@ -66,7 +67,7 @@ pub struct HttpServer {
 
 impl HttpServer {
     /// Binds `listen` (failing at once when the address is taken) and serves from a thread of its own.
-    pub fn start(listen: SocketAddr, probes: Probes) -> Result<HttpServer, Error> {
+    pub fn start(listen: SocketAddr, probes: Probes, api: Option<Api>) -> Result<HttpServer, Error> {
         let listener = std::net::TcpListener::bind(listen)
             .map_err(|e| Error::Usage(format!("cannot listen on {listen}: {e}; set http.listen (or http.enabled)")))?;
         let address = listener.local_addr().map_err(|e| Error::Usage(e.to_string()))?;
@@ -77,6 +78,11 @@ impl HttpServer {
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .with_state(probes);
+        let serves_api = api.is_some();
+        let app = match api {
+            Some(api) => app.merge(api.routes()),
+            None => app,
+        };
         let thread = std::thread::Builder::new()
             .name("chorus-http".into())
             .spawn(move || {
@@ -96,7 +102,11 @@ impl HttpServer {
                 });
             })
             .map_err(|e| Error::Usage(format!("cannot start the HTTP thread: {e}")))?;
-        tracing::info!(%address, "Serving /healthz, /readyz and /metrics.");
+        if serves_api {
+            tracing::info!(%address, "Serving /healthz, /readyz, /metrics and the query API under /v1/.");
+        } else {
+            tracing::info!(%address, "Serving /healthz, /readyz and /metrics.");
+        }
         Ok(HttpServer { address, shutdown: Some(shutdown), thread: Some(thread) })
     }
 
@@ -124,13 +134,14 @@ async fn readyz(State(probes): State<Probes>) -> impl IntoResponse {
     if let Some(failure) = probes.fatal.get() {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: the job is failing: {failure}\n"));
     }
-    match probes.broker.unanswered_for() {
+    let Some(broker) = &probes.broker else { return (StatusCode::OK, "ready\n".into()) };
+    match broker.unanswered_for() {
         Some(silence) if silence > BROKER_GRACE => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "not ready: broker unreachable for {:.1} s: {}\n",
                 silence.as_secs_f64(),
-                probes.broker.last_error().unwrap_or_default()
+                broker.last_error().unwrap_or_default()
             ),
         ),
         None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: the broker has not answered yet\n".into()),

@@ -24,6 +24,7 @@ use timely::dataflow::operators::{Concatenate, Operator, Probe};
 use timely::progress::Antichain;
 
 use crate::Error;
+use crate::api::Api;
 use crate::config::Config;
 use crate::http::{HttpServer, Probes};
 use crate::store;
@@ -93,18 +94,20 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     let producer = Producer::open(&config.kafka)?;
     let registry = Registry::new();
     let metrics = Metrics::register(&registry).map_err(|e| Error::Job(format!("cannot register metrics: {e}")))?;
+    let spaces = index::Registry::default();
     let fatal = Fatal::default();
     let watch = BrokerWatch::start(&config.kafka)?;
     let _server = match config.http {
         Some(listen) => {
-            let probes = Probes { registry: registry.clone(), broker: watch.status(), fatal: fatal.clone() };
+            let probes = Probes { registry: registry.clone(), broker: Some(watch.status()), fatal: fatal.clone() };
+            let api = Api::new(config, spaces.clone(), metrics.clone());
             // The processes of a cluster on one machine each take the next port.
             let listen = if listen.port() == 0 {
                 listen
             } else {
                 std::net::SocketAddr::new(listen.ip(), listen.port() + process as u16)
             };
-            Some(HttpServer::start(listen, probes)?)
+            Some(HttpServer::start(listen, probes, Some(api))?)
         }
         None => None,
     };
@@ -128,7 +131,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
         producer,
         metrics: metrics.clone(),
         fatal,
-        spaces: index::Registry::default(),
+        spaces,
     });
     let timely_config = match &options.cluster {
         None => timely::Config::process(workers),

@@ -14,6 +14,7 @@
 //! and the command line. Offsets are committed only behind the sinks' durability frontier and segment ids are
 //! deterministic, so a restart replays without losing or doubling a segment.
 
+pub mod api;
 pub mod config;
 pub mod http;
 pub mod job;

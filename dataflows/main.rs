@@ -115,6 +115,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the query API over the indices and archive a job left on disk (no broker needed).
+    #[command(
+        after_help = "Examples:\n  chorus serve --config config/balanced.toml\n  chorus serve --listen 0.0.0.0:8080     # beyond this machine: set api.token first\n\n  curl -s localhost:9464/v1/search -H 'content-type: application/json' \\\n       -d '{\"segment_id\": \"3f9a0c1d2b4e5f60\", \"k\": 5}'\n  curl -s 'localhost:9464/v1/search?k=5&sensors=pole-7' -H 'content-type: audio/wav' --data-binary @call.wav\n  curl -s localhost:9464/v1/segments/3f9a0c1d2b4e5f60\n\nThe job serves the same API while it runs (http.enabled). SIGTERM or Ctrl-C stops the server."
+    )]
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Address to listen on (default: http.listen from the config).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+    },
 }
 
 fn parse_time(s: &str) -> Result<i64, String> {
@@ -226,6 +237,15 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                     summary.chunks, summary.seconds, summary.bytes, summary.files, config.kafka.audio_topic
                 );
             }
+        }
+        Command::Serve { config, listen } => {
+            let config = load(&config)?;
+            let stop = Stop::default();
+            for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+                signal_hook::flag::register(signal, stop.requested.clone())?;
+            }
+            let listen = listen.or(config.http).context("http.enabled is false and no --listen was given")?;
+            chorus::api::serve(&config, listen, &stop)?;
         }
         Command::Query { config, audio, segment, k, ef, space, json } => {
             let config = load(&config)?;

@@ -3,13 +3,12 @@
 //! The indices are opened from their snapshots and caught up from the archive, so a query sees every archived
 //! segment whether or not a job is running.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
-use chorus_connectors::parquet::{self, ArchivedSegment};
+use chorus_connectors::parquet;
 use chorus_connectors::wav::{self, DecodeLimits};
 use chorus_operators::embed::{self, Embedder};
-use chorus_operators::index::{Filter, Request, SpaceIndex, now_seconds};
+use chorus_operators::index::{self, Filter, Registry, Request, now_seconds};
 use chorus_operators::record::{SegmentId, rfc3339};
 use chorus_operators::resample::StreamResampler;
 use chorus_operators::segment::clip_windows;
@@ -69,7 +68,7 @@ pub struct Answer {
     pub hits: Vec<Hit>,
 }
 
-/// Runs a query against the archive and indices of `config`.
+/// Runs a query against the indices of `config`, opened from disk and caught up from the archive.
 pub fn query(config: &Config, options: &QueryOptions) -> Result<Vec<Answer>, Error> {
     let known = store::known_spaces(config)?;
     let spaces = match &options.space {
@@ -89,62 +88,112 @@ pub fn query(config: &Config, options: &QueryOptions) -> Result<Vec<Answer>, Err
             config.archive.dir.display()
         )));
     }
+    let registry = store::open_registry(config, &spaces)?;
     let queries = match &options.target {
-        Target::Audio(path) => embed_clip(config, path)?,
-        Target::Segment(id) => vec![(format!("segment {id}"), archived_embedding(config, &spaces, *id)?)],
+        Target::Audio(path) => {
+            let input = |message: String| Error::Input { path: path.to_path_buf(), message };
+            let bytes = std::fs::read(path).map_err(|e| input(format!("cannot read: {e}")))?;
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let mut embedder = open_embedder(config)?;
+            embed_clip(config, &mut embedder, &bytes, &name).map_err(|e| match e {
+                Error::Usage(message) => input(message),
+                other => other,
+            })?
+        }
+        Target::Segment(id) => vec![(format!("segment {id}"), segment_vector(config, &registry, &spaces, *id)?)],
     };
     let excluded = match &options.target {
         Target::Segment(id) => Some(*id),
         Target::Audio(_) => None,
     };
-
-    let mut indices: Vec<(&str, SpaceIndex)> = Vec::new();
-    let mut rows: HashMap<SegmentId, ArchivedSegment> = HashMap::new();
-    for space in &spaces {
-        indices.push((space, store::open_space(config, space)?.0));
-        parquet::read_space(&config.archive.dir, space, false, |row| {
-            rows.insert(row.id, row);
-        })?;
-    }
     let ef = options.ef.unwrap_or(config.index.ef_search);
-    let mut answers = Vec::new();
-    for (label, vector) in queries {
-        let mut found = Vec::new();
-        let filter = Filter::default();
-        let request = Request { vector: &vector, k: options.k + 1, ef, filter: &filter };
-        for (space, index) in &indices {
-            let cold = store::ArchiveScan { dir: &config.archive.dir, space };
-            found.extend(index.search(&request, Some(&cold), now_seconds())?);
-        }
-        found.retain(|(id, _)| Some(*id) != excluded);
-        found.sort_by(|a, b| a.1.total_cmp(&b.1));
-        found.truncate(options.k);
-        let hits = found
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, (id, distance))| {
-                let row = rows.get(&id)?;
-                Some(Hit {
-                    rank: i + 1,
-                    segment_id: id.to_string(),
-                    space: row.space.clone(),
-                    sensor: row.sensor.clone(),
-                    start_time: rfc3339(row.start_micros * 1_000),
-                    end_time: rfc3339(row.end_micros * 1_000),
-                    distance,
-                })
-            })
-            .collect();
-        answers.push(Answer { query: label, hits });
-    }
-    Ok(answers)
+    let filter = Filter::default();
+    queries
+        .into_iter()
+        .map(|(label, vector)| {
+            let hits = search(config, &registry, &spaces, &vector, options.k, ef, &filter, excluded)?;
+            Ok(Answer { query: label, hits })
+        })
+        .collect()
 }
 
-/// Embeds every window of a WAV file, labelled `file@offset`.
-fn embed_clip(config: &Config, path: &std::path::Path) -> Result<Vec<(String, Vec<f32>)>, Error> {
-    let input = |message: String| Error::Input { path: path.to_path_buf(), message };
-    let bytes = std::fs::read(path).map_err(|e| input(format!("cannot read: {e}")))?;
-    let audio = wav::decode(&bytes, &DecodeLimits::default()).map_err(|r| input(r.reason))?;
+/// The `k` nearest segments to `vector` over `spaces` (merged by distance), leaving out `excluded`; shards in the
+/// archive tier are answered by scanning the archive.
+#[allow(clippy::too_many_arguments)]
+pub fn search(
+    config: &Config,
+    registry: &Registry,
+    spaces: &[String],
+    vector: &[f32],
+    k: usize,
+    ef: usize,
+    filter: &Filter,
+    excluded: Option<SegmentId>,
+) -> Result<Vec<Hit>, Error> {
+    let wanted = k + usize::from(excluded.is_some());
+    let request = Request { vector, k: wanted, ef, filter };
+    let now = now_seconds();
+    let mut found = Vec::new();
+    for space in spaces {
+        let Some(shared) = registry.get(space) else { continue };
+        let index = index::read(&shared);
+        let cold = store::ArchiveScan { dir: &config.archive.dir, space };
+        for (id, distance) in index.search(&request, Some(&cold), now)? {
+            if Some(id) != excluded
+                && let Some(point) = index.point(id)
+            {
+                found.push((id, distance, space.clone(), point));
+            }
+        }
+    }
+    found.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+    found.truncate(k);
+    let window_micros = i64::from(config.model.window) * 1_000_000 / i64::from(config.model.sample_rate);
+    Ok(found
+        .into_iter()
+        .enumerate()
+        .map(|(i, (id, distance, space, point))| Hit {
+            rank: i + 1,
+            segment_id: id.to_string(),
+            space,
+            sensor: point.sensor,
+            start_time: rfc3339(point.start_micros * 1_000),
+            end_time: rfc3339((point.start_micros + window_micros) * 1_000),
+            distance,
+        })
+        .collect())
+}
+
+/// The vector of segment `id`: from the index holding it, else from the archive.
+pub fn segment_vector(
+    config: &Config,
+    registry: &Registry,
+    spaces: &[String],
+    id: SegmentId,
+) -> Result<Vec<f32>, Error> {
+    for space in spaces {
+        if let Some(vector) = registry.get(space).and_then(|shared| index::read(&shared).vector(id)) {
+            return Ok(vector);
+        }
+    }
+    archived_embedding(config, spaces, id)
+}
+
+/// The model, ready to embed query clips.
+pub fn open_embedder(config: &Config) -> Result<Embedder, Error> {
+    let environment = embed::runtime(&config.embed.library)?;
+    Ok(Embedder::open(environment, &config.model, &config.embed.per_worker(1))?)
+}
+
+/// Embeds every window of a WAV file's bytes, labelled `name@offset`; a clip that cannot be used is an
+/// [`Error::Usage`] saying why.
+pub fn embed_clip(
+    config: &Config,
+    embedder: &mut Embedder,
+    bytes: &[u8],
+    name: &str,
+) -> Result<Vec<(String, Vec<f32>)>, Error> {
+    let audio = wav::decode(bytes, &DecodeLimits::default()).map_err(|r| Error::Usage(r.reason))?;
     let rate = config.model.sample_rate;
     let samples = if audio.sample_rate == rate {
         audio.samples
@@ -155,10 +204,7 @@ fn embed_clip(config: &Config, path: &std::path::Path) -> Result<Vec<(String, Ve
         resampler.finish(&mut out)?;
         out
     };
-    let environment = embed::runtime(&config.embed.library)?;
-    let mut embedder = Embedder::open(environment, &config.model, &config.embed.per_worker(1))?;
     let windows = clip_windows(&config.windows, &samples);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut out = Vec::with_capacity(windows.len());
     for batch in windows.chunks(embedder.max_batch()) {
         let views: Vec<&[f32]> = batch.iter().map(|(_, w)| w.as_slice()).collect();

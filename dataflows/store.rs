@@ -118,6 +118,17 @@ pub fn open_indices(config: &Config, worker: usize, peers: usize, registry: &Reg
     Ok(indices)
 }
 
+/// Opens `spaces` (caught up from the archive) into a registry of their own, for queries outside a running job.
+pub fn open_registry(config: &Config, spaces: &[String]) -> Result<Registry, Error> {
+    let registry = Registry::default();
+    let mut indices = Indices::new(config.index.clone(), config.model.dim, registry.clone());
+    for space in spaces {
+        let (index, _) = open_space(config, space)?;
+        indices.insert(space.clone(), index);
+    }
+    Ok(registry)
+}
+
 /// A space's Parquet archive as the index's coldest tier: a scan of the days the filter's time range touches, and of
 /// the rows that pass it.
 pub struct ArchiveScan<'a> {

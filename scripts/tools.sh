@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the pinned tools chorus needs into a git-ignored folder; every step is skipped when its result is present.
 #
-#   scripts/tools.sh [all|system|tansu|onnxruntime|sample|python|model|paths]...
+#   scripts/tools.sh [all|system|tansu|onnxruntime|sample|python|model|hnswlib|paths]...
+#
+# `all` is what the job and the tests need; `hnswlib` (the index benchmark's point of comparison) is built on request.
 #
 # Where: $CHORUS_TOOLS (default: <repo>/.tools). CI may cache that folder; nothing in it is ever rebuilt when present.
 set -euo pipefail
@@ -12,6 +14,7 @@ TOOLS=${CHORUS_TOOLS:-$ROOT/.tools}
 TANSU_VERSION=0.6.0
 ORT_VERSION=1.32.0
 OPENSOUNDSCAPE_VERSION=0.13.2
+HNSWLIB_VERSION=0.8.0
 SAMPLE_SHA256=90e70f9ceb33392a948c10465db50fbf4bf252ae412c2e9f18d0bf9a1e7f31a7
 PY_REQUIREMENTS="$ROOT/scripts/requirements.txt"
 
@@ -156,6 +159,23 @@ ensure_python() {
   echo "$want" >"$stamp"
 }
 
+# hnswlib ships as source only: its pinned sdist is verified, then compiled (-O3 -march=native) into the venv.
+ensure_hnswlib() {
+  ensure_python
+  local py; py=$(venv_python)
+  "$py" -c "import hnswlib" 2>/dev/null && return 0
+  say "Building hnswlib $HNSWLIB_VERSION from its pinned source into $TOOLS/venv (about a minute)."
+  local dl="$TOOLS/downloads"
+  mkdir -p "$dl"
+  local sdist="$dl/hnswlib-$HNSWLIB_VERSION.tar.gz"
+  if [ ! -f "$sdist" ]; then
+    "$py" -m pip download -q --disable-pip-version-check --no-deps --no-binary hnswlib "hnswlib==$HNSWLIB_VERSION" \
+      -d "$dl" >&2
+  fi
+  verify "$sdist" "$(pinned_sha hnswlib)"
+  "$py" -m pip install -q --disable-pip-version-check --no-binary hnswlib "$sdist" >&2
+}
+
 model_path() { echo "$TOOLS/models/chorus-standin-v1.onnx"; }
 
 ensure_model() {
@@ -178,10 +198,11 @@ main() {
       sample) ensure_sample ;;
       python) ensure_python ;;
       model) ensure_model ;;
+      hnswlib) ensure_hnswlib ;;
       paths)
         printf 'TANSU=%s\nORT_DYLIB=%s\nSAMPLE_WAV=%s\nPYTHON=%s\nMODEL=%s\n' \
           "$(tansu_bin)" "$(ort_lib)" "$(sample_wav)" "$(venv_python)" "$(model_path)" ;;
-      *) die "unknown tool '$what' (expected all, system, tansu, onnxruntime, sample, python, model, paths)" ;;
+      *) die "unknown tool '$what' (expected all, system, tansu, onnxruntime, sample, python, model, hnswlib, paths)" ;;
     esac
   done
 }

@@ -80,6 +80,10 @@ pub struct KafkaConfig {
     pub compression: String,
     /// Milliseconds between checks for the broker's acknowledgements of what the sinks produced.
     pub flush_interval_ms: u64,
+    /// Longest a fetch of audio waits at the broker for data (`fetch.wait.max.ms`). Brokers that hold a fetch for
+    /// the whole wait even when data arrives (the bundled one does) add up to this much to every chunk's latency;
+    /// shorter waits cost more fetch requests.
+    pub fetch_wait_ms: u64,
     /// How far a chunk's `captured_at` may lie after its Kafka timestamp (audio cannot be produced before it is
     /// recorded; a sensor clock further ahead is rejected, since it would misplace the sensor's audio).
     pub max_clock_skew_seconds: u64,
@@ -98,6 +102,7 @@ impl Default for KafkaConfig {
             max_message_bytes: 1_000_000,
             compression: "lz4".into(),
             flush_interval_ms: 100,
+            fetch_wait_ms: 100,
             max_clock_skew_seconds: 600,
         }
     }
@@ -142,6 +147,9 @@ impl KafkaConfig {
                 format!("{} is outside 1024..=100000000", self.max_message_bytes),
             ));
         }
+        if !(1..=10_000).contains(&self.fetch_wait_ms) {
+            return Err(FieldError::new("fetch_wait_ms", format!("{} is outside 1..=10000", self.fetch_wait_ms)));
+        }
         match self.compression.as_str() {
             "none" | "gzip" | "lz4" => {}
             "snappy" => {
@@ -163,6 +171,7 @@ impl KafkaConfig {
             max_message_bytes: self.max_message_bytes,
             compression: self.compression.clone(),
             flush_interval: Duration::from_millis(self.flush_interval_ms.max(1)),
+            fetch_wait: Duration::from_millis(self.fetch_wait_ms),
             max_clock_skew: Duration::from_secs(self.max_clock_skew_seconds),
         })
     }
@@ -191,6 +200,8 @@ pub struct KafkaSettings {
     pub compression: String,
     /// Time between acknowledgement waits.
     pub flush_interval: Duration,
+    /// Longest a fetch waits at the broker.
+    pub fetch_wait: Duration,
     /// Largest lead of `captured_at` over the Kafka timestamp.
     pub max_clock_skew: Duration,
 }
@@ -577,6 +588,7 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", settings.fetch_wait.as_millis().to_string())
             .set("max.partition.fetch.bytes", settings.max_message_bytes.max(1 << 20).to_string())
             // librdkafka's own read-ahead counts against the budget too.
             .set("queued.max.messages.kbytes", (max_in_flight / 4 / 1024).max(1_024).to_string())

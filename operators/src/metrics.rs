@@ -1,6 +1,6 @@
 //! Metric names, label keys and the handles every component updates, registered in a registry the caller owns.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 /// Records that entered a stage (label `stage`).
 pub const RECORDS_IN: &str = "chorus_records_in_total";
@@ -25,6 +25,11 @@ pub const EMBED_QUEUE: &str = "chorus_embed_queue_windows";
 /// Windows dropped under overload (label `priority`); each also went to the dead-letter topic.
 pub const SHED: &str = "chorus_shed_windows_total";
 
+/// Seconds per query-API search (label `kind`: `vector` or `audio`).
+pub const QUERY_SECONDS: &str = "chorus_query_seconds";
+/// Query-API answers from the cache and not (label `result`: `hit`, `miss`).
+pub const QUERY_CACHE: &str = "chorus_query_cache_total";
+
 /// Label key: pipeline stage (`source`, `decode`, `segment`, `embed`, `index`, `archive`, `segments_topic`, ...).
 pub const STAGE: &str = "stage";
 /// Label key: short machine-readable cause of an error.
@@ -33,6 +38,10 @@ pub const CAUSE: &str = "cause";
 pub const SPACE: &str = "space";
 /// Label key: index memory tier (`f32`, `f16`, `int8`, `archive`).
 pub const TIER: &str = "tier";
+/// Label key: what a query searched with.
+pub const KIND: &str = "kind";
+/// Label key: cache lookup outcome.
+pub const RESULT: &str = "result";
 /// Label key: chunk priority.
 pub const PRIORITY: &str = "priority";
 
@@ -59,6 +68,10 @@ pub struct Metrics {
     pub embed_queue: IntGauge,
     /// See [`SHED`].
     pub shed: IntCounterVec,
+    /// See [`QUERY_SECONDS`].
+    pub query_seconds: HistogramVec,
+    /// See [`QUERY_CACHE`].
+    pub query_cache: IntCounterVec,
 }
 
 impl Metrics {
@@ -90,6 +103,15 @@ impl Metrics {
             )?,
             embed_queue: IntGauge::new(EMBED_QUEUE, "Windows waiting for the model.")?,
             shed: IntCounterVec::new(Opts::new(SHED, "Windows dropped under overload."), &[PRIORITY])?,
+            query_seconds: HistogramVec::new(
+                HistogramOpts::new(QUERY_SECONDS, "Seconds per query-API search.")
+                    .buckets(vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]),
+                &[KIND],
+            )?,
+            query_cache: IntCounterVec::new(
+                Opts::new(QUERY_CACHE, "Query-API answers from the cache and not."),
+                &[RESULT],
+            )?,
         };
         registry.register(Box::new(metrics.records_in.clone()))?;
         registry.register(Box::new(metrics.records_out.clone()))?;
@@ -101,6 +123,8 @@ impl Metrics {
         registry.register(Box::new(metrics.duplicate_chunks.clone()))?;
         registry.register(Box::new(metrics.embed_queue.clone()))?;
         registry.register(Box::new(metrics.shed.clone()))?;
+        registry.register(Box::new(metrics.query_seconds.clone()))?;
+        registry.register(Box::new(metrics.query_cache.clone()))?;
         Ok(metrics)
     }
 

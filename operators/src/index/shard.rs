@@ -5,7 +5,6 @@
 //! rows always, and its graph and vectors in the tier it is in: f32, f16 or int8 (see [`super::kernels`]), or
 //! neither (archive tier). Full-precision vectors stay on disk for rescoring quantized candidates and for promotion.
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
@@ -259,7 +258,7 @@ impl Shard {
     }
 
     /// Full-precision vector of `row`, read from disk.
-    fn full_row(&self, row: usize) -> Option<Vec<f32>> {
+    pub fn full_row(&self, row: usize) -> Option<Vec<f32>> {
         let mut bytes = vec![0u8; self.dim * 4];
         self.full.read_exact_at(&mut bytes, (row * self.dim * 4) as u64).ok()?;
         Some(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
@@ -339,10 +338,5 @@ impl Shard {
     /// Marks it used at `now` (a promotion).
     pub fn used(&self, now: u64) {
         self.last_access.fetch_max(now, Ordering::Relaxed);
-    }
-
-    /// Id → row, for finding rows by id.
-    pub fn row_of(&self) -> HashMap<u64, usize> {
-        self.rows.ids.iter().enumerate().map(|(row, id)| (*id, row)).collect()
     }
 }

@@ -32,6 +32,8 @@ const LAYERS: usize = 16;
 /// Shrinks normalised vectors a hair so rounding can never push a dot product above 1 (hnsw_rs asserts on it).
 pub(super) const SHRINK: f32 = 1.0 - 4e-6;
 const SNAPSHOT_BASENAME: &str = "index";
+/// The shard number of the open shard in [`SpaceIndex`]'s id map.
+const OPEN: u32 = u32::MAX;
 /// Below this many points in memory, one thread searches every shard.
 const PARALLEL_POINTS: usize = 20_000;
 
@@ -151,7 +153,8 @@ pub struct SpaceIndex {
     open: OpenShard,
     pub(super) sealed: Vec<Shard>,
     next_shard: u64,
-    ids: HashSet<u64>,
+    /// Where each id is: `(shard, row)` for sealed shards, `(OPEN, 0)` for the open shard.
+    ids: HashMap<u64, (u32, u32)>,
     /// Ids in the index that the archive is not known to hold: a snapshot taken before their archive file was
     /// written, then a crash. A replay of such a segment must reach the archive again.
     unarchived: HashSet<u64>,
@@ -159,6 +162,9 @@ pub struct SpaceIndex {
     unsaved: usize,
     /// The manifest in force no longer describes the shards (a seal or a tier change).
     pub(super) changed: bool,
+    /// Counts changes that can alter an answer (inserts, seals, tier moves): cached answers of an older generation
+    /// are stale.
+    generation: u64,
 }
 
 /// What [`SpaceIndex::offer`] did with a segment.
@@ -195,10 +201,11 @@ impl SpaceIndex {
             open: OpenShard::new(params),
             sealed: Vec::new(),
             next_shard: 1,
-            ids: HashSet::new(),
+            ids: HashMap::new(),
             unarchived: HashSet::new(),
             unsaved: 0,
             changed: false,
+            generation: 0,
         }
     }
 
@@ -221,11 +228,14 @@ impl SpaceIndex {
         index.next_shard = manifest.next_shard;
         if let Some(open) = &manifest.open {
             index.open = load_open(&dir.join(open), params, dim)?;
-            index.ids.extend(index.open.hnsw.get_point_indexation().into_iter().map(|p| p.get_origin_id() as u64));
+            let open =
+                index.open.hnsw.get_point_indexation().into_iter().map(|p| (p.get_origin_id() as u64, (OPEN, 0)));
+            index.ids.extend(open);
         }
         for entry in &manifest.shards {
             let shard = Shard::open(dir, &entry.name, entry.tier, entry.last_used, dim)?;
-            index.ids.extend(shard.rows().ids.iter().copied());
+            let number = index.sealed.len() as u32;
+            index.ids.extend(shard.rows().ids.iter().enumerate().map(|(row, id)| (*id, (number, row as u32))));
             index.sealed.push(shard);
         }
         let keep: HashSet<&str> = manifest
@@ -262,7 +272,35 @@ impl SpaceIndex {
 
     /// Whether `id` is indexed.
     pub fn contains(&self, id: SegmentId) -> bool {
-        self.ids.contains(&id.0)
+        self.ids.contains_key(&id.0)
+    }
+
+    /// See the field: changes whenever an answer may change.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Where and when segment `id` was recorded, if it is indexed.
+    pub fn point(&self, id: SegmentId) -> Option<PointInfo> {
+        let (shard, row) = *self.ids.get(&id.0)?;
+        let (sensor, start) = if shard == OPEN {
+            let (sensor, start) = self.open.info.get(&id.0)?;
+            (self.open.sensors[*sensor as usize].clone(), *start)
+        } else {
+            let rows = self.sealed.get(shard as usize)?.rows();
+            (rows.sensors[rows.sensor[row as usize] as usize].clone(), rows.start[row as usize])
+        };
+        Some(PointInfo { sensor, start_micros: start })
+    }
+
+    /// The normalised vector of segment `id`, if it is indexed: from memory, or from a sealed shard's file.
+    pub fn vector(&self, id: SegmentId) -> Option<Vec<f32>> {
+        let (shard, row) = *self.ids.get(&id.0)?;
+        if shard == OPEN {
+            let point = self.open.hnsw.get_point_indexation().into_iter().find(|p| p.get_origin_id() as u64 == id.0)?;
+            return unit(point.get_v(), self.dim).ok();
+        }
+        self.sealed.get(shard as usize)?.full_row(row as usize)
     }
 
     /// Sealed shards.
@@ -272,7 +310,7 @@ impl SpaceIndex {
 
     /// Records which of the indexed ids the archive holds: the others are re-archived when a replay offers them.
     pub fn reconcile(&mut self, archived: &HashSet<u64>) {
-        self.unarchived = self.ids.difference(archived).copied().collect();
+        self.unarchived = self.ids.keys().filter(|id| !archived.contains(id)).copied().collect();
     }
 
     /// Ids in the index that the archive is not known to hold.
@@ -282,7 +320,7 @@ impl SpaceIndex {
 
     /// Offers a segment from the stream: see [`Offered`].
     pub fn offer(&mut self, id: SegmentId, info: &PointInfo, embedding: &[f32], now: u64) -> Result<Offered, Error> {
-        if self.ids.contains(&id.0) {
+        if self.ids.contains_key(&id.0) {
             return Ok(if self.unarchived.remove(&id.0) { Offered::Unarchived } else { Offered::Duplicate });
         }
         self.insert(id, info, embedding, now)?;
@@ -300,20 +338,23 @@ impl SpaceIndex {
         let mut fresh = Vec::with_capacity(points.len());
         let mut seen = HashSet::new();
         for (id, info, embedding) in points {
-            if self.ids.contains(&id.0) || !seen.insert(id.0) {
+            if self.ids.contains_key(&id.0) || !seen.insert(id.0) {
                 continue;
             }
             let vector: Vec<f32> = unit(embedding, self.dim)?.into_iter().map(|x| x * SHRINK).collect();
             fresh.push((id.0, info, vector));
         }
         let inserted = fresh.len();
+        if inserted > 0 {
+            self.generation += 1;
+        }
         let mut rest = fresh.as_slice();
         while !rest.is_empty() {
             let room = self.params.shard_max_points.saturating_sub(self.open.len()).max(1);
             let (now_in, later) = rest.split_at(room.min(rest.len()));
             for (id, info, _) in now_in {
                 self.open.describe(*id, info);
-                self.ids.insert(*id);
+                self.ids.insert(*id, (OPEN, 0));
             }
             if now_in.len() == 1 {
                 self.open.hnsw.insert_slice((&now_in[0].2, now_in[0].0 as usize));
@@ -350,6 +391,10 @@ impl SpaceIndex {
             *x /= SHRINK;
         }
         let (sensor, start) = extracted.ids.iter().map(|id| open.info[id]).unzip();
+        let number = self.sealed.len() as u32;
+        for (row, id) in extracted.ids.iter().enumerate() {
+            self.ids.insert(*id, (number, row as u32));
+        }
         let rows = Rows { ids: extracted.ids.clone(), sensor, start, sensors: open.sensors };
         let name = format!("shard-{:06}", self.next_shard);
         fs::create_dir_all(&self.dir)
@@ -412,6 +457,23 @@ impl SpaceIndex {
             shard.touch(now);
         }
         Ok(found.into_iter().map(|(id, d, _)| (SegmentId(id), d)).collect())
+    }
+
+    /// Moves sealed shard `shard` (by position in [`SpaceIndex::shards`]) to `tier` now, whatever the policy says;
+    /// the policy may move it again at the next [`SpaceIndex::maintain`].
+    pub fn set_shard_tier(&mut self, shard: usize, tier: Tier) -> Result<(), Error> {
+        let Some(target) = self.sealed.get_mut(shard) else {
+            return Err(Error::Index {
+                path: self.dir.display().to_string(),
+                message: format!("no sealed shard {shard} (there are {})", self.sealed.len()),
+            });
+        };
+        if target.tier() != tier {
+            target.set_tier(tier)?;
+            self.changed = true;
+            self.generation += 1;
+        }
+        Ok(())
     }
 
     /// Memory per tier, the open shard counted as f32.
@@ -484,6 +546,9 @@ impl SpaceIndex {
                 coldest.set_tier(to)?;
                 changed = true;
             }
+        }
+        if changed {
+            self.generation += 1;
         }
         if changed || self.changed {
             self.changed = true;

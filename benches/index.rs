@@ -1,0 +1,456 @@
+//! The index against exact search and against hnswlib, on generated data, in one run.
+//!
+//!     cargo bench --bench index -- [--points 100000] [--queries 1000] [--dim 1536] [--million] [--no-hnswlib]
+//!
+//! Two data sets, generated with a fixed seed and L2-normalised: `clustered`, a mixture of 200 clusters on a
+//! 24-dimensional latent space mapped into `--dim` dimensions with a little isotropic noise (embeddings of calls of
+//! many species), and `hard`, one 64-dimensional latent Gaussian with a decaying spectrum and more noise, whose
+//! neighbours are not separated by any cluster structure. Each set: `--points` vectors built in parallel, 2,000 more
+//! inserted one at a time, `--queries` held-out queries from the same distribution, exact neighbours by brute force.
+//!
+//! Measured for chorus: build and incremental-insert throughput, then for the open shard (hnsw_rs's graph) and the
+//! sealed shard (the frozen graph) recall@10, recall@100, single-thread latency p50/p99 and queries/s on two
+//! threads at several ef; then the sealed shard in each tier (memory per vector, recall@10, with and without
+//! rescoring). hnswlib (pinned, built from source with -march=native by `scripts/tools.sh hnswlib`) builds and
+//! queries the same vectors with the same M and ef_construction in the same run; the table ends with the ratios.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use chorus_operators::index::{Filter, IndexConfig, PointInfo, Request, SpaceIndex, Tier};
+use chorus_operators::record::SegmentId;
+use rayon::prelude::*;
+use simsimd::SpatialSimilarity;
+
+const EXTRA: usize = 2_000;
+const EFS: [usize; 4] = [32, 64, 128, 256];
+const M: usize = 32;
+const EF_CONSTRUCTION: usize = 200;
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} takes a whole number, not {v}")))
+        .unwrap_or(default)
+}
+
+fn flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
+/// SplitMix64: a seedable stream, so each row is the same whatever thread makes it.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn uniform(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+    }
+
+    /// A standard normal sample (Box–Muller).
+    fn normal(&mut self) -> f32 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+    }
+}
+
+/// How a data set places its points.
+struct Generator {
+    name: &'static str,
+    dim: usize,
+    latent: usize,
+    /// `dim × latent`, row-major.
+    mixing: Vec<f32>,
+    /// Cluster centres in the latent space (none: one Gaussian).
+    centres: Vec<Vec<f32>>,
+    /// Standard deviation of latent coordinate `j` around its centre.
+    spread: Vec<f32>,
+    noise: f32,
+}
+
+impl Generator {
+    fn clustered(dim: usize) -> Generator {
+        let latent = 24;
+        let mut rng = Rng(11);
+        let centres = (0..200).map(|_| (0..latent).map(|_| 1.5 * rng.normal()).collect()).collect();
+        Generator::new("clustered", dim, latent, centres, vec![0.5; latent], 0.05, &mut rng)
+    }
+
+    fn hard(dim: usize) -> Generator {
+        let latent = 64;
+        let mut rng = Rng(13);
+        let spread = (0..latent).map(|j| 1.0 / (1.0 + j as f32).powf(0.35)).collect();
+        Generator::new("hard", dim, latent, Vec::new(), spread, 0.12, &mut rng)
+    }
+
+    fn new(
+        name: &'static str,
+        dim: usize,
+        latent: usize,
+        centres: Vec<Vec<f32>>,
+        spread: Vec<f32>,
+        noise: f32,
+        rng: &mut Rng,
+    ) -> Generator {
+        let scale = 1.0 / (latent as f32).sqrt();
+        let mixing = (0..dim * latent).map(|_| scale * rng.normal()).collect();
+        Generator { name, dim, latent, mixing, centres, spread, noise }
+    }
+
+    /// Row `i` of stream `stream`, normalised.
+    fn row(&self, stream: u64, i: usize) -> Vec<f32> {
+        let mut rng = Rng(stream.wrapping_mul(0x1000_0000_01b3) ^ (i as u64).wrapping_mul(0x9e37_79b9));
+        rng.next();
+        let centre =
+            if self.centres.is_empty() { None } else { Some(&self.centres[rng.next() as usize % self.centres.len()]) };
+        let z: Vec<f32> =
+            (0..self.latent).map(|j| centre.map_or(0.0, |c| c[j]) + self.spread[j] * rng.normal()).collect();
+        let mut x: Vec<f32> = self
+            .mixing
+            .chunks_exact(self.latent)
+            .map(|a| a.iter().zip(&z).map(|(a, z)| a * z).sum::<f32>() + self.noise * rng.normal())
+            .collect();
+        let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+        x.iter_mut().for_each(|v| *v /= norm);
+        x
+    }
+
+    fn rows(&self, stream: u64, n: usize) -> Vec<Vec<f32>> {
+        (0..n).into_par_iter().map(|i| self.row(stream, i)).collect()
+    }
+}
+
+/// The exact 100 nearest rows of `data` to each query, by brute force (queries in blocks for the cache).
+fn exact(data: &[Vec<f32>], queries: &[Vec<f32>], k: usize) -> Vec<Vec<u64>> {
+    queries
+        .par_chunks(32)
+        .flat_map_iter(|block| {
+            let mut best: Vec<Vec<(f32, u64)>> = vec![Vec::with_capacity(4 * k); block.len()];
+            for (i, row) in data.iter().enumerate() {
+                for (q, query) in block.iter().enumerate() {
+                    let d = 1.0 - f32::dot(query, row).unwrap_or(0.0) as f32;
+                    let list = &mut best[q];
+                    list.push((d, i as u64));
+                    if list.len() >= 4 * k {
+                        list.select_nth_unstable_by(k - 1, |a, b| a.0.total_cmp(&b.0));
+                        list.truncate(k);
+                    }
+                }
+            }
+            best.into_iter().map(move |mut list| {
+                list.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                list.into_iter().take(k).map(|(_, i)| i).collect()
+            })
+        })
+        .collect()
+}
+
+fn recall(found: &[Vec<u64>], truth: &[Vec<u64>], k: usize) -> f64 {
+    let hits: usize =
+        found.iter().zip(truth).map(|(f, t)| f.iter().take(k).filter(|id| t[..k].contains(id)).count()).sum();
+    hits as f64 / (k * truth.len()) as f64
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// One sweep point.
+#[derive(Clone, Copy, Default)]
+struct Run {
+    ef: usize,
+    recall10: f64,
+    recall100: f64,
+    p50: f64,
+    p99: f64,
+    qps: f64,
+}
+
+/// A search: query, k, ef → ids, nearest first.
+type Search<'a> = &'a (dyn Fn(&[f32], usize, usize) -> Vec<u64> + Sync);
+
+/// Queries `search` one at a time on this thread (latency) and then on two threads (throughput).
+fn sweep(search: Search<'_>, queries: &[Vec<f32>], truth: &[Vec<u64>]) -> Vec<Run> {
+    EFS.iter()
+        .map(|&ef| {
+            let mut latencies = Vec::with_capacity(queries.len());
+            let mut found = Vec::with_capacity(queries.len());
+            for query in queries {
+                let started = Instant::now();
+                found.push(search(query, 10, ef));
+                latencies.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+            latencies.sort_by(f64::total_cmp);
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+            let started = Instant::now();
+            pool.install(|| queries.par_iter().for_each(|q| drop(search(q, 10, ef))));
+            let qps = queries.len() as f64 / started.elapsed().as_secs_f64();
+            let found100: Vec<Vec<u64>> =
+                pool.install(|| queries.par_iter().map(|q| search(q, 100, ef.max(100))).collect());
+            Run {
+                ef,
+                recall10: recall(&found, truth, 10),
+                recall100: recall(&found100, truth, 100),
+                p50: percentile(&latencies, 0.5),
+                p99: percentile(&latencies, 0.99),
+                qps,
+            }
+        })
+        .collect()
+}
+
+fn print_runs(label: &str, runs: &[Run]) {
+    for r in runs {
+        println!(
+            "  {label:<24} ef {:>4}  recall@10 {:.4}  recall@100 {:.4}  p50 {:>7.3} ms  p99 {:>7.3} ms  {:>8.0} q/s (2 threads)",
+            r.ef, r.recall10, r.recall100, r.p50, r.p99, r.qps
+        );
+    }
+}
+
+/// Latency at `target` recall@10, interpolated along a sweep (None when the sweep never reaches it).
+fn latency_at(runs: &[Run], target: f64) -> Option<f64> {
+    let mut previous: Option<&Run> = None;
+    for run in runs {
+        if run.recall10 >= target {
+            return Some(match previous {
+                Some(p) if run.recall10 > p.recall10 => {
+                    p.p50 + (run.p50 - p.p50) * (target - p.recall10) / (run.recall10 - p.recall10)
+                }
+                _ => run.p50,
+            });
+        }
+        previous = Some(run);
+    }
+    None
+}
+
+/// Writes rows as a NumPy `.npy` file of float32 (`rows × dim`).
+fn write_npy_f32(path: &Path, rows: &[Vec<f32>]) {
+    let dim = rows.first().map_or(0, Vec::len);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    write_npy_header(&mut out, "<f4", rows.len(), dim);
+    for row in rows {
+        for v in row {
+            out.write_all(&v.to_le_bytes()).unwrap();
+        }
+    }
+}
+
+/// Writes id lists as a NumPy `.npy` file of int64 (`rows × k`).
+fn write_npy_i64(path: &Path, rows: &[Vec<u64>]) {
+    let k = rows.first().map_or(0, Vec::len);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    write_npy_header(&mut out, "<i8", rows.len(), k);
+    for row in rows {
+        for v in row {
+            out.write_all(&(*v as i64).to_le_bytes()).unwrap();
+        }
+    }
+}
+
+fn write_npy_header(out: &mut impl Write, descr: &str, rows: usize, cols: usize) {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    out.write_all(b"\x93NUMPY\x01\x00").unwrap();
+    out.write_all(&(header.len() as u16).to_le_bytes()).unwrap();
+    out.write_all(header.as_bytes()).unwrap();
+}
+
+/// hnswlib on the same files, or why not.
+fn hnswlib(dir: &Path, data: &[Vec<f32>], queries: &[Vec<f32>], truth: &[Vec<u64>]) -> Result<(f64, Vec<Run>), String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status = Command::new(root.join("scripts/tools.sh")).arg("hnswlib").status().map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err("scripts/tools.sh hnswlib failed".into());
+    }
+    let tools = std::env::var_os("CHORUS_TOOLS").map(std::path::PathBuf::from).unwrap_or_else(|| root.join(".tools"));
+    let (d, q, t) = (dir.join("data.npy"), dir.join("queries.npy"), dir.join("truth.npy"));
+    write_npy_f32(&d, data);
+    write_npy_f32(&q, queries);
+    write_npy_i64(&t, truth);
+    let efs: Vec<String> = EFS.iter().map(|e| e.to_string()).collect();
+    let output = Command::new(tools.join("venv/bin/python"))
+        .arg(root.join("benches/hnswlib_compare.py"))
+        .args([&d, &q, &t])
+        .args(["--m", &M.to_string(), "--ef-construction", &EF_CONSTRUCTION.to_string(), "--threads", "2", "--ef"])
+        .args(&efs)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
+    let runs = value["runs"]
+        .as_array()
+        .ok_or("no runs")?
+        .iter()
+        .map(|r| Run {
+            ef: r["ef"].as_u64().unwrap_or(0) as usize,
+            recall10: r["recall10"].as_f64().unwrap_or(0.0),
+            recall100: r["recall100"].as_f64().unwrap_or(0.0),
+            p50: r["p50_ms"].as_f64().unwrap_or(0.0),
+            p99: r["p99_ms"].as_f64().unwrap_or(0.0),
+            qps: r["qps"].as_f64().unwrap_or(0.0),
+        })
+        .collect();
+    Ok((value["build_seconds"].as_f64().unwrap_or(f64::NAN), runs))
+}
+
+fn bench(generator: &Generator, points: usize, n_queries: usize, compare: bool) {
+    let started = Instant::now();
+    let data = generator.rows(1, points + EXTRA);
+    let queries = generator.rows(2, n_queries);
+    println!(
+        "\n{} ({} + {EXTRA} vectors of {} dimensions, {n_queries} queries): generated in {:.1} s",
+        generator.name,
+        points,
+        generator.dim,
+        started.elapsed().as_secs_f64()
+    );
+    let started = Instant::now();
+    let truth = exact(&data, &queries, 100);
+    println!("  exact neighbours by brute force in {:.1} s", started.elapsed().as_secs_f64());
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = IndexConfig {
+        m: M,
+        ef_construction: EF_CONSTRUCTION,
+        shard_max_points: points + EXTRA + 1,
+        ..Default::default()
+    };
+    let params = config.build(dir.path()).unwrap();
+    let mut index = SpaceIndex::new(&dir.path().join("space=bench"), &params, generator.dim);
+    let info = |i: usize| PointInfo { sensor: format!("s{}", i % 16), start_micros: i as i64 * 5_000_000 };
+    let started = Instant::now();
+    let batch: Vec<(SegmentId, PointInfo, &[f32])> =
+        data[..points].iter().enumerate().map(|(i, v)| (SegmentId(i as u64), info(i), v.as_slice())).collect();
+    index.insert_many(&batch, 0).unwrap();
+    let build = started.elapsed().as_secs_f64();
+    drop(batch);
+    let started = Instant::now();
+    for (i, v) in data.iter().enumerate().skip(points) {
+        index.insert(SegmentId(i as u64), &info(i), v, 0).unwrap();
+    }
+    let incremental = started.elapsed().as_secs_f64();
+    println!(
+        "  chorus build: {:.1} s, {:.0} vectors/s (2 threads); incremental insert: {:.0} vectors/s (1 thread)",
+        build,
+        points as f64 / build,
+        EXTRA as f64 / incremental
+    );
+    let filter = Filter::default();
+    let search = |index: &SpaceIndex, query: &[f32], k: usize, ef: usize| -> Vec<u64> {
+        let request = Request { vector: query, k, ef, filter: &filter };
+        index.search(&request, None, 0).unwrap().into_iter().map(|(id, _)| id.0).collect()
+    };
+    let open = sweep(&|q, k, ef| search(&index, q, k, ef), &queries, &truth);
+    print_runs("chorus open (hnsw_rs)", &open);
+    let started = Instant::now();
+    index.seal(0).unwrap();
+    println!("  sealed in {:.1} s", started.elapsed().as_secs_f64());
+    let sealed = sweep(&|q, k, ef| search(&index, q, k, ef), &queries, &truth);
+    print_runs("chorus sealed", &sealed);
+
+    println!("  tiers (sealed shard, ef 128, k 10):");
+    for tier in [Tier::F32, Tier::F16, Tier::Int8, Tier::Archive] {
+        index.set_shard_tier(0, tier).unwrap();
+        let shard = &index.shards()[0];
+        let per_vector = shard.bytes() as f64 / shard.len() as f64;
+        if tier == Tier::Archive {
+            println!(
+                "    {:<8} {per_vector:>8.0} bytes/vector in memory   (answered by an exact scan of the Parquet archive)",
+                tier.name()
+            );
+            continue;
+        }
+        let run = |oversample: usize| {
+            let found: Vec<Vec<u64>> = queries
+                .par_iter()
+                .map(|q| shard.search(q, 10, 128, oversample, &filter).into_iter().map(|(id, _)| id).collect())
+                .collect();
+            let mut latencies: Vec<f64> = queries
+                .iter()
+                .map(|q| {
+                    let started = Instant::now();
+                    drop(shard.search(q, 10, 128, oversample, &filter));
+                    started.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            latencies.sort_by(f64::total_cmp);
+            (recall(&found, &truth, 10), percentile(&latencies, 0.5))
+        };
+        let (raw, raw_p50) = run(0);
+        if tier == Tier::F32 {
+            println!(
+                "    {:<8} {per_vector:>8.0} bytes/vector   recall@10 {raw:.4}   p50 {raw_p50:.3} ms",
+                tier.name()
+            );
+        } else {
+            let (rescored, p50) = run(params.rescore_oversample);
+            println!(
+                "    {:<8} {per_vector:>8.0} bytes/vector   recall@10 {raw:.4} (p50 {raw_p50:.3} ms), rescored ×{} {rescored:.4} (p50 {p50:.3} ms)",
+                tier.name(),
+                params.rescore_oversample
+            );
+        }
+    }
+    index.set_shard_tier(0, Tier::F32).unwrap();
+
+    if !compare {
+        return;
+    }
+    match hnswlib(dir.path(), &data, &queries, &truth) {
+        Err(why) => println!("  hnswlib: not run: {why}"),
+        Ok((seconds, runs)) => {
+            let total = (points + EXTRA) as f64;
+            println!("  hnswlib 0.8.0 build: {seconds:.1} s, {:.0} vectors/s (2 threads)", total / seconds);
+            print_runs("hnswlib", &runs);
+            let ours = points as f64 / build;
+            println!("  ratio chorus/hnswlib: build throughput {:.2}", ours / (total / seconds));
+            for target in [0.90, 0.95, 0.99] {
+                match (latency_at(&sealed, target), latency_at(&open, target), latency_at(&runs, target)) {
+                    (Some(s), Some(o), Some(h)) => println!(
+                        "  at recall@10 {target:.2}: p50 chorus sealed {s:.3} ms, open {o:.3} ms, hnswlib {h:.3} ms; ratio sealed/hnswlib {:.2}, open/hnswlib {:.2}",
+                        s / h,
+                        o / h
+                    ),
+                    (s, o, h) => println!(
+                        "  at recall@10 {target:.2}: not reached by every index (sealed {s:?}, open {o:?}, hnswlib {h:?})"
+                    ),
+                }
+            }
+        }
+    }
+}
+
+fn main() {
+    let points = if flag("--million") { 1_000_000 } else { arg("--points", 100_000) };
+    let queries = arg("--queries", 1_000);
+    let dim = arg("--dim", 1536);
+    let compare = !flag("--no-hnswlib");
+    println!(
+        "chorus index bench: M {M}, ef_construction {EF_CONSTRUCTION}, cosine distance; latency single-thread, throughput on 2 threads"
+    );
+    for generator in [Generator::clustered(dim), Generator::hard(dim)] {
+        bench(&generator, points, queries, compare);
+    }
+    let rss = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let peak = rss.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or("VmHWM: ?").to_owned();
+    println!("\npeak memory of this process: {}", peak.trim_start_matches("VmHWM:").trim());
+    println!("reproduce: cargo bench --bench index -- --points {points} --queries {queries} --dim {dim}");
+}

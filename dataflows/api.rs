@@ -1,0 +1,574 @@
+//! The query API, served by the job beside its metrics and by `chorus serve` over what a job left on disk:
+//!
+//! - `POST /v1/search` — by vector or segment id (JSON body), or by a WAV clip (body `audio/wav`, options in the
+//!   query string); `k`, `ef`, `space` and filters (`sensors`, `from`, `to`).
+//! - `GET /v1/segments/{id}` — where and when a segment was recorded.
+//! - `GET /v1/spaces` — the spaces and their index tiers.
+//!
+//! Errors are JSON (`{"error": {"status": 400, "reason": "..."}}`). Bodies are limited to `api.max_body_bytes`;
+//! with `api.token` set, every `/v1/` request needs `Authorization: Bearer <token>`. Answers are cached (LRU of
+//! `api.cache_entries`) under the generation of every space they searched, so an insert into a space invalidates
+//! exactly the answers that space took part in.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request as HttpRequest, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chorus_operators::embed::Embedder;
+use chorus_operators::index::{self, Filter, Registry};
+use chorus_operators::metrics::Metrics;
+use chorus_operators::record::{SegmentId, rfc3339};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::Error;
+use crate::config::Config;
+use crate::query::{self, Answer};
+
+/// Neighbours a query may ask for at most.
+const MAX_K: usize = 1_000;
+/// Beam width a query may ask for at most.
+const MAX_EF: usize = 10_000;
+
+/// What the API serves from.
+#[derive(Clone)]
+pub struct Api {
+    config: Arc<Config>,
+    spaces: Registry,
+    metrics: Metrics,
+    /// Opened on the first WAV query.
+    embedder: Arc<Mutex<Option<Embedder>>>,
+    cache: Arc<Mutex<Cache>>,
+}
+
+impl Api {
+    /// An API over the indices in `spaces`.
+    pub fn new(config: &Config, spaces: Registry, metrics: Metrics) -> Api {
+        Api {
+            config: Arc::new(config.clone()),
+            spaces,
+            metrics,
+            embedder: Arc::new(Mutex::new(None)),
+            cache: Arc::new(Mutex::new(Cache::new(config.api.cache_entries))),
+        }
+    }
+
+    /// The `/v1/` routes, with the body limit and, when a token is set, the bearer check.
+    pub fn routes(self) -> Router {
+        let limit = self.config.api.max_body_bytes;
+        let token = self.config.api.token.clone();
+        let router = Router::new()
+            .route("/v1/search", post(search))
+            .route("/v1/segments/{id}", get(segment))
+            .route("/v1/spaces", get(spaces))
+            .fallback(|| async {
+                failure(StatusCode::NOT_FOUND, "no such endpoint: see /v1/search, /v1/segments/{id}, /v1/spaces")
+            })
+            .layer(DefaultBodyLimit::max(limit))
+            .with_state(self);
+        match token {
+            Some(token) => router.layer(middleware::from_fn_with_state(Arc::new(token), bearer)),
+            None => router,
+        }
+    }
+}
+
+/// `[api]`: the query API's limits, cache and access.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Largest request body (a WAV clip), in bytes.
+    pub max_body_bytes: usize,
+    /// Answers kept in the LRU cache (0: no cache).
+    pub cache_entries: usize,
+    /// When set, `/v1/` requests need `Authorization: Bearer <token>`. `env:NAME` reads it from variable NAME.
+    pub token: String,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { max_body_bytes: 16 << 20, cache_entries: 1_024, token: String::new() }
+    }
+}
+
+/// Validated API settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiSettings {
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// LRU capacity.
+    pub cache_entries: usize,
+    /// Bearer token, if one is required.
+    pub token: Option<String>,
+}
+
+impl ApiConfig {
+    /// Validates; resolves `env:NAME` tokens.
+    pub fn build(&self) -> Result<ApiSettings, chorus_operators::FieldError> {
+        use chorus_operators::FieldError;
+        if !(1_024..=1 << 30).contains(&self.max_body_bytes) {
+            return Err(FieldError::new(
+                "max_body_bytes",
+                format!("{} is outside 1024..=1073741824", self.max_body_bytes),
+            ));
+        }
+        let token = match self.token.strip_prefix("env:") {
+            Some(name) => Some(std::env::var(name).map_err(|_| {
+                FieldError::new("token", format!("names environment variable {name}, which is not set"))
+            })?),
+            None if self.token.is_empty() => None,
+            None => Some(self.token.clone()),
+        };
+        if token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(FieldError::new("token", "is shorter than 16 characters"));
+        }
+        Ok(ApiSettings { max_body_bytes: self.max_body_bytes, cache_entries: self.cache_entries, token })
+    }
+}
+
+/// A JSON error response.
+fn failure(status: StatusCode, reason: impl Into<String>) -> Response {
+    let reason = reason.into();
+    (status, axum::Json(json!({ "error": { "status": status.as_u16(), "reason": reason } }))).into_response()
+}
+
+async fn bearer(State(token): State<Arc<String>>, request: HttpRequest, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if equal_in_constant_time(given.as_bytes(), token.as_bytes()) => next.run(request).await,
+        Some(_) => failure(StatusCode::UNAUTHORIZED, "the bearer token is wrong"),
+        None => failure(StatusCode::UNAUTHORIZED, "this API needs an `Authorization: Bearer <token>` header"),
+    }
+}
+
+fn equal_in_constant_time(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A search as JSON.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchBody {
+    vector: Option<Vec<f32>>,
+    segment_id: Option<String>,
+    #[serde(flatten)]
+    options: SearchOptions,
+}
+
+/// What every search may say (in the JSON body, or in the query string with a WAV body).
+#[derive(Debug, Default, Deserialize, Hash)]
+struct SearchOptions {
+    k: Option<usize>,
+    ef: Option<usize>,
+    space: Option<String>,
+    /// Sensors; in a query string, comma-separated.
+    #[serde(default, deserialize_with = "sensors")]
+    sensors: Vec<String>,
+    /// RFC 3339: segments starting at or after.
+    from: Option<String>,
+    /// RFC 3339: segments starting before.
+    to: Option<String>,
+}
+
+fn sensors<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Sensors {
+        List(Vec<String>),
+        Joined(String),
+    }
+    Ok(match Sensors::deserialize(d)? {
+        Sensors::List(list) => list,
+        Sensors::Joined(joined) => {
+            joined.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+        }
+    })
+}
+
+#[derive(Serialize)]
+struct SearchAnswer {
+    took_ms: f64,
+    cached: bool,
+    spaces: Vec<String>,
+    queries: Vec<Answer>,
+}
+
+/// Why a request fails, as a status and a reason.
+struct Refusal(StatusCode, String);
+
+impl From<Error> for Refusal {
+    fn from(error: Error) -> Refusal {
+        let status = match &error {
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Usage(_) | Error::Input { .. } | Error::Operator(chorus_operators::Error::Vector(_)) => {
+                StatusCode::BAD_REQUEST
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Refusal(status, error.to_string())
+    }
+}
+
+fn bad(reason: impl Into<String>) -> Refusal {
+    Refusal(StatusCode::BAD_REQUEST, reason.into())
+}
+
+async fn search(
+    State(api): State<Api>,
+    Query(query): Query<SearchOptions>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let status = rejection.status();
+            let reason = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                format!("the body is larger than api.max_body_bytes = {} bytes", api.config.api.max_body_bytes)
+            } else {
+                rejection.body_text()
+            };
+            return failure(status, reason);
+        }
+    };
+    let kind = content_kind(&headers);
+    let worker = tokio::task::spawn_blocking(move || {
+        let answer = match kind {
+            Some(Kind::Json) => serde_json::from_slice::<SearchBody>(&body)
+                .map_err(|e| bad(format!("the JSON body does not describe a search: {e}")))
+                .and_then(|body| api.search_json(body)),
+            Some(Kind::Wav) => api.search_wav(query, &body),
+            None => Err(Refusal(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send application/json ({\"vector\": [...]} or {\"segment_id\": \"...\"}) or audio/wav".into(),
+            )),
+        };
+        (api, answer)
+    });
+    let (api, answer) = match worker.await {
+        Ok(done) => done,
+        Err(e) => return failure(StatusCode::INTERNAL_SERVER_ERROR, format!("the search failed: {e}")),
+    };
+    let label = match kind {
+        Some(Kind::Wav) => "audio",
+        _ => "vector",
+    };
+    api.metrics.query_seconds.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
+    match answer {
+        Ok(mut answer) => {
+            answer.took_ms = started.elapsed().as_secs_f64() * 1e3;
+            axum::Json(answer).into_response()
+        }
+        Err(Refusal(status, reason)) => failure(status, reason),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Json,
+    Wav,
+}
+
+fn content_kind(headers: &HeaderMap) -> Option<Kind> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Some(Kind::Json),
+        "audio/wav" | "audio/x-wav" | "audio/wave" | "audio/vnd.wave" => Some(Kind::Wav),
+        _ => None,
+    }
+}
+
+impl Api {
+    fn search_json(&self, body: SearchBody) -> Result<SearchAnswer, Refusal> {
+        let (spaces, filter, k, ef) = self.options(&body.options)?;
+        let (label, vector, excluded) = match (body.vector, body.segment_id) {
+            (Some(vector), None) => ("vector".to_owned(), vector, None),
+            (None, Some(id)) => {
+                let id: SegmentId = id.parse().map_err(|_| bad(format!("segment_id '{id}' is not 16 hex digits")))?;
+                (format!("segment {id}"), query::segment_vector(&self.config, &self.spaces, &spaces, id)?, Some(id))
+            }
+            (Some(_), Some(_)) => return Err(bad("give either vector or segment_id, not both")),
+            (None, None) => return Err(bad("give vector (an array of numbers) or segment_id")),
+        };
+        if vector.len() != self.config.model.dim {
+            return Err(bad(format!(
+                "the vector has {} numbers; this index holds {}",
+                vector.len(),
+                self.config.model.dim
+            )));
+        }
+        if vector.iter().any(|x| !x.is_finite()) {
+            return Err(bad("the vector holds a NaN or an infinity"));
+        }
+        self.answer(&spaces, vec![(label, vector)], k, ef, &filter, excluded, &body.options)
+    }
+
+    fn search_wav(&self, options: SearchOptions, body: &[u8]) -> Result<SearchAnswer, Refusal> {
+        let (spaces, filter, k, ef) = self.options(&options)?;
+        let queries = {
+            let mut embedder = self.embedder.lock().unwrap_or_else(|e| e.into_inner());
+            if embedder.is_none() {
+                *embedder = Some(query::open_embedder(&self.config)?);
+            }
+            let embedder = embedder.as_mut().expect("opened above");
+            query::embed_clip(&self.config, embedder, body, "clip").map_err(|e| match e {
+                Error::Usage(reason) => bad(format!("the WAV clip cannot be used: {reason}")),
+                other => other.into(),
+            })?
+        };
+        if queries.is_empty() {
+            return Err(bad("the WAV clip is shorter than the shortest window the job indexes"));
+        }
+        self.answer(&spaces, queries, k, ef, &filter, None, &options)
+    }
+
+    /// The spaces, filter, k and ef a search asks for, checked.
+    fn options(&self, options: &SearchOptions) -> Result<(Vec<String>, Filter, usize, usize), Refusal> {
+        let known = self.spaces.spaces();
+        let spaces = match &options.space {
+            Some(space) if known.contains(space) => vec![space.clone()],
+            Some(space) => {
+                return Err(Refusal(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no space '{space}' (spaces: {})",
+                        if known.is_empty() { "none yet".into() } else { known.join(", ") }
+                    ),
+                ));
+            }
+            None => known,
+        };
+        let k = options.k.unwrap_or(10);
+        if !(1..=MAX_K).contains(&k) {
+            return Err(bad(format!("k = {k} is outside 1..={MAX_K}")));
+        }
+        let ef = options.ef.unwrap_or(self.config.index.ef_search);
+        if !(1..=MAX_EF).contains(&ef) {
+            return Err(bad(format!("ef = {ef} is outside 1..={MAX_EF}")));
+        }
+        let time = |field: &str, value: &Option<String>| -> Result<Option<i64>, Refusal> {
+            value
+                .as_deref()
+                .map(|v| {
+                    chrono::DateTime::parse_from_rfc3339(v)
+                        .map(|t| t.timestamp_micros())
+                        .map_err(|_| bad(format!("{field} '{v}' is not an RFC 3339 time such as 2026-05-01T05:00:00Z")))
+                })
+                .transpose()
+        };
+        let filter = Filter {
+            sensors: options.sensors.clone(),
+            from_micros: time("from", &options.from)?,
+            to_micros: time("to", &options.to)?,
+        };
+        if let (Some(from), Some(to)) = (filter.from_micros, filter.to_micros)
+            && from >= to
+        {
+            return Err(bad("from must be before to"));
+        }
+        Ok((spaces, filter, k, ef))
+    }
+
+    /// Answers from the cache when every space searched is unchanged since, otherwise searches and caches.
+    #[allow(clippy::too_many_arguments)]
+    fn answer(
+        &self,
+        spaces: &[String],
+        queries: Vec<(String, Vec<f32>)>,
+        k: usize,
+        ef: usize,
+        filter: &Filter,
+        excluded: Option<SegmentId>,
+        options: &SearchOptions,
+    ) -> Result<SearchAnswer, Refusal> {
+        let generations: Vec<u64> =
+            spaces.iter().map(|s| self.spaces.get(s).map_or(0, |shared| index::read(&shared).generation())).collect();
+        let key = {
+            let mut hasher = DefaultHasher::new();
+            (spaces, &generations, k, ef, options, excluded.map(|id| id.0)).hash(&mut hasher);
+            for (label, vector) in &queries {
+                label.hash(&mut hasher);
+                vector.iter().for_each(|x| x.to_bits().hash(&mut hasher));
+            }
+            hasher.finish()
+        };
+        if let Some(queries) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
+            self.metrics.query_cache.with_label_values(&["hit"]).inc();
+            return Ok(SearchAnswer { took_ms: 0.0, cached: true, spaces: spaces.to_vec(), queries });
+        }
+        self.metrics.query_cache.with_label_values(&["miss"]).inc();
+        let answers = queries
+            .into_iter()
+            .map(|(label, vector)| {
+                let hits = query::search(&self.config, &self.spaces, spaces, &vector, k, ef, filter, excluded)?;
+                Ok(Answer { query: label, hits })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).put(key, answers.clone());
+        Ok(SearchAnswer { took_ms: 0.0, cached: false, spaces: spaces.to_vec(), queries: answers })
+    }
+}
+
+async fn segment(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<SegmentId>() else {
+        return failure(StatusCode::BAD_REQUEST, format!("'{id}' is not a segment id (16 hex digits)"));
+    };
+    let window_micros = i64::from(api.config.model.window) * 1_000_000 / i64::from(api.config.model.sample_rate);
+    for space in api.spaces.spaces() {
+        let Some(shared) = api.spaces.get(&space) else { continue };
+        if let Some(point) = index::read(&shared).point(id) {
+            return axum::Json(json!({
+                "segment_id": id.to_string(),
+                "space": space,
+                "sensor": point.sensor,
+                "start_time": rfc3339(point.start_micros * 1_000),
+                "end_time": rfc3339((point.start_micros + window_micros) * 1_000),
+                "model": api.config.model.name,
+            }))
+            .into_response();
+        }
+    }
+    failure(StatusCode::NOT_FOUND, format!("segment {id} is not indexed in any space"))
+}
+
+async fn spaces(State(api): State<Api>) -> Response {
+    let mut out = Vec::new();
+    for space in api.spaces.spaces() {
+        let Some(shared) = api.spaces.get(&space) else { continue };
+        let index = index::read(&shared);
+        let tiers: HashMap<&str, serde_json::Value> = index
+            .usage()
+            .into_iter()
+            .map(|(tier, u)| {
+                (tier.name(), json!({ "shards": u.shards, "points": u.points, "bytes": u.bytes, "bytes_per_point": u.bytes_per_point() }))
+            })
+            .collect();
+        out.push(json!({ "space": space, "points": index.len(), "tiers": tiers }));
+    }
+    axum::Json(json!({ "spaces": out })).into_response()
+}
+
+/// `chorus serve`: opens every space of `config` (caught up from the archive) and serves the API on `listen` until
+/// `stop` is requested.
+pub fn serve(
+    config: &Config,
+    listen: std::net::SocketAddr,
+    stop: &chorus_connectors::kafka::Stop,
+) -> Result<(), Error> {
+    let spaces = crate::store::known_spaces(config)?;
+    let registry = crate::store::open_registry(config, &spaces)?;
+    let points: usize = spaces.iter().filter_map(|s| registry.get(s)).map(|s| index::read(&s).len()).sum();
+    let metrics_registry = prometheus::Registry::new();
+    let metrics =
+        Metrics::register(&metrics_registry).map_err(|e| Error::Job(format!("cannot register metrics: {e}")))?;
+    for space in &spaces {
+        if let Some(shared) = registry.get(space) {
+            let index = index::read(&shared);
+            metrics.index_points.with_label_values(&[space]).set(index.len() as i64);
+            for (tier, usage) in index.usage() {
+                metrics.index_bytes.with_label_values(&[space.as_str(), tier.name()]).set(usage.bytes as i64);
+            }
+        }
+    }
+    let probes =
+        crate::http::Probes { registry: metrics_registry, broker: None, fatal: chorus_connectors::Fatal::default() };
+    let server = crate::http::HttpServer::start(listen, probes, Some(Api::new(config, registry, metrics)))?;
+    tracing::info!(address = %server.address(), spaces = spaces.len(), points, "Query API ready.");
+    while !stop.requested.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// A least-recently-used map of answers by key.
+struct Cache {
+    capacity: usize,
+    tick: u64,
+    entries: HashMap<u64, (u64, Vec<Answer>)>,
+}
+
+impl Cache {
+    fn new(capacity: usize) -> Cache {
+        Cache { capacity, tick: 0, entries: HashMap::new() }
+    }
+
+    fn get(&mut self, key: u64) -> Option<Vec<Answer>> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.entries.get_mut(&key).map(|(used, answers)| {
+            *used = tick;
+            answers.clone()
+        })
+    }
+
+    fn put(&mut self, key: u64, answers: Vec<Answer>) {
+        if self.capacity == 0 {
+            return;
+        }
+        self.tick += 1;
+        if self.entries.len() >= self.capacity
+            && !self.entries.contains_key(&key)
+            && let Some(oldest) = self.entries.iter().min_by_key(|(_, (used, _))| *used).map(|(k, _)| *k)
+        {
+            self.entries.remove(&oldest);
+        }
+        self.entries.insert(key, (self.tick, answers));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_evicts_the_least_recently_used_answer() {
+        let answer = |q: &str| vec![Answer { query: q.into(), hits: Vec::new() }];
+        let mut cache = Cache::new(2);
+        cache.put(1, answer("a"));
+        cache.put(2, answer("b"));
+        assert!(cache.get(1).is_some());
+        cache.put(3, answer("c"));
+        assert!(cache.get(2).is_none(), "2 was least recently used");
+        assert!(cache.get(1).is_some() && cache.get(3).is_some());
+        let mut off = Cache::new(0);
+        off.put(1, answer("a"));
+        assert!(off.get(1).is_none());
+    }
+
+    #[test]
+    fn the_api_listens_on_this_machine_only_unless_told_otherwise() {
+        let listen = crate::http::HttpConfig::default().build().unwrap().unwrap();
+        assert!(listen.ip().is_loopback(), "{listen}");
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(equal_in_constant_time(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!equal_in_constant_time(b"0123456789abcdef", b"0123456789abcdeF"));
+        assert!(!equal_in_constant_time(b"0123456789abcdef", b"0123456789abcde"));
+    }
+
+    #[test]
+    fn api_config_resolves_and_checks_its_token() {
+        assert_eq!(ApiConfig::default().build().unwrap().token, None);
+        let short = ApiConfig { token: "secret".into(), ..Default::default() };
+        assert_eq!(short.build().unwrap_err().field, "token");
+        let missing = ApiConfig { token: "env:CHORUS_TEST_TOKEN_THAT_IS_NOT_SET".into(), ..Default::default() };
+        assert!(missing.build().unwrap_err().message.contains("CHORUS_TEST_TOKEN_THAT_IS_NOT_SET"));
+    }
+}
