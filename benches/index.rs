@@ -1,6 +1,7 @@
 //! The index against exact search and against hnswlib, on generated data, in one run.
 //!
 //!     cargo bench --bench index -- [--points 100000] [--queries 1000] [--dim 1536] [--million] [--no-hnswlib]
+//!                                   [--set clustered|hard]
 //!
 //! Two data sets, generated with a fixed seed and L2-normalised: `clustered`, a mixture of 200 clusters on a
 //! 24-dimensional latent space mapped into `--dim` dimensions with a little isotropic noise (embeddings of calls of
@@ -446,7 +447,11 @@ fn main() {
     println!(
         "chorus index bench: M {M}, ef_construction {EF_CONSTRUCTION}, cosine distance; latency single-thread, throughput on 2 threads"
     );
+    let only = std::env::args().skip_while(|a| a != "--set").nth(1);
     for generator in [Generator::clustered(dim), Generator::hard(dim)] {
+        if only.as_deref().is_some_and(|name| name != generator.name) {
+            continue;
+        }
         bench(&generator, points, queries, compare);
     }
     let rss = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -92,11 +92,13 @@ pub struct ApiConfig {
     pub cache_entries: usize,
     /// When set, `/v1/` requests need `Authorization: Bearer <token>`. `env:NAME` reads it from variable NAME.
     pub token: String,
+    /// The p99 search latency `chorus bench-query` holds the API to, in milliseconds.
+    pub sla_p99_ms: f64,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { max_body_bytes: 16 << 20, cache_entries: 1_024, token: String::new() }
+        ApiConfig { max_body_bytes: 16 << 20, cache_entries: 1_024, token: String::new(), sla_p99_ms: 50.0 }
     }
 }
 
@@ -109,6 +111,8 @@ pub struct ApiSettings {
     pub cache_entries: usize,
     /// Bearer token, if one is required.
     pub token: Option<String>,
+    /// p99 target.
+    pub sla_p99_ms: f64,
 }
 
 impl ApiConfig {
@@ -131,7 +135,18 @@ impl ApiConfig {
         if token.as_ref().is_some_and(|t| t.len() < 16) {
             return Err(FieldError::new("token", "is shorter than 16 characters"));
         }
-        Ok(ApiSettings { max_body_bytes: self.max_body_bytes, cache_entries: self.cache_entries, token })
+        if !(self.sla_p99_ms > 0.0 && self.sla_p99_ms.is_finite()) {
+            return Err(FieldError::new(
+                "sla_p99_ms",
+                format!("{} is not a positive number of milliseconds", self.sla_p99_ms),
+            ));
+        }
+        Ok(ApiSettings {
+            max_body_bytes: self.max_body_bytes,
+            cache_entries: self.cache_entries,
+            token,
+            sla_p99_ms: self.sla_p99_ms,
+        })
     }
 }
 

@@ -18,6 +18,7 @@ pub mod api;
 pub mod config;
 pub mod http;
 pub mod job;
+pub mod loadgen;
 pub mod produce;
 pub mod query;
 pub mod store;

@@ -115,6 +115,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Load the query API with concurrent searches and report latency percentiles, errors and the SLA line.
+    #[command(
+        after_help = "Examples:\n  chorus bench-query --clients 4 --seconds 20                 # against the running job's API\n  chorus bench-query --pattern hotspot --url 127.0.0.1:9464\n  chorus bench-query --pattern burst --seconds 30\n\nQueries are searches by the ids of archived segments (read from the config's archive). Exits 1 when p99\nexceeds api.sla_p99_ms or a request failed."
+    )]
+    BenchQuery {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The API's address (default: http.listen from the config).
+        #[arg(long, value_name = "ADDR")]
+        url: Option<String>,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Length of the run.
+        #[arg(long, default_value_t = 20.0, value_name = "SECS")]
+        seconds: f64,
+        /// How queries are picked and paced.
+        #[arg(long, value_enum, default_value = "uniform")]
+        pattern: chorus::loadgen::Pattern,
+        /// Neighbours per query.
+        #[arg(short, default_value_t = 10)]
+        k: usize,
+    },
     /// Serve the query API over the indices and archive a job left on disk (no broker needed).
     #[command(
         after_help = "Examples:\n  chorus serve --config config/balanced.toml\n  chorus serve --listen 0.0.0.0:8080     # beyond this machine: set api.token first\n\n  curl -s localhost:9464/v1/search -H 'content-type: application/json' \\\n       -d '{\"segment_id\": \"3f9a0c1d2b4e5f60\", \"k\": 5}'\n  curl -s 'localhost:9464/v1/search?k=5&sensors=pole-7' -H 'content-type: audio/wav' --data-binary @call.wav\n  curl -s localhost:9464/v1/segments/3f9a0c1d2b4e5f60\n\nThe job serves the same API while it runs (http.enabled). SIGTERM or Ctrl-C stops the server."
@@ -236,6 +259,39 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                     "chorus produce: {} chunks ({:.1} s of audio, {} bytes) from {} file(s) to {}",
                     summary.chunks, summary.seconds, summary.bytes, summary.files, config.kafka.audio_topic
                 );
+            }
+        }
+        Command::BenchQuery { config, url, clients, seconds, pattern, k } => {
+            let config = load(&config)?;
+            let address = match url {
+                Some(url) => {
+                    let bare = url.trim_start_matches("http://").trim_end_matches('/');
+                    std::net::ToSocketAddrs::to_socket_addrs(bare)
+                        .ok()
+                        .and_then(|mut a| a.next())
+                        .with_context(|| format!("--url {url} is not host:port"))?
+                }
+                None => config.http.context("http.enabled is false: give --url")?,
+            };
+            if clients == 0 || !(seconds > 0.0 && seconds.is_finite()) {
+                anyhow::bail!("--clients must be at least 1 and --seconds positive");
+            }
+            let options = chorus::loadgen::LoadOptions {
+                address,
+                clients,
+                duration: Duration::from_secs_f64(seconds),
+                pattern,
+                k,
+                token: config.api.token.clone(),
+                max_ids: 100_000,
+            };
+            if !cli.quiet {
+                eprintln!("chorus bench-query: {clients} clients, {pattern:?}, {seconds} s against {address}");
+            }
+            let report = chorus::loadgen::run(&config, &options)?;
+            println!("{report}");
+            if !report.passed() {
+                std::process::exit(1);
             }
         }
         Command::Serve { config, listen } => {

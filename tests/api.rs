@@ -144,6 +144,12 @@ fn r4_the_query_api_searches_filters_refuses_clearly_and_caches_until_an_insert(
     let (status, served) = post_json(serve_port, "/v1/search", &json!({ "segment_id": own, "k": 3 }), Some(TOKEN));
     assert_eq!(status, 200, "{served}");
     assert_eq!(served["queries"][0]["hits"], after["queries"][0]["hits"], "serve and job disagree");
+
+    // The load generator: a hotspot pattern, mostly answered from the cache, within the SLA.
+    let url = format!("127.0.0.1:{serve_port}");
+    let output = s.chorus(&["bench-query", "--url", &url, "--clients", "2", "--seconds", "2", "--pattern", "hotspot"]);
+    let report = String::from_utf8(output.stdout).unwrap();
+    assert!(report.contains("0 errors") && report.contains("p99") && report.contains("PASS"), "{report}");
     terminate(serve.id());
     assert!(serve.wait().unwrap().success(), "{}", s.job_log());
 }

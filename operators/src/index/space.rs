@@ -430,7 +430,9 @@ impl SpaceIndex {
         let search_open = || -> Vec<(u64, f32, usize)> {
             self.open.search(&query, k, ef, filter).into_iter().map(|(id, d)| (id, d, usize::MAX)).collect()
         };
-        let (mut found, sealed): (Vec<_>, Vec<_>) = if in_memory >= PARALLEL_POINTS && !warm.is_empty() {
+        // In parallel only when there are two searches or more to share out, and enough points to repay the handoff.
+        let searches = warm.len() + usize::from(self.open.len() > 0);
+        let (mut found, sealed): (Vec<_>, Vec<_>) = if in_memory >= PARALLEL_POINTS && searches >= 2 {
             rayon::join(search_open, || warm.par_iter().map(search_sealed).collect())
         } else {
             (search_open(), warm.iter().map(search_sealed).collect())
