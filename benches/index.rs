@@ -261,6 +261,13 @@ fn write_npy_i64(path: &Path, rows: &[Vec<u64>]) {
     }
 }
 
+/// The vectors, queries and exact neighbours as `.npy` files for hnswlib.
+fn write_inputs(dir: &Path, data: &[Vec<f32>], queries: &[Vec<f32>], truth: &[Vec<u64>]) {
+    write_npy_f32(&dir.join("data.npy"), data);
+    write_npy_f32(&dir.join("queries.npy"), queries);
+    write_npy_i64(&dir.join("truth.npy"), truth);
+}
+
 fn write_npy_header(out: &mut impl Write, descr: &str, rows: usize, cols: usize) {
     let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
     while (10 + header.len() + 1) % 64 != 0 {
@@ -272,8 +279,8 @@ fn write_npy_header(out: &mut impl Write, descr: &str, rows: usize, cols: usize)
     out.write_all(header.as_bytes()).unwrap();
 }
 
-/// hnswlib on the same files, or why not.
-fn hnswlib(dir: &Path, data: &[Vec<f32>], queries: &[Vec<f32>], truth: &[Vec<u64>]) -> Result<(f64, Vec<Run>), String> {
+/// hnswlib on the files [`write_inputs`] wrote, or why not.
+fn hnswlib(dir: &Path) -> Result<(f64, Vec<Run>), String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let status = Command::new(root.join("scripts/tools.sh")).arg("hnswlib").status().map_err(|e| e.to_string())?;
     if !status.success() {
@@ -281,9 +288,6 @@ fn hnswlib(dir: &Path, data: &[Vec<f32>], queries: &[Vec<f32>], truth: &[Vec<u64
     }
     let tools = std::env::var_os("CHORUS_TOOLS").map(std::path::PathBuf::from).unwrap_or_else(|| root.join(".tools"));
     let (d, q, t) = (dir.join("data.npy"), dir.join("queries.npy"), dir.join("truth.npy"));
-    write_npy_f32(&d, data);
-    write_npy_f32(&q, queries);
-    write_npy_i64(&t, truth);
     let efs: Vec<String> = EFS.iter().map(|e| e.to_string()).collect();
     let output = Command::new(tools.join("venv/bin/python"))
         .arg(root.join("benches/hnswlib_compare.py"))
@@ -328,6 +332,9 @@ fn bench(generator: &Generator, points: usize, n_queries: usize, compare: bool) 
     println!("  exact neighbours by brute force in {:.1} s", started.elapsed().as_secs_f64());
 
     let dir = tempfile::tempdir().unwrap();
+    if compare {
+        write_inputs(dir.path(), &data, &queries, &truth);
+    }
     let config = IndexConfig {
         m: M,
         ef_construction: EF_CONSTRUCTION,
@@ -348,6 +355,8 @@ fn bench(generator: &Generator, points: usize, n_queries: usize, compare: bool) 
         index.insert(SegmentId(i as u64), &info(i), v, 0).unwrap();
     }
     let incremental = started.elapsed().as_secs_f64();
+    // The index holds its own copy: the generated rows can go (at 1M points they are 6 GB).
+    drop(data);
     println!(
         "  chorus build: {:.1} s, {:.0} vectors/s (2 threads); incremental insert: {:.0} vectors/s (1 thread)",
         build,
@@ -410,12 +419,12 @@ fn bench(generator: &Generator, points: usize, n_queries: usize, compare: bool) 
             );
         }
     }
-    index.set_shard_tier(0, Tier::F32).unwrap();
+    drop(index);
 
     if !compare {
         return;
     }
-    match hnswlib(dir.path(), &data, &queries, &truth) {
+    match hnswlib(dir.path()) {
         Err(why) => println!("  hnswlib: not run: {why}"),
         Ok((seconds, runs)) => {
             let total = (points + EXTRA) as f64;

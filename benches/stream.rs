@@ -1,14 +1,13 @@
 //! The running job end to end, per profile: latency under a steady real-time load, throughput on a backlog, and the
 //! scaling from one worker to two.
 //!
-//!     scripts/broker.sh start
 //!     cargo bench --bench stream -- [--sensors 40] [--seconds 60] [--backlog-seconds 300]
 //!
 //! Latency: `--sensors` sensors send 1 s chunks of 32 kHz audio in real time for `--seconds`; a segment's latency runs
 //! from the moment the chunk that completed its window was handed to the producer to the moment its record arrives
 //! on the segments topic. Throughput: a backlog of `--backlog-seconds` of audio per sensor is produced first, then
 //! the job drains it; windows/s and chunks/s (five 1 s chunks per window) from its first segment to its last. Each
-//! run is a `chorus run` process of its own, with its own topics, group and directories.
+//! run is a `chorus run` process of its own, on an empty broker of its own, with its own directories.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,11 +40,13 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// A profile from `config/` as it stands, with its own topics, group and directories, and no HTTP endpoints.
-fn scenario(profile: &str, run: &str) -> (Scenario, Config) {
-    let scenario = Scenario::from_profile(profile, &support::brokers(), run, &[("http.enabled", false.into())]);
+/// A profile from `config/` as it stands, on an empty broker of its own (the bundled broker slows down as its
+/// database grows, so every run starts from the same state), with its own directories and no HTTP endpoints.
+fn scenario(profile: &str, run: &str) -> (Scenario, Config, support::PrivateBroker) {
+    let broker = support::PrivateBroker::start();
+    let scenario = Scenario::from_profile(profile, &broker.address(), run, &[("http.enabled", false.into())]);
     let config = Config::load(&scenario.config).unwrap();
-    (scenario, config)
+    (scenario, config, broker)
 }
 
 /// One second of the sample recording (cycled), 32 kHz mono 16-bit, as a WAV payload.
@@ -181,7 +182,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// p50 and p99 latency in milliseconds under `sensors` real-time sensors for `seconds`.
 fn latency(profile: &str, sensors: usize, seconds: usize) -> (f64, f64, usize) {
-    let (scenario, config) = scenario(profile, "latency");
+    let (scenario, config, _broker) = scenario(profile, "latency");
     let sender = Sender::new(&config);
     let arrivals = Arrivals::watch(&config);
     let job = start_job(&scenario, None);
@@ -222,7 +223,7 @@ fn latency(profile: &str, sensors: usize, seconds: usize) -> (f64, f64, usize) {
 
 /// Windows/s and chunks/s draining a backlog of `seconds` per sensor.
 fn throughput(profile: &str, workers: Option<usize>, sensors: usize, seconds: usize) -> (f64, f64) {
-    let (scenario, config) = scenario(profile, "throughput");
+    let (scenario, config, _broker) = scenario(profile, "throughput");
     let sender = Sender::new(&config);
     for k in 0..seconds {
         for sensor in 0..sensors {
@@ -274,6 +275,6 @@ fn main() {
         two / one
     );
     println!(
-        "reproduce: scripts/broker.sh start && cargo bench --bench stream -- --sensors {sensors} --seconds {seconds} --backlog-seconds {backlog}"
+        "reproduce: cargo bench --bench stream -- --sensors {sensors} --seconds {seconds} --backlog-seconds {backlog}"
     );
 }

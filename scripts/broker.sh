@@ -4,6 +4,7 @@
 #   scripts/broker.sh start [CONFIG]   start it (if it is not answering already), wait until it answers, and create the
 #                                      topics named in CONFIG (default: config/balanced.toml)
 #   scripts/broker.sh stop             stop it (SIGTERM, then SIGKILL after 10 s); its data stays
+#   scripts/broker.sh fresh [CONFIG]   stop it, delete its data, start it empty (what the test suite does)
 #   scripts/broker.sh status           exit 0 if it answers
 #   scripts/broker.sh topics CONFIG    create CONFIG's topics on the running broker
 #
@@ -17,7 +18,7 @@ PORT=${CHORUS_BROKER_PORT:-9092}
 URL="tcp://127.0.0.1:$PORT"
 TANSU=$("$ROOT/scripts/tools.sh" paths | sed -n 's/^TANSU=//p')
 
-say() { printf 'chorus-broker: %s\n' "$*" >&2; }
+say() { [ -n "${CHORUS_QUIET:-}" ] || printf 'chorus-broker: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
 answers() { [ -x "$TANSU" ] && timeout 5 "$TANSU" topic list --broker "$URL" >/dev/null 2>&1; }
@@ -94,6 +95,7 @@ case "${1:-}" in
   start) start "${2:-}" ;;
   stop) stop ;;
   restart) stop; start "${2:-}" ;;
+  fresh) stop; rm -f "$STATE"/tansu.db "$STATE"/tansu.db-shm "$STATE"/tansu.db-wal "$STATE"/broker.log; start "${2:-}" ;;
   status) answers ;;
   topics) [ $# -ge 2 ] || die "usage: broker.sh topics CONFIG"; answers || die "broker not answering on $URL"; create_topics "$2" ;;
   *) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
