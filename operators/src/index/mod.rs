@@ -26,7 +26,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::metrics::Metrics;
-use crate::record::{DeadLetter, Segment, route};
+use crate::record::{DeadLetter, Segment, SegmentId, route};
 use crate::wakeup::Wakeup;
 use crate::{Error, FieldError};
 
@@ -381,28 +381,49 @@ impl<'scope> Index<'scope> for StreamVec<'scope, u64, Segment> {
                     let mut duplicates = HashMap::<String, u64>::new();
                     let received = batch.len();
                     let now = now_seconds();
+                    // Per space, in arrival order, the new segments inserted in parallel.
+                    let mut by_space: HashMap<String, Vec<Segment>> = HashMap::new();
                     for segment in batch.drain(..) {
-                        let info =
-                            PointInfo { sensor: segment.key.sensor.clone(), start_micros: segment.key.start_micros() };
-                        let offered = indices
-                            .space(&segment.key.space)
-                            .and_then(|index| write(&index).offer(segment.key.id(), &info, &segment.embedding, now));
-                        match offered {
-                            Ok(Offered::Inserted | Offered::Unarchived) => new.push(segment),
-                            Ok(Offered::Duplicate) => {
-                                *duplicates.entry(segment.key.space.clone()).or_default() += 1;
-                                if !segment.resumed {
-                                    replayed.push(segment);
-                                }
+                        by_space.entry(segment.key.space.clone()).or_default().push(segment);
+                    }
+                    for (space, segments) in by_space {
+                        let points: Vec<(SegmentId, PointInfo, &[f32])> = segments
+                            .iter()
+                            .map(|s| {
+                                let info =
+                                    PointInfo { sensor: s.key.sensor.clone(), start_micros: s.key.start_micros() };
+                                (s.key.id(), info, s.embedding.as_slice())
+                            })
+                            .collect();
+                        let offered = match indices.space(&space) {
+                            Ok(index) => write(&index).offer_many(&points, now),
+                            Err(error) => {
+                                let message = error.to_string();
+                                points
+                                    .iter()
+                                    .map(|_| Err(Error::Index { path: space.clone(), message: message.clone() }))
+                                    .collect()
                             }
-                            Err(error) => failed.push(DeadLetter {
-                                origin: Some(segment.origin.clone()),
-                                key: Some(segment.key.sensor.as_bytes().to_vec()),
-                                headers: Vec::new(),
-                                payload: Vec::new(),
-                                reason: format!("segment {} not indexed: {error}", segment.key.id()),
-                                cause: "index",
-                            }),
+                        };
+                        drop(points);
+                        for (segment, offered) in segments.into_iter().zip(offered) {
+                            match offered {
+                                Ok(Offered::Inserted | Offered::Unarchived) => new.push(segment),
+                                Ok(Offered::Duplicate) => {
+                                    *duplicates.entry(segment.key.space.clone()).or_default() += 1;
+                                    if !segment.resumed {
+                                        replayed.push(segment);
+                                    }
+                                }
+                                Err(error) => failed.push(DeadLetter {
+                                    origin: Some(segment.origin.clone()),
+                                    key: Some(segment.key.sensor.as_bytes().to_vec()),
+                                    headers: Vec::new(),
+                                    payload: Vec::new(),
+                                    reason: format!("segment {} not indexed: {error}", segment.key.id()),
+                                    cause: "index",
+                                }),
+                            }
                         }
                     }
                     metrics.count("index", received, new.len());
@@ -695,6 +716,29 @@ mod tests {
         assert_eq!(offer(&mut index, 2), Offered::Duplicate);
         assert_eq!(offer(&mut index, 3), Offered::Inserted);
         assert_eq!(index.len(), 4);
+    }
+
+    #[test]
+    fn a_batch_offer_is_an_offer_after_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = SpaceIndex::new(dir.path(), &params(5), 4);
+        index.insert(SegmentId(0), &info(0), &vector(0, 4), 0).unwrap();
+        index.insert(SegmentId(1), &info(1), &vector(1, 4), 0).unwrap();
+        index.reconcile(&[0].into_iter().collect());
+        let (v2, v3, zero) = (vector(2, 4), vector(3, 4), [0.0f32; 4]);
+        let points: Vec<(SegmentId, PointInfo, &[f32])> = vec![
+            (SegmentId(0), info(0), &v2),
+            (SegmentId(1), info(1), &v2),
+            (SegmentId(2), info(2), &v2),
+            (SegmentId(9), info(9), &zero),
+            (SegmentId(2), info(2), &v2),
+            (SegmentId(3), info(3), &v3),
+        ];
+        let offered: Vec<_> = index.offer_many(&points, 0).into_iter().map(|r| r.map_err(|_| "error")).collect();
+        use Offered::*;
+        assert_eq!(offered, [Ok(Duplicate), Ok(Unarchived), Ok(Inserted), Err("error"), Ok(Duplicate), Ok(Inserted)]);
+        assert_eq!(index.len(), 4);
+        assert_eq!(search(&index, &v3, 1, 16, &Filter::default())[0].0, SegmentId(3));
     }
 
     #[test]

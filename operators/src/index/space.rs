@@ -327,6 +327,33 @@ impl SpaceIndex {
         Ok(Offered::Inserted)
     }
 
+    /// Offers many segments at once, as [`SpaceIndex::offer`] would one after the other, inserting the new ones in
+    /// parallel; a vector without a direction or of the wrong length fails alone.
+    pub fn offer_many(&mut self, points: &[(SegmentId, PointInfo, &[f32])], now: u64) -> Vec<Result<Offered, Error>> {
+        let mut results = Vec::with_capacity(points.len());
+        let mut fresh = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, (id, _, embedding)) in points.iter().enumerate() {
+            if self.ids.contains_key(&id.0) || seen.contains(&id.0) {
+                results.push(Ok(if self.unarchived.remove(&id.0) { Offered::Unarchived } else { Offered::Duplicate }));
+            } else if let Err(error) = unit(embedding, self.dim) {
+                results.push(Err(error));
+            } else {
+                seen.insert(id.0);
+                fresh.push(i);
+                results.push(Ok(Offered::Inserted));
+            }
+        }
+        let batch: Vec<(SegmentId, PointInfo, &[f32])> = fresh.iter().map(|&i| points[i].clone()).collect();
+        if let Err(error) = self.insert_many(&batch, now) {
+            let message = error.to_string();
+            for i in fresh {
+                results[i] = Err(Error::Index { path: self.dir.display().to_string(), message: message.clone() });
+            }
+        }
+        results
+    }
+
     /// Inserts `embedding` under `id`; returns false (and changes nothing) when `id` is already indexed. Seals the
     /// open shard when it is full.
     pub fn insert(&mut self, id: SegmentId, info: &PointInfo, embedding: &[f32], now: u64) -> Result<bool, Error> {
