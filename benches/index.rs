@@ -25,23 +25,18 @@ use chorus_operators::record::SegmentId;
 use rayon::prelude::*;
 use simsimd::SpatialSimilarity;
 
+#[path = "args.rs"]
+mod args;
+
+use args::arg;
+use args::flag;
+
 const EXTRA: usize = 2_000;
+/// Points per shard beyond which the bench splits the index, as the job's default does.
+const SHARD: usize = 100_000;
 const EFS: [usize; 4] = [32, 64, 128, 256];
 const M: usize = 32;
 const EF_CONSTRUCTION: usize = 200;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} takes a whole number, not {v}")))
-        .unwrap_or(default)
-}
-
-fn flag(name: &str) -> bool {
-    std::env::args().any(|a| a == name)
-}
 
 /// SplitMix64: a seedable stream, so each row is the same whatever thread makes it.
 struct Rng(u64);
@@ -335,12 +330,10 @@ fn bench(generator: &Generator, points: usize, n_queries: usize, compare: bool) 
     if compare {
         write_inputs(dir.path(), &data, &queries, &truth);
     }
-    let config = IndexConfig {
-        m: M,
-        ef_construction: EF_CONSTRUCTION,
-        shard_max_points: points + EXTRA + 1,
-        ..Default::default()
-    };
+    // One shard, to compare with hnswlib's one graph; beyond 100 000 points, shards of 100 000 as the job keeps them
+    // (one hnsw_rs graph of a million 1536-dimensional vectors does not fit in 24 GiB beside the data).
+    let shard_max_points = if points > SHARD { SHARD } else { points + EXTRA + 1 };
+    let config = IndexConfig { m: M, ef_construction: EF_CONSTRUCTION, shard_max_points, ..Default::default() };
     let params = config.build(dir.path()).unwrap();
     let mut index = SpaceIndex::new(&dir.path().join("space=bench"), &params, generator.dim);
     let info = |i: usize| PointInfo { sensor: format!("s{}", i % 16), start_micros: i as i64 * 5_000_000 };
@@ -369,7 +362,11 @@ fn bench(generator: &Generator, points: usize, n_queries: usize, compare: bool) 
         index.search(&request, None, 0).unwrap().into_iter().map(|(id, _)| id.0).collect()
     };
     let open = sweep(&|q, k, ef| search(&index, q, k, ef), &queries, &truth);
-    print_runs("chorus open (hnsw_rs)", &open);
+    let label = match index.shards().len() {
+        0 => "chorus open (hnsw_rs)".to_owned(),
+        n => format!("chorus {n} sealed + open"),
+    };
+    print_runs(&label, &open);
     let started = Instant::now();
     index.seal(0).unwrap();
     println!("  sealed in {:.1} s", started.elapsed().as_secs_f64());

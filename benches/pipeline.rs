@@ -18,16 +18,12 @@ use chorus_operators::record::{Origin, Window, rfc3339};
 use chorus_operators::resample::StreamResampler;
 use chorus_operators::segment::{Segmenter, WindowsConfig};
 
-const T0_NANOS: i64 = 1_777_611_600_000_000_000;
+#[path = "args.rs"]
+mod args;
 
-fn arg(name: &str, default: f64) -> f64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} takes a number, not {v}")))
-        .unwrap_or(default)
-}
+use args::arg;
+
+const T0_NANOS: i64 = 1_777_611_600_000_000_000;
 
 fn tools() -> PathBuf {
     let dir = std::env::var_os("CHORUS_TOOLS")

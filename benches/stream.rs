@@ -29,16 +29,12 @@ mod support;
 
 use support::Scenario;
 
-const T0_NANOS: i64 = support::T0_SECONDS * 1_000_000_000;
+#[path = "args.rs"]
+mod args;
 
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name} takes a whole number, not {v}")))
-        .unwrap_or(default)
-}
+use args::arg;
+
+const T0_NANOS: i64 = support::T0_SECONDS * 1_000_000_000;
 
 /// A profile from `config/` as it stands, on an empty broker of its own (the bundled broker slows down as its
 /// database grows, so every run starts from the same state), with its own directories and no HTTP endpoints.
