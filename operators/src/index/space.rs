@@ -465,11 +465,13 @@ impl SpaceIndex {
             (search_open(), warm.iter().map(search_sealed).collect())
         };
         found.extend(sealed.into_iter().flatten());
-        let members: HashMap<u64, usize> = (self.sealed.iter().enumerate())
-            .filter(|(_, s)| s.tier() == Tier::Archive && s.may_admit(filter))
-            .flat_map(|(i, s)| s.rows().ids.iter().map(move |id| (*id, i)))
-            .collect();
-        if let (Some(cold), false) = (cold, members.is_empty()) {
+        let archived =
+            || (self.sealed.iter().enumerate()).filter(|(_, s)| s.tier() == Tier::Archive && s.may_admit(filter));
+        if let Some(cold) = cold
+            && archived().next().is_some()
+        {
+            let members: HashMap<u64, usize> =
+                archived().flat_map(|(i, s)| s.rows().ids.iter().map(move |id| (*id, i))).collect();
             cold.scan(filter, &mut |id, embedding| {
                 if let Some(shard) = members.get(&id)
                     && let Ok(vector) = unit(embedding, self.dim)
