@@ -16,6 +16,7 @@ pub mod embed;
 pub mod index;
 pub mod metrics;
 pub mod record;
+pub mod refine;
 pub mod resample;
 pub mod schedule;
 pub mod segment;

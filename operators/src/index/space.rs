@@ -303,6 +303,22 @@ impl SpaceIndex {
         self.sealed.get(shard as usize)?.full_row(row as usize)
     }
 
+    /// Calls `visit(id, unit vector)` for every point: the open shard's from memory, sealed shards' from their files.
+    pub fn for_each_vector(&self, mut visit: impl FnMut(SegmentId, Vec<f32>)) {
+        for point in self.open.hnsw.get_point_indexation() {
+            if let Ok(v) = unit(point.get_v(), self.dim) {
+                visit(SegmentId(point.get_origin_id() as u64), v);
+            }
+        }
+        for shard in &self.sealed {
+            for (row, id) in shard.rows().ids.iter().enumerate() {
+                if let Some(v) = shard.full_row(row) {
+                    visit(SegmentId(*id), v);
+                }
+            }
+        }
+    }
+
     /// Sealed shards.
     pub fn shards(&self) -> &[Shard] {
         &self.sealed

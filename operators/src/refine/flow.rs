@@ -1,0 +1,566 @@
+//! The refinement as a differential dataflow: nodes, kNN edges and seed labels in, refined embeddings, label scores
+//! and clusters out, each kept up to date by the differences of what changed — and the [`Refiner`] that feeds one
+//! worker's share of it in rounds and collects what came out.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::Instant;
+
+use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
+use differential_dataflow::input::InputSession;
+use differential_dataflow::operators::Iterate;
+use differential_dataflow::{ExchangeData, VecCollection};
+use serde::{Deserialize, Serialize};
+use timely::dataflow::ProbeHandle;
+use timely::dataflow::Scope;
+use timely::worker::Worker;
+
+use super::knn::{Edge, KnnGraph};
+use super::rules::{self, combine, spread, weight};
+use super::{RefineParams, oracle};
+
+/// One node's contributions to its next embedding, carried as a difference so that differential sums them in place:
+/// its own embedding (`own`) and `n` neighbours' embeddings summed (`sum`). Sums wrap, which is exact as long as the
+/// true total fits (see [`rules::EMBEDDING_SCALE`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Mix {
+    n: i32,
+    own: Vec<i32>,
+    sum: Vec<i32>,
+}
+
+fn add_into(into: &mut Vec<i32>, from: &[i32]) {
+    if into.len() < from.len() {
+        into.resize(from.len(), 0);
+    }
+    for (a, b) in into.iter_mut().zip(from) {
+        *a = a.wrapping_add(*b);
+    }
+}
+
+impl IsZero for Mix {
+    fn is_zero(&self) -> bool {
+        self.n == 0 && self.own.iter().all(|x| *x == 0) && self.sum.iter().all(|x| *x == 0)
+    }
+}
+
+impl Semigroup for Mix {
+    fn plus_equals(&mut self, rhs: &Self) {
+        self.n = self.n.wrapping_add(rhs.n);
+        add_into(&mut self.own, &rhs.own);
+        add_into(&mut self.sum, &rhs.sum);
+    }
+}
+
+impl Monoid for Mix {
+    fn zero() -> Self {
+        Mix::default()
+    }
+}
+
+impl Abelian for Mix {
+    fn negate(&mut self) {
+        self.n = self.n.wrapping_neg();
+        self.own.iter_mut().for_each(|x| *x = x.wrapping_neg());
+        self.sum.iter_mut().for_each(|x| *x = x.wrapping_neg());
+    }
+}
+
+impl Multiply<isize> for Mix {
+    type Output = Mix;
+    fn multiply(self, rhs: &isize) -> Mix {
+        let r = *rhs as i32;
+        let scale = |v: Vec<i32>| v.into_iter().map(|x| x.wrapping_mul(r)).collect();
+        Mix { n: self.n.wrapping_mul(r), own: scale(self.own), sum: scale(self.sum) }
+    }
+}
+
+/// What a node's label scores are computed from at one hop.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+enum LabelInput {
+    /// One per out-edge: the count is the node's degree.
+    Edge,
+    /// The node's own given label.
+    Seed(String),
+    /// A neighbour's score for a label (counted once per neighbour with that score).
+    Score(String, i64),
+}
+
+/// The refinement's outputs as collections.
+pub struct Refined<'scope> {
+    /// `(node, refined embedding)` in fixed point.
+    pub embeddings: VecCollection<'scope, u64, (u64, Vec<i32>), isize>,
+    /// `(node, (label, score))` for every label that reached the node.
+    pub labels: VecCollection<'scope, u64, (u64, (String, i64)), isize>,
+    /// `(node, cluster)`: the smallest id in its component of mutual close neighbours.
+    pub clusters: VecCollection<'scope, u64, (u64, u64), isize>,
+}
+
+/// Builds the refinement over `nodes` (id, own embedding in fixed point), `edges` and `seeds` (id, label): the
+/// same computation as [`oracle::refine`], incrementally. Keys spread over the workers by hash.
+pub fn refine<'scope>(
+    nodes: VecCollection<'scope, u64, (u64, Vec<i32>), isize>,
+    edges: VecCollection<'scope, u64, Edge, isize>,
+    seeds: VecCollection<'scope, u64, (u64, String), isize>,
+    params: &RefineParams,
+) -> Refined<'scope> {
+    let nodes = nodes.arrange_by_key();
+    let edges_by_dst = edges.clone().map(|(src, dst, _)| (dst, src)).arrange_by_key();
+
+    // Embedding propagation: each hop sums the neighbours' previous embeddings into the node's `Mix`, then mixes.
+    let own = nodes.clone().as_collection(|node, h| (*node, h.clone())).explode(|(node, h)| {
+        Some(((node, ()), Mix { n: 0, own: h, sum: Vec::new() }))
+    });
+    let alpha = params.alpha;
+    let mut embeddings = nodes.clone();
+    for _ in 0..params.hops {
+        let neighbours = edges_by_dst
+            .clone()
+            .join_core(embeddings, |_dst, src, h| Some((*src, h.clone())))
+            .explode(|(src, h)| Some(((src, ()), Mix { n: 1, own: Vec::new(), sum: h })));
+        embeddings = own
+            .clone()
+            .concat(neighbours)
+            .reduce(move |_node, input: &[(&(), Mix)], out: &mut Vec<(Vec<i32>, isize)>| {
+                let mix = &input[0].1;
+                out.push((combine(&mix.own, i64::from(mix.n), &mix.sum, alpha), 1));
+            })
+            .arrange_by_key();
+    }
+    let refined = embeddings.as_collection(|node, h| (*node, h.clone()));
+
+    // Label propagation: seeds on known nodes start at full score; each hop takes the degree, the seed and the
+    // neighbours' scores.
+    let seeds = seeds.arrange_by_key().join_core(nodes.clone(), |node, label, _| Some((*node, label.clone())));
+    let base = edges
+        .clone()
+        .map(|(src, _, _)| (src, LabelInput::Edge))
+        .concat(seeds.clone().map(|(node, label)| (node, LabelInput::Seed(label))));
+    let (restart, min_score) = (weight(params.label_restart), params.min_label_score);
+    let mut labels = seeds.map(|(node, label)| (node, (label, rules::SCORE_ONE))).arrange_by_key();
+    for _ in 0..params.label_hops {
+        let scores = edges_by_dst
+            .clone()
+            .join_core(labels, |_dst, src, (label, score)| Some((*src, LabelInput::Score(label.clone(), *score))));
+        labels = base
+            .clone()
+            .concat(scores)
+            .reduce(move |_node, input: &[(&LabelInput, isize)], out: &mut Vec<((String, i64), isize)>| {
+                let (mut n, mut seed, mut sums) = (0i64, None, BTreeMap::new());
+                for (value, count) in input {
+                    match value {
+                        LabelInput::Edge => n += *count as i64,
+                        LabelInput::Seed(label) => seed = Some(label.as_str()),
+                        LabelInput::Score(label, score) => {
+                            *sums.entry(label.as_str()).or_insert(0i64) += score * *count as i64;
+                        }
+                    }
+                }
+                out.extend(spread(seed, n, &sums, restart, min_score).into_iter().map(|s| (s, 1)));
+            })
+            .arrange_by_key();
+    }
+    let labels = labels.as_collection(|node, score| (*node, score.clone()));
+
+    // Clusters: components of the mutual close edges, each named by its smallest id.
+    let mutual = edges
+        .filter(|(_, _, close)| *close)
+        .map(|(a, b, _)| (a.min(b), a.max(b)))
+        .count()
+        .filter(|(_, both)| *both == 2)
+        .flat_map(|((a, b), _)| [(a, b), (b, a)])
+        .arrange_by_key();
+    let ids = nodes.clone().as_collection(|node, _| (*node, *node));
+    let clusters = ids.clone().iterate(|inner, named| {
+        let mutual = mutual.clone().enter(inner);
+        let ids = ids.clone().enter(inner);
+        named
+            .join_core(mutual, |_node, name, neighbour| Some((*neighbour, *name)))
+            .concat(ids)
+            .reduce(|_node, input: &[(&u64, isize)], out: &mut Vec<(u64, isize)>| out.push((*input[0].0, 1)))
+    });
+    Refined { embeddings: refined, labels, clusters }
+}
+
+type Captured<D> = Rc<RefCell<Vec<(D, u64, isize)>>>;
+
+fn capture<'scope, D: ExchangeData>(
+    collection: VecCollection<'scope, u64, D, isize>,
+    probe: &ProbeHandle<u64>,
+) -> Captured<D> {
+    let captured: Captured<D> = Rc::new(RefCell::new(Vec::new()));
+    let sink = captured.clone();
+    collection.inspect(move |update| sink.borrow_mut().push(update.clone())).probe_with(probe);
+    captured
+}
+
+/// What one round changed, consolidated: `+1` for what holds now, `-1` for what no longer does.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Changes {
+    /// Refined embeddings.
+    pub embeddings: Vec<((u64, Vec<i32>), isize)>,
+    /// Label scores.
+    pub labels: Vec<((u64, (String, i64)), isize)>,
+    /// Cluster names.
+    pub clusters: Vec<((u64, u64), isize)>,
+}
+
+impl Changes {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.embeddings.is_empty() && self.labels.is_empty() && self.clusters.is_empty()
+    }
+}
+
+fn drain_until<D: Ord + Clone>(captured: &Captured<D>, round: u64) -> Vec<(D, isize)> {
+    let mut all = captured.borrow_mut();
+    let mut taken = Vec::new();
+    all.retain(|(data, time, diff)| {
+        if *time <= round {
+            taken.push((data.clone(), *diff));
+            false
+        } else {
+            true
+        }
+    });
+    differential_dataflow::consolidation::consolidate(&mut taken);
+    taken
+}
+
+/// One worker's share of the refinement: it keeps the kNN graph of the spaces the worker indexes, feeds nodes, edge
+/// changes and labels to the dataflow in rounds, and hands back each settled round's output changes for the keys
+/// this worker holds.
+pub struct Refiner {
+    graph: KnnGraph,
+    seeds: HashMap<u64, String>,
+    nodes: InputSession<u64, (u64, Vec<i32>), isize>,
+    edges: InputSession<u64, Edge, isize>,
+    labels: InputSession<u64, (u64, String), isize>,
+    probe: ProbeHandle<u64>,
+    outputs: (Captured<(u64, Vec<i32>)>, Captured<(u64, (String, i64))>, Captured<(u64, u64)>),
+    changes: Vec<(Edge, isize)>,
+    /// Rounds closed and not yet settled, with when they closed.
+    open_rounds: Vec<(u64, Instant)>,
+}
+
+impl Refiner {
+    /// Builds the refinement dataflow in `worker`; every worker of the job must build one.
+    pub fn new(worker: &mut Worker, params: &RefineParams) -> Refiner {
+        let (mut nodes, mut edges, mut labels) = (InputSession::new(), InputSession::new(), InputSession::new());
+        let probe = ProbeHandle::new();
+        let params_in = params.clone();
+        let outputs = worker.dataflow::<u64, _, _>(|scope: Scope<'_, u64>| {
+            let refined = refine(
+                nodes.to_collection(scope),
+                edges.to_collection(scope),
+                labels.to_collection(scope),
+                &params_in,
+            );
+            (
+                capture(refined.embeddings, &probe),
+                capture(refined.labels, &probe),
+                capture(refined.clusters, &probe),
+            )
+        });
+        Refiner {
+            graph: KnnGraph::new(params.k, params.cluster_max_distance),
+            seeds: HashMap::new(),
+            nodes,
+            edges,
+            labels,
+            probe,
+            outputs,
+            changes: Vec::new(),
+            open_rounds: Vec::new(),
+        }
+    }
+
+    /// The kNN graph of this worker's spaces.
+    pub fn graph(&self) -> &KnnGraph {
+        &self.graph
+    }
+
+    /// Adds a node with its unit embedding and the neighbours the index found for it; false if it was present.
+    pub fn add(&mut self, node: u64, unit: &[f32], found: &[(u64, f32)]) -> bool {
+        if !self.graph.add(node, found, &mut self.changes) {
+            return false;
+        }
+        self.nodes.insert((node, rules::to_fixed(unit)));
+        for (edge, diff) in self.changes.drain(..) {
+            self.edges.update(edge, diff);
+        }
+        true
+    }
+
+    /// Takes over a saved graph: its edges go to the dataflow now; each node's embedding follows through
+    /// [`Refiner::restore_node`].
+    pub fn restore_graph(&mut self, saved: KnnGraph) {
+        for edge in saved.edges() {
+            self.edges.insert(edge);
+        }
+        self.graph = saved;
+    }
+
+    /// Gives a node of the restored graph its embedding.
+    pub fn restore_node(&mut self, node: u64, unit: &[f32]) {
+        self.nodes.insert((node, rules::to_fixed(unit)));
+    }
+
+    /// Gives `node` the label `label`, or takes its label away (`None`); a previous label is retracted.
+    pub fn label(&mut self, node: u64, label: Option<String>) {
+        let previous = match &label {
+            Some(new) => self.seeds.insert(node, new.clone()),
+            None => self.seeds.remove(&node),
+        };
+        if previous == label {
+            return;
+        }
+        if let Some(old) = previous {
+            self.labels.remove((node, old));
+        }
+        if let Some(new) = label {
+            self.labels.insert((node, new));
+        }
+    }
+
+    /// Closes the current round: what was added since is refined together. Returns the round closed.
+    pub fn advance(&mut self) -> u64 {
+        let round = *self.nodes.time();
+        let next = round + 1;
+        self.nodes.advance_to(next);
+        self.edges.advance_to(next);
+        self.labels.advance_to(next);
+        self.nodes.flush();
+        self.edges.flush();
+        self.labels.flush();
+        self.open_rounds.push((round, Instant::now()));
+        round
+    }
+
+    /// Whether every worker's outputs for `round` are complete.
+    pub fn settled(&self, round: u64) -> bool {
+        !self.probe.less_equal(&round)
+    }
+
+    /// The changes of every settled round not taken yet, with the latest settled round and how long ago the oldest
+    /// of them closed; `None` when no new round settled.
+    pub fn take(&mut self) -> Option<(u64, std::time::Duration, Changes)> {
+        let settled: Vec<(u64, Instant)> = self.open_rounds.iter().copied().filter(|(r, _)| self.settled(*r)).collect();
+        let (last, _) = *settled.last()?;
+        let oldest = settled[0].1.elapsed();
+        self.open_rounds.retain(|(r, _)| *r > last);
+        let changes = Changes {
+            embeddings: drain_until(&self.outputs.0, last),
+            labels: drain_until(&self.outputs.1, last),
+            clusters: drain_until(&self.outputs.2, last),
+        };
+        Some((last, oldest, changes))
+    }
+
+    /// Rounds closed and not settled yet.
+    pub fn behind(&self) -> usize {
+        self.open_rounds.len()
+    }
+
+    /// Closes the last round and ends this worker's input; the dataflow completes once every worker's has ended.
+    /// Returns the last round, whose changes [`Refiner::take`] gives once it settles.
+    pub fn close(&mut self) -> u64 {
+        let round = self.advance();
+        drop(std::mem::replace(&mut self.nodes, InputSession::new()));
+        drop(std::mem::replace(&mut self.edges, InputSession::new()));
+        drop(std::mem::replace(&mut self.labels, InputSession::new()));
+        round
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::refine::{RefineConfig, Refinements};
+
+    /// A small deterministic generator.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            self.0 >> 33
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+        fn unit(&mut self) -> f64 {
+            self.next() as f64 / (1u64 << 31) as f64
+        }
+    }
+
+    /// Points around a few centres, as unit vectors.
+    fn points(rng: &mut Rng, n: usize, dim: usize) -> Vec<Vec<f32>> {
+        let centres: Vec<Vec<f64>> = (0..4).map(|_| (0..dim).map(|_| rng.unit() - 0.5).collect()).collect();
+        (0..n)
+            .map(|i| {
+                let c = &centres[i % centres.len()];
+                let v: Vec<f64> = c.iter().map(|x| x + (rng.unit() - 0.5) * 0.4).collect();
+                let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+                v.iter().map(|x| (x / norm) as f32).collect()
+            })
+            .collect()
+    }
+
+    /// The `k + 2` nearest present points by brute force, some dropped to stand in for an approximate index.
+    fn found(rng: &mut Rng, points: &[Vec<f32>], present: &[usize], node: usize, k: usize) -> Vec<(u64, f32)> {
+        let mut all: Vec<(u64, f32)> = present
+            .iter()
+            .map(|&j| {
+                let dot: f32 = points[node].iter().zip(&points[j]).map(|(a, b)| a * b).sum();
+                (j as u64, 1.0 - dot)
+            })
+            .collect();
+        all.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        all.truncate(k + 2);
+        all.retain(|_| rng.below(5) != 0);
+        all
+    }
+
+    fn random_params(rng: &mut Rng) -> RefineParams {
+        RefineConfig {
+            k: 1 + rng.below(5) as usize,
+            alpha: [0.0, 0.3, 0.5, 1.0][rng.below(4) as usize],
+            hops: rng.below(4) as usize,
+            label_restart: [0.1, 0.2, 0.5][rng.below(3) as usize],
+            label_hops: 1 + rng.below(5) as usize,
+            min_label_score: [0.0, 0.001, 0.05][rng.below(3) as usize],
+            cluster_max_distance: [0.02, 0.1, 0.3][rng.below(3) as usize],
+            ..Default::default()
+        }
+        .build()
+        .unwrap()
+    }
+
+    /// One random history: nodes arrive in random rounds, labels are given, changed and retracted.
+    struct History {
+        params: RefineParams,
+        points: Vec<Vec<f32>>,
+        /// Per round: nodes added (with what the index found) and label operations.
+        rounds: Vec<(Vec<(usize, Vec<(u64, f32)>)>, Vec<(u64, Option<String>)>)>,
+    }
+
+    fn history(seed: u64) -> History {
+        let mut rng = Rng(seed);
+        let params = random_params(&mut rng);
+        let n = 20 + rng.below(50) as usize;
+        let points = points(&mut rng, n, 6);
+        let mut order: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        let (mut present, mut rounds) = (Vec::new(), Vec::new());
+        let mut at = 0;
+        while at < n || rounds.len() < 3 {
+            let take = (1 + rng.below(8) as usize).min(n - at);
+            let mut added = Vec::new();
+            for &node in &order[at..at + take] {
+                added.push((node, found(&mut rng, &points, &present, node, params.k)));
+                present.push(node);
+            }
+            at += take;
+            let labels = (0..rng.below(4))
+                .map(|_| {
+                    // Labels also name nodes that have not arrived yet.
+                    let node = rng.below(n as u64);
+                    let label = (rng.below(4) != 0).then(|| ["owl", "wren", "frog"][rng.below(3) as usize].to_owned());
+                    (node, label)
+                })
+                .collect();
+            rounds.push((added, labels));
+        }
+        History { params, points, rounds }
+    }
+
+    fn oracle_inputs(refiner: &Refiner, history: &History, seeds: &BTreeMap<u64, String>) -> oracle::Inputs {
+        oracle::Inputs {
+            nodes: (refiner.graph().iter())
+                .map(|(node, _)| (node, rules::to_fixed(&history.points[node as usize])))
+                .collect(),
+            edges: refiner.graph().edges().collect::<BTreeSet<_>>(),
+            seeds: seeds.clone(),
+        }
+    }
+
+    #[test]
+    fn incremental_refinement_equals_from_scratch_after_every_round() {
+        for seed in 0..24 {
+            let history = history(seed);
+            timely::execute_directly(move |worker| {
+                let mut refiner = Refiner::new(worker, &history.params);
+                let mut state = Refinements::default();
+                let mut seeds = BTreeMap::new();
+                for (round, (added, labels)) in history.rounds.iter().enumerate() {
+                    for (node, found) in added {
+                        refiner.add(*node as u64, &history.points[*node], found);
+                    }
+                    for (node, label) in labels {
+                        refiner.label(*node, label.clone());
+                        match label {
+                            Some(label) => seeds.insert(*node, label.clone()),
+                            None => seeds.remove(node),
+                        };
+                    }
+                    let closed = refiner.advance();
+                    worker.step_while(|| !refiner.settled(closed));
+                    if let Some((_, _, changes)) = refiner.take() {
+                        state.apply(&changes);
+                    }
+                    let want = oracle::refine(&oracle_inputs(&refiner, &history, &seeds), &history.params);
+                    assert_eq!(state.as_outputs(), want, "seed {seed}, round {round}, {:?}", history.params);
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn two_workers_together_equal_from_scratch() {
+        for seed in 100..104 {
+            let history = Arc::new(history(seed));
+            let state = Arc::new(Mutex::new(Refinements::default()));
+            let want = Arc::new(Mutex::new(None));
+            let (h, s, w) = (history.clone(), state.clone(), want.clone());
+            timely::execute(timely::Config::process(2), move |worker| {
+                let mut refiner = Refiner::new(worker, &h.params);
+                let mut seeds = BTreeMap::new();
+                for (added, labels) in &h.rounds {
+                    // Worker 0 indexes every node; worker 1 only takes its share of the keys downstream.
+                    if worker.index() == 0 {
+                        for (node, found) in added {
+                            refiner.add(*node as u64, &h.points[*node], found);
+                        }
+                        for (node, label) in labels {
+                            refiner.label(*node, label.clone());
+                            match label {
+                                Some(label) => seeds.insert(*node, label.clone()),
+                                None => seeds.remove(node),
+                            };
+                        }
+                    }
+                    refiner.advance();
+                }
+                let last = refiner.close();
+                worker.step_while(|| !refiner.settled(last));
+                if let Some((_, _, changes)) = refiner.take() {
+                    s.lock().unwrap().apply(&changes);
+                }
+                if worker.index() == 0 {
+                    *w.lock().unwrap() = Some(oracle::refine(&oracle_inputs(&refiner, &h, &seeds), &h.params));
+                }
+            })
+            .unwrap()
+            .join();
+            let want = want.lock().unwrap().take().unwrap();
+            assert_eq!(state.lock().unwrap().as_outputs(), want, "seed {seed}");
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Graph refinement: the kNN graph of each space's segments, maintained as segments are indexed, and what
+//! differential dataflow keeps up to date over it — refined embeddings (embedding propagation), labels spread from a
+//! few given ones (label propagation), and clusters of mutual near neighbours (connected components).
+//!
+//! [`knn`] keeps the graph, [`rules`] holds the per-node arithmetic, [`flow`] the differential computation and
+//! [`oracle`] the same computation from scratch, which the incremental one must equal after every round.
+
+pub mod flow;
+pub mod knn;
+pub mod oracle;
+pub mod rules;
+
+use serde::Deserialize;
+
+use crate::FieldError;
+
+/// `[refine]`: the kNN graph and what is computed over it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RefineConfig {
+    /// Whether the job refines at all.
+    pub enabled: bool,
+    /// Neighbours per segment in the graph (its out-edges).
+    pub k: usize,
+    /// Embedding propagation: the weight of a segment's own embedding at each hop (the rest is the mean of its
+    /// neighbours' embeddings at the previous hop).
+    pub alpha: f64,
+    /// Embedding propagation: hops (0 turns it off: refined equals raw).
+    pub hops: usize,
+    /// Label propagation: the weight of a node's own given label at each hop (personalised PageRank's restart).
+    pub label_restart: f64,
+    /// Label propagation: hops, i.e. how far a label can travel.
+    pub label_hops: usize,
+    /// Label propagation: scores below this fraction are dropped, so labels fade out instead of covering the graph.
+    pub min_label_score: f64,
+    /// Clusters: two segments are joined when each is among the other's `k` nearest and their cosine distance is
+    /// at most this.
+    pub cluster_max_distance: f32,
+    /// Milliseconds per refinement round: new segments and labels are gathered for this long, then refined
+    /// together.
+    pub round_ms: u64,
+}
+
+impl Default for RefineConfig {
+    fn default() -> Self {
+        RefineConfig {
+            enabled: true,
+            k: 10,
+            alpha: 0.5,
+            hops: 1,
+            label_restart: 0.2,
+            label_hops: 6,
+            min_label_score: 0.001,
+            cluster_max_distance: 0.1,
+            round_ms: 250,
+        }
+    }
+}
+
+/// Validated refinement parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefineParams {
+    /// Whether the job refines.
+    pub enabled: bool,
+    /// Out-edges per node.
+    pub k: usize,
+    /// Own-embedding weight per hop.
+    pub alpha: f64,
+    /// Embedding hops.
+    pub hops: usize,
+    /// Own-label weight per hop.
+    pub label_restart: f64,
+    /// Label hops.
+    pub label_hops: usize,
+    /// Smallest label score kept, as a fraction of [`rules::SCORE_ONE`].
+    pub min_label_score: i64,
+    /// Cluster distance threshold.
+    pub cluster_max_distance: f32,
+    /// Round length.
+    pub round: std::time::Duration,
+}
+
+impl RefineConfig {
+    /// Validates.
+    pub fn build(&self) -> Result<RefineParams, FieldError> {
+        if !(1..=256).contains(&self.k) {
+            return Err(FieldError::new("k", format!("{} is outside 1..=256", self.k)));
+        }
+        let fraction = |field: &'static str, x: f64| {
+            if (0.0..=1.0).contains(&x) {
+                Ok(x)
+            } else {
+                Err(FieldError::new(field, format!("{x} is outside 0..=1")))
+            }
+        };
+        let alpha = fraction("alpha", self.alpha)?;
+        let label_restart = fraction("label_restart", self.label_restart)?;
+        let min_label_score = fraction("min_label_score", self.min_label_score)?;
+        if self.hops > 8 {
+            return Err(FieldError::new("hops", format!("{} is above 8", self.hops)));
+        }
+        if !(1..=32).contains(&self.label_hops) {
+            return Err(FieldError::new("label_hops", format!("{} is outside 1..=32", self.label_hops)));
+        }
+        if !(0.0..=2.0).contains(&self.cluster_max_distance) {
+            return Err(FieldError::new(
+                "cluster_max_distance",
+                format!("{} is outside 0..=2 (cosine distance)", self.cluster_max_distance),
+            ));
+        }
+        if !(10..=60_000).contains(&self.round_ms) {
+            return Err(FieldError::new("round_ms", format!("{} is outside 10..=60000", self.round_ms)));
+        }
+        Ok(RefineParams {
+            enabled: self.enabled,
+            k: self.k,
+            alpha,
+            hops: self.hops,
+            label_restart,
+            label_hops: self.label_hops,
+            min_label_score: (min_label_score * rules::SCORE_ONE as f64).round() as i64,
+            cluster_max_distance: self.cluster_max_distance,
+            round: std::time::Duration::from_millis(self.round_ms),
+        })
+    }
+}
+
+impl Default for RefineParams {
+    fn default() -> Self {
+        RefineConfig::default().build().expect("the defaults are valid")
+    }
+}
+
+/// What the refinement currently says about one node.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeState {
+    /// Refined embedding, fixed point.
+    pub embedding: Option<Vec<i32>>,
+    /// Label scores, sorted by label.
+    pub scores: Vec<(String, i64)>,
+    /// Cluster name: the smallest id in its component.
+    pub cluster: Option<u64>,
+}
+
+impl NodeState {
+    /// The node's label and its share of the label mass, if any label reached it.
+    pub fn label(&self) -> Option<(String, f32)> {
+        rules::verdict(&self.scores)
+    }
+
+    /// The refined embedding as a unit vector.
+    pub fn refined(&self) -> Option<Vec<f32>> {
+        self.embedding.as_deref().map(rules::from_fixed)
+    }
+}
+
+/// The refinement's current outputs, per node, built from the changes of settled rounds; shared by the workers (each
+/// applies the keys it holds) and read by queries.
+#[derive(Debug, Default)]
+pub struct Refinements {
+    nodes: std::collections::HashMap<u64, NodeState>,
+}
+
+/// Refinements shared between the workers and the query API.
+pub type SharedRefinements = std::sync::Arc<std::sync::RwLock<Refinements>>;
+
+impl Refinements {
+    /// Applies one round's consolidated changes; returns the nodes they touched, sorted.
+    pub fn apply(&mut self, changes: &flow::Changes) -> Vec<u64> {
+        let mut touched = Vec::new();
+        for ((node, h), diff) in &changes.embeddings {
+            let state = self.nodes.entry(*node).or_default();
+            if *diff > 0 {
+                state.embedding = Some(h.clone());
+            } else if state.embedding.as_ref() == Some(h) {
+                state.embedding = None;
+            }
+            touched.push(*node);
+        }
+        for ((node, (label, score)), diff) in &changes.labels {
+            let state = self.nodes.entry(*node).or_default();
+            let entry = (label.clone(), *score);
+            if *diff > 0 {
+                let at = state.scores.binary_search(&entry).unwrap_or_else(|at| at);
+                state.scores.insert(at, entry);
+            } else if let Ok(at) = state.scores.binary_search(&entry) {
+                state.scores.remove(at);
+            }
+            touched.push(*node);
+        }
+        for ((node, cluster), diff) in &changes.clusters {
+            let state = self.nodes.entry(*node).or_default();
+            if *diff > 0 {
+                state.cluster = Some(*cluster);
+            } else if state.cluster == Some(*cluster) {
+                state.cluster = None;
+            }
+            touched.push(*node);
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        touched
+    }
+
+    /// What is known about `node`.
+    pub fn get(&self, node: u64) -> Option<&NodeState> {
+        self.nodes.get(&node)
+    }
+
+    /// Nodes with any output.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether no node has an output yet.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Every node's state, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &NodeState)> {
+        self.nodes.iter().map(|(node, state)| (*node, state))
+    }
+
+    /// The outputs in the oracle's shape, for comparison.
+    pub fn as_outputs(&self) -> oracle::Outputs {
+        let mut out = oracle::Outputs::default();
+        for (node, state) in &self.nodes {
+            if let Some(h) = &state.embedding {
+                out.embeddings.insert(*node, h.clone());
+            }
+            if !state.scores.is_empty() {
+                out.labels.insert(*node, state.scores.clone());
+            }
+            if let Some(cluster) = state.cluster {
+                out.clusters.insert(*node, cluster);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,106 @@
+//! The refinement computed from scratch in plain Rust: what the incremental dataflow must equal after every round.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::RefineParams;
+use super::knn::Edge;
+use super::rules::{combine, spread, weight};
+
+/// Everything the refinement reads.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Inputs {
+    /// Node id and its own embedding in fixed point.
+    pub nodes: BTreeMap<u64, Vec<i32>>,
+    /// The kNN edges.
+    pub edges: BTreeSet<Edge>,
+    /// Seed labels by node.
+    pub seeds: BTreeMap<u64, String>,
+}
+
+/// Everything the refinement derives.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outputs {
+    /// Each node's refined embedding after `hops` hops.
+    pub embeddings: BTreeMap<u64, Vec<i32>>,
+    /// Each reached node's label scores after `label_hops` hops, sorted by label.
+    pub labels: BTreeMap<u64, Vec<(String, i64)>>,
+    /// Each node's cluster: the smallest id of its component of mutual close neighbours.
+    pub clusters: BTreeMap<u64, u64>,
+}
+
+/// The refinement of `inputs`, from scratch.
+pub fn refine(inputs: &Inputs, params: &RefineParams) -> Outputs {
+    let mut out_edges: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for &(src, dst, _) in &inputs.edges {
+        if inputs.nodes.contains_key(&src) {
+            out_edges.entry(src).or_default().push(dst);
+        }
+    }
+    let no_edges = Vec::new();
+    let edges_of = |node: &u64| out_edges.get(node).unwrap_or(&no_edges);
+
+    let mut h = inputs.nodes.clone();
+    for _ in 0..params.hops {
+        h = inputs
+            .nodes
+            .iter()
+            .map(|(node, own)| {
+                let present: Vec<&Vec<i32>> = edges_of(node).iter().filter_map(|d| h.get(d)).collect();
+                let mut sum = vec![0i32; own.len()];
+                for v in &present {
+                    for (s, x) in sum.iter_mut().zip(v.iter()) {
+                        *s = s.wrapping_add(*x);
+                    }
+                }
+                (*node, combine(own, present.len() as i64, &sum, params.alpha))
+            })
+            .collect();
+    }
+
+    let seeds: BTreeMap<u64, &str> =
+        inputs.seeds.iter().filter(|(node, _)| inputs.nodes.contains_key(node)).map(|(n, l)| (*n, l.as_str())).collect();
+    let (restart, min_score) = (weight(params.label_restart), params.min_label_score);
+    let mut y: BTreeMap<u64, Vec<(String, i64)>> = BTreeMap::new();
+    for (node, label) in &seeds {
+        y.insert(*node, spread(Some(label), 0, &BTreeMap::new(), restart, min_score));
+    }
+    for _ in 0..params.label_hops {
+        let mut next = BTreeMap::new();
+        for node in inputs.nodes.keys() {
+            let mut sums: BTreeMap<&str, i64> = BTreeMap::new();
+            for dst in edges_of(node) {
+                for (label, score) in y.get(dst).into_iter().flatten() {
+                    *sums.entry(label.as_str()).or_default() += score;
+                }
+            }
+            let seed = seeds.get(node).copied();
+            let scores = spread(seed, edges_of(node).len() as i64, &sums, restart, min_score);
+            if !scores.is_empty() {
+                next.insert(*node, scores);
+            }
+        }
+        y = next;
+    }
+
+    // Union-find over mutual close edges; a component is named by its smallest id.
+    let mut parent: BTreeMap<u64, u64> = inputs.nodes.keys().map(|n| (*n, *n)).collect();
+    fn root(parent: &mut BTreeMap<u64, u64>, mut n: u64) -> u64 {
+        while parent[&n] != n {
+            let up = parent[&parent[&n]];
+            parent.insert(n, up);
+            n = up;
+        }
+        n
+    }
+    for &(a, b, close) in &inputs.edges {
+        if close && a != b && inputs.edges.contains(&(b, a, true)) && parent.contains_key(&a) && parent.contains_key(&b)
+        {
+            let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
+            let (low, high) = (ra.min(rb), ra.max(rb));
+            parent.insert(high, low);
+        }
+    }
+    let nodes: Vec<u64> = inputs.nodes.keys().copied().collect();
+    let clusters = nodes.into_iter().map(|n| (n, root(&mut parent, n))).collect();
+    Outputs { embeddings: h, labels: y, clusters }
+}

@@ -1,0 +1,118 @@
+//! The per-node rules of the refinement, in exact integer arithmetic where sums are taken, so that the dataflow —
+//! which adds and retracts contributions in whatever order changes arrive — and the from-scratch [`super::oracle`]
+//! reach the same bits.
+
+use std::collections::BTreeMap;
+
+/// Embedding components are unit-vector components scaled by 2^20 and rounded: a resolution of 1e-6, and room in an
+/// `i32` for the sum of 2 047 neighbours.
+pub const EMBEDDING_SCALE: f64 = (1 << 20) as f64;
+
+/// Label scores are fractions of 2^30.
+pub const SCORE_ONE: i64 = 1 << 30;
+
+/// Weights (`alpha`) are fractions of 2^16.
+const WEIGHT_ONE: i64 = 1 << 16;
+
+/// A unit vector in fixed point.
+pub fn to_fixed(unit: &[f32]) -> Vec<i32> {
+    unit.iter().map(|x| (f64::from(*x) * EMBEDDING_SCALE).round() as i32).collect()
+}
+
+/// A fixed-point vector back in floating point (a unit vector, up to rounding).
+pub fn from_fixed(fixed: &[i32]) -> Vec<f32> {
+    fixed.iter().map(|x| (f64::from(*x) / EMBEDDING_SCALE) as f32).collect()
+}
+
+/// One hop of embedding propagation for a node: `normalize(alpha·own + (1−alpha)·sum/n)`, or `own` when it has no
+/// neighbours (`n = 0`) or the mix has no direction.
+pub fn combine(own: &[i32], n: i64, sum: &[i32], alpha: f64) -> Vec<i32> {
+    if n == 0 {
+        return own.to_vec();
+    }
+    let at = |v: &[i32], i: usize| v.get(i).map_or(0.0, |x| f64::from(*x));
+    let mixed: Vec<f64> =
+        (0..own.len()).map(|i| alpha * at(own, i) + (1.0 - alpha) * (at(sum, i) / n as f64)).collect();
+    let norm = mixed.iter().map(|x| x * x).sum::<f64>().sqrt();
+    if !(norm.is_finite() && norm > 0.0) {
+        return own.to_vec();
+    }
+    mixed.iter().map(|x| (x / norm * EMBEDDING_SCALE).round() as i32).collect()
+}
+
+/// `alpha` as a fraction of 2^16.
+pub fn weight(alpha: f64) -> i64 {
+    (alpha.clamp(0.0, 1.0) * WEIGHT_ONE as f64).round() as i64
+}
+
+/// One hop of label propagation for a node with `n` out-edges: each label's score is
+/// `restart·seed + (1−restart)·(sum of its neighbours' scores)/n` (`seed` is [`SCORE_ONE`] for the node's own label),
+/// scores below `min_score` are dropped, and a node without out-edges keeps its seed. `sums` holds the neighbours'
+/// summed scores per label.
+pub fn spread(
+    seed: Option<&str>,
+    n: i64,
+    sums: &BTreeMap<&str, i64>,
+    restart: i64,
+    min_score: i64,
+) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    if n == 0 {
+        out.extend(seed.map(|label| (label.to_owned(), SCORE_ONE)));
+        return out;
+    }
+    let mut labels: Vec<&str> = sums.keys().copied().collect();
+    if let Some(label) = seed
+        && !sums.contains_key(label)
+    {
+        labels.push(label);
+        labels.sort_unstable();
+    }
+    for label in labels {
+        let own = if seed == Some(label) { SCORE_ONE } else { 0 };
+        let mean = sums.get(label).copied().unwrap_or(0) / n;
+        let score = (restart * own + (WEIGHT_ONE - restart) * mean) / WEIGHT_ONE;
+        if score >= min_score.max(1) {
+            out.push((label.to_owned(), score));
+        }
+    }
+    out
+}
+
+/// A node's label and its share of the label mass that reached it, from its scores: the highest score wins (ties
+/// go to the label that sorts first).
+pub fn verdict(scores: &[(String, i64)]) -> Option<(String, f32)> {
+    let total: i64 = scores.iter().map(|(_, s)| s).sum();
+    let (label, top) = scores.iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))?;
+    (total > 0).then(|| (label.clone(), (*top as f64 / total as f64) as f32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hop_mixes_own_and_neighbour_directions_and_stays_a_unit_vector() {
+        let own = to_fixed(&[1.0, 0.0]);
+        let sum: Vec<i32> = to_fixed(&[0.0, 1.0]).iter().map(|x| x * 2).collect();
+        let mixed = from_fixed(&combine(&own, 2, &sum, 0.5));
+        let s = std::f32::consts::FRAC_1_SQRT_2;
+        assert!((mixed[0] - s).abs() < 1e-6 && (mixed[1] - s).abs() < 1e-6, "{mixed:?}");
+        assert_eq!(combine(&own, 0, &[], 0.5), own);
+    }
+
+    #[test]
+    fn labels_spread_with_restart_and_small_scores_are_dropped() {
+        let sums = BTreeMap::from([("owl", SCORE_ONE), ("wren", SCORE_ONE / 1000)]);
+        let got = spread(Some("wren"), 2, &sums, weight(0.2), SCORE_ONE / 100);
+        // owl: 0.8 × 1/2 = 0.4; wren: 0.2 + 0.8 × 0.0005 = 0.2004.
+        assert_eq!(got.len(), 2);
+        assert!((got[0].1 as f64 / SCORE_ONE as f64 - 0.4).abs() < 1e-5, "{got:?}");
+        assert!((got[1].1 as f64 / SCORE_ONE as f64 - 0.2004).abs() < 1e-5, "{got:?}");
+        assert_eq!(spread(None, 4, &BTreeMap::from([("owl", 8)]), weight(0.2), SCORE_ONE / 100), []);
+        let (label, share) = verdict(&got).unwrap();
+        assert_eq!(label, "owl");
+        assert!((share - 0.4 / 0.6004).abs() < 1e-5);
+        assert_eq!(verdict(&[]), None);
+    }
+}
