@@ -4,6 +4,11 @@
 //!   query string); `k`, `ef`, `space` and filters (`sensors`, `from`, `to`).
 //! - `GET /v1/segments/{id}` — where and when a segment was recorded.
 //! - `GET /v1/spaces` — the spaces and their index tiers.
+//! - `POST /v1/labels` — give segments labels or take them away (`{"labels": [{"segment_id": "...", "label":
+//!   "..."}]}`, `"label": null` retracts); they go to the labels topic, which the job reads.
+//!
+//! With `"refined": true` a search ranks by refined embeddings (see [`query::refined_search`]); hits carry the
+//! label, label score and cluster the job's refinement gives them.
 //!
 //! Errors are JSON (`{"error": {"status": 400, "reason": "..."}}`). Bodies are limited to `api.max_body_bytes`;
 //! with `api.token` set, every `/v1/` request needs `Authorization: Bearer <token>`. Answers are cached (LRU of
@@ -23,10 +28,12 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use chorus_connectors::kafka::{self, Acks, LabelEvent, Producer};
 use chorus_operators::embed::Embedder;
 use chorus_operators::index::{self, Filter, Registry};
 use chorus_operators::metrics::Metrics;
 use chorus_operators::record::{SegmentId, rfc3339};
+use chorus_operators::refine::SharedRefinements;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -48,17 +55,28 @@ pub struct Api {
     /// Opened on the first WAV query.
     embedder: Arc<Mutex<Option<Embedder>>>,
     cache: Arc<Mutex<Cache>>,
+    refinements: SharedRefinements,
+    /// Produces given labels to the labels topic.
+    labels: Option<Producer>,
 }
 
 impl Api {
-    /// An API over the indices in `spaces`.
-    pub fn new(config: &Config, spaces: Registry, metrics: Metrics) -> Api {
+    /// An API over the indices in `spaces` and the `refinements` of a job; labels are produced with `labels`.
+    pub fn new(
+        config: &Config,
+        spaces: Registry,
+        metrics: Metrics,
+        refinements: SharedRefinements,
+        labels: Option<Producer>,
+    ) -> Api {
         Api {
             config: Arc::new(config.clone()),
             spaces,
             metrics,
             embedder: Arc::new(Mutex::new(None)),
             cache: Arc::new(Mutex::new(Cache::new(config.api.cache_entries))),
+            refinements,
+            labels,
         }
     }
 
@@ -70,8 +88,12 @@ impl Api {
             .route("/v1/search", post(search))
             .route("/v1/segments/{id}", get(segment))
             .route("/v1/spaces", get(spaces))
+            .route("/v1/labels", post(labels))
             .fallback(|| async {
-                failure(StatusCode::NOT_FOUND, "no such endpoint: see /v1/search, /v1/segments/{id}, /v1/spaces")
+                failure(
+                    StatusCode::NOT_FOUND,
+                    "no such endpoint: see /v1/search, /v1/segments/{id}, /v1/spaces, /v1/labels",
+                )
             })
             .layer(DefaultBodyLimit::max(limit))
             .with_state(self);
@@ -196,6 +218,8 @@ struct SearchOptions {
     from: Option<String>,
     /// RFC 3339: segments starting before.
     to: Option<String>,
+    /// Rank by refined embeddings.
+    refined: Option<bool>,
 }
 
 fn sensors<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -411,6 +435,9 @@ impl Api {
         excluded: Option<SegmentId>,
         options: &SearchOptions,
     ) -> Result<SearchAnswer, Refusal> {
+        if options.refined == Some(true) {
+            return self.answer_refined(spaces, queries, k, ef, filter, excluded);
+        }
         let generations: Vec<u64> =
             spaces.iter().map(|s| self.spaces.get(s).map_or(0, |shared| index::read(&shared).generation())).collect();
         let key = {
@@ -422,8 +449,10 @@ impl Api {
             }
             hasher.finish()
         };
-        if let Some(queries) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
+        if let Some(mut queries) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
             self.metrics.query_cache.with_label_values(&["hit"]).inc();
+            // Labels change without an insert: they are filled in at every answer.
+            queries.iter_mut().for_each(|q| query::annotate(&mut q.hits, &self.refinements));
             return Ok(SearchAnswer { took_ms: 0.0, cached: true, spaces: spaces.to_vec(), queries });
         }
         self.metrics.query_cache.with_label_values(&["miss"]).inc();
@@ -435,6 +464,52 @@ impl Api {
             })
             .collect::<Result<Vec<_>, Error>>()?;
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).put(key, answers.clone());
+        let mut answers = answers;
+        answers.iter_mut().for_each(|q| query::annotate(&mut q.hits, &self.refinements));
+        Ok(SearchAnswer { took_ms: 0.0, cached: false, spaces: spaces.to_vec(), queries: answers })
+    }
+
+    /// A search by refined embeddings; never cached, since refinements change without inserts.
+    fn answer_refined(
+        &self,
+        spaces: &[String],
+        queries: Vec<(String, Vec<f32>)>,
+        k: usize,
+        ef: usize,
+        filter: &Filter,
+        excluded: Option<SegmentId>,
+    ) -> Result<SearchAnswer, Refusal> {
+        if self.refinements.read().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            return Err(Refusal(
+                StatusCode::CONFLICT,
+                "refined = true needs refined embeddings, and none exist here: they come from a running job with \
+                 [refine] enabled (chorus run), not from chorus serve"
+                    .into(),
+            ));
+        }
+        self.metrics.query_cache.with_label_values(&["miss"]).inc();
+        let own = excluded.and_then(|id| {
+            self.refinements.read().unwrap_or_else(|e| e.into_inner()).get(id.0).and_then(|s| s.refined())
+        });
+        let answers = queries
+            .into_iter()
+            .map(|(label, vector)| {
+                let mut hits = query::refined_search(
+                    &self.config,
+                    &self.spaces,
+                    &self.refinements,
+                    spaces,
+                    &vector,
+                    own.clone(),
+                    k,
+                    ef,
+                    filter,
+                    excluded,
+                )?;
+                query::annotate(&mut hits, &self.refinements);
+                Ok(Answer { query: label, hits })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
         Ok(SearchAnswer { took_ms: 0.0, cached: false, spaces: spaces.to_vec(), queries: answers })
     }
 }
@@ -447,15 +522,25 @@ async fn segment(State(api): State<Api>, Path(id): Path<String>) -> Response {
     for space in api.spaces.spaces() {
         let Some(shared) = api.spaces.get(&space) else { continue };
         if let Some(point) = index::read(&shared).point(id) {
-            return axum::Json(json!({
+            let mut answer = json!({
                 "segment_id": id.to_string(),
                 "space": space,
                 "sensor": point.sensor,
                 "start_time": rfc3339(point.start_micros * 1_000),
                 "end_time": rfc3339((point.start_micros + window_micros) * 1_000),
                 "model": api.config.model.name,
-            }))
-            .into_response();
+            });
+            let refinements = api.refinements.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(state) = refinements.get(id.0) {
+                if let Some((label, score)) = state.label() {
+                    answer["label"] = json!(label);
+                    answer["label_score"] = json!(score);
+                }
+                if let Some(cluster) = state.cluster {
+                    answer["cluster"] = json!(SegmentId(cluster).to_string());
+                }
+            }
+            return axum::Json(answer).into_response();
         }
     }
     failure(StatusCode::NOT_FOUND, format!("segment {id} is not indexed in any space"))
@@ -476,6 +561,96 @@ async fn spaces(State(api): State<Api>) -> Response {
         out.push(json!({ "space": space, "points": index.len(), "tiers": tiers }));
     }
     axum::Json(json!({ "spaces": out })).into_response()
+}
+
+/// A `POST /v1/labels` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LabelsBody {
+    labels: Vec<GivenLabel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GivenLabel {
+    segment_id: String,
+    /// `null` takes the segment's label away.
+    label: Option<String>,
+}
+
+/// Labels at most per request.
+const MAX_LABELS: usize = 10_000;
+
+async fn labels(State(api): State<Api>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return failure(rejection.status(), rejection.body_text()),
+    };
+    let worker = tokio::task::spawn_blocking(move || api.give_labels(&body));
+    match worker.await {
+        Ok(Ok(accepted)) => (StatusCode::ACCEPTED, axum::Json(json!({ "accepted": accepted }))).into_response(),
+        Ok(Err(Refusal(status, reason))) => failure(status, reason),
+        Err(e) => failure(StatusCode::INTERNAL_SERVER_ERROR, format!("the labels were not taken: {e}")),
+    }
+}
+
+impl Api {
+    /// Checks every label, then produces them all to the labels topic and waits for the broker to take them.
+    fn give_labels(&self, body: &[u8]) -> Result<usize, Refusal> {
+        let body: LabelsBody = serde_json::from_slice(body).map_err(|e| {
+            bad(format!("the JSON body does not describe labels ({{\"labels\": [{{\"segment_id\": ..., \"label\": ...}}]}}): {e}"))
+        })?;
+        if body.labels.len() > MAX_LABELS {
+            return Err(bad(format!("{} labels in one request; send at most {MAX_LABELS}", body.labels.len())));
+        }
+        let known = self.spaces.spaces();
+        let mut events = Vec::with_capacity(body.labels.len());
+        for (i, given) in body.labels.into_iter().enumerate() {
+            let segment: SegmentId = given
+                .segment_id
+                .parse()
+                .map_err(|_| bad(format!("labels[{i}]: segment_id '{}' is not 16 hex digits", given.segment_id)))?;
+            if !known.iter().any(|s| self.spaces.get(s).is_some_and(|shared| index::read(&shared).contains(segment))) {
+                return Err(Refusal(
+                    StatusCode::NOT_FOUND,
+                    format!("labels[{i}]: segment {segment} is not indexed in any space"),
+                ));
+            }
+            if let Some(label) = &given.label {
+                kafka::check_label(label).map_err(|reason| bad(format!("labels[{i}]: {reason}")))?;
+            }
+            events.push(LabelEvent { segment, label: given.label });
+        }
+        let Some(producer) = &self.labels else {
+            return Err(Refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this server cannot reach Kafka to record labels".into(),
+            ));
+        };
+        let acks = Arc::new(Acks::default());
+        for event in &events {
+            producer
+                .send(&self.config.kafka.labels_topic, &kafka::label_record(event), &acks, 0)
+                .map_err(|e| Refusal(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        }
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while acks.outstanding() > 0 && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if let Some(failure) = acks.failure() {
+            return Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, failure));
+        }
+        if acks.outstanding() > 0 {
+            return Err(Refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the broker did not take the labels within 10 s; they may still arrive in {}",
+                    self.config.kafka.labels_topic
+                ),
+            ));
+        }
+        Ok(events.len())
+    }
 }
 
 /// `chorus serve`: opens every space of `config` (caught up from the archive) and serves the API on `listen` until
@@ -502,7 +677,9 @@ pub fn serve(
     }
     let probes =
         crate::http::Probes { registry: metrics_registry, broker: None, fatal: chorus_connectors::Fatal::default() };
-    let server = crate::http::HttpServer::start(listen, probes, Some(Api::new(config, registry, metrics)))?;
+    let producer = Producer::open(&config.kafka).ok();
+    let api = Api::new(config, registry, metrics, SharedRefinements::default(), producer);
+    let server = crate::http::HttpServer::start(listen, probes, Some(api))?;
     tracing::info!(address = %server.address(), spaces = spaces.len(), points, "Query API ready.");
     while !stop.requested.load(std::sync::atomic::Ordering::Relaxed) {
         std::thread::sleep(std::time::Duration::from_millis(100));

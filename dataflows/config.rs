@@ -10,6 +10,7 @@ use chorus_connectors::parquet::{ArchiveConfig, ArchiveSettings};
 use chorus_operators::FieldError;
 use chorus_operators::embed::{EmbedConfig, EmbedSettings, ModelConfig, ModelSpec};
 use chorus_operators::index::{IndexConfig, IndexParams};
+use chorus_operators::refine::{RefineConfig, RefineParams};
 use chorus_operators::schedule::{SchedulingConfig, SchedulingSpec};
 use chorus_operators::segment::{WindowSpec, WindowsConfig};
 use serde::Deserialize;
@@ -43,6 +44,8 @@ pub struct ConfigFile {
     pub windows: WindowsConfig,
     /// HNSW parameters and snapshots.
     pub index: IndexConfig,
+    /// Graph refinement: the kNN graph, refined embeddings, label propagation, clusters.
+    pub refine: RefineConfig,
     /// The Parquet archive.
     pub archive: ArchiveConfig,
     /// Health and metrics endpoints, and the query API.
@@ -64,6 +67,7 @@ impl Default for ConfigFile {
             scheduling: SchedulingConfig::default(),
             windows: WindowsConfig::default(),
             index: IndexConfig::default(),
+            refine: RefineConfig::default(),
             archive: ArchiveConfig::default(),
             http: HttpConfig::default(),
             api: ApiConfig::default(),
@@ -96,6 +100,8 @@ pub struct Config {
     pub windows: WindowSpec,
     /// Index.
     pub index: IndexParams,
+    /// Refinement.
+    pub refine: RefineParams,
     /// Archive.
     pub archive: ArchiveSettings,
     /// Where the health and metrics endpoints and the query API listen, when they are on.
@@ -182,6 +188,7 @@ impl Config {
             embed,
             windows: file.windows.build(model.sample_rate, model.window).map_err(invalid("windows"))?,
             index: file.index.build(&base).map_err(invalid("index"))?,
+            refine: file.refine.build(&base).map_err(invalid("refine"))?,
             archive: file.archive.build(&base).map_err(invalid("archive"))?,
             http: file.http.build().map_err(invalid("http"))?,
             api: file.api.build().map_err(invalid("api"))?,

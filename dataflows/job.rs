@@ -15,6 +15,7 @@ use chorus_operators::index::{self, Index, Indexed};
 use chorus_operators::metrics::Metrics;
 use chorus_operators::record::route;
 use chorus_operators::record::{AudioChunk, DeadLetter};
+use chorus_operators::refine::SharedRefinements;
 use chorus_operators::segment::{Savepoint, Segment};
 use prometheus::Registry;
 use timely::dataflow::ProbeHandle;
@@ -27,6 +28,7 @@ use crate::Error;
 use crate::api::Api;
 use crate::config::Config;
 use crate::http::{HttpServer, Probes};
+use crate::refine::{Arrivals, Stage};
 use crate::store;
 
 /// How a run is launched, beyond its config file.
@@ -95,12 +97,13 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     let registry = Registry::new();
     let metrics = Metrics::register(&registry).map_err(|e| Error::Job(format!("cannot register metrics: {e}")))?;
     let spaces = index::Registry::default();
+    let refinements = SharedRefinements::default();
     let fatal = Fatal::default();
     let watch = BrokerWatch::start(&config.kafka)?;
     let _server = match config.http {
         Some(listen) => {
             let probes = Probes { registry: registry.clone(), broker: Some(watch.status()), fatal: fatal.clone() };
-            let api = Api::new(config, spaces.clone(), metrics.clone());
+            let api = Api::new(config, spaces.clone(), metrics.clone(), refinements.clone(), Some(producer.clone()));
             // The processes of a cluster on one machine each take the next port.
             let listen = if listen.port() == 0 {
                 listen
@@ -132,6 +135,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
         metrics: metrics.clone(),
         fatal,
         spaces,
+        refinements,
     });
     let timely_config = match &options.cluster {
         None => timely::Config::process(workers),
@@ -328,6 +332,8 @@ struct Shared {
     fatal: Fatal,
     /// Every space's index in this process, for queries.
     spaces: index::Registry,
+    /// What the refinement says per segment, for queries.
+    refinements: SharedRefinements,
 }
 
 fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BTreeMap<i32, i64>, String> {
@@ -354,6 +360,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
     tracing::info!(worker = index, ?partitions, "Worker reading.");
 
     let probe = ProbeHandle::new();
+    let arrivals = Arrivals::default();
     // How far the embedding stage has come: the source's read-ahead is counted against it.
     let embedded = ProbeHandle::new();
     // How far the pending reports of every worker have arrived: commits wait for them as for the sinks.
@@ -397,6 +404,15 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
         let (segments, unembedded) = windows.embed(embedder, config.scheduling.clone(), metrics.clone());
         let segments = segments.probe_with(&embedded);
         let Indexed { to_archive, to_publish, dead_letters: unindexed } = segments.index(indices, metrics.clone());
+        if config.refine.enabled {
+            let queue = arrivals.clone();
+            to_archive.clone().sink(Pipeline, "RefineQueue", move |(input, _)| {
+                let mut queue = queue.borrow_mut();
+                input.for_each(|_, segments| {
+                    queue.extend(segments.iter().map(|s| (s.key.space.clone(), s.key.id().0, s.embedding.clone())));
+                });
+            });
+        }
 
         let archive_metrics = metrics.clone();
         let archived = archive::sink(to_archive, writer, shared.fatal.clone(), move |rows| {
@@ -438,6 +454,20 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
         dead_lettered.probe_with(&probe);
     });
 
+    // The refinement is a second dataflow on the same workers, behind the index.
+    let mut refinement = if config.refine.enabled {
+        Some(Stage::start(
+            worker,
+            config,
+            shared.spaces.clone(),
+            shared.refinements.clone(),
+            shared.producer.clone(),
+            shared.metrics.clone(),
+            arrivals,
+        )?)
+    } else {
+        None
+    };
     let mut last_report = Instant::now();
     let mut commit_warnings = Throttle::default();
     let mut stopping_since: Option<Instant> = None;
@@ -458,6 +488,15 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
             }
         }
         let running = worker.step_or_park(Some(Duration::from_millis(20)));
+        if let Some(stage) = refinement.as_mut() {
+            // Once ingestion has ended everywhere, the refinement takes what is left and ends too.
+            if probe.done() {
+                stage.finish(worker)?;
+                refinement = None;
+            } else {
+                stage.tick()?;
+            }
+        }
         {
             let mut source = source.borrow_mut();
             let reports = reports_frontier.borrow();

@@ -21,6 +21,7 @@ pub mod job;
 pub mod loadgen;
 pub mod produce;
 pub mod query;
+pub mod refine;
 pub mod store;
 
 use std::path::PathBuf;

@@ -10,6 +10,7 @@ use chorus_connectors::wav::{self, DecodeLimits};
 use chorus_operators::embed::{self, Embedder};
 use chorus_operators::index::{self, Filter, Registry, Request, now_seconds};
 use chorus_operators::record::{SegmentId, rfc3339};
+use chorus_operators::refine::SharedRefinements;
 use chorus_operators::resample::StreamResampler;
 use chorus_operators::segment::clip_windows;
 use serde::Serialize;
@@ -55,8 +56,17 @@ pub struct Hit {
     pub start_time: String,
     /// RFC 3339 UTC.
     pub end_time: String,
-    /// Cosine distance, 0 for identical direction.
+    /// Cosine distance, 0 for identical direction (between refined embeddings in a refined search).
     pub distance: f32,
+    /// The label that reached the segment, when a job refines and one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// The label's share of the label mass at the segment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_score: Option<f32>,
+    /// The segment's cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 /// The neighbours of one query vector.
@@ -160,8 +170,88 @@ pub fn search(
             start_time: rfc3339(point.start_micros * 1_000),
             end_time: rfc3339((point.start_micros + window_micros) * 1_000),
             distance,
+            label: None,
+            label_score: None,
+            cluster: None,
         })
         .collect())
+}
+
+/// Candidates per wanted neighbour that a refined search re-ranks.
+const REFINED_POOL: usize = 10;
+
+/// The `k` nearest segments by refined embedding. The raw index proposes `k × 10` candidates; the query is refined
+/// as a new segment would be — mixed with the mean refined embedding of its `refine.k` nearest candidates, with
+/// weight `refine.alpha` on its own — unless `own` gives its refined embedding already (a segment's); candidates
+/// are ranked by distance between refined embeddings (those not refined yet are left out).
+#[allow(clippy::too_many_arguments)]
+pub fn refined_search(
+    config: &Config,
+    registry: &Registry,
+    refinements: &SharedRefinements,
+    spaces: &[String],
+    vector: &[f32],
+    own: Option<Vec<f32>>,
+    k: usize,
+    ef: usize,
+    filter: &Filter,
+    excluded: Option<SegmentId>,
+) -> Result<Vec<Hit>, Error> {
+    let pool = (k * REFINED_POOL).min(10_000);
+    let candidates = search(config, registry, spaces, vector, pool, ef.max(pool), filter, excluded)?;
+    let refinements = refinements.read().unwrap_or_else(|e| e.into_inner());
+    let refined = |hit: &Hit| -> Option<Vec<f32>> {
+        let id: SegmentId = hit.segment_id.parse().ok()?;
+        refinements.get(id.0)?.refined()
+    };
+    let query = match own {
+        Some(own) => own,
+        None => {
+            let query = index::unit(vector, config.model.dim)?;
+            let near: Vec<Vec<f32>> = candidates.iter().filter_map(&refined).take(config.refine.k).collect();
+            let mut mixed: Vec<f64> = query.iter().map(|x| config.refine.alpha * f64::from(*x)).collect();
+            for v in &near {
+                for (m, x) in mixed.iter_mut().zip(v) {
+                    *m += (1.0 - config.refine.alpha) * f64::from(*x) / near.len() as f64;
+                }
+            }
+            let mixed: Vec<f32> = mixed.iter().map(|x| *x as f32).collect();
+            index::unit(&mixed, config.model.dim).unwrap_or(query)
+        }
+    };
+    let mut ranked: Vec<(f32, Hit)> = candidates
+        .into_iter()
+        .filter_map(|hit| {
+            let v = refined(&hit)?;
+            let dot: f32 = v.iter().zip(&query).map(|(a, b)| a * b).sum();
+            Some((1.0 - dot, hit))
+        })
+        .collect();
+    ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.segment_id.cmp(&b.1.segment_id)));
+    Ok(ranked
+        .into_iter()
+        .take(k)
+        .enumerate()
+        .map(|(i, (distance, hit))| Hit { rank: i + 1, distance, ..hit })
+        .collect())
+}
+
+/// Fills in each hit's label, label score and cluster from the refinements.
+pub fn annotate(hits: &mut [Hit], refinements: &SharedRefinements) {
+    let refinements = refinements.read().unwrap_or_else(|e| e.into_inner());
+    if refinements.is_empty() {
+        return;
+    }
+    for hit in hits {
+        let Some(state) = hit.segment_id.parse::<SegmentId>().ok().and_then(|id| refinements.get(id.0)) else {
+            continue;
+        };
+        if let Some((label, score)) = state.label() {
+            hit.label = Some(label);
+            hit.label_score = Some(score);
+        }
+        hit.cluster = state.cluster.map(|c| SegmentId(c).to_string());
+    }
 }
 
 /// The vector of segment `id`: from the index holding it, else from the archive.

@@ -77,6 +77,7 @@ pub struct Scenario {
     pub audio_topic: String,
     pub segments_topic: String,
     pub dead_letter_topic: String,
+    pub labels_topic: String,
     pub group: String,
     pub archive: PathBuf,
     pub brokers: String,
@@ -105,6 +106,7 @@ impl Scenario {
         let audio_topic = unique(&format!("{name}.audio"));
         let segments_topic = unique(&format!("{name}.segments"));
         let dead_letter_topic = unique(&format!("{name}.dead"));
+        let labels_topic = unique(&format!("{name}.labels"));
         let group = unique(name);
         let archive = dir.path().join("archive");
         let path = |p: &Path| toml::Value::String(p.display().to_string());
@@ -113,11 +115,13 @@ impl Scenario {
             ("kafka.audio_topic", audio_topic.clone().into()),
             ("kafka.segments_topic", segments_topic.clone().into()),
             ("kafka.dead_letter_topic", dead_letter_topic.clone().into()),
+            ("kafka.labels_topic", labels_topic.clone().into()),
             ("kafka.group_id", group.clone().into()),
             ("model.path", path(&tools.model)),
             ("embed.onnxruntime", path(&tools.onnxruntime)),
             ("index.dir", path(&dir.path().join("index"))),
             ("archive.dir", path(&archive)),
+            ("refine.dir", path(&dir.path().join("refined"))),
             ("state_dir", path(&dir.path().join("state"))),
             ("http.listen", "127.0.0.1:0".into()),
         ];
@@ -139,7 +143,7 @@ impl Scenario {
         // Third-party producers expect the topics to exist: the broker does not create them on first use.
         let settings = chorus::config::Config::load(&config).unwrap();
         chorus_connectors::kafka::ensure_topics(&settings.kafka).unwrap();
-        Scenario { dir, config, audio_topic, segments_topic, dead_letter_topic, group, archive, brokers }
+        Scenario { dir, config, audio_topic, segments_topic, dead_letter_topic, labels_topic, group, archive, brokers }
     }
 
     /// Runs `chorus <args> --config <this scenario>` and returns its output; fails the test when it fails.
@@ -252,7 +256,13 @@ impl Scenario {
     }
 
     /// Reads `expected` messages from partition 0 of `topic`, waiting up to 30 s.
+    /// Up to `expected` records of `topic` from its start, leaving out the refinement's (`chorus.record` header).
     pub fn consume(&self, topic: &str, expected: usize) -> Vec<Consumed> {
+        self.consume_matching(topic, expected, |m| m.header("chorus.record").is_none())
+    }
+
+    /// Up to `expected` records of `topic` that pass `keep`, from its start (30 s at most).
+    pub fn consume_matching(&self, topic: &str, expected: usize, keep: impl Fn(&Consumed) -> bool) -> Vec<Consumed> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", unique("reader"))
@@ -266,7 +276,7 @@ impl Scenario {
         let mut out = Vec::new();
         while out.len() < expected && Instant::now() < deadline {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-                out.push(Consumed {
+                let consumed = Consumed {
                     key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                     payload: m.payload().unwrap_or_default().to_vec(),
                     headers: m
@@ -282,7 +292,10 @@ impl Scenario {
                                 .collect()
                         })
                         .unwrap_or_default(),
-                });
+                };
+                if keep(&consumed) {
+                    out.push(consumed);
+                }
             }
         }
         out

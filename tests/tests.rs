@@ -6,4 +6,5 @@ mod config;
 mod faults;
 mod model;
 mod pipeline;
+mod refine;
 mod support;

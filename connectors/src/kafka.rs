@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chorus_operators::FieldError;
-use chorus_operators::record::{AudioChunk, DeadLetter, Nanos, Origin, PendingReport, Priority, rfc3339};
+use chorus_operators::record::{AudioChunk, DeadLetter, Nanos, Origin, PendingReport, Priority, SegmentId, rfc3339};
 use chorus_operators::wakeup::Wakeup;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -68,6 +68,9 @@ pub struct KafkaConfig {
     pub segments_topic: String,
     /// Topic receiving rejected input with a `chorus.reason` header.
     pub dead_letter_topic: String,
+    /// Topic of given labels (key = segment id, value = the label in UTF-8; an empty or null value takes the
+    /// segment's label away). `POST /v1/labels` produces to it; the job reads it from the start at every run.
+    pub labels_topic: String,
     /// Consumer group under which the job commits its offsets (it never joins the group).
     pub group_id: String,
     /// Partitions of the audio topic when chorus creates it.
@@ -96,6 +99,7 @@ impl Default for KafkaConfig {
             audio_topic: "chorus.audio".into(),
             segments_topic: "chorus.segments".into(),
             dead_letter_topic: "chorus.dead-letter".into(),
+            labels_topic: "chorus.labels".into(),
             group_id: "chorus".into(),
             partitions: 4,
             create_topics: true,
@@ -118,6 +122,7 @@ impl KafkaConfig {
             ("audio_topic", &self.audio_topic),
             ("segments_topic", &self.segments_topic),
             ("dead_letter_topic", &self.dead_letter_topic),
+            ("labels_topic", &self.labels_topic),
         ] {
             let valid = !topic.is_empty()
                 && topic.len() <= 249
@@ -165,6 +170,7 @@ impl KafkaConfig {
             audio_topic: self.audio_topic.clone(),
             segments_topic: self.segments_topic.clone(),
             dead_letter_topic: self.dead_letter_topic.clone(),
+            labels_topic: self.labels_topic.clone(),
             group_id: self.group_id.clone(),
             partitions: self.partitions,
             create_topics: self.create_topics,
@@ -188,6 +194,8 @@ pub struct KafkaSettings {
     pub segments_topic: String,
     /// Dead letters.
     pub dead_letter_topic: String,
+    /// Given labels.
+    pub labels_topic: String,
     /// Group for committed offsets.
     pub group_id: String,
     /// Partitions of a created audio topic.
@@ -246,7 +254,7 @@ fn kafka(what: impl Into<String>) -> impl FnOnce(KafkaError) -> Error {
     move |source| Error::Kafka { what, source }
 }
 
-/// Creates the audio, segments and dead-letter topics where missing.
+/// Creates the audio, segments, dead-letter and labels topics where missing.
 pub fn ensure_topics(settings: &KafkaSettings) -> Result<(), Error> {
     let admin: AdminClient<DefaultClientContext> =
         settings.client().create().map_err(kafka(format!("cannot create an admin client for {}", settings.brokers)))?;
@@ -256,6 +264,7 @@ pub fn ensure_topics(settings: &KafkaSettings) -> Result<(), Error> {
         NewTopic::new(&settings.audio_topic, settings.partitions, TopicReplication::Fixed(1)),
         NewTopic::new(&settings.segments_topic, 1, TopicReplication::Fixed(1)),
         NewTopic::new(&settings.dead_letter_topic, 1, TopicReplication::Fixed(1)),
+        NewTopic::new(&settings.labels_topic, 1, TopicReplication::Fixed(1)),
     ]
     .map(|topic| topic.set("max.message.bytes", &max_bytes));
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -396,7 +405,14 @@ fn group_client(settings: &KafkaSettings) -> Result<BaseConsumer, Error> {
 }
 
 fn partitions(consumer: &BaseConsumer, settings: &KafkaSettings) -> Result<TopicPartitionList, Error> {
-    let topic = &settings.audio_topic;
+    topic_partitions(consumer, settings, &settings.audio_topic)
+}
+
+fn topic_partitions(
+    consumer: &BaseConsumer,
+    settings: &KafkaSettings,
+    topic: &str,
+) -> Result<TopicPartitionList, Error> {
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(kafka(format!("cannot read metadata of topic {topic} from {}", settings.brokers)))?;
@@ -1281,5 +1297,170 @@ mod tests {
             + record.payload.len()
             + record.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         assert!(size < 100_000, "{size}");
+    }
+}
+
+/// Longest label accepted, in bytes.
+pub const MAX_LABEL_BYTES: usize = 256;
+
+/// A label given to a segment, or taken away (`label: None`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabelEvent {
+    /// The labelled segment.
+    pub segment: SegmentId,
+    /// The label; `None` retracts the segment's label.
+    pub label: Option<String>,
+}
+
+/// Checks a label as a person typed it: not empty, at most [`MAX_LABEL_BYTES`], no control characters.
+pub fn check_label(label: &str) -> Result<(), String> {
+    if label.trim().is_empty() {
+        return Err("the label is empty (to take a label away, send no value)".into());
+    }
+    if label.len() > MAX_LABEL_BYTES {
+        return Err(format!("the label is {} bytes, more than {MAX_LABEL_BYTES}", label.len()));
+    }
+    if label.chars().any(char::is_control) {
+        return Err("the label holds a control character".into());
+    }
+    Ok(())
+}
+
+/// Reads the labels topic from its start, without a consumer group: every run sees every label given, in order,
+/// so the last value per segment is its label.
+pub struct LabelsSource {
+    consumer: BaseConsumer,
+    topic: String,
+}
+
+impl LabelsSource {
+    /// Assigns every partition of the labels topic from the beginning.
+    pub fn open(settings: &KafkaSettings) -> Result<Self, Error> {
+        let consumer: BaseConsumer = settings
+            .client()
+            .set("group.id", format!("{}-labels", settings.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("fetch.wait.max.ms", settings.fetch_wait.as_millis().to_string())
+            .create()
+            .map_err(kafka(format!("cannot create a labels consumer for {}", settings.brokers)))?;
+        let topic = settings.labels_topic.clone();
+        let mut list = TopicPartitionList::new();
+        for element in topic_partitions(&consumer, settings, &topic)?.elements() {
+            list.add_partition_offset(&topic, element.partition(), Offset::Beginning)
+                .map_err(kafka(format!("cannot assign {topic}")))?;
+        }
+        consumer.assign(&list).map_err(kafka(format!("cannot assign {topic}")))?;
+        Ok(LabelsSource { consumer, topic })
+    }
+
+    /// Up to `max` label messages that are ready now, each parsed or rejected with the reason.
+    pub fn poll(&mut self, max: usize) -> Vec<Result<LabelEvent, DeadLetter>> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(result) = self.consumer.poll(Duration::ZERO) else { break };
+            let message = match result {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::warn!(%error, topic = %self.topic, "Labels topic read failed; it is retried.");
+                    break;
+                }
+            };
+            let origin =
+                Origin { topic: message.topic().to_owned(), partition: message.partition(), offset: message.offset() };
+            out.push(parse_label(origin, message.key(), message.payload()));
+        }
+        out
+    }
+}
+
+fn parse_label(origin: Origin, key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<LabelEvent, DeadLetter> {
+    let reject = |cause: &'static str, reason: String| DeadLetter {
+        origin: Some(origin.clone()),
+        key: key.map(<[u8]>::to_vec),
+        headers: Vec::new(),
+        payload: payload.map(<[u8]>::to_vec).unwrap_or_default(),
+        reason,
+        cause,
+    };
+    let key = key.ok_or_else(|| reject("label_key", "a label message needs the segment id as its key".into()))?;
+    let segment = std::str::from_utf8(key).ok().and_then(|k| k.parse::<SegmentId>().ok()).ok_or_else(|| {
+        reject("label_key", format!("key {:?} is not a segment id (16 hex digits)", String::from_utf8_lossy(key)))
+    })?;
+    let label = match payload {
+        None | Some([]) => None,
+        Some(bytes) => {
+            let label = std::str::from_utf8(bytes)
+                .map_err(|_| reject("label_value", format!("the label of segment {segment} is not UTF-8")))?;
+            check_label(label).map_err(|reason| reject("label_value", format!("segment {segment}: {reason}")))?;
+            Some(label.to_owned())
+        }
+    };
+    Ok(LabelEvent { segment, label })
+}
+
+/// The labels-topic record that gives `segment` a label, or takes it away.
+pub fn label_record(event: &LabelEvent) -> Record {
+    Record {
+        key: Some(event.segment.to_string().into_bytes()),
+        payload: event.label.clone().unwrap_or_default().into_bytes(),
+        headers: Vec::new(),
+    }
+}
+
+/// The JSON value published to the segments topic when the refinement changes what it says about a segment (key:
+/// the segment id; header `chorus.record` = `refinement`). The latest record per segment holds.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, Deserialize)]
+pub struct RefinementRecord {
+    /// The segment.
+    pub segment_id: String,
+    /// Tenant.
+    pub space: String,
+    /// The label that reached it, if any.
+    pub label: Option<String>,
+    /// The label's share of the label mass at the segment, in [0, 1].
+    pub label_score: Option<f32>,
+    /// Its cluster: the smallest segment id in its component of mutual near neighbours.
+    pub cluster: Option<String>,
+    /// Refinement round that produced this state.
+    pub round: u64,
+}
+
+/// Header naming the kind of a segments-topic record that is not a new segment.
+pub const HEADER_RECORD: &str = "chorus.record";
+
+/// The segments-topic record of a refinement.
+pub fn refinement_record(record: &RefinementRecord) -> Record {
+    Record {
+        key: Some(record.segment_id.clone().into_bytes()),
+        payload: serde_json::to_vec(record).expect("a refinement record serialises"),
+        headers: vec![
+            (HEADER_SPACE.into(), record.space.as_bytes().to_vec()),
+            (HEADER_RECORD.into(), b"refinement".to_vec()),
+        ],
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    #[test]
+    fn label_messages_parse_retract_or_are_refused_with_the_reason() {
+        let origin = Origin { topic: "chorus.labels".into(), partition: 0, offset: 7 };
+        let id = "00000000000000ff";
+        let given = parse_label(origin.clone(), Some(id.as_bytes()), Some(b"owl")).unwrap();
+        assert_eq!(given, LabelEvent { segment: SegmentId(255), label: Some("owl".into()) });
+        assert_eq!(label_record(&given).key.as_deref(), Some(id.as_bytes()));
+        assert_eq!(parse_label(origin.clone(), Some(id.as_bytes()), None).unwrap().label, None);
+        assert_eq!(parse_label(origin.clone(), Some(id.as_bytes()), Some(b"")).unwrap().label, None);
+        let bad = parse_label(origin.clone(), Some(b"owl"), Some(b"x")).unwrap_err();
+        assert_eq!(bad.cause, "label_key");
+        assert!(bad.reason.contains("16 hex digits"), "{}", bad.reason);
+        assert_eq!(parse_label(origin.clone(), None, Some(b"x")).unwrap_err().cause, "label_key");
+        let bad = parse_label(origin.clone(), Some(id.as_bytes()), Some(&[0xff, 0xfe])).unwrap_err();
+        assert_eq!(bad.cause, "label_value");
+        assert!(parse_label(origin, Some(id.as_bytes()), Some(&[b'a'; 300])).unwrap_err().reason.contains("300 bytes"));
+        assert!(check_label("a\u{7}b").is_err() && check_label("  ").is_err() && check_label("Turdus merula").is_ok());
     }
 }

@@ -207,33 +207,12 @@ impl ArchiveWriter {
 
     fn write_file(&self, space: &str, date: &str, segments: &[Segment]) -> Result<PathBuf, Error> {
         let dir = partition_dir(&self.settings.dir, space, date);
-        let failed = |what: &str, e: &dyn std::fmt::Display| Error::Archive {
+        let batch = self.batch(segments).map_err(|e| Error::Archive {
             path: dir.display().to_string(),
-            message: format!("{what}: {e}"),
-        };
-        fs::create_dir_all(&dir).map_err(|e| failed("cannot create the directory", &e))?;
-        let batch = self.batch(segments).map_err(|e| failed("cannot build the record batch", &e))?;
+            message: format!("cannot build the record batch: {e}"),
+        })?;
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
-        let millis = chrono::Utc::now().timestamp_millis();
-        let name = format!("part-{millis}-{}-{sequence:06}.parquet", self.writer_id);
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let path = dir.join(&name);
-        let properties = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(self.settings.zstd_level).expect("validated")))
-            .set_column_dictionary_enabled(ColumnPath::from("embedding"), false)
-            .set_column_statistics_enabled(ColumnPath::from("embedding"), EnabledStatistics::None)
-            .set_max_row_group_row_count(Some(65_536))
-            .set_created_by(format!("chorus {}", env!("CARGO_PKG_VERSION")))
-            .build();
-        let mut file = fs::File::create(&tmp).map_err(|e| failed("cannot create a file", &e))?;
-        let mut writer = ArrowWriter::try_new(&mut file, self.schema.clone(), Some(properties))
-            .map_err(|e| failed("cannot start a Parquet file", &e))?;
-        writer.write(&batch).map_err(|e| failed("cannot write rows", &e))?;
-        writer.close().map_err(|e| failed("cannot finish a Parquet file", &e))?;
-        file.sync_all().map_err(|e| failed("cannot sync a file", &e))?;
-        fs::rename(&tmp, &path).map_err(|e| failed("cannot publish a file", &e))?;
-        fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| failed("cannot sync the directory", &e))?;
-        Ok(path)
+        publish(&dir, &format!("{}-{sequence:06}", self.writer_id), &batch, self.settings.zstd_level, "embedding")
     }
 
     fn batch(&self, segments: &[Segment]) -> Result<RecordBatch, arrow_schema::ArrowError> {
@@ -269,6 +248,173 @@ impl ArchiveWriter {
             Arc::new(embedding.finish()),
         ];
         RecordBatch::try_new(self.schema.clone(), columns)
+    }
+}
+
+/// Writes `batch` as `part-<millis>-<name>.parquet` in `dir`: under a temporary name, synced, then renamed, so a
+/// reader never sees half a file. `vector` names the column left without dictionary and statistics.
+fn publish(dir: &Path, name: &str, batch: &RecordBatch, zstd_level: i32, vector: &str) -> Result<PathBuf, Error> {
+    let failed = |what: &str, e: &dyn std::fmt::Display| Error::Archive {
+        path: dir.display().to_string(),
+        message: format!("{what}: {e}"),
+    };
+    fs::create_dir_all(dir).map_err(|e| failed("cannot create the directory", &e))?;
+    let millis = chrono::Utc::now().timestamp_millis();
+    let name = format!("part-{millis}-{name}.parquet");
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let path = dir.join(&name);
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(zstd_level).expect("validated")))
+        .set_column_dictionary_enabled(ColumnPath::from(vector), false)
+        .set_column_statistics_enabled(ColumnPath::from(vector), EnabledStatistics::None)
+        .set_max_row_group_row_count(Some(65_536))
+        .set_created_by(format!("chorus {}", env!("CARGO_PKG_VERSION")))
+        .build();
+    let mut file = fs::File::create(&tmp).map_err(|e| failed("cannot create a file", &e))?;
+    let mut writer = ArrowWriter::try_new(&mut file, batch.schema(), Some(properties))
+        .map_err(|e| failed("cannot start a Parquet file", &e))?;
+    writer.write(batch).map_err(|e| failed("cannot write rows", &e))?;
+    writer.close().map_err(|e| failed("cannot finish a Parquet file", &e))?;
+    file.sync_all().map_err(|e| failed("cannot sync a file", &e))?;
+    fs::rename(&tmp, &path).map_err(|e| failed("cannot publish a file", &e))?;
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| failed("cannot sync the directory", &e))?;
+    Ok(path)
+}
+
+/// What the refinement says about one segment at one round: a row of the refinements dataset.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefinementRow {
+    /// The segment.
+    pub id: SegmentId,
+    /// Tenant.
+    pub space: String,
+    /// Sensor id.
+    pub sensor: String,
+    /// First sample, µs since the epoch (UTC).
+    pub start_micros: i64,
+    /// Label and its share of the label mass, if a label reached the segment.
+    pub label: Option<(String, f32)>,
+    /// Cluster (smallest segment id of its component).
+    pub cluster: Option<SegmentId>,
+    /// Refined embedding (unit length).
+    pub refined: Option<Vec<f32>>,
+    /// Refinement round.
+    pub round: u64,
+}
+
+/// The refinements dataset's Arrow schema for embeddings of `dim` dimensions: `segment_id`, `space`, `sensor`,
+/// `start_time`, `label`, `label_score`, `cluster`, `round`, `updated_at`, `refined_scale`, `refined` (int8 ×
+/// scale, as in the archive). Rows are changes: the latest `updated_at` (then `round`) per segment holds.
+pub fn refinement_schema(dim: usize) -> SchemaRef {
+    let utc = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("segment_id", DataType::Utf8, false),
+        Field::new("space", DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)), false),
+        Field::new("sensor", DataType::Utf8, false),
+        Field::new("start_time", utc(), false),
+        Field::new("label", DataType::Utf8, true),
+        Field::new("label_score", DataType::Float32, true),
+        Field::new("cluster", DataType::Utf8, true),
+        Field::new("round", DataType::Int64, false),
+        Field::new("updated_at", utc(), false),
+        Field::new("refined_scale", DataType::Float32, true),
+        Field::new("refined", DataType::FixedSizeBinary(dim as i32), true),
+    ]))
+}
+
+/// Writes refinement rows under `<dir>/space=<space>/date=<date of the segment>/`, one file per space and day per
+/// flush.
+pub struct RefinementWriter {
+    dir: PathBuf,
+    dim: usize,
+    zstd_level: i32,
+    writer_id: String,
+    sequence: AtomicU64,
+    buffers: BTreeMap<(String, String), Vec<RefinementRow>>,
+}
+
+impl RefinementWriter {
+    /// A writer into `dir` for `dim`-dimensional refined embeddings.
+    pub fn new(dir: &Path, dim: usize, zstd_level: i32, writer_id: &str) -> Self {
+        RefinementWriter {
+            dir: dir.to_path_buf(),
+            dim,
+            zstd_level,
+            writer_id: writer_id.to_owned(),
+            sequence: AtomicU64::new(0),
+            buffers: BTreeMap::new(),
+        }
+    }
+
+    /// Buffers a row.
+    pub fn add(&mut self, row: RefinementRow) {
+        let key = (row.space.clone(), date_of(row.start_micros * 1_000));
+        self.buffers.entry(key).or_default().push(row);
+    }
+
+    /// Rows waiting.
+    pub fn buffered(&self) -> usize {
+        self.buffers.values().map(Vec::len).sum()
+    }
+
+    /// Writes every buffer; returns the files written.
+    pub fn flush(&mut self) -> Result<Vec<PathBuf>, Error> {
+        let mut written = Vec::new();
+        let updated_at = chrono::Utc::now().timestamp_micros();
+        for ((space, date), rows) in std::mem::take(&mut self.buffers) {
+            let dir = partition_dir(&self.dir, &space, &date);
+            for part in rows.chunks(65_536) {
+                let batch = self.batch(part, updated_at).map_err(|e| Error::Archive {
+                    path: dir.display().to_string(),
+                    message: format!("cannot build the record batch: {e}"),
+                })?;
+                let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+                written.push(publish(
+                    &dir,
+                    &format!("{}-{sequence:06}", self.writer_id),
+                    &batch,
+                    self.zstd_level,
+                    "refined",
+                )?);
+            }
+        }
+        Ok(written)
+    }
+
+    fn batch(&self, rows: &[RefinementRow], updated_at: i64) -> Result<RecordBatch, arrow_schema::ArrowError> {
+        let mut space = StringDictionaryBuilder::<Int32Type>::new();
+        let mut refined = FixedSizeBinaryBuilder::with_capacity(rows.len(), self.dim as i32);
+        let mut scales = Vec::with_capacity(rows.len());
+        for row in rows {
+            space.append_value(&row.space);
+            match &row.refined {
+                Some(v) if v.len() == self.dim => {
+                    let (scale, q) = quantize(v);
+                    scales.push(Some(scale));
+                    refined.append_value(&q)?;
+                }
+                _ => {
+                    scales.push(None);
+                    refined.append_null();
+                }
+            }
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.id.to_string()))),
+            Arc::new(space.finish()),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.sensor.as_str()))),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.start_micros)).with_timezone("UTC"),
+            ),
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.label.as_ref().map(|(l, _)| l.as_str())))),
+            Arc::new(Float32Array::from_iter(rows.iter().map(|r| r.label.as_ref().map(|(_, s)| *s)))),
+            Arc::new(StringArray::from_iter(rows.iter().map(|r| r.cluster.map(|c| c.to_string())))),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.round as i64))),
+            Arc::new(TimestampMicrosecondArray::from_iter_values(rows.iter().map(|_| updated_at)).with_timezone("UTC")),
+            Arc::new(Float32Array::from(scales)),
+            Arc::new(refined.finish()),
+        ];
+        RecordBatch::try_new(refinement_schema(self.dim), columns)
     }
 }
 

@@ -30,6 +30,11 @@ pub const QUERY_SECONDS: &str = "chorus_query_seconds";
 /// Query-API answers from the cache and not (label `result`: `hit`, `miss`).
 pub const QUERY_CACHE: &str = "chorus_query_cache_total";
 
+/// Seconds from the close of a refinement round to its outputs settling on every worker.
+pub const REFINE_SECONDS: &str = "chorus_refine_update_seconds";
+/// Nodes in the refinement's kNN graph, per worker summed.
+pub const REFINE_NODES: &str = "chorus_refine_graph_nodes";
+
 /// Label key: pipeline stage (`source`, `decode`, `segment`, `embed`, `index`, `archive`, `segments_topic`, ...).
 pub const STAGE: &str = "stage";
 /// Label key: short machine-readable cause of an error.
@@ -72,6 +77,10 @@ pub struct Metrics {
     pub query_seconds: HistogramVec,
     /// See [`QUERY_CACHE`].
     pub query_cache: IntCounterVec,
+    /// See [`REFINE_SECONDS`].
+    pub refine_seconds: Histogram,
+    /// See [`REFINE_NODES`].
+    pub refine_nodes: IntGauge,
 }
 
 impl Metrics {
@@ -112,6 +121,14 @@ impl Metrics {
                 Opts::new(QUERY_CACHE, "Query-API answers from the cache and not."),
                 &[RESULT],
             )?,
+            refine_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    REFINE_SECONDS,
+                    "Seconds from the close of a refinement round to its outputs settling.",
+                )
+                .buckets(vec![0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
+            )?,
+            refine_nodes: IntGauge::new(REFINE_NODES, "Nodes in the refinement's kNN graph.")?,
         };
         registry.register(Box::new(metrics.records_in.clone()))?;
         registry.register(Box::new(metrics.records_out.clone()))?;
@@ -125,6 +142,8 @@ impl Metrics {
         registry.register(Box::new(metrics.shed.clone()))?;
         registry.register(Box::new(metrics.query_seconds.clone()))?;
         registry.register(Box::new(metrics.query_cache.clone()))?;
+        registry.register(Box::new(metrics.refine_seconds.clone()))?;
+        registry.register(Box::new(metrics.refine_nodes.clone()))?;
         Ok(metrics)
     }
 

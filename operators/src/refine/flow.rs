@@ -16,9 +16,9 @@ use timely::dataflow::ProbeHandle;
 use timely::dataflow::Scope;
 use timely::worker::Worker;
 
+use super::RefineParams;
 use super::knn::{Edge, KnnGraph};
 use super::rules::{self, combine, spread, weight};
-use super::{RefineParams, oracle};
 
 /// One node's contributions to its next embedding, carried as a difference so that differential sums them in place:
 /// its own embedding (`own`) and `n` neighbours' embeddings summed (`sum`). Sums wrap, which is exact as long as the
@@ -98,7 +98,7 @@ pub struct Refined<'scope> {
 }
 
 /// Builds the refinement over `nodes` (id, own embedding in fixed point), `edges` and `seeds` (id, label): the
-/// same computation as [`oracle::refine`], incrementally. Keys spread over the workers by hash.
+/// same computation as [`super::oracle::refine`], incrementally. Keys spread over the workers by hash.
 pub fn refine<'scope>(
     nodes: VecCollection<'scope, u64, (u64, Vec<i32>), isize>,
     edges: VecCollection<'scope, u64, Edge, isize>,
@@ -109,9 +109,10 @@ pub fn refine<'scope>(
     let edges_by_dst = edges.clone().map(|(src, dst, _)| (dst, src)).arrange_by_key();
 
     // Embedding propagation: each hop sums the neighbours' previous embeddings into the node's `Mix`, then mixes.
-    let own = nodes.clone().as_collection(|node, h| (*node, h.clone())).explode(|(node, h)| {
-        Some(((node, ()), Mix { n: 0, own: h, sum: Vec::new() }))
-    });
+    let own = nodes
+        .clone()
+        .as_collection(|node, h| (*node, h.clone()))
+        .explode(|(node, h)| Some(((node, ()), Mix { n: 0, own: h, sum: Vec::new() })));
     let alpha = params.alpha;
     let mut embeddings = nodes.clone();
     for _ in 0..params.hops {
@@ -195,13 +196,16 @@ fn capture<'scope, D: ExchangeData>(
     captured
 }
 
+/// A node's score for a label.
+pub type LabelScore = (u64, (String, i64));
+
 /// What one round changed, consolidated: `+1` for what holds now, `-1` for what no longer does.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Changes {
     /// Refined embeddings.
     pub embeddings: Vec<((u64, Vec<i32>), isize)>,
     /// Label scores.
-    pub labels: Vec<((u64, (String, i64)), isize)>,
+    pub labels: Vec<(LabelScore, isize)>,
     /// Cluster names.
     pub clusters: Vec<((u64, u64), isize)>,
 }
@@ -238,7 +242,9 @@ pub struct Refiner {
     edges: InputSession<u64, Edge, isize>,
     labels: InputSession<u64, (u64, String), isize>,
     probe: ProbeHandle<u64>,
-    outputs: (Captured<(u64, Vec<i32>)>, Captured<(u64, (String, i64))>, Captured<(u64, u64)>),
+    embeddings: Captured<(u64, Vec<i32>)>,
+    scores: Captured<LabelScore>,
+    clusters: Captured<(u64, u64)>,
     changes: Vec<(Edge, isize)>,
     /// Rounds closed and not yet settled, with when they closed.
     open_rounds: Vec<(u64, Instant)>,
@@ -250,18 +256,10 @@ impl Refiner {
         let (mut nodes, mut edges, mut labels) = (InputSession::new(), InputSession::new(), InputSession::new());
         let probe = ProbeHandle::new();
         let params_in = params.clone();
-        let outputs = worker.dataflow::<u64, _, _>(|scope: Scope<'_, u64>| {
-            let refined = refine(
-                nodes.to_collection(scope),
-                edges.to_collection(scope),
-                labels.to_collection(scope),
-                &params_in,
-            );
-            (
-                capture(refined.embeddings, &probe),
-                capture(refined.labels, &probe),
-                capture(refined.clusters, &probe),
-            )
+        let (embeddings, scores, clusters) = worker.dataflow::<u64, _, _>(|scope: Scope<'_, u64>| {
+            let refined =
+                refine(nodes.to_collection(scope), edges.to_collection(scope), labels.to_collection(scope), &params_in);
+            (capture(refined.embeddings, &probe), capture(refined.labels, &probe), capture(refined.clusters, &probe))
         });
         Refiner {
             graph: KnnGraph::new(params.k, params.cluster_max_distance),
@@ -270,7 +268,9 @@ impl Refiner {
             edges,
             labels,
             probe,
-            outputs,
+            embeddings,
+            scores,
+            clusters,
             changes: Vec::new(),
             open_rounds: Vec::new(),
         }
@@ -351,9 +351,9 @@ impl Refiner {
         let oldest = settled[0].1.elapsed();
         self.open_rounds.retain(|(r, _)| *r > last);
         let changes = Changes {
-            embeddings: drain_until(&self.outputs.0, last),
-            labels: drain_until(&self.outputs.1, last),
-            clusters: drain_until(&self.outputs.2, last),
+            embeddings: drain_until(&self.embeddings, last),
+            labels: drain_until(&self.scores, last),
+            clusters: drain_until(&self.clusters, last),
         };
         Some((last, oldest, changes))
     }
@@ -380,7 +380,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::refine::{RefineConfig, Refinements};
+    use crate::refine::{RefineConfig, Refinements, oracle};
 
     /// A small deterministic generator.
     struct Rng(u64);
@@ -437,7 +437,7 @@ mod tests {
             cluster_max_distance: [0.02, 0.1, 0.3][rng.below(3) as usize],
             ..Default::default()
         }
-        .build()
+        .build(std::path::Path::new("."))
         .unwrap()
     }
 

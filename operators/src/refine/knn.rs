@@ -61,8 +61,11 @@ impl KnnGraph {
         if self.lists.contains_key(&node) {
             return false;
         }
-        let mut list: Vec<(u64, f32)> =
-            found.iter().copied().filter(|(id, d)| *id != node && d.is_finite() && self.lists.contains_key(id)).collect();
+        let mut list: Vec<(u64, f32)> = found
+            .iter()
+            .copied()
+            .filter(|(id, d)| *id != node && d.is_finite() && self.lists.contains_key(id))
+            .collect();
         list.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
         list.dedup_by_key(|(id, _)| *id);
         list.truncate(self.k);

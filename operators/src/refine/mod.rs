@@ -20,6 +20,9 @@ use crate::FieldError;
 pub struct RefineConfig {
     /// Whether the job refines at all.
     pub enabled: bool,
+    /// Directory of the refinements dataset (Parquet, one row per published change of a segment's label, cluster
+    /// or refined embedding); a relative path is resolved against the directory of the config file.
+    pub dir: std::path::PathBuf,
     /// Neighbours per segment in the graph (its out-edges).
     pub k: usize,
     /// Embedding propagation: the weight of a segment's own embedding at each hop (the rest is the mean of its
@@ -45,12 +48,13 @@ impl Default for RefineConfig {
     fn default() -> Self {
         RefineConfig {
             enabled: true,
+            dir: std::path::PathBuf::from("var/refined"),
             k: 10,
             alpha: 0.5,
-            hops: 1,
-            label_restart: 0.2,
-            label_hops: 6,
-            min_label_score: 0.001,
+            hops: 2,
+            label_restart: 0.1,
+            label_hops: 10,
+            min_label_score: 0.000_001,
             cluster_max_distance: 0.1,
             round_ms: 250,
         }
@@ -62,6 +66,8 @@ impl Default for RefineConfig {
 pub struct RefineParams {
     /// Whether the job refines.
     pub enabled: bool,
+    /// Refinements dataset.
+    pub dir: std::path::PathBuf,
     /// Out-edges per node.
     pub k: usize,
     /// Own-embedding weight per hop.
@@ -81,17 +87,16 @@ pub struct RefineParams {
 }
 
 impl RefineConfig {
-    /// Validates.
-    pub fn build(&self) -> Result<RefineParams, FieldError> {
+    /// Validates; `base` is the directory relative paths are resolved against.
+    pub fn build(&self, base: &std::path::Path) -> Result<RefineParams, FieldError> {
+        if self.dir.as_os_str().is_empty() {
+            return Err(FieldError::new("dir", "is empty"));
+        }
         if !(1..=256).contains(&self.k) {
             return Err(FieldError::new("k", format!("{} is outside 1..=256", self.k)));
         }
         let fraction = |field: &'static str, x: f64| {
-            if (0.0..=1.0).contains(&x) {
-                Ok(x)
-            } else {
-                Err(FieldError::new(field, format!("{x} is outside 0..=1")))
-            }
+            if (0.0..=1.0).contains(&x) { Ok(x) } else { Err(FieldError::new(field, format!("{x} is outside 0..=1"))) }
         };
         let alpha = fraction("alpha", self.alpha)?;
         let label_restart = fraction("label_restart", self.label_restart)?;
@@ -113,6 +118,7 @@ impl RefineConfig {
         }
         Ok(RefineParams {
             enabled: self.enabled,
+            dir: base.join(&self.dir),
             k: self.k,
             alpha,
             hops: self.hops,
@@ -127,7 +133,7 @@ impl RefineConfig {
 
 impl Default for RefineParams {
     fn default() -> Self {
-        RefineConfig::default().build().expect("the defaults are valid")
+        RefineConfig::default().build(std::path::Path::new(".")).expect("the defaults are valid")
     }
 }
 

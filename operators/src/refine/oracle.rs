@@ -57,8 +57,12 @@ pub fn refine(inputs: &Inputs, params: &RefineParams) -> Outputs {
             .collect();
     }
 
-    let seeds: BTreeMap<u64, &str> =
-        inputs.seeds.iter().filter(|(node, _)| inputs.nodes.contains_key(node)).map(|(n, l)| (*n, l.as_str())).collect();
+    let seeds: BTreeMap<u64, &str> = inputs
+        .seeds
+        .iter()
+        .filter(|(node, _)| inputs.nodes.contains_key(node))
+        .map(|(n, l)| (*n, l.as_str()))
+        .collect();
     let (restart, min_score) = (weight(params.label_restart), params.min_label_score);
     let mut y: BTreeMap<u64, Vec<(String, i64)>> = BTreeMap::new();
     for (node, label) in &seeds {

@@ -1,0 +1,345 @@
+//! Graph refinement: what it is worth and what it costs, on generated labelled embeddings.
+//!
+//!     cargo bench --bench refine -- [--dim 1536] [--species 20] [--quality-points 20000]
+//!                                    [--points 100000] [--new 1000] [--skip-quality] [--skip-latency]
+//!
+//! The labelled set: `--species` species, each a few call types around a species centre on a 32-dimensional latent
+//! space, with recording conditions (a per-recording offset shared across species) and isotropic noise, mapped into
+//! `--dim` dimensions and L2-normalised; a fixed seed. Neighbours come from chorus's own index (HNSW, as in the job).
+//!
+//! Quality (`--quality-points`): half the segments are the reference (their species known), half are held out.
+//! kNN classification (10 nearest references, majority vote) of the held-out half with raw and with refined
+//! embeddings, over a small grid of `alpha` and `hops`; then label propagation from 1, 5 and 20 given labels per
+//! species, scored on the held-out half against fully supervised kNN on raw embeddings (every reference labelled).
+//!
+//! Latency (`--points`, `--new`): a graph of `--points` segments is built and refined, then `--new` segments arrive:
+//! the time to insert them into the index, find their neighbours, and the time until the dataflow has settled every
+//! refined output they change — in one round, and in ten rounds of a tenth each. Peak memory at the end.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use chorus_operators::index::{Filter, IndexConfig, PointInfo, Request, SpaceIndex};
+use chorus_operators::record::SegmentId;
+use chorus_operators::refine::flow::Refiner;
+use chorus_operators::refine::{RefineConfig, RefineParams, Refinements};
+use rayon::prelude::*;
+use simsimd::SpatialSimilarity;
+
+#[path = "args.rs"]
+mod args;
+
+use args::{arg, flag};
+
+/// SplitMix64.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn uniform(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
+    }
+
+    fn normal(&mut self) -> f32 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+    }
+}
+
+const LATENT: usize = 32;
+const CALL_TYPES: usize = 3;
+const RECORDINGS: usize = 40;
+
+/// Species with call types, recordings and noise.
+struct Species {
+    dim: usize,
+    mixing: Vec<f32>,
+    centres: Vec<Vec<f32>>,
+    calls: Vec<Vec<Vec<f32>>>,
+    recordings: Vec<Vec<f32>>,
+    noise: f32,
+}
+
+impl Species {
+    fn new(species: usize, dim: usize) -> Species {
+        let mut rng = Rng(2026);
+        let scale = 1.0 / (LATENT as f32).sqrt();
+        let mixing = (0..dim * LATENT).map(|_| scale * rng.normal()).collect();
+        let mut vector = |s: f32| (0..LATENT).map(|_| s * rng.normal()).collect::<Vec<f32>>();
+        let centres = (0..species).map(|_| vector(1.0)).collect();
+        let calls = (0..species).map(|_| (0..CALL_TYPES).map(|_| vector(0.6)).collect()).collect();
+        let recordings = (0..RECORDINGS).map(|_| vector(arg("--recording", 1.0))).collect();
+        Species { dim, mixing, centres, calls, recordings, noise: arg("--noise", 1.2) }
+    }
+
+    /// Segment `i`: its species and its embedding.
+    fn segment(&self, i: usize) -> (usize, Vec<f32>) {
+        let mut rng = Rng(0x5eed ^ (i as u64).wrapping_mul(0x1000_0000_01b3));
+        let species = rng.next() as usize % self.centres.len();
+        let call = &self.calls[species][rng.next() as usize % CALL_TYPES];
+        let recording = &self.recordings[rng.next() as usize % RECORDINGS];
+        let z: Vec<f32> = (0..LATENT)
+            .map(|j| self.centres[species][j] + call[j] + recording[j] + self.noise * rng.normal())
+            .collect();
+        let mut x: Vec<f32> = self
+            .mixing
+            .chunks_exact(LATENT)
+            .map(|a| a.iter().zip(&z).map(|(a, z)| a * z).sum::<f32>() + 0.06 * rng.normal())
+            .collect();
+        let norm = x.iter().map(|v| v * v).sum::<f32>().sqrt();
+        x.iter_mut().for_each(|v| *v /= norm);
+        debug_assert_eq!(x.len(), self.dim);
+        (species, x)
+    }
+}
+
+fn index_config() -> IndexConfig {
+    IndexConfig { m: 32, ef_construction: 200, shard_max_points: 1 << 30, ..Default::default() }
+}
+
+/// An index, each point's neighbours, and the seconds taken to build and to search.
+type Graph = (SpaceIndex, Vec<Vec<(u64, f32)>>, f64, f64);
+
+/// Builds an index of `vectors` (ids are positions) and the neighbours each found for itself, as the job does.
+fn index_with_neighbours(dir: &std::path::Path, vectors: &[Vec<f32>], k: usize) -> Graph {
+    let params = index_config().build(std::path::Path::new("/")).unwrap();
+    let mut index = SpaceIndex::new(dir, &params, vectors[0].len());
+    let info = PointInfo { sensor: "s".into(), start_micros: 0 };
+    let points: Vec<(SegmentId, PointInfo, &[f32])> =
+        vectors.iter().enumerate().map(|(i, v)| (SegmentId(i as u64), info.clone(), v.as_slice())).collect();
+    let started = Instant::now();
+    index.insert_many(&points, 0).unwrap();
+    let built = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let found = neighbours(&index, vectors, 0, k);
+    (index, found, built, started.elapsed().as_secs_f64())
+}
+
+fn neighbours(index: &SpaceIndex, vectors: &[Vec<f32>], first_id: usize, k: usize) -> Vec<Vec<(u64, f32)>> {
+    let filter = Filter::default();
+    vectors
+        .par_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let request = Request { vector: v, k: k + 1, ef: 128, filter: &filter };
+            let found = index.search(&request, None, 0).unwrap();
+            found.into_iter().filter(|(id, _)| id.0 != (first_id + i) as u64).map(|(id, d)| (id.0, d)).collect()
+        })
+        .collect()
+}
+
+/// Refines `vectors` with their `found` neighbours in one round, applying `labels` (node, species) first; returns
+/// what came out.
+fn refine_once(
+    params: &RefineParams,
+    vectors: &[Vec<f32>],
+    found: &[Vec<(u64, f32)>],
+    labels: &[(u64, String)],
+) -> Refinements {
+    let (params, vectors, found, labels) = (params.clone(), vectors.to_vec(), found.to_vec(), labels.to_vec());
+    timely::execute_directly(move |worker| {
+        let mut refiner = Refiner::new(worker, &params);
+        for (i, v) in vectors.iter().enumerate() {
+            refiner.add(i as u64, v, &found[i]);
+        }
+        for (node, label) in &labels {
+            refiner.label(*node, Some(label.clone()));
+        }
+        let last = refiner.close();
+        worker.step_while(|| !refiner.settled(last));
+        let mut state = Refinements::default();
+        if let Some((_, _, changes)) = refiner.take() {
+            state.apply(&changes);
+        }
+        state
+    })
+}
+
+/// Accuracy of nearest-neighbour (1-NN) and majority-vote 10-NN classification of `test` against `reference`, by
+/// brute force.
+fn knn_accuracy(vectors: &[Vec<f32>], species: &[usize], reference: &[usize], test: &[usize]) -> (f64, f64) {
+    let (one, ten): (usize, usize) = test
+        .par_iter()
+        .map(|&t| {
+            let mut best: Vec<(f64, usize)> =
+                reference.iter().map(|&r| (f32::dot(&vectors[t], &vectors[r]).unwrap_or(0.0), species[r])).collect();
+            best.select_nth_unstable_by(10, |a, b| b.0.total_cmp(&a.0));
+            best[..10].sort_by(|a, b| b.0.total_cmp(&a.0));
+            let mut votes: HashMap<usize, usize> = HashMap::new();
+            for (_, s) in &best[..10] {
+                *votes.entry(*s).or_default() += 1;
+            }
+            let vote = votes.into_iter().max_by_key(|(s, n)| (*n, usize::MAX - s)).map(|(s, _)| s);
+            (usize::from(best[0].1 == species[t]), usize::from(vote == Some(species[t])))
+        })
+        .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    (one as f64 / test.len() as f64, ten as f64 / test.len() as f64)
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+fn quality(generator: &Species, n: usize, species_count: usize) {
+    println!("\nquality: {n} segments of {species_count} species, {} dimensions", generator.dim);
+    let (species, vectors): (Vec<usize>, Vec<Vec<f32>>) = (0..n).into_par_iter().map(|i| generator.segment(i)).unzip();
+    let defaults = RefineConfig::default();
+    let dir = tempfile::tempdir().unwrap();
+    let (_index, found, built, searched) = index_with_neighbours(dir.path(), &vectors, defaults.k);
+    println!("  graph: index built in {built:.1} s, neighbours found in {searched:.1} s (k = {})", defaults.k);
+    let reference: Vec<usize> = (0..n).filter(|i| i % 2 == 0).collect();
+    let test: Vec<usize> = (0..n).filter(|i| i % 2 == 1).collect();
+    let raw = knn_accuracy(&vectors, &species, &reference, &test);
+    println!(
+        "  accuracy, raw embeddings:                  1-NN {:.2} %   10-NN vote {:.2} %",
+        raw.0 * 100.0,
+        raw.1 * 100.0
+    );
+    for hops in [1, 2] {
+        for alpha in [0.3, 0.5, 0.7] {
+            let params = RefineConfig { alpha, hops, label_hops: 1, ..Default::default() }
+                .build(std::path::Path::new("."))
+                .unwrap();
+            let started = Instant::now();
+            let state = refine_once(&params, &vectors, &found, &[]);
+            let took = started.elapsed().as_secs_f64();
+            let refined: Vec<Vec<f32>> =
+                (0..n).map(|i| state.get(i as u64).and_then(|s| s.refined()).expect("every node is refined")).collect();
+            let accuracy = knn_accuracy(&refined, &species, &reference, &test);
+            println!(
+                "  accuracy, refined (alpha {alpha}, hops {hops}):   1-NN {:.2} % ({:+.2})   10-NN vote {:.2} % ({:+.2}); \
+                 refined in {took:.1} s",
+                accuracy.0 * 100.0,
+                (accuracy.0 - raw.0) * 100.0,
+                accuracy.1 * 100.0,
+                (accuracy.1 - raw.1) * 100.0
+            );
+        }
+    }
+    let params = RefineConfig {
+        label_hops: arg("--label-hops", defaults.label_hops),
+        min_label_score: arg("--min-label-score", defaults.min_label_score),
+        label_restart: arg("--label-restart", defaults.label_restart),
+        ..Default::default()
+    }
+    .build(std::path::Path::new("."))
+    .unwrap();
+    for seeds in [1, 5, 20] {
+        let mut given: BTreeMap<usize, usize> = BTreeMap::new();
+        let mut labels = Vec::new();
+        for &r in &reference {
+            let taken = given.entry(species[r]).or_default();
+            if *taken < seeds {
+                *taken += 1;
+                labels.push((r as u64, format!("species-{}", species[r])));
+            }
+        }
+        let state = refine_once(&params, &vectors, &found, &labels);
+        let correct = test
+            .iter()
+            .filter(|&&t| {
+                state.get(t as u64).and_then(|s| s.label()).is_some_and(|(l, _)| l == format!("species-{}", species[t]))
+            })
+            .count();
+        let reached = test.iter().filter(|&&t| state.get(t as u64).and_then(|s| s.label()).is_some()).count();
+        let accuracy = correct as f64 / test.len() as f64;
+        println!(
+            "  label propagation, {seeds:>2} labels per species: {:.2} % of held-out segments right ({:.1} % reached), \
+             {:.1} % of supervised 1-NN, {:.1} % of supervised 10-NN",
+            accuracy * 100.0,
+            reached as f64 * 100.0 / test.len() as f64,
+            accuracy / raw.0 * 100.0,
+            accuracy / raw.1 * 100.0
+        );
+    }
+}
+
+fn latency(generator: &Species, n: usize, new: usize) {
+    println!("\nlatency: {new} new segments into a graph of {n}, {} dimensions", generator.dim);
+    let vectors: Vec<Vec<f32>> = (0..n + new).into_par_iter().map(|i| generator.segment(i).1).collect();
+    let params = RefineParams::default();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut index, found, built, searched) = index_with_neighbours(dir.path(), &vectors[..n], params.k);
+    println!("  index of {n} built in {built:.1} s, neighbours found in {searched:.1} s");
+    let report = timely::execute_directly(move |worker| {
+        let mut refiner = Refiner::new(worker, &params);
+        let started = Instant::now();
+        for (i, v) in vectors[..n].iter().enumerate() {
+            refiner.add(i as u64, v, &found[i]);
+        }
+        let round = refiner.advance();
+        worker.step_while(|| !refiner.settled(round));
+        let mut state = Refinements::default();
+        state.apply(&refiner.take().expect("the first round settled").2);
+        let loaded = started.elapsed().as_secs_f64();
+        let info = PointInfo { sensor: "s".into(), start_micros: 0 };
+        let mut lines = vec![format!("  initial refinement of {n} segments: {loaded:.1} s")];
+        for rounds in [1, 10] {
+            let batch = new / rounds;
+            let (mut inserting, mut searching, mut refining, mut touched) = (0.0, 0.0, 0.0, 0);
+            let first = n + if rounds == 1 { 0 } else { new };
+            let started = Instant::now();
+            for r in 0..rounds {
+                let ids = first + r * batch..first + (r + 1) * batch;
+                let arriving: Vec<Vec<f32>> = ids.clone().map(|i| vectors[i % (n + new)].clone()).collect();
+                let t = Instant::now();
+                let points: Vec<(SegmentId, PointInfo, &[f32])> = ids
+                    .clone()
+                    .zip(&arriving)
+                    .map(|(i, v)| (SegmentId(i as u64), info.clone(), v.as_slice()))
+                    .collect();
+                index.insert_many(&points, 0).unwrap();
+                inserting += t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                let found = neighbours(&index, &arriving, ids.start, params.k);
+                searching += t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                for (i, v) in ids.clone().zip(&arriving) {
+                    refiner.add(i as u64, v, &found[i - ids.start]);
+                }
+                let round = refiner.advance();
+                worker.step_while(|| !refiner.settled(round));
+                let changes = refiner.take().expect("the round settled").2;
+                touched += state.apply(&changes).len();
+                refining += t.elapsed().as_secs_f64();
+            }
+            let total = started.elapsed().as_secs_f64();
+            lines.push(format!(
+                "  {new} new in {rounds:>2} round(s): {total:.3} s from first insert to last refined output \
+                 (index insert {inserting:.3} s, neighbour search {searching:.3} s, differential {refining:.3} s); \
+                 {touched} refined outputs changed"
+            ));
+        }
+        lines
+    });
+    for line in report {
+        println!("{line}");
+    }
+    println!("  peak memory: {:.0} MiB", peak_rss_mib());
+}
+
+fn main() {
+    let dim = arg("--dim", 1536usize);
+    let species = arg("--species", 20usize);
+    let generator = Species::new(species, dim);
+    if !flag("--skip-quality") {
+        quality(&generator, arg("--quality-points", 20_000usize), species);
+    }
+    if !flag("--skip-latency") {
+        latency(&generator, arg("--points", 100_000usize), arg("--new", 1_000usize));
+    }
+}

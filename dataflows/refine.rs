@@ -1,0 +1,294 @@
+//! The refinement inside a job: a second dataflow on the same workers, fed in rounds, behind the index.
+//!
+//! The index operator leaves each new segment in a worker-local queue; every `refine.round_ms` the worker finds the
+//! queued segments' neighbours in their space's index, feeds nodes, kNN edge changes and the labels read from the
+//! labels topic (worker 0) to the differential computation, and closes the round. Rounds settle while ingestion goes
+//! on — nothing in the ingest dataflow waits for them. Settled changes update the refinements the query API reads,
+//! and each segment whose label, label score (to 0.01), cluster changed, or that was refined for the first time,
+//! gets a row in the refinements dataset and a record in the segments topic.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chorus_connectors::kafka::{self, Acks, LabelsSource, Producer, RefinementRecord};
+use chorus_connectors::parquet::{RefinementRow, RefinementWriter};
+use chorus_operators::index::{self, Filter, Request, now_seconds, unit};
+use chorus_operators::metrics::Metrics;
+use chorus_operators::record::SegmentId;
+use chorus_operators::refine::flow::Refiner;
+use chorus_operators::refine::knn::KnnGraph;
+use chorus_operators::refine::{NodeState, RefineParams, SharedRefinements};
+use timely::worker::Worker;
+
+use crate::config::Config;
+use crate::store;
+
+/// A new segment waiting for the refinement: space, id and embedding.
+pub type Arrival = (String, u64, Vec<f32>);
+
+/// The queue between a worker's index operator and its refinement.
+pub type Arrivals = Rc<RefCell<Vec<Arrival>>>;
+
+/// Label messages read per round at most.
+const LABELS_PER_ROUND: usize = 10_000;
+
+/// What was last published about a segment: label, score in hundredths, cluster.
+type Published = (Option<String>, i32, Option<u64>);
+
+/// One worker's refinement.
+pub struct Stage {
+    refiner: Refiner,
+    params: RefineParams,
+    ef: usize,
+    dim: usize,
+    arrivals: Arrivals,
+    registry: index::Registry,
+    refinements: SharedRefinements,
+    labels: Option<LabelsSource>,
+    writer: RefinementWriter,
+    producer: Producer,
+    acks: Arc<Acks>,
+    segments_topic: String,
+    dead_letter_topic: String,
+    max_message_bytes: usize,
+    metrics: Metrics,
+    published: HashMap<u64, Published>,
+    next_round: Instant,
+    last_flush: Instant,
+    graph_path: PathBuf,
+    last_save: Instant,
+}
+
+impl Stage {
+    /// Builds the refinement dataflow on `worker`, restores this worker's saved graph and queues the indexed
+    /// segments it lacks.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        worker: &mut Worker,
+        config: &Config,
+        registry: index::Registry,
+        refinements: SharedRefinements,
+        producer: Producer,
+        metrics: Metrics,
+        arrivals: Arrivals,
+    ) -> Result<Stage, String> {
+        let (index, peers) = (worker.index(), worker.peers());
+        let params = config.refine.clone();
+        let mut refiner = Refiner::new(worker, &params);
+        let graph_path = config.state_dir.join(format!("refine-graph-{index}-of-{peers}.bin"));
+        let saved: Option<KnnGraph> = match std::fs::read(&graph_path) {
+            Ok(bytes) => match bincode::deserialize(&bytes) {
+                Ok(graph) => Some(graph),
+                Err(e) => {
+                    tracing::warn!(path = %graph_path.display(), error = %e, "The saved kNN graph cannot be read; it is rebuilt from the index.");
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        let restored = saved.as_ref().map_or(0, KnnGraph::len);
+        if let Some(graph) = saved {
+            refiner.restore_graph(graph);
+        }
+        let mut queued = 0;
+        for space in registry.spaces().into_iter().filter(|s| store::owns(s, index, peers)) {
+            let Some(shared) = registry.get(&space) else { continue };
+            index::read(&shared).for_each_vector(|id, vector| {
+                if refiner.graph().contains(id.0) {
+                    refiner.restore_node(id.0, &vector);
+                } else {
+                    arrivals.borrow_mut().push((space.clone(), id.0, vector));
+                    queued += 1;
+                }
+            });
+        }
+        if restored + queued > 0 {
+            tracing::info!(
+                worker = index,
+                restored,
+                queued,
+                "Refinement resumed: saved graph restored, the rest queued."
+            );
+        }
+        let labels =
+            if index == 0 { Some(LabelsSource::open(&config.kafka).map_err(|e| e.to_string())?) } else { None };
+        Ok(Stage {
+            refiner,
+            ef: config.index.ef_search,
+            dim: config.model.dim,
+            arrivals,
+            registry,
+            refinements,
+            labels,
+            writer: RefinementWriter::new(
+                &params.dir,
+                config.model.dim,
+                config.archive.zstd_level,
+                &format!("{}-w{index}", std::process::id()),
+            ),
+            producer,
+            acks: Arc::new(Acks::default()),
+            segments_topic: config.kafka.segments_topic.clone(),
+            dead_letter_topic: config.kafka.dead_letter_topic.clone(),
+            max_message_bytes: config.kafka.max_message_bytes,
+            metrics,
+            published: HashMap::new(),
+            next_round: Instant::now() + params.round,
+            last_flush: Instant::now(),
+            graph_path,
+            last_save: Instant::now(),
+            params,
+        })
+    }
+
+    /// Closes a round when one is due, and publishes what settled.
+    pub fn tick(&mut self) -> Result<(), String> {
+        if Instant::now() >= self.next_round {
+            self.next_round = Instant::now() + self.params.round;
+            self.feed()?;
+            self.refiner.advance();
+        }
+        self.collect()?;
+        if self.last_save.elapsed() >= Duration::from_secs(60) {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// Feeds what is left, ends the input and waits for the last round to settle; then publishes, flushes and
+    /// saves the graph.
+    pub fn finish(&mut self, worker: &mut Worker) -> Result<(), String> {
+        self.feed()?;
+        let last = self.refiner.close();
+        worker.step_while(|| !self.refiner.settled(last));
+        self.collect()?;
+        self.flush()?;
+        self.save()
+    }
+
+    /// Finds the neighbours of the queued segments and feeds them, with the labels read since the last round.
+    fn feed(&mut self) -> Result<(), String> {
+        let arrivals = std::mem::take(&mut *self.arrivals.borrow_mut());
+        let now = now_seconds();
+        let filter = Filter::default();
+        for (space, id, embedding) in arrivals {
+            let Some(shared) = self.registry.get(&space) else { continue };
+            let Ok(vector) = unit(&embedding, self.dim) else { continue };
+            let request =
+                Request { vector: &vector, k: self.params.k + 1, ef: self.ef.max(self.params.k + 1), filter: &filter };
+            let found = index::read(&shared).search(&request, None, now).map_err(|e| e.to_string())?;
+            let found: Vec<(u64, f32)> = found.into_iter().map(|(n, d)| (n.0, d)).collect();
+            self.refiner.add(id, &vector, &found);
+        }
+        if let Some(labels) = &mut self.labels {
+            let mut refused = 0;
+            for event in labels.poll(LABELS_PER_ROUND) {
+                match event {
+                    Ok(event) => self.refiner.label(event.segment.0, event.label),
+                    Err(letter) => {
+                        refused += 1;
+                        tracing::warn!(reason = %letter.reason, "A label message was refused; it goes to the dead-letter topic.");
+                        let record = kafka::dead_letter_record(letter, self.max_message_bytes);
+                        self.producer
+                            .send(&self.dead_letter_topic, &record, &self.acks, 0)
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+            self.metrics.reject("labels", "label", refused);
+        }
+        Ok(())
+    }
+
+    /// Applies settled changes and publishes the segments whose published state changed.
+    fn collect(&mut self) -> Result<(), String> {
+        let Some((round, waited, changes)) = self.refiner.take() else {
+            if self.writer.buffered() > 0 && self.last_flush.elapsed() >= Duration::from_secs(5) {
+                self.flush()?;
+            }
+            return Ok(());
+        };
+        self.metrics.refine_seconds.observe(waited.as_secs_f64());
+        let touched = self.refinements.write().unwrap_or_else(|e| e.into_inner()).apply(&changes);
+        let states: Vec<(u64, NodeState)> = {
+            let refinements = self.refinements.read().unwrap_or_else(|e| e.into_inner());
+            touched.iter().filter_map(|n| refinements.get(*n).map(|s| (*n, s.clone()))).collect()
+        };
+        let mut published = 0;
+        for (node, state) in states {
+            let label = state.label();
+            let now: Published = (
+                label.as_ref().map(|(l, _)| l.clone()),
+                label.as_ref().map_or(0, |(_, s)| (s * 100.0).round() as i32),
+                state.cluster,
+            );
+            let first = !self.published.contains_key(&node);
+            if !first && self.published.get(&node) == Some(&now) {
+                continue;
+            }
+            let Some((space, point)) = self.locate(node) else { continue };
+            self.published.insert(node, now);
+            let record = RefinementRecord {
+                segment_id: SegmentId(node).to_string(),
+                space: space.clone(),
+                label: label.as_ref().map(|(l, _)| l.clone()),
+                label_score: label.as_ref().map(|(_, s)| *s),
+                cluster: state.cluster.map(|c| SegmentId(c).to_string()),
+                round,
+            };
+            self.producer
+                .send(&self.segments_topic, &kafka::refinement_record(&record), &self.acks, 0)
+                .map_err(|e| e.to_string())?;
+            self.writer.add(RefinementRow {
+                id: SegmentId(node),
+                space,
+                sensor: point.sensor,
+                start_micros: point.start_micros,
+                label,
+                cluster: state.cluster.map(SegmentId),
+                refined: state.refined(),
+                round,
+            });
+            published += 1;
+        }
+        self.metrics.count("refine", touched.len(), published);
+        self.metrics.refine_nodes.set(self.refiner.graph().len() as i64);
+        if let Some(failure) = self.acks.failure() {
+            return Err(format!("refinement records could not be delivered: {failure}"));
+        }
+        if self.writer.buffered() >= 65_536 || self.last_flush.elapsed() >= Duration::from_secs(5) {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// The space and point of an indexed segment.
+    fn locate(&self, node: u64) -> Option<(String, index::PointInfo)> {
+        self.registry.spaces().into_iter().find_map(|space| {
+            let shared = self.registry.get(&space)?;
+            let point = index::read(&shared).point(SegmentId(node))?;
+            Some((space, point))
+        })
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        self.last_flush = Instant::now();
+        self.writer.flush().map(drop).map_err(|e| e.to_string())
+    }
+
+    /// Saves the kNN graph beside the savepoints, replacing the previous one whole.
+    fn save(&mut self) -> Result<(), String> {
+        self.last_save = Instant::now();
+        let failed =
+            |e: &dyn std::fmt::Display| format!("{}: cannot save the kNN graph: {e}", self.graph_path.display());
+        let bytes = bincode::serialize(self.refiner.graph()).map_err(|e| failed(&e))?;
+        let tmp = self.graph_path.with_extension("tmp");
+        std::fs::write(&tmp, bytes).map_err(|e| failed(&e))?;
+        std::fs::rename(&tmp, &self.graph_path).map_err(|e| failed(&e))?;
+        Ok(())
+    }
+}

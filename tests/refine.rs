@@ -1,0 +1,131 @@
+//! Graph refinement in a running job: labels given through the API spread to segments that sound alike, a label
+//! taken away is taken away downstream, clusters form, refined searches answer, and the refinements reach the
+//! Parquet dataset (read by DuckDB) and the segments topic; bad label messages are dead-lettered.
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde_json::{Value, json};
+
+use crate::support::{Scenario, T0, free_port, http, terminate, tools, wait_for};
+
+fn post(port: u16, path: &str, body: &Value) -> (u16, Value) {
+    let (status, body) =
+        http(port, "POST", path, &[("Content-Type", "application/json")], body.to_string().as_bytes()).unwrap();
+    (status, serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON ({status}): {body}")))
+}
+
+fn segment(port: u16, id: &str) -> Value {
+    let (_, body) = http(port, "GET", &format!("/v1/segments/{id}"), &[], b"").unwrap();
+    serde_json::from_str(&body).unwrap()
+}
+
+#[test]
+fn r5_labels_spread_retract_and_reach_the_archive_and_topic_and_clusters_form() {
+    let port = free_port();
+    let s = Scenario::new(
+        "r5-refine",
+        &[
+            ("http.listen", format!("127.0.0.1:{port}").into()),
+            ("refine.round_ms", 100.into()),
+            // Copies of one window are ~0 apart; the sample's two windows are closer than the default threshold.
+            ("refine.cluster_max_distance", 0.001.into()),
+        ],
+    );
+    // A label message without a segment id as its key, before the job starts: it is dead-lettered.
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &s.brokers).create().unwrap();
+    producer.send(BaseRecord::to(&s.labels_topic).key("not-a-segment").payload("owl")).unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let sample = tools().sample.display().to_string();
+    for sensor in ["pole-1", "pole-2", "pole-3"] {
+        s.chorus(&["produce", "--sensor", sensor, "--start", T0, &sample]);
+    }
+    let mut job = s.spawn(&["run"]);
+    wait_for("three sensors' segments to be archived", Duration::from_secs(90), || {
+        s.archived("default", false).len() == 6
+    });
+    let archived = s.archived("default", false);
+    let id = |sensor: &str, i: usize| archived.iter().filter(|r| r.sensor == sensor).nth(i).unwrap().id.to_string();
+    let (first, twin, other) = (id("pole-1", 0), id("pole-2", 0), id("pole-1", 1));
+
+    // The same audio on three poles: each window's three copies are mutual nearest neighbours, one cluster.
+    wait_for("clusters", Duration::from_secs(30), || segment(port, &twin)["cluster"].is_string());
+    assert_eq!(segment(port, &twin)["cluster"], segment(port, &first)["cluster"]);
+    assert_eq!(segment(port, &id("pole-3", 0))["cluster"], segment(port, &first)["cluster"]);
+    assert_ne!(segment(port, &other)["cluster"], segment(port, &first)["cluster"]);
+
+    // Labels are checked whole before any is taken.
+    let refusals = [
+        (json!({ "labels": [{ "segment_id": "xyz", "label": "owl" }] }), 400, "16 hex digits"),
+        (json!({ "labels": [{ "segment_id": "00000000000000ff", "label": "owl" }] }), 404, "not indexed"),
+        (json!({ "labels": [{ "segment_id": first, "label": " " }] }), 400, "empty"),
+        (json!({ "label": "owl" }), 400, "unknown field"),
+    ];
+    for (body, want, says) in refusals {
+        let (status, answer) = post(port, "/v1/labels", &body);
+        assert_eq!(status, want, "{body} → {answer}");
+        assert!(answer["error"]["reason"].as_str().unwrap().contains(says), "{body} → {answer}");
+    }
+
+    // One label on pole-1's first window spreads to the same window on the other poles.
+    let (status, answer) =
+        post(port, "/v1/labels", &json!({ "labels": [{ "segment_id": first, "label": "Turdus merula" }] }));
+    assert_eq!((status, &answer["accepted"]), (202, &json!(1)), "{answer}");
+    wait_for("the label to reach pole-2", Duration::from_secs(30), || segment(port, &twin)["label"] == "Turdus merula");
+    let score = segment(port, &twin)["label_score"].as_f64().unwrap();
+    assert!(score > 0.0 && score <= 1.0, "{score}");
+    // Searches carry labels; a refined search answers too.
+    let (status, answer) = post(port, "/v1/search", &json!({ "segment_id": first, "k": 2 }));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["queries"][0]["hits"][0]["label"], "Turdus merula", "{answer}");
+    let (status, refined) = post(port, "/v1/search", &json!({ "segment_id": first, "k": 2, "refined": true }));
+    assert_eq!(status, 200, "{refined}");
+    let hits = refined["queries"][0]["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 2, "{refined}");
+    assert!(
+        hits.iter().all(|h| h["segment_id"] != first.as_str() && h["distance"].as_f64().unwrap() < 1e-3),
+        "{refined}"
+    );
+
+    // Taken away, it is gone everywhere it had spread.
+    let (status, _) = post(port, "/v1/labels", &json!({ "labels": [{ "segment_id": first, "label": null }] }));
+    assert_eq!(status, 202);
+    wait_for("the label to be retracted", Duration::from_secs(30), || {
+        segment(port, &twin).get("label").is_none() && segment(port, &first).get("label").is_none()
+    });
+    let (_, metrics) = crate::support::http_get(port, "/metrics").unwrap();
+    assert!(metrics.contains("chorus_refine_update_seconds_count"), "{metrics}");
+    terminate(job.id());
+    assert!(job.wait().unwrap().success(), "{}", s.job_log());
+
+    // The refinements dataset: the latest row per segment has no label, an earlier one had it; every segment has a
+    // cluster and a refined embedding of the model's size.
+    let refined_dir = s.dir.path().join("refined");
+    let seen: Value =
+        serde_json::from_str(&s.python("read_refinements.py", &[&refined_dir.display().to_string()])).unwrap();
+    let latest = seen["latest"].as_array().unwrap();
+    assert_eq!(latest.len(), 6, "{seen}");
+    assert!(latest.iter().all(|r| r["label"].is_null() && r["cluster"].is_string()), "{seen}");
+    assert!(latest.iter().all(|r| r["refined_bytes"] == json!(1536)), "{seen}");
+    assert!(seen["labelled_rows"].as_u64().unwrap() >= 3, "{seen}");
+
+    // The segments topic carries the same changes, keyed by segment id.
+    let records = s.consume_matching(&s.segments_topic, 12, |m| m.header("chorus.record") == Some("refinement"));
+    let labelled: Vec<Value> = records
+        .iter()
+        .map(|m| serde_json::from_slice::<Value>(&m.payload).unwrap())
+        .filter(|r| r["label"].is_string())
+        .collect();
+    assert!(labelled.iter().any(|r| r["segment_id"] == twin.as_str() && r["label"] == "Turdus merula"), "{labelled:?}");
+
+    // The bad label message is in the dead-letter topic with its reason.
+    let letters = s.consume(&s.dead_letter_topic, 1);
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].header("chorus.cause"), Some("label_key"), "{:?}", letters[0].headers);
+
+    // The graph was saved: a restart resumes it instead of searching every segment again.
+    let log = s.run_until_idle();
+    assert!(log.contains("restored=6"), "{log}");
+}
