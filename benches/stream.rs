@@ -1,7 +1,11 @@
 //! The running job end to end, per profile: latency under a steady real-time load, throughput on a backlog, and the
 //! scaling from one worker to two.
 //!
-//!     cargo bench --bench stream -- [--sensors 40] [--seconds 60] [--backlog-seconds 300]
+//!     cargo bench --bench stream -- [--sensors 40] [--seconds 60] [--backlog-seconds 300] [--refine]
+//!
+//! With `--refine`, only the balanced profile runs, with the graph refinement on and off: what the refinement costs
+//! ingestion (its rounds share the workers and the cores), and the refinement's own update latency, read from the
+//! job's `chorus_refine_update_seconds` histogram.
 //!
 //! Latency: `--sensors` sensors send 1 s chunks of 32 kHz audio in real time for `--seconds`; a segment's latency runs
 //! from the moment the chunk that completed its window was handed to the producer to the moment its record arrives
@@ -20,7 +24,7 @@ use chorus_connectors::wav::{Samples, WavFile};
 use chorus_operators::record::rfc3339;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 #[allow(dead_code)]
@@ -38,11 +42,19 @@ const T0_NANOS: i64 = support::T0_SECONDS * 1_000_000_000;
 
 /// A profile from `config/` as it stands, on an empty broker of its own (the bundled broker slows down as its
 /// database grows, so every run starts from the same state), with its own directories and no HTTP endpoints.
-fn scenario(profile: &str, run: &str) -> (Scenario, Config, support::PrivateBroker) {
+/// With the refinement on, the job's metrics are served on a port of their own (returned), for its update latency.
+fn scenario(profile: &str, run: &str, refine: bool) -> (Scenario, Config, support::PrivateBroker, Option<u16>) {
     let broker = support::PrivateBroker::start();
-    let scenario = Scenario::from_profile(profile, &broker.address(), run, &[("http.enabled", false.into())]);
+    let port = refine.then(support::free_port);
+    let http: Vec<(&str, toml::Value)> = match port {
+        Some(port) => vec![("http.listen", format!("127.0.0.1:{port}").into())],
+        None => vec![("http.enabled", false.into())],
+    };
+    let mut overrides = vec![("refine.enabled", refine.into())];
+    overrides.extend(http);
+    let scenario = Scenario::from_profile(profile, &broker.address(), run, &overrides);
     let config = Config::load(&scenario.config).unwrap();
-    (scenario, config, broker)
+    (scenario, config, broker, port)
 }
 
 /// One second of the sample recording (cycled), 32 kHz mono 16-bit, as a WAV payload.
@@ -120,6 +132,12 @@ impl Arrivals {
             while !stop.load(Ordering::Relaxed) {
                 if let Some(Ok(message)) = consumer.poll(Duration::from_millis(50)) {
                     let at = Instant::now();
+                    let refinement = message
+                        .headers()
+                        .is_some_and(|h| h.iter().any(|h| h.key == chorus_connectors::kafka::HEADER_RECORD));
+                    if refinement {
+                        continue;
+                    }
                     let record: SegmentRecord = serde_json::from_slice(message.payload().unwrap()).unwrap();
                     let start = chrono::DateTime::parse_from_rfc3339(&record.start_time)
                         .unwrap()
@@ -177,8 +195,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// p50 and p99 latency in milliseconds under `sensors` real-time sensors for `seconds`.
-fn latency(profile: &str, sensors: usize, seconds: usize) -> (f64, f64, usize) {
-    let (scenario, config, _broker) = scenario(profile, "latency");
+fn latency(profile: &str, sensors: usize, seconds: usize, refine: bool) -> (f64, f64, usize) {
+    let (scenario, config, _broker, port) = scenario(profile, "latency", refine);
     let sender = Sender::new(&config);
     let arrivals = Arrivals::watch(&config);
     let job = start_job(&scenario, None);
@@ -203,6 +221,9 @@ fn latency(profile: &str, sensors: usize, seconds: usize) -> (f64, f64, usize) {
     // 5 s windows at a 5 s hop: window `g` is completed by the chunk of second g + 4.
     let windows = seconds / 5;
     arrivals.wait_for(sensors * windows + 1, Duration::from_secs(120));
+    if let Some(port) = port {
+        print_refine_latency(port, sensors * windows + 1);
+    }
     stop_job(&scenario, job);
     let seen = arrivals.seen.lock().unwrap();
     let mut latencies: Vec<f64> = seen
@@ -218,8 +239,8 @@ fn latency(profile: &str, sensors: usize, seconds: usize) -> (f64, f64, usize) {
 }
 
 /// Windows/s and chunks/s draining a backlog of `seconds` per sensor.
-fn throughput(profile: &str, workers: Option<usize>, sensors: usize, seconds: usize) -> (f64, f64) {
-    let (scenario, config, _broker) = scenario(profile, "throughput");
+fn throughput(profile: &str, workers: Option<usize>, sensors: usize, seconds: usize, refine: bool) -> (f64, f64) {
+    let (scenario, config, _broker, port) = scenario(profile, "throughput", refine);
     let sender = Sender::new(&config);
     for k in 0..seconds {
         for sensor in 0..sensors {
@@ -235,9 +256,58 @@ fn throughput(profile: &str, workers: Option<usize>, sensors: usize, seconds: us
     let windows = sensors * (seconds / 5);
     arrivals.wait_for(windows, Duration::from_secs(1_800));
     let elapsed = started.elapsed().as_secs_f64();
+    if let Some(port) = port {
+        print_refine_latency(port, windows);
+    }
     stop_job(&scenario, job);
     let rate = (windows - 1) as f64 / elapsed;
     (rate, rate * 5.0)
+}
+
+/// Waits until the refinement's graph holds `segments` nodes, then prints its rounds' update latency (from the
+/// close of a round to its outputs settling) from the job's `chorus_refine_update_seconds` histogram.
+fn print_refine_latency(port: u16, segments: usize) {
+    let started = Instant::now();
+    let metric = |text: &str, name: &str| -> Vec<(String, f64)> {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_owned(), v.parse().ok()?))))
+            .collect()
+    };
+    loop {
+        let text = support::http_get(port, "/metrics").map(|(_, t)| t).unwrap_or_default();
+        let nodes = metric(&text, "chorus_refine_graph_nodes").first().map_or(0.0, |(_, v)| *v) as usize;
+        if nodes >= segments || started.elapsed() > Duration::from_secs(600) {
+            let count = metric(&text, "chorus_refine_update_seconds_count").first().map_or(0.0, |(_, v)| *v);
+            let sum = metric(&text, "chorus_refine_update_seconds_sum").first().map_or(0.0, |(_, v)| *v);
+            let p99 = metric(&text, "chorus_refine_update_seconds_bucket")
+                .into_iter()
+                .find(|(_, cumulative)| *cumulative >= 0.99 * count)
+                .and_then(|(k, _)| k.split("le=\"").nth(1).map(|v| v.trim_end_matches("\"}").to_owned()))
+                .unwrap_or_default();
+            println!(
+                "  refinement: {nodes} of {segments} segments in the graph {:.1} s after the last was indexed; \
+                 {count:.0} rounds, mean update latency {:.0} ms, p99 ≤ {p99} s",
+                started.elapsed().as_secs_f64(),
+                sum / count.max(1.0) * 1e3
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn refine_comparison(sensors: usize, seconds: usize, backlog: usize) {
+    println!("{:<16} {:>12} {:>12} {:>10} {:>10}", "refinement", "p50 ms", "p99 ms", "windows/s", "chunks/s");
+    for refine in [false, true] {
+        let (p50, p99, _) = latency("balanced.toml", sensors, seconds, refine);
+        let (windows, chunks) = throughput("balanced.toml", None, sensors, backlog, refine);
+        let name = if refine { "on" } else { "off" };
+        println!("{name:<16} {p50:>12.1} {p99:>12.1} {windows:>10.1} {chunks:>10.1}");
+    }
+    println!(
+        "reproduce: cargo bench --bench stream -- --refine --sensors {sensors} --seconds {seconds} --backlog-seconds {backlog}"
+    );
 }
 
 fn main() {
@@ -250,21 +320,25 @@ fn main() {
         "chorus stream bench: {sensors} sensors of 1 s chunks (32 kHz, 16-bit), 5 s windows at a 5 s hop, stand-in model; \
          latency over {seconds} s of real-time load, throughput over a backlog of {backlog} s per sensor"
     );
+    if args::flag("--refine") {
+        refine_comparison(sensors, seconds, backlog);
+        return;
+    }
     println!(
         "{:<22} {:>8} {:>12} {:>12} {:>10} {:>10} {:>9}",
         "profile", "workers", "p50 ms", "p99 ms", "windows/s", "chunks/s", "segments"
     );
     for profile in ["low-latency.toml", "balanced.toml", "high-throughput.toml"] {
         let workers = Config::load(&support::root().join("config").join(profile)).unwrap().workers;
-        let (p50, p99, n) = latency(profile, sensors, seconds);
-        let (windows, chunks) = throughput(profile, None, sensors, backlog);
+        let (p50, p99, n) = latency(profile, sensors, seconds, true);
+        let (windows, chunks) = throughput(profile, None, sensors, backlog, true);
         println!(
             "{:<22} {workers:>8} {p50:>12.1} {p99:>12.1} {windows:>10.1} {chunks:>10.1} {n:>9}",
             profile.trim_end_matches(".toml")
         );
     }
-    let (one, one_chunks) = throughput("balanced.toml", Some(1), sensors, backlog);
-    let (two, two_chunks) = throughput("balanced.toml", Some(2), sensors, backlog);
+    let (one, one_chunks) = throughput("balanced.toml", Some(1), sensors, backlog, true);
+    let (two, two_chunks) = throughput("balanced.toml", Some(2), sensors, backlog, true);
     println!(
         "scaling (balanced, backlog): 1 worker {one:.1} windows/s ({one_chunks:.1} chunks/s), \
          2 workers {two:.1} windows/s ({two_chunks:.1} chunks/s), ratio {:.2}",

@@ -532,7 +532,7 @@ async fn segment(State(api): State<Api>, Path(id): Path<String>) -> Response {
             });
             let refinements = api.refinements.read().unwrap_or_else(|e| e.into_inner());
             if let Some(state) = refinements.get(id.0) {
-                if let Some((label, score)) = state.label() {
+                if let Some((label, score)) = refinements.label(id.0) {
                     answer["label"] = json!(label);
                     answer["label_score"] = json!(score);
                 }

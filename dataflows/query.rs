@@ -243,10 +243,9 @@ pub fn annotate(hits: &mut [Hit], refinements: &SharedRefinements) {
         return;
     }
     for hit in hits {
-        let Some(state) = hit.segment_id.parse::<SegmentId>().ok().and_then(|id| refinements.get(id.0)) else {
-            continue;
-        };
-        if let Some((label, score)) = state.label() {
+        let Some(id) = hit.segment_id.parse::<SegmentId>().ok() else { continue };
+        let Some(state) = refinements.get(id.0) else { continue };
+        if let Some((label, score)) = refinements.label(id.0) {
             hit.label = Some(label);
             hit.label_score = Some(score);
         }

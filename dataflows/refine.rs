@@ -22,6 +22,7 @@ use chorus_operators::record::SegmentId;
 use chorus_operators::refine::flow::Refiner;
 use chorus_operators::refine::knn::KnnGraph;
 use chorus_operators::refine::{NodeState, RefineParams, SharedRefinements};
+use rayon::prelude::*;
 use timely::worker::Worker;
 
 use crate::config::Config;
@@ -36,6 +37,12 @@ pub type Arrivals = Rc<RefCell<Vec<Arrival>>>;
 /// Label messages read per round at most.
 const LABELS_PER_ROUND: usize = 10_000;
 
+/// A new segment with its unit vector and the neighbours the index found for it.
+type Found = (u64, Vec<f32>, Vec<(u64, f32)>);
+
+/// A label and its share.
+type Verdict = (String, f32);
+
 /// What was last published about a segment: label, score in hundredths, cluster.
 type Published = (Option<String>, i32, Option<u64>);
 
@@ -43,7 +50,6 @@ type Published = (Option<String>, i32, Option<u64>);
 pub struct Stage {
     refiner: Refiner,
     params: RefineParams,
-    ef: usize,
     dim: usize,
     arrivals: Arrivals,
     registry: index::Registry,
@@ -118,7 +124,6 @@ impl Stage {
             if index == 0 { Some(LabelsSource::open(&config.kafka).map_err(|e| e.to_string())?) } else { None };
         Ok(Stage {
             refiner,
-            ef: config.index.ef_search,
             dim: config.model.dim,
             arrivals,
             registry,
@@ -175,14 +180,20 @@ impl Stage {
         let arrivals = std::mem::take(&mut *self.arrivals.borrow_mut());
         let now = now_seconds();
         let filter = Filter::default();
-        for (space, id, embedding) in arrivals {
-            let Some(shared) = self.registry.get(&space) else { continue };
-            let Ok(vector) = unit(&embedding, self.dim) else { continue };
-            let request =
-                Request { vector: &vector, k: self.params.k + 1, ef: self.ef.max(self.params.k + 1), filter: &filter };
-            let found = index::read(&shared).search(&request, None, now).map_err(|e| e.to_string())?;
-            let found: Vec<(u64, f32)> = found.into_iter().map(|(n, d)| (n.0, d)).collect();
-            self.refiner.add(id, &vector, &found);
+        let (k, ef, dim, registry) = (self.params.k + 1, self.params.search_ef(), self.dim, &self.registry);
+        // The searches only read the index: they run in parallel, and the graph takes them in arrival order.
+        let found: Vec<Option<Found>> = arrivals
+            .into_par_iter()
+            .map(|(space, id, embedding)| {
+                let shared = registry.get(&space)?;
+                let vector = unit(&embedding, dim).ok()?;
+                let request = Request { vector: &vector, k, ef, filter: &filter };
+                let found = index::read(&shared).search(&request, None, now).ok()?;
+                Some((id, vector, found.into_iter().map(|(n, d)| (n.0, d)).collect()))
+            })
+            .collect();
+        for (id, vector, neighbours) in found.into_iter().flatten() {
+            self.refiner.add(id, &vector, &neighbours);
         }
         if let Some(labels) = &mut self.labels {
             let mut refused = 0;
@@ -214,13 +225,12 @@ impl Stage {
         };
         self.metrics.refine_seconds.observe(waited.as_secs_f64());
         let touched = self.refinements.write().unwrap_or_else(|e| e.into_inner()).apply(&changes);
-        let states: Vec<(u64, NodeState)> = {
+        let states: Vec<(u64, NodeState, Option<Verdict>)> = {
             let refinements = self.refinements.read().unwrap_or_else(|e| e.into_inner());
-            touched.iter().filter_map(|n| refinements.get(*n).map(|s| (*n, s.clone()))).collect()
+            touched.iter().filter_map(|n| refinements.get(*n).map(|s| (*n, s.clone(), refinements.label(*n)))).collect()
         };
         let mut published = 0;
-        for (node, state) in states {
-            let label = state.label();
+        for (node, state, label) in states {
             let now: Published = (
                 label.as_ref().map(|(l, _)| l.clone()),
                 label.as_ref().map_or(0, |(_, s)| (s * 100.0).round() as i32),

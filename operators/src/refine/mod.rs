@@ -51,7 +51,7 @@ impl Default for RefineConfig {
             dir: std::path::PathBuf::from("var/refined"),
             k: 10,
             alpha: 0.5,
-            hops: 2,
+            hops: 1,
             label_restart: 0.1,
             label_hops: 10,
             min_label_score: 0.000_001,
@@ -131,6 +131,14 @@ impl RefineConfig {
     }
 }
 
+impl RefineParams {
+    /// The beam width of the searches that find a new segment's neighbours: four times the neighbours wanted (at
+    /// least 32) — a kNN graph tolerates the odd missed neighbour better than a slow round.
+    pub fn search_ef(&self) -> usize {
+        (4 * (self.k + 1)).max(32)
+    }
+}
+
 impl Default for RefineParams {
     fn default() -> Self {
         RefineConfig::default().build(std::path::Path::new(".")).expect("the defaults are valid")
@@ -165,6 +173,8 @@ impl NodeState {
 #[derive(Debug, Default)]
 pub struct Refinements {
     nodes: std::collections::HashMap<u64, NodeState>,
+    /// Each label's score summed over every node.
+    totals: std::collections::HashMap<String, i64>,
 }
 
 /// Refinements shared between the workers and the query API.
@@ -186,6 +196,11 @@ impl Refinements {
         for ((node, (label, score)), diff) in &changes.labels {
             let state = self.nodes.entry(*node).or_default();
             let entry = (label.clone(), *score);
+            let total = self.totals.entry(label.clone()).or_default();
+            *total += score * *diff as i64;
+            if *total == 0 {
+                self.totals.remove(label);
+            }
             if *diff > 0 {
                 let at = state.scores.binary_search(&entry).unwrap_or_else(|at| at);
                 state.scores.insert(at, entry);
@@ -206,6 +221,24 @@ impl Refinements {
         touched.sort_unstable();
         touched.dedup();
         touched
+    }
+
+    /// The label of `node` and its share, with each label's scores weighed by the inverse of its total over the
+    /// graph (class mass normalisation), so that a label given to well-connected segments does not crowd out one
+    /// given to sparse ones.
+    pub fn label(&self, node: u64) -> Option<(String, f32)> {
+        let state = self.nodes.get(&node)?;
+        let weighed: Vec<(&str, f64)> = state
+            .scores
+            .iter()
+            .filter_map(|(label, score)| {
+                let total = *self.totals.get(label)?;
+                (total > 0).then(|| (label.as_str(), *score as f64 / total as f64))
+            })
+            .collect();
+        let sum: f64 = weighed.iter().map(|(_, w)| w).sum();
+        let (label, top) = weighed.iter().max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(a.0)))?;
+        (sum > 0.0).then(|| (label.to_string(), (top / sum) as f32))
     }
 
     /// What is known about `node`.
