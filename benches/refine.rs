@@ -226,7 +226,8 @@ fn audio(per_class: usize) {
     let mut species = Vec::new();
     let mut windows = Vec::new();
     for i in 0..calls.len() * per_class {
-        let class = i % calls.len();
+        // Consecutive windows share a class, so the even (reference) and odd (held-out) halves both hold every class.
+        let class = i / per_class;
         let noise = 0.002 + 0.02 * rng.uniform();
         let mut w: Vec<f32> = (0..window).map(|_| noise * rng.normal()).collect();
         let mut place = |call: &[f32], gain: f32, rng: &mut Rng| {
@@ -342,8 +343,20 @@ fn evaluate(species: &[usize], vectors: &[Vec<f32>]) {
 
 fn latency(generator: &Species, n: usize, new: usize) {
     println!("\nlatency: {new} new segments into a graph of {n}, {} dimensions", generator.dim);
-    let vectors: Vec<Vec<f32>> = (0..n + new).into_par_iter().map(|i| generator.segment(i).1).collect();
+    let (species, vectors): (Vec<usize>, Vec<Vec<f32>>) =
+        (0..n + new).into_par_iter().map(|i| generator.segment(i)).unzip();
     let params = RefineParams::default();
+    // Five given labels per species, so that the update also moves label scores.
+    let mut given: HashMap<usize, usize> = HashMap::new();
+    let labels: Vec<(u64, String)> = (0..n)
+        .filter(|i| {
+            let taken = given.entry(species[*i]).or_default();
+            *taken += 1;
+            *taken <= 5
+        })
+        .map(|i| (i as u64, format!("species-{}", species[i])))
+        .collect();
+    println!("  {} labels given (5 per species)", labels.len());
     let dir = tempfile::tempdir().unwrap();
     let (mut index, found, built, searched) = index_with_neighbours(dir.path(), &vectors[..n], params.k);
     println!("  index of {n} built in {built:.1} s, neighbours found in {searched:.1} s");
@@ -352,6 +365,9 @@ fn latency(generator: &Species, n: usize, new: usize) {
         let started = Instant::now();
         for (i, v) in vectors[..n].iter().enumerate() {
             refiner.add(i as u64, v, &found[i]);
+        }
+        for (node, label) in &labels {
+            refiner.label(*node, Some(label.clone()));
         }
         let round = refiner.advance();
         worker.step_while(|| !refiner.settled(round));

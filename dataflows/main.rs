@@ -40,9 +40,10 @@ struct ConfigArg {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the ingest job: Kafka audio chunks → windows → embeddings → index, archive, segments topic.
+    /// Run the ingest job: Kafka audio chunks → windows → embeddings → index, archive, segments topic; behind the
+    /// index, the graph refinement (refined embeddings, labels spread from the labels topic, clusters).
     #[command(
-        after_help = "Examples:\n  chorus run --config config/balanced.toml\n  chorus run -w 2 --until-idle 5    # two workers; stop once the topic is drained and quiet for 5 s\n  chorus run --processes 2 --process 0 --hostfile hosts.txt   # and --process 1 on the second machine\n\nSIGTERM or Ctrl-C stops reading, drains what is in flight, flushes the sinks and commits (a second one\nexits at once). Offsets are committed only after the archive, the segments topic and the dead-letter topic\nhold what was derived from them; a restart resumes there, and segment ids are deterministic, so nothing is\nlost or doubled."
+        after_help = "Examples:\n  chorus run --config config/balanced.toml\n  chorus run -w 2 --until-idle 5    # two workers; stop once the topic is drained and quiet for 5 s\n  chorus run --processes 2 --process 0 --hostfile hosts.txt   # and --process 1 on the second machine\n\nSIGTERM or Ctrl-C stops reading, drains what is in flight, flushes the sinks and commits (a second one\nexits at once). Offsets are committed only after the archive, the segments topic and the dead-letter topic\nhold what was derived from them; a restart resumes there, and segment ids are deterministic, so nothing is\nlost or doubled.\n\nWhile it runs, label segments and watch the labels spread:\n  curl -s localhost:9464/v1/labels -H 'content-type: application/json' \\\n       -d '{\"labels\": [{\"segment_id\": \"3f9a0c1d2b4e5f60\", \"label\": \"Turdus merula\"}]}'\n  curl -s localhost:9464/v1/segments/<another id>      # label, label_score, cluster\n([refine] in the config; refinements also go to refine.dir as Parquet and to the segments topic.)"
     )]
     Run {
         #[command(flatten)]
@@ -140,7 +141,7 @@ enum Command {
     },
     /// Serve the query API over the indices and archive a job left on disk (no broker needed).
     #[command(
-        after_help = "Examples:\n  chorus serve --config config/balanced.toml\n  chorus serve --listen 0.0.0.0:8080     # beyond this machine: set api.token first\n\n  curl -s localhost:9464/v1/search -H 'content-type: application/json' \\\n       -d '{\"segment_id\": \"3f9a0c1d2b4e5f60\", \"k\": 5}'\n  curl -s 'localhost:9464/v1/search?k=5&sensors=pole-7' -H 'content-type: audio/wav' --data-binary @call.wav\n  curl -s localhost:9464/v1/segments/3f9a0c1d2b4e5f60\n\nThe job serves the same API while it runs (http.enabled). SIGTERM or Ctrl-C stops the server."
+        after_help = "Examples:\n  chorus serve --config config/balanced.toml\n  chorus serve --listen 0.0.0.0:8080     # beyond this machine: set api.token first\n\n  curl -s localhost:9464/v1/search -H 'content-type: application/json' \\\n       -d '{\"segment_id\": \"3f9a0c1d2b4e5f60\", \"k\": 5}'\n  curl -s 'localhost:9464/v1/search?k=5&sensors=pole-7' -H 'content-type: audio/wav' --data-binary @call.wav\n  curl -s localhost:9464/v1/segments/3f9a0c1d2b4e5f60\n\nThe job serves the same API while it runs (http.enabled), with refined searches (\"refined\": true) and\nlabels; chorus serve has no refinement state, and its POST /v1/labels writes to the labels topic for a job\nto read. SIGTERM or Ctrl-C stops the server."
     )]
     Serve {
         #[command(flatten)]

@@ -87,8 +87,12 @@ impl Stage {
         let mut refiner = Refiner::new(worker, &params);
         let graph_path = config.state_dir.join(format!("refine-graph-{index}-of-{peers}.bin"));
         let saved: Option<KnnGraph> = match std::fs::read(&graph_path) {
-            Ok(bytes) => match bincode::deserialize(&bytes) {
-                Ok(graph) => Some(graph),
+            Ok(bytes) => match bincode::deserialize::<KnnGraph>(&bytes) {
+                Ok(graph) if graph.built_with(params.k, params.cluster_max_distance) => Some(graph),
+                Ok(_) => {
+                    tracing::info!("refine.k or refine.cluster_max_distance changed: the kNN graph is rebuilt from the index.");
+                    None
+                }
                 Err(e) => {
                     tracing::warn!(path = %graph_path.display(), error = %e, "The saved kNN graph cannot be read; it is rebuilt from the index.");
                     None

@@ -18,7 +18,7 @@ use timely::worker::Worker;
 
 use super::RefineParams;
 use super::knn::{Edge, KnnGraph};
-use super::rules::{self, combine, spread, weight};
+use super::rules::{self, combine, spread};
 
 /// One node's contributions to its next embedding, carried as a difference so that differential sums them in place:
 /// its own embedding (`own`) and `n` neighbours' embeddings summed (`sum`). Sums wrap, which is exact as long as the
@@ -138,7 +138,7 @@ pub fn refine<'scope>(
         .clone()
         .map(|(src, _, _)| (src, LabelInput::Edge))
         .concat(seeds.clone().map(|(node, label)| (node, LabelInput::Seed(label))));
-    let (restart, min_score) = (weight(params.label_restart), params.min_label_score);
+    let rule = params.spread_rule();
     let mut labels = seeds.map(|(node, label)| (node, (label, rules::SCORE_ONE))).arrange_by_key();
     for _ in 0..params.label_hops {
         let scores = edges_by_dst
@@ -158,7 +158,7 @@ pub fn refine<'scope>(
                         }
                     }
                 }
-                out.extend(spread(seed, n, &sums, restart, min_score).into_iter().map(|s| (s, 1)));
+                out.extend(spread(seed, n, &sums, &rule).into_iter().map(|s| (s, 1)));
             })
             .arrange_by_key();
     }
@@ -432,6 +432,7 @@ mod tests {
             alpha: [0.0, 0.3, 0.5, 1.0][rng.below(4) as usize],
             hops: rng.below(4) as usize,
             label_restart: [0.1, 0.2, 0.5][rng.below(3) as usize],
+            label_top: 1 + rng.below(3) as usize,
             label_hops: 1 + rng.below(5) as usize,
             min_label_score: [0.0, 0.001, 0.05][rng.below(3) as usize],
             cluster_max_distance: [0.02, 0.1, 0.3][rng.below(3) as usize],

@@ -24,6 +24,11 @@ impl KnnGraph {
         KnnGraph { k, max_distance, lists: HashMap::new() }
     }
 
+    /// Whether the graph was built with `k` neighbours per node and this cluster threshold.
+    pub fn built_with(&self, k: usize, max_distance: f32) -> bool {
+        self.k == k && self.max_distance == max_distance
+    }
+
     /// Nodes in the graph.
     pub fn len(&self) -> usize {
         self.lists.len()

@@ -36,6 +36,8 @@ pub struct RefineConfig {
     pub label_hops: usize,
     /// Label propagation: scores below this fraction are dropped, so labels fade out instead of covering the graph.
     pub min_label_score: f64,
+    /// Label propagation: labels kept per segment at each hop (the highest scores).
+    pub label_top: usize,
     /// Clusters: two segments are joined when each is among the other's `k` nearest and their cosine distance is
     /// at most this.
     pub cluster_max_distance: f32,
@@ -52,9 +54,10 @@ impl Default for RefineConfig {
             k: 10,
             alpha: 0.5,
             hops: 1,
-            label_restart: 0.1,
+            label_restart: 0.05,
             label_hops: 10,
-            min_label_score: 0.000_001,
+            min_label_score: 0.000_1,
+            label_top: 3,
             cluster_max_distance: 0.1,
             round_ms: 250,
         }
@@ -80,6 +83,8 @@ pub struct RefineParams {
     pub label_hops: usize,
     /// Smallest label score kept, as a fraction of [`rules::SCORE_ONE`].
     pub min_label_score: i64,
+    /// Labels kept per node.
+    pub label_top: usize,
     /// Cluster distance threshold.
     pub cluster_max_distance: f32,
     /// Round length.
@@ -104,6 +109,9 @@ impl RefineConfig {
         if self.hops > 8 {
             return Err(FieldError::new("hops", format!("{} is above 8", self.hops)));
         }
+        if !(1..=64).contains(&self.label_top) {
+            return Err(FieldError::new("label_top", format!("{} is outside 1..=64", self.label_top)));
+        }
         if !(1..=32).contains(&self.label_hops) {
             return Err(FieldError::new("label_hops", format!("{} is outside 1..=32", self.label_hops)));
         }
@@ -125,6 +133,7 @@ impl RefineConfig {
             label_restart,
             label_hops: self.label_hops,
             min_label_score: (min_label_score * rules::SCORE_ONE as f64).round() as i64,
+            label_top: self.label_top,
             cluster_max_distance: self.cluster_max_distance,
             round: std::time::Duration::from_millis(self.round_ms),
         })
@@ -132,6 +141,15 @@ impl RefineConfig {
 }
 
 impl RefineParams {
+    /// What label propagation does at each hop.
+    pub fn spread_rule(&self) -> rules::SpreadRule {
+        rules::SpreadRule {
+            restart: rules::weight(self.label_restart),
+            min_score: self.min_label_score,
+            top: self.label_top,
+        }
+    }
+
     /// The beam width of the searches that find a new segment's neighbours: four times the neighbours wanted (at
     /// least 32) — a kNN graph tolerates the odd missed neighbour better than a slow round.
     pub fn search_ef(&self) -> usize {

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::RefineParams;
 use super::knn::Edge;
-use super::rules::{combine, spread, weight};
+use super::rules::{combine, spread};
 
 /// Everything the refinement reads.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -63,10 +63,10 @@ pub fn refine(inputs: &Inputs, params: &RefineParams) -> Outputs {
         .filter(|(node, _)| inputs.nodes.contains_key(node))
         .map(|(n, l)| (*n, l.as_str()))
         .collect();
-    let (restart, min_score) = (weight(params.label_restart), params.min_label_score);
+    let rule = params.spread_rule();
     let mut y: BTreeMap<u64, Vec<(String, i64)>> = BTreeMap::new();
     for (node, label) in &seeds {
-        y.insert(*node, spread(Some(label), 0, &BTreeMap::new(), restart, min_score));
+        y.insert(*node, spread(Some(label), 0, &BTreeMap::new(), &rule));
     }
     for _ in 0..params.label_hops {
         let mut next = BTreeMap::new();
@@ -78,7 +78,7 @@ pub fn refine(inputs: &Inputs, params: &RefineParams) -> Outputs {
                 }
             }
             let seed = seeds.get(node).copied();
-            let scores = spread(seed, edges_of(node).len() as i64, &sums, restart, min_score);
+            let scores = spread(seed, edges_of(node).len() as i64, &sums, &rule);
             if !scores.is_empty() {
                 next.insert(*node, scores);
             }

@@ -45,17 +45,27 @@ pub fn weight(alpha: f64) -> i64 {
     (alpha.clamp(0.0, 1.0) * WEIGHT_ONE as f64).round() as i64
 }
 
+/// Label scores move in steps of 2^-16: a change smaller than a step rounds away, so a small perturbation stops
+/// spreading within a few hops instead of reaching every node.
+pub const SCORE_STEP: i64 = SCORE_ONE >> 16;
+
+/// How label propagation treats a node's scores at each hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpreadRule {
+    /// Weight of the node's own given label, as a fraction of 2^16 (see [`weight`]).
+    pub restart: i64,
+    /// Scores below this (a fraction of [`SCORE_ONE`]) are dropped.
+    pub min_score: i64,
+    /// Labels kept per node: the highest scores.
+    pub top: usize,
+}
+
 /// One hop of label propagation for a node with `n` out-edges: each label's score is
 /// `restart·seed + (1−restart)·(sum of its neighbours' scores)/n` (`seed` is [`SCORE_ONE`] for the node's own label),
-/// scores below `min_score` are dropped, and a node without out-edges keeps its seed. `sums` holds the neighbours'
-/// summed scores per label.
-pub fn spread(
-    seed: Option<&str>,
-    n: i64,
-    sums: &BTreeMap<&str, i64>,
-    restart: i64,
-    min_score: i64,
-) -> Vec<(String, i64)> {
+/// rounded down to a [`SCORE_STEP`]; scores below `min_score` are dropped and only the `top` highest kept (ties to
+/// the label that sorts first); a node without out-edges keeps its seed. `sums` holds the neighbours' summed scores
+/// per label. The result is sorted by label.
+pub fn spread(seed: Option<&str>, n: i64, sums: &BTreeMap<&str, i64>, rule: &SpreadRule) -> Vec<(String, i64)> {
     let mut out = Vec::new();
     if n == 0 {
         out.extend(seed.map(|label| (label.to_owned(), SCORE_ONE)));
@@ -66,16 +76,19 @@ pub fn spread(
         && !sums.contains_key(label)
     {
         labels.push(label);
-        labels.sort_unstable();
     }
     for label in labels {
         let own = if seed == Some(label) { SCORE_ONE } else { 0 };
         let mean = sums.get(label).copied().unwrap_or(0) / n;
-        let score = (restart * own + (WEIGHT_ONE - restart) * mean) / WEIGHT_ONE;
-        if score >= min_score.max(1) {
+        let score = (rule.restart * own + (WEIGHT_ONE - rule.restart) * mean) / WEIGHT_ONE;
+        let score = score - score % SCORE_STEP;
+        if score >= rule.min_score.max(SCORE_STEP) {
             out.push((label.to_owned(), score));
         }
     }
+    out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    out.truncate(rule.top.max(1));
+    out.sort();
     out
 }
 
@@ -104,12 +117,17 @@ mod tests {
     #[test]
     fn labels_spread_with_restart_and_small_scores_are_dropped() {
         let sums = BTreeMap::from([("owl", SCORE_ONE), ("wren", SCORE_ONE / 1000)]);
-        let got = spread(Some("wren"), 2, &sums, weight(0.2), SCORE_ONE / 100);
+        let rule = SpreadRule { restart: weight(0.2), min_score: SCORE_ONE / 100, top: 3 };
+        let got = spread(Some("wren"), 2, &sums, &rule);
         // owl: 0.8 × 1/2 = 0.4; wren: 0.2 + 0.8 × 0.0005 = 0.2004.
         assert_eq!(got.len(), 2);
         assert!((got[0].1 as f64 / SCORE_ONE as f64 - 0.4).abs() < 1e-5, "{got:?}");
         assert!((got[1].1 as f64 / SCORE_ONE as f64 - 0.2004).abs() < 1e-5, "{got:?}");
-        assert_eq!(spread(None, 4, &BTreeMap::from([("owl", 8)]), weight(0.2), SCORE_ONE / 100), []);
+        assert_eq!(spread(None, 4, &BTreeMap::from([("owl", 8)]), &rule), []);
+        // Only the highest scores are kept.
+        let top = SpreadRule { top: 1, ..rule };
+        assert_eq!(spread(Some("wren"), 2, &sums, &top).len(), 1);
+        assert_eq!(spread(Some("wren"), 2, &sums, &top)[0].0, "owl");
         let (label, share) = verdict(&got).unwrap();
         assert_eq!(label, "owl");
         assert!((share - 0.4 / 0.6004).abs() < 1e-5);
