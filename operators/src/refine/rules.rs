@@ -45,9 +45,19 @@ pub fn weight(alpha: f64) -> i64 {
     (alpha.clamp(0.0, 1.0) * WEIGHT_ONE as f64).round() as i64
 }
 
-/// Label scores move in steps of 2^-16: a change smaller than a step rounds away, so a small perturbation stops
-/// spreading within a few hops instead of reaching every node.
-pub const SCORE_STEP: i64 = SCORE_ONE >> 16;
+/// Label scores keep this many significant bits (a relative resolution of 1/64): a change smaller than that rounds
+/// away, so a perturbation stops spreading within a few hops instead of reaching every node, however small the
+/// scores far from the given labels are.
+pub const SCORE_BITS: u32 = 6;
+
+/// `score` rounded down to [`SCORE_BITS`] significant bits.
+pub fn round_score(score: i64) -> i64 {
+    if score <= 0 {
+        return 0;
+    }
+    let shift = (64 - score.leading_zeros()).saturating_sub(SCORE_BITS);
+    (score >> shift) << shift
+}
 
 /// How label propagation treats a node's scores at each hop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,7 +72,7 @@ pub struct SpreadRule {
 
 /// One hop of label propagation for a node with `n` out-edges: each label's score is
 /// `restart·seed + (1−restart)·(sum of its neighbours' scores)/n` (`seed` is [`SCORE_ONE`] for the node's own label),
-/// rounded down to a [`SCORE_STEP`]; scores below `min_score` are dropped and only the `top` highest kept (ties to
+/// rounded down to [`SCORE_BITS`] significant bits; scores below `min_score` are dropped and only the `top` highest kept (ties to
 /// the label that sorts first); a node without out-edges keeps its seed. `sums` holds the neighbours' summed scores
 /// per label. The result is sorted by label.
 pub fn spread(seed: Option<&str>, n: i64, sums: &BTreeMap<&str, i64>, rule: &SpreadRule) -> Vec<(String, i64)> {
@@ -81,8 +91,8 @@ pub fn spread(seed: Option<&str>, n: i64, sums: &BTreeMap<&str, i64>, rule: &Spr
         let own = if seed == Some(label) { SCORE_ONE } else { 0 };
         let mean = sums.get(label).copied().unwrap_or(0) / n;
         let score = (rule.restart * own + (WEIGHT_ONE - rule.restart) * mean) / WEIGHT_ONE;
-        let score = score - score % SCORE_STEP;
-        if score >= rule.min_score.max(SCORE_STEP) {
+        let score = round_score(score);
+        if score >= rule.min_score.max(1) {
             out.push((label.to_owned(), score));
         }
     }
@@ -119,10 +129,12 @@ mod tests {
         let sums = BTreeMap::from([("owl", SCORE_ONE), ("wren", SCORE_ONE / 1000)]);
         let rule = SpreadRule { restart: weight(0.2), min_score: SCORE_ONE / 100, top: 3 };
         let got = spread(Some("wren"), 2, &sums, &rule);
-        // owl: 0.8 × 1/2 = 0.4; wren: 0.2 + 0.8 × 0.0005 = 0.2004.
+        // owl: 0.8 × 1/2 = 0.4; wren: 0.2 + 0.8 × 0.0005 = 0.2004; both to 6 significant bits.
         assert_eq!(got.len(), 2);
-        assert!((got[0].1 as f64 / SCORE_ONE as f64 - 0.4).abs() < 1e-5, "{got:?}");
-        assert!((got[1].1 as f64 / SCORE_ONE as f64 - 0.2004).abs() < 1e-5, "{got:?}");
+        assert!((got[0].1 as f64 / SCORE_ONE as f64 - 0.4).abs() < 0.4 / 32.0, "{got:?}");
+        assert!((got[1].1 as f64 / SCORE_ONE as f64 - 0.2004).abs() < 0.2004 / 32.0, "{got:?}");
+        assert_eq!(round_score(0b1011_0111), 0b1011_0100);
+        assert_eq!(round_score(0b101), 0b101);
         assert_eq!(spread(None, 4, &BTreeMap::from([("owl", 8)]), &rule), []);
         // Only the highest scores are kept.
         let top = SpreadRule { top: 1, ..rule };
@@ -130,7 +142,7 @@ mod tests {
         assert_eq!(spread(Some("wren"), 2, &sums, &top)[0].0, "owl");
         let (label, share) = verdict(&got).unwrap();
         assert_eq!(label, "owl");
-        assert!((share - 0.4 / 0.6004).abs() < 1e-5);
+        assert!((share - 0.4 / 0.6004).abs() < 0.02, "{share}");
         assert_eq!(verdict(&[]), None);
     }
 }
