@@ -90,7 +90,9 @@ impl Stage {
             Ok(bytes) => match bincode::deserialize::<KnnGraph>(&bytes) {
                 Ok(graph) if graph.built_with(params.k, params.cluster_max_distance) => Some(graph),
                 Ok(_) => {
-                    tracing::info!("refine.k or refine.cluster_max_distance changed: the kNN graph is rebuilt from the index.");
+                    tracing::info!(
+                        "refine.k or refine.cluster_max_distance changed: the kNN graph is rebuilt from the index."
+                    );
                     None
                 }
                 Err(e) => {
@@ -300,6 +302,9 @@ impl Stage {
         let failed =
             |e: &dyn std::fmt::Display| format!("{}: cannot save the kNN graph: {e}", self.graph_path.display());
         let bytes = bincode::serialize(self.refiner.graph()).map_err(|e| failed(&e))?;
+        if let Some(dir) = self.graph_path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| failed(&e))?;
+        }
         let tmp = self.graph_path.with_extension("tmp");
         std::fs::write(&tmp, bytes).map_err(|e| failed(&e))?;
         std::fs::rename(&tmp, &self.graph_path).map_err(|e| failed(&e))?;
