@@ -1,7 +1,8 @@
 //! Graph refinement: what it is worth and what it costs, on generated labelled embeddings.
 //!
 //!     cargo bench --bench refine -- [--dim 1536] [--species 20] [--quality-points 20000] [--per-class 100]
-//!                                    [--points 100000] [--new 1000] [--skip-quality] [--skip-audio] [--skip-latency]
+//!                                    [--points 100000] [--new 1000] [--labels-per-species 5]
+//!                                    [--skip-quality] [--skip-audio] [--skip-latency]
 //!
 //! The labelled set: `--species` species, each a few call types around a species centre on a 32-dimensional latent
 //! space, with recording conditions (a per-recording offset shared across species) and isotropic noise, mapped into
@@ -346,17 +347,18 @@ fn latency(generator: &Species, n: usize, new: usize) {
     let (species, vectors): (Vec<usize>, Vec<Vec<f32>>) =
         (0..n + new).into_par_iter().map(|i| generator.segment(i)).unzip();
     let params = RefineParams::default();
-    // Five given labels per species, so that the update also moves label scores.
+    // Given labels (`--labels-per-species`, default 5), so that the update also moves label scores.
+    let per_species = arg("--labels-per-species", 5usize);
     let mut given: HashMap<usize, usize> = HashMap::new();
     let labels: Vec<(u64, String)> = (0..n)
         .filter(|i| {
             let taken = given.entry(species[*i]).or_default();
             *taken += 1;
-            *taken <= 5
+            *taken <= per_species
         })
         .map(|i| (i as u64, format!("species-{}", species[i])))
         .collect();
-    println!("  {} labels given (5 per species)", labels.len());
+    println!("  {} labels given ({per_species} per species)", labels.len());
     let dir = tempfile::tempdir().unwrap();
     let (mut index, found, built, searched) = index_with_neighbours(dir.path(), &vectors[..n], params.k);
     println!("  index of {n} built in {built:.1} s, neighbours found in {searched:.1} s");
