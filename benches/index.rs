@@ -27,9 +27,12 @@ use simsimd::SpatialSimilarity;
 
 #[path = "args.rs"]
 mod args;
+#[path = "rng.rs"]
+mod rng;
 
 use args::arg;
 use args::flag;
+use rng::Rng;
 
 const EXTRA: usize = 2_000;
 /// Points per shard beyond which the bench splits the index, as the job's default does.
@@ -37,29 +40,6 @@ const SHARD: usize = 100_000;
 const EFS: [usize; 4] = [32, 64, 128, 256];
 const M: usize = 32;
 const EF_CONSTRUCTION: usize = 200;
-
-/// SplitMix64: a seedable stream, so each row is the same whatever thread makes it.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 + 0.5) / (1u64 << 24) as f32
-    }
-
-    /// A standard normal sample (Box–Muller).
-    fn normal(&mut self) -> f32 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
-    }
-}
 
 /// How a data set places its points.
 struct Generator {
