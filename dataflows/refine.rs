@@ -21,7 +21,7 @@ use chorus_operators::metrics::Metrics;
 use chorus_operators::record::SegmentId;
 use chorus_operators::refine::flow::Refiner;
 use chorus_operators::refine::knn::KnnGraph;
-use chorus_operators::refine::{NodeState, RefineParams, SharedRefinements};
+use chorus_operators::refine::{RefineParams, SharedRefinements};
 use rayon::prelude::*;
 use timely::worker::Worker;
 
@@ -42,6 +42,9 @@ type Found = (u64, Vec<f32>, Vec<(u64, f32)>);
 
 /// A label and its share.
 type Verdict = (String, f32);
+
+/// A segment whose published state changed: id, that state, its label, cluster and refined embedding.
+type Changed = (u64, Published, Option<Verdict>, Option<u64>, Option<Vec<f32>>);
 
 /// What was last published about a segment: label, score in hundredths, cluster.
 type Published = (Option<String>, i32, Option<u64>);
@@ -231,21 +234,26 @@ impl Stage {
         };
         self.metrics.refine_seconds.observe(waited.as_secs_f64());
         let touched = self.refinements.write().unwrap_or_else(|e| e.into_inner()).apply(&changes);
-        let states: Vec<(u64, NodeState, Option<Verdict>)> = {
+        // Only segments whose published state changed are copied out (with their refined embedding).
+        let changed: Vec<Changed> = {
             let refinements = self.refinements.read().unwrap_or_else(|e| e.into_inner());
-            touched.iter().filter_map(|n| refinements.get(*n).map(|s| (*n, s.clone(), refinements.label(*n)))).collect()
+            touched
+                .iter()
+                .filter_map(|&node| {
+                    let state = refinements.get(node)?;
+                    let label = refinements.label(node);
+                    let now: Published = (
+                        label.as_ref().map(|(l, _)| l.clone()),
+                        label.as_ref().map_or(0, |(_, s)| (s * 100.0).round() as i32),
+                        state.cluster,
+                    );
+                    (self.published.get(&node) != Some(&now))
+                        .then(|| (node, now, label, state.cluster, state.refined()))
+                })
+                .collect()
         };
         let mut published = 0;
-        for (node, state, label) in states {
-            let now: Published = (
-                label.as_ref().map(|(l, _)| l.clone()),
-                label.as_ref().map_or(0, |(_, s)| (s * 100.0).round() as i32),
-                state.cluster,
-            );
-            let first = !self.published.contains_key(&node);
-            if !first && self.published.get(&node) == Some(&now) {
-                continue;
-            }
+        for (node, now, label, cluster, refined) in changed {
             let Some((space, point)) = self.locate(node) else { continue };
             self.published.insert(node, now);
             let record = RefinementRecord {
@@ -253,7 +261,7 @@ impl Stage {
                 space: space.clone(),
                 label: label.as_ref().map(|(l, _)| l.clone()),
                 label_score: label.as_ref().map(|(_, s)| *s),
-                cluster: state.cluster.map(|c| SegmentId(c).to_string()),
+                cluster: cluster.map(|c| SegmentId(c).to_string()),
                 round,
             };
             self.producer
@@ -265,8 +273,8 @@ impl Stage {
                 sensor: point.sensor,
                 start_micros: point.start_micros,
                 label,
-                cluster: state.cluster.map(SegmentId),
-                refined: state.refined(),
+                cluster: cluster.map(SegmentId),
+                refined,
                 round,
             });
             published += 1;
