@@ -2,7 +2,8 @@
 //!
 //!     cargo bench --bench refine -- [--dim 1536] [--species 20] [--quality-points 20000] [--per-class 100]
 //!                                    [--points 100000] [--new 1000] [--labels-per-species 5]
-//!                                    [--skip-quality] [--skip-audio] [--skip-latency]
+//!                                    [--skip-quality] [--skip-embeddings] [--skip-audio] [--skip-latency]
+//!                                    [--label-hops N] [--label-restart F] [--label-top N] [--min-label-score F]
 //!
 //! The labelled set: `--species` species, each a few call types around a species centre on a 32-dimensional latent
 //! space, with recording conditions (a per-recording offset shared across species) and isotropic noise, mapped into
@@ -142,7 +143,7 @@ fn refine_once(
             refiner.add(i as u64, v, &found[i]);
         }
         for (node, label) in &labels {
-            refiner.label(*node, Some(label.clone()));
+            refiner.label(*node, Some(label.clone())).expect("species labels have distinct ids");
         }
         let last = refiner.close();
         worker.step_while(|| !refiner.settled(last));
@@ -243,6 +244,21 @@ fn audio(per_class: usize) {
     evaluate(&species, &vectors);
 }
 
+/// The default parameters, with label propagation's as the command line sets them (`--label-hops`,
+/// `--label-restart`, `--label-top`, `--min-label-score`).
+fn label_params() -> RefineParams {
+    let defaults = RefineConfig::default();
+    RefineConfig {
+        label_hops: arg("--label-hops", defaults.label_hops),
+        min_label_score: arg("--min-label-score", defaults.min_label_score),
+        label_restart: arg("--label-restart", defaults.label_restart),
+        label_top: arg("--label-top", defaults.label_top),
+        ..defaults
+    }
+    .build(std::path::Path::new("."))
+    .unwrap()
+}
+
 /// kNN accuracy with raw and refined embeddings, and label propagation from a few labels, on a labelled set.
 fn evaluate(species: &[usize], vectors: &[Vec<f32>]) {
     let n = vectors.len();
@@ -259,7 +275,8 @@ fn evaluate(species: &[usize], vectors: &[Vec<f32>]) {
         raw.0 * 100.0,
         raw.1 * 100.0
     );
-    for hops in [1, 2] {
+    let compared = if flag("--skip-embeddings") { 0 } else { 2 };
+    for hops in 1..=compared {
         for alpha in [0.3, 0.5, 0.7] {
             let params = RefineConfig { alpha, hops, label_hops: 1, ..Default::default() }
                 .build(std::path::Path::new("."))
@@ -280,14 +297,7 @@ fn evaluate(species: &[usize], vectors: &[Vec<f32>]) {
             );
         }
     }
-    let params = RefineConfig {
-        label_hops: arg("--label-hops", defaults.label_hops),
-        min_label_score: arg("--min-label-score", defaults.min_label_score),
-        label_restart: arg("--label-restart", defaults.label_restart),
-        ..Default::default()
-    }
-    .build(std::path::Path::new("."))
-    .unwrap();
+    let params = label_params();
     for seeds in [1, 5, 20] {
         let mut given: BTreeMap<usize, usize> = BTreeMap::new();
         let mut labels = Vec::new();
@@ -327,7 +337,7 @@ fn latency(generator: &Species, n: usize, new: usize) {
     println!("\nlatency: {new} new segments into a graph of {n}, {} dimensions", generator.dim);
     let (species, vectors): (Vec<usize>, Vec<Vec<f32>>) =
         (0..n + new).into_par_iter().map(|i| generator.segment(i)).unzip();
-    let params = RefineParams::default();
+    let params = label_params();
     // Given labels (`--labels-per-species`, default 5), so that the update also moves label scores.
     let per_species = arg("--labels-per-species", 5usize);
     let mut given: HashMap<usize, usize> = HashMap::new();
@@ -350,7 +360,7 @@ fn latency(generator: &Species, n: usize, new: usize) {
             refiner.add(i as u64, v, &found[i]);
         }
         for (node, label) in &labels {
-            refiner.label(*node, Some(label.clone()));
+            refiner.label(*node, Some(label.clone())).expect("species labels have distinct ids");
         }
         let round = refiner.advance();
         worker.step_while(|| !refiner.settled(round));

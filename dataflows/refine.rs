@@ -18,7 +18,7 @@ use chorus_connectors::kafka::{self, Acks, LabelsSource, Producer, RefinementRec
 use chorus_connectors::parquet::{RefinementRow, RefinementWriter};
 use chorus_operators::index::{self, Filter, Request, now_seconds, unit};
 use chorus_operators::metrics::Metrics;
-use chorus_operators::record::SegmentId;
+use chorus_operators::record::{DeadLetter, SegmentId};
 use chorus_operators::refine::flow::Refiner;
 use chorus_operators::refine::knn::KnnGraph;
 use chorus_operators::refine::{RefineParams, SharedRefinements};
@@ -207,8 +207,19 @@ impl Stage {
         if let Some(labels) = &mut self.labels {
             let mut refused = 0;
             for event in labels.poll(LABELS_PER_ROUND) {
-                match event {
-                    Ok(event) => self.refiner.label(event.segment.0, event.label),
+                let refused_here = event.and_then(|event| {
+                    let record = kafka::label_record(&event);
+                    self.refiner.label(event.segment.0, event.label).map_err(|reason| DeadLetter {
+                        origin: None,
+                        key: record.key,
+                        headers: Vec::new(),
+                        payload: record.payload,
+                        reason,
+                        cause: "label_value",
+                    })
+                });
+                match refused_here {
+                    Ok(()) => {}
                     Err(letter) => {
                         refused += 1;
                         tracing::warn!(reason = %letter.reason, "A label message was refused; it goes to the dead-letter topic.");

@@ -3,7 +3,7 @@
 //! worker's share of it in rounds and collects what came out.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -14,11 +14,13 @@ use differential_dataflow::{ExchangeData, VecCollection};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::Scope;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Inspect, Probe};
 use timely::worker::Worker;
 
 use super::RefineParams;
 use super::knn::{Edge, KnnGraph};
-use super::rules::{self, combine, spread};
+use super::rules::{self, LabelId, combine, spread};
 
 /// One node's contributions to its next embedding, carried as a difference so that differential sums them in place:
 /// its own embedding (`own`) and `n` neighbours' embeddings summed (`sum`). Sums wrap, which is exact as long as the
@@ -76,15 +78,17 @@ impl Multiply<isize> for Mix {
     }
 }
 
-/// What a node's label scores are computed from at one hop.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// What a node's label scores are computed from at one hop, each with a difference that differential sums in place
+/// (as [`Mix`] does for embeddings), so that a node holds one value per label its neighbours carry rather than one
+/// per neighbour's score.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 enum LabelInput {
-    /// One per out-edge: the count is the node's degree.
+    /// The node's out-edges: the difference counts them (the node's degree).
     Edge,
     /// The node's own given label.
-    Seed(String),
-    /// A neighbour's score for a label (counted once per neighbour with that score).
-    Score(String, i64),
+    Seed(LabelId),
+    /// A label its neighbours carry: the difference is their scores for it, summed.
+    Score(LabelId),
 }
 
 /// The refinement's outputs as collections.
@@ -92,7 +96,9 @@ pub struct Refined<'scope> {
     /// `(node, refined embedding)` in fixed point.
     pub embeddings: VecCollection<'scope, u64, (u64, Vec<i32>), isize>,
     /// `(node, (label, score))` for every label that reached the node.
-    pub labels: VecCollection<'scope, u64, (u64, (String, i64)), isize>,
+    pub labels: VecCollection<'scope, u64, (u64, (LabelId, i64)), isize>,
+    /// `(label, its text)` for every seed given.
+    pub names: VecCollection<'scope, u64, (LabelId, String), isize>,
     /// `(node, cluster)`: the smallest id in its component of mutual close neighbours.
     pub clusters: VecCollection<'scope, u64, (u64, u64), isize>,
 }
@@ -133,7 +139,9 @@ pub fn refine<'scope>(
 
     // Label propagation: seeds on known nodes start at full score; each hop takes the degree, the seed and the
     // neighbours' scores.
-    let seeds = seeds.arrange_by_key().join_core(nodes.clone(), |node, label, _| Some((*node, label.clone())));
+    let names = seeds.clone().map(|(_, label)| (rules::label_id(&label), label));
+    let seeds = seeds.map(|(node, label)| (node, rules::label_id(&label)));
+    let seeds = seeds.arrange_by_key().join_core(nodes.clone(), |node, label, _| Some((*node, *label)));
     let base = edges
         .clone()
         .map(|(src, _, _)| (src, LabelInput::Edge))
@@ -143,26 +151,26 @@ pub fn refine<'scope>(
     for _ in 0..params.label_hops {
         let scores = edges_by_dst
             .clone()
-            .join_core(labels, |_dst, src, (label, score)| Some((*src, LabelInput::Score(label.clone(), *score))));
+            .join_core(labels, |_dst, src, (label, score)| Some((*src, *label, *score)))
+            .explode(|(src, label, score)| Some(((src, LabelInput::Score(label)), score as isize)));
         labels = base
             .clone()
             .concat(scores)
-            .reduce(move |_node, input: &[(&LabelInput, isize)], out: &mut Vec<((String, i64), isize)>| {
-                let (mut n, mut seed, mut sums) = (0i64, None, BTreeMap::new());
-                for (value, count) in input {
-                    match value {
-                        LabelInput::Edge => n += *count as i64,
-                        LabelInput::Seed(label) => seed = Some(label.as_str()),
-                        LabelInput::Score(label, score) => {
-                            *sums.entry(label.as_str()).or_insert(0i64) += score * *count as i64;
-                        }
+            .reduce(move |_node, input: &[(&LabelInput, isize)], out: &mut Vec<((LabelId, i64), isize)>| {
+                // Values come sorted, so the sums come out sorted by label.
+                let (mut n, mut seed, mut sums) = (0i64, None, Vec::<(LabelId, i64)>::new());
+                for (value, diff) in input {
+                    match **value {
+                        LabelInput::Edge => n = *diff as i64,
+                        LabelInput::Seed(label) => seed = Some(label),
+                        LabelInput::Score(label) => sums.push((label, *diff as i64)),
                     }
                 }
                 out.extend(spread(seed, n, &sums, &rule).into_iter().map(|s| (s, 1)));
             })
             .arrange_by_key();
     }
-    let labels = labels.as_collection(|node, score| (*node, score.clone()));
+    let labels = labels.as_collection(|node, score| (*node, *score));
 
     // Clusters: components of the mutual close edges, each named by its smallest id.
     let mutual = edges
@@ -181,7 +189,7 @@ pub fn refine<'scope>(
             .concat(ids)
             .reduce(|_node, input: &[(&u64, isize)], out: &mut Vec<(u64, isize)>| out.push((*input[0].0, 1)))
     });
-    Refined { embeddings: refined, labels, clusters }
+    Refined { embeddings: refined, labels, names, clusters }
 }
 
 type Captured<D> = Rc<RefCell<Vec<(D, u64, isize)>>>;
@@ -196,8 +204,32 @@ fn capture<'scope, D: ExchangeData>(
     captured
 }
 
+type Names = Rc<RefCell<HashMap<LabelId, String>>>;
+
+/// Every worker learns every label's text, whichever worker was given it; texts are kept once learnt.
+fn capture_names<'scope>(
+    names: VecCollection<'scope, u64, (LabelId, String), isize>,
+    probe: &ProbeHandle<u64>,
+) -> Names {
+    let learnt: Names = Rc::new(RefCell::new(HashMap::new()));
+    let sink = learnt.clone();
+    names
+        .inner
+        .broadcast()
+        .inspect(move |((id, name), _, diff)| {
+            if *diff > 0 {
+                sink.borrow_mut().insert(*id, name.clone());
+            }
+        })
+        .probe_with(probe);
+    learnt
+}
+
 /// A node's score for a label.
 pub type LabelScore = (u64, (String, i64));
+
+/// A node's score for a label, as the dataflow carries it.
+type LabelIdScore = (u64, (LabelId, i64));
 
 /// What one round changed, consolidated: `+1` for what holds now, `-1` for what no longer does.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -243,7 +275,10 @@ pub struct Refiner {
     labels: InputSession<u64, (u64, String), isize>,
     probe: ProbeHandle<u64>,
     embeddings: Captured<(u64, Vec<i32>)>,
-    scores: Captured<LabelScore>,
+    scores: Captured<LabelIdScore>,
+    names: Names,
+    /// The text of each label id this worker was given, to refuse a second text with the same id.
+    given: HashMap<LabelId, String>,
     clusters: Captured<(u64, u64)>,
     changes: Vec<(Edge, isize)>,
     /// Rounds closed and not yet settled, with when they closed.
@@ -256,10 +291,15 @@ impl Refiner {
         let (mut nodes, mut edges, mut labels) = (InputSession::new(), InputSession::new(), InputSession::new());
         let probe = ProbeHandle::new();
         let params_in = params.clone();
-        let (embeddings, scores, clusters) = worker.dataflow::<u64, _, _>(|scope: Scope<'_, u64>| {
+        let (embeddings, scores, names, clusters) = worker.dataflow::<u64, _, _>(|scope: Scope<'_, u64>| {
             let refined =
                 refine(nodes.to_collection(scope), edges.to_collection(scope), labels.to_collection(scope), &params_in);
-            (capture(refined.embeddings, &probe), capture(refined.labels, &probe), capture(refined.clusters, &probe))
+            (
+                capture(refined.embeddings, &probe),
+                capture(refined.labels, &probe),
+                capture_names(refined.names, &probe),
+                capture(refined.clusters, &probe),
+            )
         });
         Refiner {
             graph: KnnGraph::new(params.k, params.cluster_max_distance),
@@ -270,6 +310,8 @@ impl Refiner {
             probe,
             embeddings,
             scores,
+            names,
+            given: HashMap::new(),
             clusters,
             changes: Vec::new(),
             open_rounds: Vec::new(),
@@ -307,14 +349,23 @@ impl Refiner {
         self.nodes.insert((node, rules::to_fixed(unit)));
     }
 
-    /// Gives `node` the label `label`, or takes its label away (`None`); a previous label is retracted.
-    pub fn label(&mut self, node: u64, label: Option<String>) {
+    /// Gives `node` the label `label`, or takes its label away (`None`); a previous label is retracted. Refuses a
+    /// label whose id (see [`rules::label_id`]) another label given here already has.
+    pub fn label(&mut self, node: u64, label: Option<String>) -> Result<(), String> {
+        if let Some(new) = &label {
+            let known = self.given.entry(rules::label_id(new)).or_insert_with(|| new.clone());
+            if known != new {
+                return Err(format!(
+                    "label {new:?} of segment {node:016x} has the same 64-bit id as label {known:?}; rename one of them"
+                ));
+            }
+        }
         let previous = match &label {
             Some(new) => self.seeds.insert(node, new.clone()),
             None => self.seeds.remove(&node),
         };
         if previous == label {
-            return;
+            return Ok(());
         }
         if let Some(old) = previous {
             self.labels.remove((node, old));
@@ -322,6 +373,7 @@ impl Refiner {
         if let Some(new) = label {
             self.labels.insert((node, new));
         }
+        Ok(())
     }
 
     /// Closes the current round: what was added since is refined together. Returns the round closed.
@@ -352,10 +404,17 @@ impl Refiner {
         self.open_rounds.retain(|(r, _)| *r > last);
         let changes = Changes {
             embeddings: drain_until(&self.embeddings, last),
-            labels: drain_until(&self.scores, last),
+            labels: self.named(drain_until(&self.scores, last)),
             clusters: drain_until(&self.clusters, last),
         };
         Some((last, oldest, changes))
+    }
+
+    /// Label scores with each label's text for its id.
+    fn named(&self, scores: Vec<(LabelIdScore, isize)>) -> Vec<(LabelScore, isize)> {
+        let names = self.names.borrow();
+        let name = |id: &LabelId| names.get(id).cloned().unwrap_or_else(|| format!("label-{id:016x}"));
+        scores.into_iter().map(|((node, (id, score)), diff)| ((node, (name(&id), score)), diff)).collect()
     }
 
     /// Rounds closed and not settled yet.
@@ -376,7 +435,7 @@ impl Refiner {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
     use std::sync::{Arc, Mutex};
 
     use super::*;
@@ -431,7 +490,7 @@ mod tests {
             k: 1 + rng.below(5) as usize,
             alpha: [0.0, 0.3, 0.5, 1.0][rng.below(4) as usize],
             hops: rng.below(4) as usize,
-            label_restart: [0.1, 0.2, 0.5][rng.below(3) as usize],
+            label_restart: [0.0, 0.01, 0.2, 0.5][rng.below(4) as usize],
             label_top: 1 + rng.below(3) as usize,
             label_hops: 1 + rng.below(5) as usize,
             min_label_score: [0.0, 0.001, 0.05][rng.below(3) as usize],
@@ -505,7 +564,7 @@ mod tests {
                         refiner.add(*node as u64, &history.points[*node], found);
                     }
                     for (node, label) in labels {
-                        refiner.label(*node, label.clone());
+                        refiner.label(*node, label.clone()).unwrap();
                         match label {
                             Some(label) => seeds.insert(*node, label.clone()),
                             None => seeds.remove(node),
@@ -540,7 +599,7 @@ mod tests {
                             refiner.add(*node as u64, &h.points[*node], found);
                         }
                         for (node, label) in labels {
-                            refiner.label(*node, label.clone());
+                            refiner.label(*node, label.clone()).unwrap();
                             match label {
                                 Some(label) => seeds.insert(*node, label.clone()),
                                 None => seeds.remove(node),

@@ -54,7 +54,7 @@ impl Default for RefineConfig {
             k: 10,
             alpha: 0.5,
             hops: 1,
-            label_restart: 0.05,
+            label_restart: 0.01,
             label_hops: 10,
             min_label_score: 0.000_1,
             label_top: 3,

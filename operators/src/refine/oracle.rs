@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::RefineParams;
 use super::knn::Edge;
-use super::rules::{combine, spread};
+use super::rules::{LabelId, combine, label_id, spread};
 
 /// Everything the refinement reads.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -57,34 +57,44 @@ pub fn refine(inputs: &Inputs, params: &RefineParams) -> Outputs {
             .collect();
     }
 
-    let seeds: BTreeMap<u64, &str> = inputs
+    let seeds: BTreeMap<u64, LabelId> = inputs
         .seeds
         .iter()
         .filter(|(node, _)| inputs.nodes.contains_key(node))
-        .map(|(n, l)| (*n, l.as_str()))
+        .map(|(n, l)| (*n, label_id(l)))
         .collect();
+    let names: BTreeMap<LabelId, &str> = inputs.seeds.values().map(|l| (label_id(l), l.as_str())).collect();
     let rule = params.spread_rule();
-    let mut y: BTreeMap<u64, Vec<(String, i64)>> = BTreeMap::new();
+    let mut y: BTreeMap<u64, Vec<(LabelId, i64)>> = BTreeMap::new();
     for (node, label) in &seeds {
-        y.insert(*node, spread(Some(label), 0, &BTreeMap::new(), &rule));
+        y.insert(*node, spread(Some(*label), 0, &[], &rule));
     }
     for _ in 0..params.label_hops {
         let mut next = BTreeMap::new();
         for node in inputs.nodes.keys() {
-            let mut sums: BTreeMap<&str, i64> = BTreeMap::new();
+            let mut sums: BTreeMap<LabelId, i64> = BTreeMap::new();
             for dst in edges_of(node) {
                 for (label, score) in y.get(dst).into_iter().flatten() {
-                    *sums.entry(label.as_str()).or_default() += score;
+                    *sums.entry(*label).or_default() += score;
                 }
             }
-            let seed = seeds.get(node).copied();
-            let scores = spread(seed, edges_of(node).len() as i64, &sums, &rule);
+            let sums: Vec<(LabelId, i64)> = sums.into_iter().collect();
+            let scores = spread(seeds.get(node).copied(), edges_of(node).len() as i64, &sums, &rule);
             if !scores.is_empty() {
                 next.insert(*node, scores);
             }
         }
         y = next;
     }
+    let labels = y
+        .into_iter()
+        .map(|(node, scores)| {
+            let mut named: Vec<(String, i64)> =
+                scores.into_iter().map(|(label, score)| (names[&label].to_owned(), score)).collect();
+            named.sort();
+            (node, named)
+        })
+        .collect();
 
     // Union-find over mutual close edges; a component is named by its smallest id.
     let mut parent: BTreeMap<u64, u64> = inputs.nodes.keys().map(|n| (*n, *n)).collect();
@@ -106,5 +116,5 @@ pub fn refine(inputs: &Inputs, params: &RefineParams) -> Outputs {
     }
     let nodes: Vec<u64> = inputs.nodes.keys().copied().collect();
     let clusters = nodes.into_iter().map(|n| (n, root(&mut parent, n))).collect();
-    Outputs { embeddings: h, labels: y, clusters }
+    Outputs { embeddings: h, labels, clusters }
 }

@@ -2,8 +2,6 @@
 //! which adds and retracts contributions in whatever order changes arrive — and the from-scratch [`super::oracle`]
 //! reach the same bits.
 
-use std::collections::BTreeMap;
-
 /// Embedding components are unit-vector components scaled by 2^20 and rounded: a resolution of 1e-6, and room in an
 /// `i32` for the sum of 2 047 neighbours.
 pub const EMBEDDING_SCALE: f64 = (1 << 20) as f64;
@@ -59,6 +57,16 @@ pub fn round_score(score: i64) -> i64 {
     (score >> shift) << shift
 }
 
+/// A label as the dataflow carries it: the 64-bit FNV-1a hash of its text, so that label propagation sorts, compares
+/// and moves integers rather than strings. The labelling worker refuses a label whose id another label already has
+/// (see [`super::flow::Refiner::label`]).
+pub type LabelId = u64;
+
+/// The id of `label`: the same in every worker and process of a job.
+pub fn label_id(label: &str) -> LabelId {
+    label.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// How label propagation treats a node's scores at each hop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpreadRule {
@@ -72,33 +80,31 @@ pub struct SpreadRule {
 
 /// One hop of label propagation for a node with `n` out-edges: each label's score is
 /// `restart·seed + (1−restart)·(sum of its neighbours' scores)/n` (`seed` is [`SCORE_ONE`] for the node's own label),
-/// rounded down to [`SCORE_BITS`] significant bits; scores below `min_score` are dropped and only the `top` highest kept (ties to
-/// the label that sorts first); a node without out-edges keeps its seed. `sums` holds the neighbours' summed scores
-/// per label. The result is sorted by label.
-pub fn spread(seed: Option<&str>, n: i64, sums: &BTreeMap<&str, i64>, rule: &SpreadRule) -> Vec<(String, i64)> {
+/// rounded down to [`SCORE_BITS`] significant bits; scores below `min_score` are dropped and only the `top` highest
+/// kept (ties to the smaller id); a node without out-edges keeps its seed. `sums` holds the neighbours' summed
+/// scores per label, sorted by label id, each label once. The result is sorted by label id.
+pub fn spread(seed: Option<LabelId>, n: i64, sums: &[(LabelId, i64)], rule: &SpreadRule) -> Vec<(LabelId, i64)> {
     let mut out = Vec::new();
     if n == 0 {
-        out.extend(seed.map(|label| (label.to_owned(), SCORE_ONE)));
+        out.extend(seed.map(|label| (label, SCORE_ONE)));
         return out;
     }
-    let mut labels: Vec<&str> = sums.keys().copied().collect();
-    if let Some(label) = seed
-        && !sums.contains_key(label)
-    {
-        labels.push(label);
-    }
-    for label in labels {
+    let score = |label: LabelId, sum: i64| {
         let own = if seed == Some(label) { SCORE_ONE } else { 0 };
-        let mean = sums.get(label).copied().unwrap_or(0) / n;
-        let score = (rule.restart * own + (WEIGHT_ONE - rule.restart) * mean) / WEIGHT_ONE;
-        let score = round_score(score);
-        if score >= rule.min_score.max(1) {
-            out.push((label.to_owned(), score));
-        }
+        round_score((rule.restart * own + (WEIGHT_ONE - rule.restart) * (sum / n)) / WEIGHT_ONE)
+    };
+    out.extend(sums.iter().map(|&(label, sum)| (label, score(label, sum))));
+    if let Some(label) = seed
+        && sums.binary_search_by_key(&label, |(l, _)| *l).is_err()
+    {
+        out.push((label, score(label, 0)));
     }
-    out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    out.truncate(rule.top.max(1));
-    out.sort();
+    out.retain(|(_, score)| *score >= rule.min_score.max(1));
+    if out.len() > rule.top.max(1) {
+        out.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        out.truncate(rule.top.max(1));
+    }
+    out.sort_unstable();
     out
 }
 
@@ -126,23 +132,32 @@ mod tests {
 
     #[test]
     fn labels_spread_with_restart_and_small_scores_are_dropped() {
-        let sums = BTreeMap::from([("owl", SCORE_ONE), ("wren", SCORE_ONE / 1000)]);
+        let (owl, wren) = (label_id("owl"), label_id("wren"));
+        let mut sums = vec![(owl, SCORE_ONE), (wren, SCORE_ONE / 1000)];
+        sums.sort();
         let rule = SpreadRule { restart: weight(0.2), min_score: SCORE_ONE / 100, top: 3 };
-        let got = spread(Some("wren"), 2, &sums, &rule);
+        let got = spread(Some(wren), 2, &sums, &rule);
         // owl: 0.8 × 1/2 = 0.4; wren: 0.2 + 0.8 × 0.0005 = 0.2004; both to 3 significant bits.
         assert_eq!(got.len(), 2);
-        assert!((got[0].1 as f64 / SCORE_ONE as f64 - 0.4).abs() < 0.4 / 4.0, "{got:?}");
-        assert!((got[1].1 as f64 / SCORE_ONE as f64 - 0.2004).abs() < 0.2004 / 4.0, "{got:?}");
+        let score = |label| got.iter().find(|(l, _)| *l == label).unwrap().1 as f64 / SCORE_ONE as f64;
+        assert!((score(owl) - 0.4).abs() < 0.4 / 4.0, "{got:?}");
+        assert!((score(wren) - 0.2004).abs() < 0.2004 / 4.0, "{got:?}");
+        assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "sorted by id: {got:?}");
         assert_eq!(round_score(0b1011_0111), 0b1010_0000);
         assert_eq!(round_score(0b101), 0b101);
-        assert_eq!(spread(None, 4, &BTreeMap::from([("owl", 8)]), &rule), []);
+        assert_eq!(spread(None, 4, &[(owl, 8)], &rule), []);
+        // A seed no neighbour carries still scores its restart share.
+        assert_eq!(spread(Some(owl), 4, &[], &rule), [(owl, round_score(SCORE_ONE / 5))]);
         // Only the highest scores are kept.
         let top = SpreadRule { top: 1, ..rule };
-        assert_eq!(spread(Some("wren"), 2, &sums, &top).len(), 1);
-        assert_eq!(spread(Some("wren"), 2, &sums, &top)[0].0, "owl");
-        let (label, share) = verdict(&got).unwrap();
+        assert_eq!(spread(Some(wren), 2, &sums, &top), [(owl, round_score(SCORE_ONE * 2 / 5))]);
+        let named: Vec<(String, i64)> =
+            got.iter().map(|(l, s)| (if *l == owl { "owl" } else { "wren" }.to_owned(), *s)).collect();
+        let (label, share) = verdict(&named).unwrap();
         assert_eq!(label, "owl");
         assert!((share - 0.4 / 0.6004).abs() < 0.1, "{share}");
         assert_eq!(verdict(&[]), None);
+        assert_ne!(label_id("owl"), label_id("owl "));
+        assert_eq!(label_id(""), 0xcbf2_9ce4_8422_2325);
     }
 }
