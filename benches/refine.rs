@@ -3,7 +3,7 @@
 //!     cargo bench --bench refine -- [--dim 1536] [--species 20] [--quality-points 20000] [--per-class 100]
 //!                                    [--points 100000] [--new 1000] [--labels-per-species 5]
 //!                                    [--skip-quality] [--skip-embeddings] [--skip-audio] [--skip-latency]
-//!                                    [--label-hops N] [--label-restart F] [--label-top N] [--min-label-score F]
+//!                                    [--workers N] [--search-ef N] [--label-hops N] [--label-restart F] [--label-top N] [--min-label-score F]
 //!
 //! The labelled set: `--species` species, each a few call types around a species centre on a 32-dimensional latent
 //! space, with recording conditions (a per-recording offset shared across species) and isotropic noise, mapped into
@@ -116,7 +116,7 @@ fn index_with_neighbours(dir: &std::path::Path, vectors: &[Vec<f32>], k: usize) 
 /// What the job finds for each new segment: its `k` nearest others, at the refinement's search beam width.
 fn neighbours(index: &SpaceIndex, vectors: &[Vec<f32>], first_id: usize, k: usize) -> Vec<Vec<(u64, f32)>> {
     let filter = Filter::default();
-    let ef = RefineParams { k, ..RefineParams::default() }.search_ef();
+    let ef = arg("--search-ef", RefineParams { k, ..RefineParams::default() }.search_ef());
     vectors
         .par_iter()
         .enumerate()
@@ -353,62 +353,81 @@ fn latency(generator: &Species, n: usize, new: usize) {
     let dir = tempfile::tempdir().unwrap();
     let (mut index, found, built, searched) = index_with_neighbours(dir.path(), &vectors[..n], params.k);
     println!("  index of {n} built in {built:.1} s, neighbours found in {searched:.1} s");
-    let report = timely::execute_directly(move |worker| {
+    // Worker 0 indexes and feeds the refinement, as the job's worker owning the space does; the others (`--workers`)
+    // take their share of the keys.
+    let workers = arg("--workers", 1usize);
+    let fed = std::sync::Mutex::new(Some((index, found, labels)));
+    let reports = timely::execute(timely::Config::process(workers), move |worker| {
         let mut refiner = Refiner::new(worker, &params);
-        let started = Instant::now();
-        for (i, v) in vectors[..n].iter().enumerate() {
-            refiner.add(i as u64, v, &found[i]);
-        }
-        for (node, label) in &labels {
-            refiner.label(*node, Some(label.clone())).expect("species labels have distinct ids");
-        }
-        let round = refiner.advance();
-        worker.step_while(|| !refiner.settled(round));
+        let mut mine = if worker.index() == 0 { fed.lock().unwrap().take() } else { None };
         let mut state = Refinements::default();
-        state.apply(&refiner.take().expect("the first round settled").2);
+        let mut settle = |worker: &mut timely::worker::Worker, refiner: &mut Refiner| {
+            let round = refiner.advance();
+            // Parked while waiting, so that an idle worker leaves its core to worker 0's index work.
+            while !refiner.settled(round) {
+                worker.step_or_park(None);
+            }
+            refiner.take().map_or(0, |(_, _, changes)| state.apply(&changes).len())
+        };
+        let started = Instant::now();
+        if let Some((_, found, labels)) = &mine {
+            for (i, v) in vectors[..n].iter().enumerate() {
+                refiner.add(i as u64, v, &found[i]);
+            }
+            for (node, label) in labels {
+                refiner.label(*node, Some(label.clone())).expect("species labels have distinct ids");
+            }
+        }
+        settle(worker, &mut refiner);
         let loaded = started.elapsed().as_secs_f64();
         let info = PointInfo { sensor: "s".into(), start_micros: 0 };
-        let mut lines = vec![format!("  initial refinement of {n} segments: {loaded:.1} s")];
+        // Per phase: seconds inserting, searching and refining, in all, and the outputs this worker saw change.
+        let mut phases = vec![(0.0, 0.0, 0.0, loaded, 0)];
         for rounds in [1, 10] {
             let batch = new / rounds;
             let (mut inserting, mut searching, mut refining, mut touched) = (0.0, 0.0, 0.0, 0);
             let first = n + if rounds == 1 { 0 } else { new };
             let started = Instant::now();
             for r in 0..rounds {
-                let ids = first + r * batch..first + (r + 1) * batch;
-                let arriving: Vec<Vec<f32>> = ids.clone().map(|i| vectors[i % (n + new)].clone()).collect();
                 let t = Instant::now();
-                let points: Vec<(SegmentId, PointInfo, &[f32])> = ids
-                    .clone()
-                    .zip(&arriving)
-                    .map(|(i, v)| (SegmentId(i as u64), info.clone(), v.as_slice()))
-                    .collect();
-                index.insert_many(&points, 0).unwrap();
-                inserting += t.elapsed().as_secs_f64();
-                let t = Instant::now();
-                let found = neighbours(&index, &arriving, ids.start, params.k);
-                searching += t.elapsed().as_secs_f64();
-                let t = Instant::now();
-                for (i, v) in ids.clone().zip(&arriving) {
-                    refiner.add(i as u64, v, &found[i - ids.start]);
+                if let Some((index, _, _)) = &mut mine {
+                    let ids = first + r * batch..first + (r + 1) * batch;
+                    let arriving: Vec<Vec<f32>> = ids.clone().map(|i| vectors[i % (n + new)].clone()).collect();
+                    let points: Vec<(SegmentId, PointInfo, &[f32])> = ids
+                        .clone()
+                        .zip(&arriving)
+                        .map(|(i, v)| (SegmentId(i as u64), info.clone(), v.as_slice()))
+                        .collect();
+                    index.insert_many(&points, 0).unwrap();
+                    inserting += t.elapsed().as_secs_f64();
+                    let t = Instant::now();
+                    let found = neighbours(index, &arriving, ids.start, params.k);
+                    searching += t.elapsed().as_secs_f64();
+                    for (i, v) in ids.clone().zip(&arriving) {
+                        refiner.add(i as u64, v, &found[i - ids.start]);
+                    }
                 }
-                let round = refiner.advance();
-                worker.step_while(|| !refiner.settled(round));
-                let changes = refiner.take().expect("the round settled").2;
-                touched += state.apply(&changes).len();
+                let t = Instant::now();
+                touched += settle(worker, &mut refiner);
                 refining += t.elapsed().as_secs_f64();
             }
-            let total = started.elapsed().as_secs_f64();
-            lines.push(format!(
-                "  {new} new in {rounds:>2} round(s): {total:.3} s from first insert to last refined output \
-                 (index insert {inserting:.3} s, neighbour search {searching:.3} s, differential {refining:.3} s); \
-                 {touched} refined outputs changed"
-            ));
+            phases.push((inserting, searching, refining, started.elapsed().as_secs_f64(), touched));
         }
-        lines
-    });
-    for line in report {
-        println!("{line}");
+        phases
+    })
+    .unwrap()
+    .join();
+    let reports: Vec<_> = reports.into_iter().map(|r| r.unwrap()).collect();
+    let touched = |phase: usize| reports.iter().map(|r| r[phase].4).sum::<usize>();
+    println!("  initial refinement of {n} segments on {workers} worker(s): {:.1} s", reports[0][0].3);
+    for (phase, rounds) in [(1, 1), (2, 10)] {
+        let (inserting, searching, refining, total, _) = reports[0][phase];
+        println!(
+            "  {new} new in {rounds:>2} round(s): {total:.3} s from first insert to last refined output \
+             (index insert {inserting:.3} s, neighbour search {searching:.3} s, differential {refining:.3} s); \
+             {} refined outputs changed",
+            touched(phase)
+        );
     }
     println!("  peak memory: {:.0} MiB", peak_rss_mib());
 }
