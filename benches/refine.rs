@@ -351,7 +351,7 @@ fn latency(generator: &Species, n: usize, new: usize) {
         .collect();
     println!("  {} labels given ({per_species} per species)", labels.len());
     let dir = tempfile::tempdir().unwrap();
-    let (mut index, found, built, searched) = index_with_neighbours(dir.path(), &vectors[..n], params.k);
+    let (index, found, built, searched) = index_with_neighbours(dir.path(), &vectors[..n], params.k);
     println!("  index of {n} built in {built:.1} s, neighbours found in {searched:.1} s");
     // Worker 0 indexes and feeds the refinement, as the job's worker owning the space does; the others (`--workers`)
     // take their share of the keys.
