@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the pinned tools chorus needs into a git-ignored folder; every step is skipped when its result is present.
 #
-#   scripts/tools.sh [all|system|tansu|onnxruntime|sample|python|model|hnswlib|paths]...
+#   scripts/tools.sh [all|system|tansu|onnxruntime|sample|python|model|hnswlib|promtool|paths]...
 #
-# `all` is what the job and the tests need; `hnswlib` (the index benchmark's point of comparison) is built on request.
+# `all` is what the job needs; the tests also need `promtool`; `hnswlib` (the index benchmark's point of comparison)
+# is built on request.
 #
 # Where: $CHORUS_TOOLS (default: <repo>/.tools). CI may cache that folder; nothing in it is ever rebuilt when present.
 set -euo pipefail
@@ -59,11 +60,23 @@ ensure_system() {
   [ -e /usr/include/zlib.h ] || missing+=(zlib1g-dev)
   python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
   [ ${#missing[@]} -eq 0 ] && return 0
-  command -v apt-get >/dev/null || die "missing: ${missing[*]} (install them with your package manager)"
+  apt_install "${missing[@]}"
+}
+
+# Installs Debian packages (with sudo unless root), or names them when there is no apt-get.
+apt_install() {
+  command -v apt-get >/dev/null || die "missing: $* (install them with your package manager)"
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo
-  say "Installing system packages: ${missing[*]}."
-  $sudo apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >&2
+  say "Installing system packages: $*."
+  $sudo apt-get update -qq >&2 &&
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+# Prometheus' own promtool, with which the tests check the job's /metrics (Debian package prometheus; its server is
+# not started).
+ensure_promtool() {
+  command -v promtool >/dev/null || apt_install prometheus
 }
 
 # With CHORUS_TOOLS elsewhere (a CI cache), <repo>/.tools points there so the paths in config/ keep working.
@@ -199,10 +212,11 @@ main() {
       python) ensure_python ;;
       model) ensure_model ;;
       hnswlib) ensure_hnswlib ;;
+      promtool) ensure_promtool ;;
       paths)
         printf 'TANSU=%s\nORT_DYLIB=%s\nSAMPLE_WAV=%s\nPYTHON=%s\nMODEL=%s\n' \
           "$(tansu_bin)" "$(ort_lib)" "$(sample_wav)" "$(venv_python)" "$(model_path)" ;;
-      *) die "unknown tool '$what' (expected all, system, tansu, onnxruntime, sample, python, model, hnswlib, paths)" ;;
+      *) die "unknown tool '$what' (expected all, system, tansu, onnxruntime, sample, python, model, hnswlib, promtool, paths)" ;;
     esac
   done
 }

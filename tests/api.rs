@@ -132,6 +132,7 @@ fn r4_the_query_api_searches_filters_refuses_clearly_and_caches_until_an_insert(
     let (_, metrics) = crate::support::http_get(port, "/metrics").unwrap();
     assert!(metrics.contains("chorus_query_cache_total{result=\"hit\"} 1"), "{metrics}");
     assert!(metrics.contains("chorus_query_seconds_count{kind=\"audio\"} 1"), "{metrics}");
+    crate::support::promtool_check(&metrics);
     terminate(job.id());
     assert!(job.wait().unwrap().success(), "{}", s.job_log());
 

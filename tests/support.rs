@@ -471,3 +471,25 @@ impl Drop for PrivateBroker {
 pub fn write_wav(path: &Path, sample_rate: u32, samples: &[f32]) {
     std::fs::write(path, chorus_connectors::wav::encode_f32(sample_rate, samples)).unwrap();
 }
+
+/// Checks Prometheus text exposition with Prometheus' own linter, `promtool check metrics` (scripts/tools.sh
+/// installs it); panics with what it found.
+pub fn promtool_check(metrics: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs (scripts/tools.sh promtool installs it)");
+    child.stdin.take().expect("stdin is piped").write_all(metrics.as_bytes()).expect("promtool reads the metrics");
+    let out = child.wait_with_output().expect("promtool ends");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}\n{}{}\n--- the metrics ---\n{metrics}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
