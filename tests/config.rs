@@ -1,6 +1,7 @@
 //! The shipped profiles, and how bad config files are reported.
 
 use chorus::config::Config;
+use chorus_operators::metrics;
 
 use crate::support::root;
 
@@ -35,4 +36,31 @@ fn r2_an_unknown_key_is_an_error_naming_the_file_and_the_key() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown field `hop_secs`"));
+}
+
+#[test]
+fn r6_the_grafana_dashboard_charts_every_metric_and_only_metrics_that_exist() {
+    let path = root().join("config/grafana/chorus.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut charted = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let targets = panel["targets"].as_array().unwrap_or_else(|| panic!("{panel}: no targets"));
+        assert!(!targets.is_empty(), "{panel}: no targets");
+        for target in targets {
+            let expr = target["expr"].as_str().unwrap_or_else(|| panic!("{target}: no expr"));
+            for (at, _) in expr.match_indices("chorus_") {
+                let name: String = expr[at..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                let family = ["_bucket", "_count", "_sum"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix).filter(|f| metrics::ALL.contains(f)))
+                    .unwrap_or(&name)
+                    .to_owned();
+                assert!(metrics::ALL.contains(&family.as_str()), "{}: {name} is not a chorus metric", path.display());
+                charted.insert(family);
+            }
+        }
+    }
+    let missing: Vec<&&str> = metrics::ALL.iter().filter(|m| !charted.contains(**m)).collect();
+    assert!(missing.is_empty(), "{}: no panel charts {missing:?}", path.display());
 }

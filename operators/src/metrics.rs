@@ -35,6 +35,24 @@ pub const REFINE_SECONDS: &str = "chorus_refine_update_seconds";
 /// Nodes in the refinement's kNN graph, per worker summed.
 pub const REFINE_NODES: &str = "chorus_refine_graph_nodes";
 
+/// Every metric above: the Grafana dashboard in `config/grafana/` has a panel for each (a test checks both ways).
+pub const ALL: &[&str] = &[
+    RECORDS_IN,
+    RECORDS_OUT,
+    ERRORS,
+    EMBED_BATCH,
+    INDEX_POINTS,
+    INDEX_BYTES,
+    DUPLICATES,
+    DUPLICATE_CHUNKS,
+    EMBED_QUEUE,
+    SHED,
+    QUERY_SECONDS,
+    QUERY_CACHE,
+    REFINE_SECONDS,
+    REFINE_NODES,
+];
+
 /// Label key: pipeline stage (`source`, `decode`, `segment`, `embed`, `index`, `archive`, `segments_topic`, ...).
 pub const STAGE: &str = "stage";
 /// Label key: short machine-readable cause of an error.
