@@ -99,7 +99,10 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     let spaces = index::Registry::default();
     let refinements = SharedRefinements::default();
     let fatal = Fatal::default();
-    let watch = BrokerWatch::start(&config.kafka)?;
+    let lag = metrics.kafka_lag.clone();
+    let watch = BrokerWatch::start(&config.kafka, move |partition, messages| {
+        lag.with_label_values(&[&partition.to_string()]).set(messages);
+    })?;
     let _server = match config.http {
         Some(listen) => {
             let probes = Probes { registry: registry.clone(), broker: Some(watch.status()), fatal: fatal.clone() };
@@ -136,6 +139,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
         fatal,
         spaces,
         refinements,
+        broker: watch.status(),
     });
     let timely_config = match &options.cluster {
         None => timely::Config::process(workers),
@@ -334,6 +338,8 @@ struct Shared {
     spaces: index::Registry,
     /// What the refinement says per segment, for queries.
     refinements: SharedRefinements,
+    /// The broker watch, told how far the sources have read (for the consumer lag).
+    broker: Arc<kafka::BrokerStatus>,
 }
 
 fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BTreeMap<i32, i64>, String> {
@@ -469,6 +475,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
         None
     };
     let mut last_report = Instant::now();
+    let mut last_position = Instant::now();
     let mut commit_warnings = Throttle::default();
     let mut stopping_since: Option<Instant> = None;
     loop {
@@ -505,6 +512,10 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
                 && commit_warnings.ready(Duration::from_secs(10))
             {
                 tracing::warn!(%error, "Offset commit failed; it is retried.");
+            }
+            if last_position.elapsed() >= Duration::from_secs(1) {
+                last_position = Instant::now();
+                shared.broker.reading(source.next_offsets());
             }
         }
         if index == 0 && last_report.elapsed() >= Duration::from_secs(10) {

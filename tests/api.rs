@@ -133,6 +133,12 @@ fn r4_the_query_api_searches_filters_refuses_clearly_and_caches_until_an_insert(
     assert!(metrics.contains("chorus_query_cache_total{result=\"hit\"} 1"), "{metrics}");
     assert!(metrics.contains("chorus_query_seconds_count{kind=\"audio\"} 1"), "{metrics}");
     crate::support::promtool_check(&metrics);
+    // Everything produced has been read: the consumer lag of every partition read is 0.
+    wait_for("the consumer lag to be reported", Duration::from_secs(30), || {
+        let (_, metrics) = crate::support::http_get(port, "/metrics").unwrap();
+        let lag: Vec<&str> = metrics.lines().filter(|l| l.starts_with("chorus_kafka_consumer_lag{")).collect();
+        !lag.is_empty() && lag.iter().all(|l| l.ends_with(" 0"))
+    });
     terminate(job.id());
     assert!(job.wait().unwrap().success(), "{}", s.job_log());
 

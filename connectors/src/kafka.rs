@@ -289,6 +289,8 @@ pub fn ensure_topics(settings: &KafkaSettings) -> Result<(), Error> {
 pub struct BrokerStatus {
     last_ok: Mutex<Option<Instant>>,
     last_error: Mutex<Option<String>>,
+    /// The next offset this process reads, per partition of the audio topic it reads.
+    reading: Mutex<BTreeMap<i32, i64>>,
 }
 
 impl BrokerStatus {
@@ -301,9 +303,15 @@ impl BrokerStatus {
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// Tells the watch how far a reader has come: the next offset it reads, per partition it reads.
+    pub fn reading<'a>(&self, next: impl IntoIterator<Item = (&'a i32, &'a i64)>) {
+        self.reading.lock().unwrap_or_else(|p| p.into_inner()).extend(next.into_iter().map(|(p, o)| (*p, *o)));
+    }
 }
 
-/// A thread asking the broker for the audio topic's metadata twice a second; stops when dropped.
+/// A thread asking the broker for the audio topic's metadata twice a second and, every 2 s, for the high watermark of
+/// each partition being read, to report the consumer lag; stops when dropped.
 pub struct BrokerWatch {
     status: Arc<BrokerStatus>,
     stop: Arc<AtomicBool>,
@@ -311,8 +319,9 @@ pub struct BrokerWatch {
 }
 
 impl BrokerWatch {
-    /// Starts watching the brokers of `settings`.
-    pub fn start(settings: &KafkaSettings) -> Result<BrokerWatch, Error> {
+    /// Starts watching the brokers of `settings`; `lag(partition, messages)` hears how many messages of each
+    /// partition being read (see [`BrokerStatus::reading`]) are not read yet.
+    pub fn start(settings: &KafkaSettings, lag: impl Fn(i32, i64) + Send + 'static) -> Result<BrokerWatch, Error> {
         let client: BaseConsumer =
             settings.client().create().map_err(kafka(format!("cannot create a client for {}", settings.brokers)))?;
         let (status, stop) = (Arc::new(BrokerStatus::default()), Arc::new(AtomicBool::new(false)));
@@ -320,10 +329,21 @@ impl BrokerWatch {
         let thread = std::thread::Builder::new()
             .name("chorus-broker-watch".into())
             .spawn(move || {
-                while !stopping.load(Ordering::Relaxed) {
+                for turn in 0u64.. {
+                    if stopping.load(Ordering::Relaxed) {
+                        break;
+                    }
                     match client.fetch_metadata(Some(&topic), Duration::from_secs(1)) {
                         Ok(_) => *watched.last_ok.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now()),
                         Err(e) => *watched.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string()),
+                    }
+                    if turn % 4 == 0 {
+                        let reading = watched.reading.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        for (partition, next) in reading {
+                            if let Ok((_, high)) = client.fetch_watermarks(&topic, partition, Duration::from_secs(1)) {
+                                lag(partition, (high - next).max(0));
+                            }
+                        }
                     }
                     std::thread::sleep(Duration::from_millis(500));
                 }
@@ -754,6 +774,11 @@ impl KafkaSource {
             _ => self.unembedded.push_back((epoch, bytes)),
         }
         self.in_flight += bytes;
+    }
+
+    /// The next offset to read, per assigned partition.
+    pub fn next_offsets(&self) -> &BTreeMap<i32, i64> {
+        &self.next
     }
 
     /// Bytes read and not yet embedded.

@@ -35,6 +35,10 @@ pub const REFINE_SECONDS: &str = "chorus_refine_update_seconds";
 /// Nodes in the refinement's kNN graph, per worker summed.
 pub const REFINE_NODES: &str = "chorus_refine_graph_nodes";
 
+/// Messages of the audio topic not read yet, per partition this process reads (label `partition`): the high
+/// watermark less the next offset to read, every 2 s.
+pub const KAFKA_LAG: &str = "chorus_kafka_consumer_lag";
+
 /// Every metric above: the Grafana dashboard in `config/grafana/` has a panel for each (a test checks both ways).
 pub const ALL: &[&str] = &[
     RECORDS_IN,
@@ -51,6 +55,7 @@ pub const ALL: &[&str] = &[
     QUERY_CACHE,
     REFINE_SECONDS,
     REFINE_NODES,
+    KAFKA_LAG,
 ];
 
 /// Label key: pipeline stage (`source`, `decode`, `segment`, `embed`, `index`, `archive`, `segments_topic`, ...).
@@ -65,6 +70,8 @@ pub const TIER: &str = "tier";
 pub const KIND: &str = "kind";
 /// Label key: cache lookup outcome.
 pub const RESULT: &str = "result";
+/// Label key: Kafka partition.
+pub const PARTITION: &str = "partition";
 /// Label key: chunk priority.
 pub const PRIORITY: &str = "priority";
 
@@ -99,6 +106,8 @@ pub struct Metrics {
     pub refine_seconds: Histogram,
     /// See [`REFINE_NODES`].
     pub refine_nodes: IntGauge,
+    /// See [`KAFKA_LAG`].
+    pub kafka_lag: IntGaugeVec,
 }
 
 impl Metrics {
@@ -147,6 +156,10 @@ impl Metrics {
                 .buckets(vec![0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
             )?,
             refine_nodes: IntGauge::new(REFINE_NODES, "Nodes in the refinement's kNN graph.")?,
+            kafka_lag: IntGaugeVec::new(
+                Opts::new(KAFKA_LAG, "Messages of the audio topic not read yet, per partition read here."),
+                &[PARTITION],
+            )?,
         };
         registry.register(Box::new(metrics.records_in.clone()))?;
         registry.register(Box::new(metrics.records_out.clone()))?;
@@ -162,6 +175,7 @@ impl Metrics {
         registry.register(Box::new(metrics.query_cache.clone()))?;
         registry.register(Box::new(metrics.refine_seconds.clone()))?;
         registry.register(Box::new(metrics.refine_nodes.clone()))?;
+        registry.register(Box::new(metrics.kafka_lag.clone()))?;
         Ok(metrics)
     }
 
