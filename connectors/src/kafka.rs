@@ -340,8 +340,10 @@ impl BrokerWatch {
                     if turn % 4 == 0 {
                         let reading = watched.reading.lock().unwrap_or_else(|p| p.into_inner()).clone();
                         for (partition, next) in reading {
-                            if let Ok((_, high)) = client.fetch_watermarks(&topic, partition, Duration::from_secs(1)) {
-                                lag(partition, (high - next).max(0));
+                            // Messages before `low` have expired and will not be read.
+                            if let Ok((low, high)) = client.fetch_watermarks(&topic, partition, Duration::from_secs(1))
+                            {
+                                lag(partition, (high - next.max(low)).max(0));
                             }
                         }
                     }
@@ -731,13 +733,9 @@ impl KafkaSource {
         }
     }
 
-    /// Whether every assigned partition has been read up to its high watermark (checked at most once a second).
-    fn drained(&mut self) -> bool {
-        if self.high_watermarks_checked.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-            return false;
-        }
-        self.high_watermarks_checked = Some(Instant::now());
-        // The consumer's position passes control records that never reach the dataflow.
+    /// Moves each partition's next offset past the control records the consumer passed, which never reach the
+    /// dataflow (the consumer's position is local state: no broker round trip).
+    fn skip_control_records(&mut self) {
         if let Ok(positions) = self.consumer.position() {
             for element in positions.elements() {
                 if let (Offset::Offset(at), Some(next)) = (element.offset(), self.next.get_mut(&element.partition())) {
@@ -745,6 +743,15 @@ impl KafkaSource {
                 }
             }
         }
+    }
+
+    /// Whether every assigned partition has been read up to its high watermark (checked at most once a second).
+    fn drained(&mut self) -> bool {
+        if self.high_watermarks_checked.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return false;
+        }
+        self.high_watermarks_checked = Some(Instant::now());
+        self.skip_control_records();
         let topic = &self.topic;
         let consumer = &self.consumer;
         self.next.iter_mut().all(|(&p, next)| match consumer.fetch_watermarks(topic, p, Duration::from_secs(1)) {
@@ -776,8 +783,9 @@ impl KafkaSource {
         self.in_flight += bytes;
     }
 
-    /// The next offset to read, per assigned partition.
-    pub fn next_offsets(&self) -> &BTreeMap<i32, i64> {
+    /// The next offset to read, per assigned partition (past the control records passed so far).
+    pub fn next_offsets(&mut self) -> &BTreeMap<i32, i64> {
+        self.skip_control_records();
         &self.next
     }
 
