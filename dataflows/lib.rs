@@ -15,6 +15,7 @@
 //! deterministic, so a restart replays without losing or doubling a segment.
 
 pub mod api;
+pub mod archive;
 pub mod config;
 pub mod http;
 pub mod job;

@@ -116,6 +116,47 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List archived segments by space, sensor, time and label, reading only the partitions and row groups the
+    /// filter needs.
+    #[command(
+        after_help = "Examples:\n  chorus archive --sensor pole-7 --from 2026-05-01T05:00:00Z --to 2026-05-01T06:00:00Z\n  chorus archive --space wetlands --label 'Turdus merula' --format csv > blackbirds.csv\n  chorus archive --from 2026-05-01 --format json | jq length\n\n--from and --to take an RFC 3339 time or a date (midnight UTC); a segment matches when its start lies in\n[from, to). Labels and clusters are the refinement's latest (refine.dir). Day partitions outside the time\nrange are never opened, and row groups whose sensor or start_time statistics rule the filter out are never\ndecoded; the summary on stderr says how many were skipped. The same query in DuckDB is in the README."
+    )]
+    Archive {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only this space (default: every space).
+        #[arg(long)]
+        space: Option<String>,
+        /// Only this sensor (repeat for several).
+        #[arg(long = "sensor", value_name = "SENSOR")]
+        sensors: Vec<String>,
+        /// Only segments starting at or after this time (RFC 3339 or YYYY-MM-DD).
+        #[arg(long, value_name = "TIME", value_parser = parse_bound)]
+        from: Option<i64>,
+        /// Only segments starting before this time (RFC 3339 or YYYY-MM-DD).
+        #[arg(long, value_name = "TIME", value_parser = parse_bound)]
+        to: Option<i64>,
+        /// Only segments the refinement labels so.
+        #[arg(long)]
+        label: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: chorus::archive::Format,
+    },
+    /// Delete the archive's day partitions older than N days (a dry run unless --apply is given).
+    #[command(
+        after_help = "Examples:\n  chorus prune --older-than-days 365            # lists what would go, deletes nothing\n  chorus prune --older-than-days 365 --apply    # deletes it\n\nA day partition goes when its whole day (UTC) lies more than N days before today, in the archive and in\nthe refinements dataset. The index snapshots of the spaces that lose segments and the refinement's saved kNN\ngraph are removed too, so that the next job start rebuilds them from what the archive still holds (about\n3 s per 100 000 segments on 2 cores). --apply refuses to run while a job runs on the archive."
+    )]
+    Prune {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Delete partitions whose day ended more than this many days ago.
+        #[arg(long, value_name = "DAYS")]
+        older_than_days: u32,
+        /// Delete; without it, only list what would be deleted.
+        #[arg(long)]
+        apply: bool,
+    },
     /// Load the query API with concurrent searches and report latency percentiles, errors and the SLA line.
     #[command(
         after_help = "Examples:\n  chorus bench-query --clients 4 --seconds 20                 # against the running job's API\n  chorus bench-query --pattern hotspot --url 127.0.0.1:9464\n  chorus bench-query --pattern burst --seconds 30\n\nQueries are searches by the ids of archived segments (read from the config's archive). Exits 1 when p99\nexceeds api.sla_p99_ms or a request failed."
@@ -157,6 +198,20 @@ fn parse_time(s: &str) -> Result<i64, String> {
         .ok()
         .and_then(|t| t.timestamp_nanos_opt())
         .ok_or_else(|| format!("'{s}' is not an RFC 3339 time such as 2026-05-01T05:00:00Z"))
+}
+
+/// An RFC 3339 time or a date (midnight UTC), as µs since the epoch.
+fn parse_bound(s: &str) -> Result<i64, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.timestamp_micros());
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc().timestamp_micros())
+        .ok_or_else(|| {
+            format!("'{s}' is neither an RFC 3339 time such as 2026-05-01T05:00:00Z nor a date such as 2026-05-01")
+        })
 }
 
 fn parse_priority(s: &str) -> Result<Priority, String> {
@@ -303,6 +358,52 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             }
             let listen = listen.or(config.http).context("http.enabled is false and no --listen was given")?;
             chorus::api::serve(&config, listen, &stop)?;
+        }
+        Command::Archive { config, space, sensors, from, to, label, format } => {
+            let config = load(&config)?;
+            if let (Some(from), Some(to)) = (from, to)
+                && from >= to
+            {
+                anyhow::bail!("--from must be before --to");
+            }
+            let query = chorus::archive::ArchiveQuery {
+                space,
+                filter: chorus_operators::index::Filter { sensors, from_micros: from, to_micros: to },
+                label,
+            };
+            let progress = !cli.quiet && std::io::stderr().is_terminal();
+            let (rows, stats) = chorus::archive::query(&config, &query, progress)?;
+            chorus::archive::write(&rows, format, &mut std::io::stdout().lock())?;
+            if !cli.quiet {
+                eprintln!(
+                    "chorus archive: {} segment(s); read {} of {} day partition(s), {} of {} row group(s) ({} skipped \
+                     by statistics), {} rows decoded",
+                    rows.len(),
+                    stats.partitions - stats.partitions_skipped,
+                    stats.partitions,
+                    stats.row_groups - stats.row_groups_skipped,
+                    stats.row_groups,
+                    stats.row_groups_skipped,
+                    stats.rows_read
+                );
+            }
+        }
+        Command::Prune { config, older_than_days, apply } => {
+            let config = load(&config)?;
+            let today = chrono::Utc::now().date_naive();
+            let plan = chorus::archive::plan_prune(&config, older_than_days, today)?;
+            let mut stdout = std::io::stdout().lock();
+            chorus::archive::print_plan(&plan, older_than_days, &mut stdout)?;
+            if plan.partitions.is_empty() {
+                return Ok(());
+            }
+            if apply {
+                chorus::archive::apply_prune(&config, &plan)?;
+                let (files, bytes) = plan.size();
+                println!("Deleted {} partition(s): {files} file(s), {bytes} bytes.", plan.partitions.len());
+            } else {
+                println!("Dry run: nothing was deleted. Run again with --apply to delete.");
+            }
         }
         Command::Query { config, audio, segment, k, ef, space, json } => {
             let config = load(&config)?;

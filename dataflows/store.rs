@@ -129,8 +129,8 @@ pub fn open_registry(config: &Config, spaces: &[String]) -> Result<Registry, Err
     Ok(registry)
 }
 
-/// A space's Parquet archive as the index's coldest tier: a scan of the days the filter's time range touches, and of
-/// the rows that pass it.
+/// A space's Parquet archive as the index's coldest tier: a scan of the days the filter's time range touches, of the
+/// row groups whose statistics admit it, and of the rows that pass it.
 pub struct ArchiveScan<'a> {
     /// The archive root.
     pub dir: &'a std::path::Path,
@@ -140,25 +140,10 @@ pub struct ArchiveScan<'a> {
 
 impl ColdTier for ArchiveScan<'_> {
     fn scan(&self, filter: &Filter, visit: &mut dyn FnMut(u64, &[f32])) -> Result<(), OperatorError> {
-        const DAY_MICROS: i64 = 86_400_000_000;
-        for path in parquet::files(self.dir, self.space).map_err(archive_error)? {
-            let day = path
-                .parent()
-                .and_then(|d| d.file_name())
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_prefix("date="));
-            let start = day
-                .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-                .and_then(|d| d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp_micros()));
-            if let Some(start) = start
-                && !filter.overlaps((start, start + DAY_MICROS - 1))
-            {
-                continue;
-            }
-            parquet::read_file(&path, true, &mut |row| {
-                if filter.admits(&row.sensor, row.start_micros)
-                    && let Some(embedding) = &row.embedding
-                {
+        let mut stats = parquet::ScanStats::default();
+        for path in parquet::scan_files(self.dir, self.space, filter, &mut stats).map_err(archive_error)? {
+            parquet::scan_file(&path, filter, true, &mut stats, &mut |row| {
+                if let Some(embedding) = &row.embedding {
                     visit(row.id.0, embedding);
                 }
             })

@@ -89,6 +89,19 @@ fn r5_labels_spread_retract_and_reach_the_archive_and_topic_and_clusters_form() 
         "{refined}"
     );
 
+    // `chorus archive --label` finds the copies the label reached once the refinements dataset holds their rows.
+    let labelled = || -> Vec<String> {
+        let output = s.chorus(&["archive", "--label", "Turdus merula", "--format", "json"]);
+        let rows: Value = serde_json::from_slice(&output.stdout).unwrap();
+        rows.as_array().unwrap().iter().map(|r| r["segment_id"].as_str().unwrap().to_owned()).collect()
+    };
+    wait_for("the labelled rows in the refinements dataset", Duration::from_secs(30), || labelled().contains(&twin));
+    let found = labelled();
+    assert!(found.contains(&first), "{found:?}");
+    for id in &found {
+        assert_eq!(segment(port, id)["label"], "Turdus merula", "{id} is listed with the label");
+    }
+
     // Taken away, it is gone everywhere it had spread.
     let (status, _) = post(port, "/v1/labels", &json!({ "labels": [{ "segment_id": first, "label": null }] }));
     assert_eq!(status, 202);
@@ -110,6 +123,7 @@ fn r5_labels_spread_retract_and_reach_the_archive_and_topic_and_clusters_form() 
     assert!(latest.iter().all(|r| r["label"].is_null() && r["cluster"].is_string()), "{seen}");
     assert!(latest.iter().all(|r| r["refined_bytes"] == json!(1536)), "{seen}");
     assert!(seen["labelled_rows"].as_u64().unwrap() >= 3, "{seen}");
+    assert!(labelled().is_empty(), "the latest rows carry no label");
 
     // The segments topic carries the same changes, keyed by segment id.
     let records = s.consume_matching(&s.segments_topic, 12, |m| m.header("chorus.record") == Some("refinement"));

@@ -2,6 +2,7 @@
 //! they need; tests are named after the issue they settle (`r2_...`).
 
 mod api;
+mod archive;
 mod config;
 mod faults;
 mod model;

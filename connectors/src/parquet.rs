@@ -18,17 +18,20 @@ use arrow_array::builder::{FixedSizeBinaryBuilder, StringDictionaryBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Int32Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{
-    ArrayRef, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    Array, ArrayRef, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chorus_operators::FieldError;
+use chorus_operators::index::Filter;
 use chorus_operators::record::{Nanos, Origin, Segment, SegmentId};
 use chorus_operators::wakeup::Wakeup;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::RowGroupMetaData;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::statistics::Statistics;
 use parquet::schema::types::ColumnPath;
 use serde::Deserialize;
 use timely::container::CapacityContainerBuilder;
@@ -196,7 +199,10 @@ impl ArchiveWriter {
     /// Writes every buffer to its own file; returns the files written.
     pub fn flush(&mut self) -> Result<Vec<PathBuf>, Error> {
         let mut written = Vec::new();
-        for ((space, date), segments) in std::mem::take(&mut self.buffers) {
+        for ((space, date), mut segments) in std::mem::take(&mut self.buffers) {
+            // Sorted by sensor and time, a file's row groups have narrow `sensor` and `start_time` statistics, which
+            // scans filtering on either use to skip them.
+            segments.sort_unstable_by(|a, b| (&a.key.sensor, a.key.start).cmp(&(&b.key.sensor, b.key.start)));
             for part in segments.chunks(self.settings.max_rows_per_file) {
                 written.push(self.write_file(&space, &date, part)?);
             }
@@ -460,21 +466,36 @@ pub fn spaces(root: &Path) -> Result<Vec<String>, Error> {
 
 /// The Parquet files of one space, oldest day first.
 pub fn files(root: &Path, space: &str) -> Result<Vec<PathBuf>, Error> {
+    Ok(days(root, space)?.into_iter().flat_map(|(_, files)| files).collect())
+}
+
+/// The day partitions of one space, oldest first: each day (`YYYY-MM-DD`, the UTC day segments start on) with its
+/// Parquet files in name order.
+pub fn days(root: &Path, space: &str) -> Result<Vec<(String, Vec<PathBuf>)>, Error> {
     let space_dir = root.join(format!("space={space}"));
     let mut out = Vec::new();
-    let days = match fs::read_dir(&space_dir) {
-        Ok(days) => days,
+    let entries = match fs::read_dir(&space_dir) {
+        Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
         Err(e) => return Err(Error::Archive { path: space_dir.display().to_string(), message: e.to_string() }),
     };
-    for day in days.flatten().filter(|d| d.file_name().to_string_lossy().starts_with("date=")) {
-        for file in fs::read_dir(day.path()).into_iter().flatten().flatten() {
-            let name = file.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with("part-") && name.ends_with(".parquet") {
-                out.push(file.path());
-            }
-        }
+    for day in entries.flatten() {
+        let Some(date) = day.file_name().to_str().and_then(|n| n.strip_prefix("date=")).map(str::to_owned) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = fs::read_dir(day.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|f| {
+                let name = f.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("part-") && name.ends_with(".parquet")
+            })
+            .map(|f| f.path())
+            .collect();
+        files.sort();
+        out.push((date, files));
     }
     out.sort();
     Ok(out)
@@ -499,16 +520,117 @@ const METADATA_COLUMNS: [&str; 10] =
 
 /// Reads one archive file.
 pub fn read_file(path: &Path, embeddings: bool, each: &mut impl FnMut(ArchivedSegment)) -> Result<(), Error> {
+    scan_file(path, &Filter::default(), embeddings, &mut ScanStats::default(), each)
+}
+
+/// What a filtered scan of the archive read, and what the partitions' days and the row groups' statistics let it
+/// skip.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    /// Day partitions of the spaces scanned.
+    pub partitions: usize,
+    /// Day partitions skipped: their day lies outside the filter's time range.
+    pub partitions_skipped: usize,
+    /// Files opened.
+    pub files: usize,
+    /// Row groups in the files opened.
+    pub row_groups: usize,
+    /// Row groups skipped: their `sensor` or `start_time` statistics rule the filter out.
+    pub row_groups_skipped: usize,
+    /// Rows decoded.
+    pub rows_read: usize,
+    /// Rows that passed the filter.
+    pub rows_matched: usize,
+}
+
+impl ScanStats {
+    /// Adds another scan's counts.
+    pub fn add(&mut self, other: &ScanStats) {
+        self.partitions += other.partitions;
+        self.partitions_skipped += other.partitions_skipped;
+        self.files += other.files;
+        self.row_groups += other.row_groups;
+        self.row_groups_skipped += other.row_groups_skipped;
+        self.rows_read += other.rows_read;
+        self.rows_matched += other.rows_matched;
+    }
+}
+
+const DAY_MICROS: i64 = 86_400_000_000;
+
+/// The files of `space` a scan with `filter` must open: those of the days its time range touches.
+pub fn scan_files(root: &Path, space: &str, filter: &Filter, stats: &mut ScanStats) -> Result<Vec<PathBuf>, Error> {
+    let mut out = Vec::new();
+    for (date, files) in days(root, space)? {
+        stats.partitions += 1;
+        let start = chrono::NaiveDate::parse_from_str(&date, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|t| t.and_utc().timestamp_micros());
+        if let Some(start) = start
+            && !filter.overlaps((start, start + DAY_MICROS - 1))
+        {
+            stats.partitions_skipped += 1;
+            continue;
+        }
+        out.extend(files);
+    }
+    Ok(out)
+}
+
+/// Whether a row group's statistics leave room for a row that passes `filter` (true when they are missing).
+fn may_match(group: &RowGroupMetaData, filter: &Filter) -> bool {
+    for column in group.columns() {
+        let Some(statistics) = column.statistics() else { continue };
+        match column.column_path().string().as_str() {
+            "sensor" if !filter.sensors.is_empty() => {
+                if let (Some(min), Some(max)) = (statistics.min_bytes_opt(), statistics.max_bytes_opt())
+                    && !filter.sensors.iter().any(|s| min <= s.as_bytes() && s.as_bytes() <= max)
+                {
+                    return false;
+                }
+            }
+            "start_time" => {
+                if let Statistics::Int64(values) = statistics
+                    && let (Some(&min), Some(&max)) = (values.min_opt(), values.max_opt())
+                    && !filter.overlaps((min, max))
+                {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    true
+}
+
+/// Reads the rows of one archive file that pass `filter`, decoding only the row groups whose statistics admit it.
+pub fn scan_file(
+    path: &Path,
+    filter: &Filter,
+    embeddings: bool,
+    stats: &mut ScanStats,
+    each: &mut impl FnMut(ArchivedSegment),
+) -> Result<(), Error> {
     let failed =
         |e: &dyn std::fmt::Display| Error::Archive { path: path.display().to_string(), message: e.to_string() };
     let file = fs::File::open(path).map_err(|e| failed(&e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| failed(&e))?;
+    stats.files += 1;
+    let groups = builder.metadata().row_groups();
+    stats.row_groups += groups.len();
+    let kept: Vec<usize> = (0..groups.len()).filter(|&i| filter.is_empty() || may_match(&groups[i], filter)).collect();
+    stats.row_groups_skipped += groups.len() - kept.len();
+    if kept.is_empty() {
+        return Ok(());
+    }
     let mut wanted = METADATA_COLUMNS.to_vec();
     if embeddings {
         wanted.extend(["embedding_scale", "embedding"]);
     }
     let mask = ProjectionMask::columns(builder.parquet_schema(), wanted.iter().copied());
-    let reader = builder.with_projection(mask).with_batch_size(8_192).build().map_err(|e| failed(&e))?;
+    let reader =
+        builder.with_projection(mask).with_row_groups(kept).with_batch_size(8_192).build().map_err(|e| failed(&e))?;
     for batch in reader {
         let batch = batch.map_err(|e| failed(&e))?;
         let column =
@@ -532,7 +654,12 @@ pub fn read_file(path: &Path, embeddings: bool, each: &mut impl FnMut(ArchivedSe
         } else {
             None
         };
+        stats.rows_read += batch.num_rows();
         for i in 0..batch.num_rows() {
+            if !filter.admits(sensors.value(i), starts.value(i)) {
+                continue;
+            }
+            stats.rows_matched += 1;
             let id = ids.value(i).parse().map_err(|e: String| failed(&e))?;
             each(ArchivedSegment {
                 id,
@@ -552,6 +679,61 @@ pub fn read_file(path: &Path, embeddings: bool, each: &mut impl FnMut(ArchivedSe
         }
     }
     Ok(())
+}
+
+/// The latest refinement of a segment: what the refinements dataset's newest row for it says.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LatestRefinement {
+    /// Label and its share of the label mass, if a label reached the segment.
+    pub label: Option<(String, f32)>,
+    /// Cluster (smallest segment id of its component).
+    pub cluster: Option<SegmentId>,
+    /// `updated_at` (µs) and round of the row, which order a segment's rows.
+    version: (i64, i64),
+}
+
+/// The latest refinement of every segment of `space` in the refinements dataset under `root` (rows are changes: the
+/// latest `updated_at`, then `round`, holds). Refined embeddings are never read.
+pub fn latest_refinements(root: &Path, space: &str) -> Result<HashMap<SegmentId, LatestRefinement>, Error> {
+    let mut latest: HashMap<SegmentId, LatestRefinement> = HashMap::new();
+    for path in files(root, space)? {
+        let failed =
+            |e: &dyn std::fmt::Display| Error::Archive { path: path.display().to_string(), message: e.to_string() };
+        let file = fs::File::open(&path).map_err(|e| failed(&e))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| failed(&e))?;
+        let wanted = ["segment_id", "label", "label_score", "cluster", "round", "updated_at"];
+        let mask = ProjectionMask::columns(builder.parquet_schema(), wanted);
+        let reader = builder.with_projection(mask).with_batch_size(8_192).build().map_err(|e| failed(&e))?;
+        for batch in reader {
+            let batch = batch.map_err(|e| failed(&e))?;
+            let column =
+                |name: &str| batch.column_by_name(name).ok_or_else(|| failed(&format!("column {name} is missing")));
+            let ids = column("segment_id")?.as_string::<i32>();
+            let labels = column("label")?.as_string::<i32>();
+            let scores = column("label_score")?.as_primitive::<Float32Type>();
+            let clusters = column("cluster")?.as_string::<i32>();
+            let rounds = column("round")?.as_primitive::<Int64Type>();
+            let updated = column("updated_at")?.as_primitive::<TimestampMicrosecondType>();
+            for i in 0..batch.num_rows() {
+                let id: SegmentId = ids.value(i).parse().map_err(|e: String| failed(&e))?;
+                let version = (updated.value(i), rounds.value(i));
+                let entry = latest
+                    .entry(id)
+                    .or_insert_with(|| LatestRefinement { version: (i64::MIN, 0), ..Default::default() });
+                if version < entry.version {
+                    continue;
+                }
+                entry.version = version;
+                entry.label = (!labels.is_null(i)).then(|| (labels.value(i).to_owned(), scores.value(i)));
+                entry.cluster = if clusters.is_null(i) {
+                    None
+                } else {
+                    Some(clusters.value(i).parse().map_err(|e: String| failed(&e))?)
+                };
+            }
+        }
+    }
+    Ok(latest)
 }
 
 /// Writes the segments of a stream to the archive. The returned stream carries no data: its frontier is what has
@@ -659,5 +841,73 @@ mod tests {
         let mut light = Vec::new();
         read_space(dir.path(), "forest", false, |s| light.push(s)).unwrap();
         assert_eq!((light.len(), light[0].embedding.is_none(), light[0].space.as_str()), (1, true, "forest"));
+    }
+
+    #[test]
+    fn scans_skip_the_days_and_row_groups_whose_statistics_rule_the_filter_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = ArchiveConfig { dir: dir.path().to_path_buf(), max_rows_per_file: 50, ..Default::default() }
+            .build(Path::new("/"))
+            .unwrap();
+        let mut writer = ArchiveWriter::new(settings, "standin", 4, "w0");
+        let day = 1_777_593_600i64 * 32_000; // 2026-05-01T00:00:00Z on the 32 kHz clock
+        // Four sensors interleaved in arrival order, over two days: the writer sorts each file by sensor and time.
+        for i in 0..400i64 {
+            let sensor = format!("s{}", i % 4);
+            writer.add(seg("default", &sensor, day + (i / 4) * 160_000 * 20 + (i / 200) * 86_400 * 32_000, 1.0));
+        }
+        writer.flush().unwrap();
+        let mut all = Vec::new();
+        read_space(dir.path(), "default", false, |r| all.push(r)).unwrap();
+        assert_eq!(all.len(), 400);
+
+        let hour = 3_600_000_000i64;
+        let t0 = 1_777_593_600_000_000i64;
+        let filter =
+            Filter { sensors: vec!["s2".into()], from_micros: Some(t0 + hour), to_micros: Some(t0 + 3 * hour) };
+        let mut stats = ScanStats::default();
+        let mut found = Vec::new();
+        for path in scan_files(dir.path(), "default", &filter, &mut stats).unwrap() {
+            scan_file(&path, &filter, false, &mut stats, &mut |r| found.push(r.id)).unwrap();
+        }
+        let mut expected: Vec<SegmentId> =
+            all.iter().filter(|r| filter.admits(&r.sensor, r.start_micros)).map(|r| r.id).collect();
+        expected.sort();
+        found.sort();
+        assert!(!expected.is_empty());
+        assert_eq!(found, expected);
+        assert_eq!((stats.partitions, stats.partitions_skipped), (2, 1), "{stats:?}");
+        assert_eq!(stats.files, 4, "{stats:?}");
+        assert_eq!(stats.row_groups_skipped, 3, "only the file holding s2 is decoded: {stats:?}");
+        assert_eq!((stats.rows_read, stats.rows_matched), (50, expected.len()), "{stats:?}");
+    }
+
+    #[test]
+    fn the_latest_refinement_row_of_a_segment_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let row = |id: u64, label: Option<&str>, round: u64| RefinementRow {
+            id: SegmentId(id),
+            space: "default".into(),
+            sensor: "s".into(),
+            start_micros: 1_777_593_600_000_000,
+            label: label.map(|l| (l.to_owned(), 0.75)),
+            cluster: Some(SegmentId(1)),
+            refined: None,
+            round,
+        };
+        let mut writer = RefinementWriter::new(dir.path(), 4, 3, "w0");
+        writer.add(row(1, Some("wren"), 1));
+        writer.add(row(2, Some("wren"), 1));
+        writer.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        writer.add(row(2, None, 2));
+        writer.add(row(3, Some("robin"), 2));
+        writer.flush().unwrap();
+        let latest = latest_refinements(dir.path(), "default").unwrap();
+        assert_eq!(latest.len(), 3);
+        assert_eq!(latest[&SegmentId(1)].label, Some(("wren".into(), 0.75)));
+        assert_eq!(latest[&SegmentId(2)].label, None, "the later row took the label away");
+        assert_eq!(latest[&SegmentId(3)].label.as_ref().map(|l| l.0.as_str()), Some("robin"));
+        assert_eq!(latest[&SegmentId(3)].cluster, Some(SegmentId(1)));
     }
 }
