@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use chorus_connectors::parquet::{self, LatestRefinement, ScanStats};
 use chorus_operators::index::{Filter, space_dir};
-use chorus_operators::record::SegmentId;
+use chorus_operators::record::{SegmentId, rfc3339};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -53,12 +53,6 @@ pub struct ArchiveRow {
     pub cluster: Option<String>,
     #[serde(skip)]
     start_micros: i64,
-}
-
-fn rfc3339(micros: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(micros)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-        .unwrap_or_else(|| micros.to_string())
 }
 
 /// Runs `query` over the archive; returns the rows in order of space, start time and sensor, with what the scan
@@ -113,8 +107,8 @@ pub fn query(config: &Config, query: &ArchiveQuery, progress: bool) -> Result<(V
                     segment_id: segment.id.to_string(),
                     space: segment.space,
                     sensor: segment.sensor,
-                    start_time: rfc3339(segment.start_micros),
-                    end_time: rfc3339(segment.end_micros),
+                    start_time: rfc3339(segment.start_micros * 1_000),
+                    end_time: rfc3339(segment.end_micros * 1_000),
                     coverage: segment.coverage,
                     model: segment.model,
                     label_score: label.as_ref().map(|(_, s)| *s),
@@ -348,4 +342,51 @@ fn human_bytes(bytes: u64) -> String {
         b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
         b => format!("{b} B"),
     }
+}
+
+/// Where to look for a segment: its space if known, and its sensor and start time if known (then the lookup reads
+/// one row group).
+#[derive(Clone, Debug, Default)]
+pub struct Whereabouts {
+    /// The space (none: every space).
+    pub space: Option<String>,
+    /// The sensor.
+    pub sensor: Option<String>,
+    /// The start time, µs since the epoch.
+    pub start_micros: Option<i64>,
+}
+
+/// The audio the archive keeps with segment `id`, decoded: its space and the samples at the model's rate.
+pub fn segment_audio(
+    config: &Config,
+    id: SegmentId,
+    whereabouts: &Whereabouts,
+) -> Result<(String, chorus_connectors::wav::Audio), Error> {
+    let root = &config.archive.dir;
+    let spaces = match &whereabouts.space {
+        Some(space) => vec![space.clone()],
+        None => parquet::spaces(root)?,
+    };
+    let filter = Filter {
+        sensors: whereabouts.sensor.iter().cloned().collect(),
+        from_micros: whereabouts.start_micros,
+        to_micros: whereabouts.start_micros.map(|t| t + 1),
+    };
+    for space in spaces {
+        match parquet::segment_audio(root, &space, id, &filter)? {
+            None => continue,
+            Some(None) => {
+                return Err(Error::NotFound(format!(
+                    "segment {id} was archived without its audio (written with archive.audio off, or before the archive kept audio)"
+                )));
+            }
+            Some(Some(wav)) => {
+                let audio = chorus_connectors::wav::decode(&wav, &Default::default()).map_err(|r| {
+                    Error::Job(format!("{}: the audio of segment {id} is damaged: {}", root.display(), r.reason))
+                })?;
+                return Ok((space, audio));
+            }
+        }
+    }
+    Err(Error::NotFound(format!("segment {id} is not in the archive {}", root.display())))
 }

@@ -1,7 +1,7 @@
 //! The ingest job: Kafka audio chunks → decode → segment → embed → index → archive, segments topic and dead letters,
 //! on `W` timely workers, committing source offsets behind the sinks' durability frontier.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -395,7 +395,9 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
         let decode_metrics = metrics.clone();
         let (chunks, undecodable) =
             kafka::source(scope, source.clone(), embedded.clone(), shared.stop.clone()).ok_err(move |message| {
+                let started = Instant::now();
                 let decoded = kafka::decode_message(message, &limits);
+                decode_metrics.time("decode", started);
                 match &decoded {
                     Ok(_) => decode_metrics.count("decode", 1, 1),
                     Err(letter) => {
@@ -429,19 +431,17 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
         let segments = segments.probe_with(&embedded);
         let Indexed { to_archive, to_publish, dead_letters: unindexed } = segments.index(indices, metrics.clone());
         if config.refine.enabled {
-            let queue = arrivals.clone();
+            let (queue, queue_metrics) = (arrivals.clone(), metrics.clone());
             to_archive.clone().sink(Pipeline, "RefineQueue", move |(input, _)| {
                 let mut queue = queue.borrow_mut();
                 input.for_each(|_, segments| {
+                    queue_metrics.queued("refine", segments.len() as i64);
                     queue.extend(segments.iter().map(|s| (s.key.space.clone(), s.key.id().0, s.embedding.clone())));
                 });
             });
         }
 
-        let archive_metrics = metrics.clone();
-        let archived = archive::sink(to_archive, writer, shared.fatal.clone(), move |rows| {
-            archive_metrics.count("archive", rows, rows);
-        });
+        let archived = archive::sink(to_archive, writer, shared.fatal.clone(), metrics.clone());
         let model = config.model.name.clone();
         let publish_metrics = metrics.clone();
         let published = kafka::sink(
@@ -492,6 +492,8 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
     } else {
         None
     };
+    let parked = park_clock(worker);
+    let busy = shared.metrics.worker_busy.with_label_values(&[&index.to_string()]);
     let mut last_report = Instant::now();
     let mut last_position = Instant::now();
     let mut commit_warnings = Throttle::default();
@@ -532,6 +534,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
                 tracing::warn!(%error, "Offset commit failed; it is retried.");
             }
             if last_position.elapsed() >= Duration::from_secs(1) {
+                busy.inc_by(last_position.elapsed().saturating_sub(parked.replace(Duration::ZERO)).as_secs_f64());
                 last_position = Instant::now();
                 shared.broker.reading(source.next_offsets());
             }
@@ -550,6 +553,31 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
     let mut source = source.borrow_mut();
     source.finish().map_err(|e| e.to_string())?;
     Ok(source.committed().clone())
+}
+
+/// Time the worker spends parked, summed from timely's park and unpark events (read and reset by the caller). Only
+/// the worker's own events are logged: the dataflows are built before the logger is registered.
+fn park_clock(worker: &mut timely::worker::Worker) -> Rc<Cell<Duration>> {
+    use timely::logging::{ParkEvent, TimelyEvent, TimelyEventBuilder};
+    let parked = Rc::new(Cell::new(Duration::ZERO));
+    if let Some(mut registry) = worker.log_register() {
+        let total = parked.clone();
+        let mut since: Option<Duration> = None;
+        registry.insert::<TimelyEventBuilder, _>("timely", move |_, events| {
+            for (at, event) in events.iter().flatten() {
+                match event {
+                    TimelyEvent::Park(ParkEvent::Park(_)) => since = Some(*at),
+                    TimelyEvent::Park(ParkEvent::Unpark) => {
+                        if let Some(start) = since.take() {
+                            total.set(total.get() + at.saturating_sub(start));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+    parked
 }
 
 fn report_progress(metrics: &Metrics) {

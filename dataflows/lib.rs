@@ -23,6 +23,7 @@ pub mod loadgen;
 pub mod produce;
 pub mod query;
 pub mod refine;
+pub mod spectrogram;
 pub mod store;
 
 use std::path::PathBuf;

@@ -115,6 +115,9 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also write each neighbour's spectrogram to DIR as <rank>-<segment id>.png.
+        #[arg(long, value_name = "DIR")]
+        spectrograms: Option<PathBuf>,
     },
     /// List archived segments by space, sensor, time and label, reading only the partitions and row groups the
     /// filter needs.
@@ -156,6 +159,26 @@ enum Command {
         /// Delete; without it, only list what would be deleted.
         #[arg(long)]
         apply: bool,
+    },
+    /// Draw the log-mel spectrogram of an archived segment or of a WAV clip as a PNG with time and frequency axes.
+    #[command(
+        after_help = "Examples:\n  chorus spectrogram --segment 3f9a0c1d2b4e5f60 -o seg.png\n  chorus spectrogram --audio call.wav -o call.png\n  chorus query --segment 3f9a0c1d2b4e5f60 -k 5 --spectrograms hits/   # one picture per neighbour\n\nFrames every 10 ms (one pixel column each), 128 mel bands from 60 Hz to half the sample rate (two pixel\nrows each, low frequencies at the bottom), 80 dB of range below the loudest cell. A segment's audio is the\nwindow the model heard, kept in the archive's audio column (archive.audio). Clips up to 60 s."
+    )]
+    Spectrogram {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// An archived segment id (16 hex digits).
+        #[arg(long, value_name = "ID", value_parser = parse_segment, conflicts_with = "audio", required_unless_present = "audio")]
+        segment: Option<SegmentId>,
+        /// A WAV clip (any rate and channel count).
+        #[arg(long, value_name = "FILE")]
+        audio: Option<PathBuf>,
+        /// The segment's space (default: look in every space).
+        #[arg(long)]
+        space: Option<String>,
+        /// Where to write the PNG.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
     },
     /// Load the query API with concurrent searches and report latency percentiles, errors and the SLA line.
     #[command(
@@ -405,7 +428,37 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 println!("Dry run: nothing was deleted. Run again with --apply to delete.");
             }
         }
-        Command::Query { config, audio, segment, k, ef, space, json } => {
+        Command::Spectrogram { config, segment, audio, space, output } => {
+            let config = load(&config)?;
+            let (samples, rate) = match (segment, audio) {
+                (Some(id), None) => {
+                    let whereabouts = chorus::archive::Whereabouts { space, ..Default::default() };
+                    let (_, audio) = chorus::archive::segment_audio(&config, id, &whereabouts)?;
+                    (audio.samples, audio.sample_rate)
+                }
+                (None, Some(path)) => {
+                    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                    let audio = chorus_connectors::wav::decode(&bytes, &Default::default())
+                        .map_err(|r| anyhow::anyhow!("{}: {}", path.display(), r.reason))?;
+                    let seconds = audio.samples.len() as f64 / f64::from(audio.sample_rate);
+                    if seconds > chorus::spectrogram::MAX_SECONDS {
+                        anyhow::bail!(
+                            "{}: {seconds:.1} s is longer than the {} s a picture shows; cut the clip first",
+                            path.display(),
+                            chorus::spectrogram::MAX_SECONDS
+                        );
+                    }
+                    (audio.samples, audio.sample_rate)
+                }
+                _ => anyhow::bail!("give either --segment ID or --audio FILE"),
+            };
+            let picture = chorus::spectrogram::render(&chorus::spectrogram::Spectrogram::compute(&samples, rate));
+            std::fs::write(&output, &picture.png).with_context(|| format!("writing {}", output.display()))?;
+            if !cli.quiet {
+                eprintln!("chorus spectrogram: {} ({}×{} px)", output.display(), picture.width, picture.height);
+            }
+        }
+        Command::Query { config, audio, segment, k, ef, space, json, spectrograms } => {
             let config = load(&config)?;
             let target = match (audio, segment) {
                 (Some(path), None) => Target::Audio(path),
@@ -422,6 +475,29 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 println!();
             } else {
                 query::print_table(&answers, &mut stdout)?;
+            }
+            if let Some(dir) = spectrograms {
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                let mut written = 0;
+                for hit in answers.iter().flat_map(|a| &a.hits) {
+                    let id: SegmentId = hit.segment_id.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+                    let whereabouts = chorus::archive::Whereabouts {
+                        space: Some(hit.space.clone()),
+                        sensor: Some(hit.sensor.clone()),
+                        start_micros: chrono::DateTime::parse_from_rfc3339(&hit.start_time)
+                            .ok()
+                            .map(|t| t.timestamp_micros()),
+                    };
+                    let (_, audio) = chorus::archive::segment_audio(&config, id, &whereabouts)?;
+                    let spectrogram = chorus::spectrogram::Spectrogram::compute(&audio.samples, audio.sample_rate);
+                    let path = dir.join(format!("{}-{}.png", hit.rank, hit.segment_id));
+                    std::fs::write(&path, chorus::spectrogram::render(&spectrogram).png)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    written += 1;
+                }
+                if !cli.quiet {
+                    eprintln!("chorus query: {written} spectrogram(s) in {}", dir.display());
+                }
             }
         }
     }

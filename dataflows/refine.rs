@@ -121,6 +121,7 @@ impl Stage {
                 }
             });
         }
+        metrics.queued("refine", queued as i64);
         if restored + queued > 0 {
             tracing::info!(
                 worker = index,
@@ -187,6 +188,7 @@ impl Stage {
     /// Finds the neighbours of the queued segments and feeds them, with the labels read since the last round.
     fn feed(&mut self) -> Result<(), String> {
         let arrivals = std::mem::take(&mut *self.arrivals.borrow_mut());
+        self.metrics.queued("refine", -(arrivals.len() as i64));
         let now = now_seconds();
         let filter = Filter::default();
         let (k, ef, dim, registry) = (self.params.k + 1, self.params.search_ef(), self.dim, &self.registry);

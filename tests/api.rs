@@ -139,6 +139,20 @@ fn r4_the_query_api_searches_filters_refuses_clearly_and_caches_until_an_insert(
         let lag: Vec<&str> = metrics.lines().filter(|l| l.starts_with("chorus_kafka_consumer_lag{")).collect();
         !lag.is_empty() && lag.iter().all(|l| l.ends_with(" 0"))
     });
+    // Per-stage timings, queue depths (drained to 0 once all is archived) and the workers' busy time.
+    let (_, metrics) = crate::support::http_get(port, "/metrics").unwrap();
+    let value = |line_start: &str| -> f64 {
+        let line =
+            metrics.lines().find(|l| l.starts_with(line_start)).unwrap_or_else(|| panic!("{line_start}: {metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    for stage in ["decode", "segment", "embed", "index", "archive"] {
+        assert!(value(&format!("chorus_stage_seconds_count{{stage=\"{stage}\"}}")) >= 1.0, "{stage}");
+    }
+    assert_eq!(value("chorus_queue_depth{queue=\"embed\"}"), 0.0);
+    assert_eq!(value("chorus_queue_depth{queue=\"archive\"}"), 0.0);
+    let busy = value("chorus_worker_busy_seconds_total{worker=\"0\"}");
+    assert!(busy > 0.0, "worker 0 did some work: {busy}");
     terminate(job.id());
     assert!(job.wait().unwrap().success(), "{}", s.job_log());
 

@@ -125,3 +125,60 @@ fn r6_archive_queries_prune_partitions_and_row_groups_and_agree_with_duckdb() {
     let again = String::from_utf8(s.chorus(&["prune", "--older-than-days", &days]).stdout).unwrap();
     assert!(again.starts_with("Nothing to prune"), "{again}");
 }
+
+/// Decodes a PNG: width, height and RGB pixels.
+fn decode_png(bytes: &[u8]) -> (usize, usize, Vec<u8>) {
+    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut pixels).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Rgb);
+    (info.width as usize, info.height as usize, pixels)
+}
+
+#[test]
+fn r6_spectrograms_of_archived_segments_show_a_tone_in_its_frequency_row() {
+    use chorus::spectrogram::{BAND_ROWS, BANDS, Spectrogram, row_of_band, size};
+    let s = Scenario::new("r6-spectrogram", &[]);
+    // 10 s of a 3 kHz tone recorded at 44.1 kHz: the job resamples it to the model's 32 kHz.
+    let rate = 44_100;
+    let tone: Vec<f32> =
+        (0..10 * rate).map(|i| 0.3 * (2.0 * std::f32::consts::PI * 3_000.0 * i as f32 / rate as f32).sin()).collect();
+    let wav = s.dir.path().join("tone.wav");
+    crate::support::write_wav(&wav, rate as u32, &tone);
+    s.chorus(&["produce", "--sensor", "pole-t", "--start", crate::support::T0, &wav.display().to_string()]);
+    s.run_until_idle();
+    let archived = s.archived("default", false);
+    assert_eq!(archived.len(), 1, "one full window; the tail waits for more audio");
+    let id = archived[0].id.to_string();
+
+    let picture = s.dir.path().join("seg.png");
+    s.chorus(&["spectrogram", "--segment", &id, "-o", &picture.display().to_string()]);
+    let (width, height, pixels) = decode_png(&std::fs::read(&picture).unwrap());
+    assert_eq!((width, height), size(500), "5 s at one column per 10 ms");
+    // The plot's brightest row is the 3 kHz band's.
+    let (left, top) = (width - 10 - 500, 12);
+    let brightness = |y: usize| -> u32 {
+        (left..left + 500).map(|x| pixels[(y * width + x) * 3..][..3].iter().map(|&v| u32::from(v)).sum::<u32>()).sum()
+    };
+    let row = (top..top + BANDS * BAND_ROWS).max_by_key(|&y| brightness(y)).unwrap() - top;
+    let band = Spectrogram::compute(&[0.0], 32_000).band_of(3_000.0);
+    assert!(row.abs_diff(row_of_band(band)) <= BAND_ROWS, "row {row}, 3 kHz is row {}", row_of_band(band));
+
+    // Query results get a picture each.
+    let dir = s.dir.path().join("hits");
+    s.chorus(&[
+        "query",
+        "--audio",
+        &wav.display().to_string(),
+        "-k",
+        "3",
+        "--spectrograms",
+        &dir.display().to_string(),
+    ]);
+    let pictures: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(!pictures.is_empty() && pictures.iter().all(|n| n.to_string_lossy().ends_with(&format!("{id}.png"))));
+
+    // An unknown segment is named in the error.
+    let missing = s.chorus_unchecked(&["spectrogram", "--segment", "00000000000000ff", "-o", "x.png"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("segment 00000000000000ff is not in the archive"));
+}

@@ -52,6 +52,7 @@ fn r2_sample_in_mid_window_chunks_gives_exactly_the_expected_windows() {
         "offset",
         "embedding_scale",
         "embedding",
+        "audio",
         "date",
     ] {
         assert!(columns.contains(&documented), "column {documented} missing from {columns:?}");

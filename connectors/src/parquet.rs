@@ -1,11 +1,12 @@
 //! The Parquet archive, chorus's cold tier: one row per segment under `<dir>/space=<space>/date=<YYYY-MM-DD>/`.
 //!
-//! Columns, in order (the embedding last, so queries that skip it never read it):
+//! Columns, in order (readers project away the embedding and the audio unless they need them):
 //! `segment_id` (16 hex digits), `space` (dictionary-encoded, matching the hive partition), `sensor`, `start_time`,
 //! `end_time` (µs, UTC), `coverage` (fraction of recorded audio), `sample_rate`, `model`, lineage `topic`,
-//! `partition`, `offset`, `embedding_scale` (f32) and `embedding` (`FixedSizeBinary(dim)`: int8 values; the
-//! embedding is `int8 × embedding_scale`). Files are zstd-compressed, written under a temporary name, synced and
-//! renamed, so a reader never sees half a file.
+//! `partition`, `offset`, `embedding_scale` (f32), `embedding` (`FixedSizeBinary(dim)`: int8 values; the
+//! embedding is `int8 × embedding_scale`) and `audio` (the window as a 16-bit PCM WAV file at the model's rate, null
+//! when `archive.audio` is off). Files are zstd-compressed, written under a temporary name, synced and renamed, so a
+//! reader never sees half a file.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -18,16 +19,18 @@ use arrow_array::builder::{FixedSizeBinaryBuilder, StringDictionaryBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Int32Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{
-    Array, ArrayRef, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    Array, ArrayRef, BinaryArray, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chorus_operators::FieldError;
 use chorus_operators::index::Filter;
+use chorus_operators::metrics::Metrics;
 use chorus_operators::record::{Nanos, Origin, Segment, SegmentId};
 use chorus_operators::wakeup::Wakeup;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::RowGroupMetaData;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -55,6 +58,9 @@ pub struct ArchiveConfig {
     pub flush_interval_seconds: f64,
     /// zstd level, 1..=22.
     pub zstd_level: i32,
+    /// Keep each segment's audio (16-bit PCM WAV at the model's rate) in the `audio` column, for listening and
+    /// spectrograms: about 64 KB per second of windows at 32 kHz before compression.
+    pub audio: bool,
 }
 
 impl Default for ArchiveConfig {
@@ -64,6 +70,7 @@ impl Default for ArchiveConfig {
             max_rows_per_file: 100_000,
             flush_interval_seconds: 10.0,
             zstd_level: 3,
+            audio: true,
         }
     }
 }
@@ -91,6 +98,7 @@ impl ArchiveConfig {
             max_rows_per_file: self.max_rows_per_file,
             flush_interval: Duration::from_secs_f64(self.flush_interval_seconds),
             zstd_level: self.zstd_level,
+            audio: self.audio,
         })
     }
 }
@@ -106,7 +114,13 @@ pub struct ArchiveSettings {
     pub flush_interval: Duration,
     /// zstd level.
     pub zstd_level: i32,
+    /// Whether segments' audio is kept.
+    pub audio: bool,
 }
+
+/// Audio bytes a writer holds before it writes its files, whatever the flush interval: 64 MiB (about 200 windows
+/// of 5 s at 32 kHz).
+const MAX_BUFFERED_AUDIO: usize = 64 << 20;
 
 /// The archive's Arrow schema for embeddings of `dim` dimensions.
 pub fn schema(dim: usize) -> SchemaRef {
@@ -125,6 +139,7 @@ pub fn schema(dim: usize) -> SchemaRef {
         Field::new("offset", DataType::Int64, false),
         Field::new("embedding_scale", DataType::Float32, false),
         Field::new("embedding", DataType::FixedSizeBinary(dim as i32), false),
+        Field::new("audio", DataType::Binary, true),
     ]))
 }
 
@@ -160,6 +175,7 @@ pub struct ArchiveWriter {
     sequence: AtomicU64,
     buffers: BTreeMap<(String, String), Vec<Segment>>,
     oldest: Option<Instant>,
+    audio_bytes: usize,
 }
 
 impl ArchiveWriter {
@@ -175,11 +191,17 @@ impl ArchiveWriter {
             sequence: AtomicU64::new(0),
             buffers: BTreeMap::new(),
             oldest: None,
+            audio_bytes: 0,
         }
     }
 
     /// Adds a segment to its partition's buffer.
-    pub fn add(&mut self, segment: Segment) {
+    pub fn add(&mut self, mut segment: Segment) {
+        if self.settings.audio {
+            self.audio_bytes += 2 * segment.audio.len();
+        } else {
+            segment.audio = Vec::new();
+        }
         let key = (segment.key.space.clone(), date_of(segment.key.start_time()));
         self.buffers.entry(key).or_default().push(segment);
         self.oldest.get_or_insert_with(Instant::now);
@@ -193,6 +215,7 @@ impl ArchiveWriter {
     /// Whether a buffer is full or the oldest row has waited long enough.
     pub fn due(&self) -> bool {
         self.buffers.values().any(|b| b.len() >= self.settings.max_rows_per_file)
+            || self.audio_bytes >= MAX_BUFFERED_AUDIO
             || self.oldest.is_some_and(|t| t.elapsed() >= self.settings.flush_interval)
     }
 
@@ -208,6 +231,7 @@ impl ArchiveWriter {
             }
         }
         self.oldest = None;
+        self.audio_bytes = 0;
         Ok(written)
     }
 
@@ -218,7 +242,13 @@ impl ArchiveWriter {
             message: format!("cannot build the record batch: {e}"),
         })?;
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
-        publish(&dir, &format!("{}-{sequence:06}", self.writer_id), &batch, self.settings.zstd_level, "embedding")
+        publish(
+            &dir,
+            &format!("{}-{sequence:06}", self.writer_id),
+            &batch,
+            self.settings.zstd_level,
+            &["embedding", "audio"],
+        )
     }
 
     fn batch(&self, segments: &[Segment]) -> Result<RecordBatch, arrow_schema::ArrowError> {
@@ -252,14 +282,19 @@ impl ArchiveWriter {
             Arc::new(Int64Array::from_iter_values(segments.iter().map(|s| s.origin.offset))),
             Arc::new(Float32Array::from(scales)),
             Arc::new(embedding.finish()),
+            Arc::new(BinaryArray::from_iter(
+                segments
+                    .iter()
+                    .map(|s| (!s.audio.is_empty()).then(|| crate::wav::encode_pcm16(s.key.sample_rate, &s.audio))),
+            )),
         ];
         RecordBatch::try_new(self.schema.clone(), columns)
     }
 }
 
 /// Writes `batch` as `part-<millis>-<name>.parquet` in `dir`: under a temporary name, synced, then renamed, so a
-/// reader never sees half a file. `vector` names the column left without dictionary and statistics.
-fn publish(dir: &Path, name: &str, batch: &RecordBatch, zstd_level: i32, vector: &str) -> Result<PathBuf, Error> {
+/// reader never sees half a file. `blobs` names the columns left without dictionary and statistics (vectors, audio).
+fn publish(dir: &Path, name: &str, batch: &RecordBatch, zstd_level: i32, blobs: &[&str]) -> Result<PathBuf, Error> {
     let failed = |what: &str, e: &dyn std::fmt::Display| Error::Archive {
         path: dir.display().to_string(),
         message: format!("{what}: {e}"),
@@ -269,13 +304,16 @@ fn publish(dir: &Path, name: &str, batch: &RecordBatch, zstd_level: i32, vector:
     let name = format!("part-{millis}-{name}.parquet");
     let tmp = dir.join(format!(".{name}.tmp"));
     let path = dir.join(&name);
-    let properties = WriterProperties::builder()
+    let mut properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(zstd_level).expect("validated")))
-        .set_column_dictionary_enabled(ColumnPath::from(vector), false)
-        .set_column_statistics_enabled(ColumnPath::from(vector), EnabledStatistics::None)
         .set_max_row_group_row_count(Some(65_536))
-        .set_created_by(format!("chorus {}", env!("CARGO_PKG_VERSION")))
-        .build();
+        .set_created_by(format!("chorus {}", env!("CARGO_PKG_VERSION")));
+    for blob in blobs {
+        properties = properties
+            .set_column_dictionary_enabled(ColumnPath::from(*blob), false)
+            .set_column_statistics_enabled(ColumnPath::from(*blob), EnabledStatistics::None);
+    }
+    let properties = properties.build();
     let mut file = fs::File::create(&tmp).map_err(|e| failed("cannot create a file", &e))?;
     let mut writer = ArrowWriter::try_new(&mut file, batch.schema(), Some(properties))
         .map_err(|e| failed("cannot start a Parquet file", &e))?;
@@ -380,7 +418,7 @@ impl RefinementWriter {
                     &format!("{}-{sequence:06}", self.writer_id),
                     &batch,
                     self.zstd_level,
-                    "refined",
+                    &["refined"],
                 )?);
             }
         }
@@ -681,6 +719,70 @@ pub fn scan_file(
     Ok(())
 }
 
+/// The audio archived with segment `id` of `space`, as a WAV file: `None` when the segment is not archived,
+/// `Some(None)` when it was archived without audio. `filter` narrows the search: with the segment's sensor and start
+/// time it is one row group. Only the `segment_id` column is read to find the row, then only that row's audio.
+pub fn segment_audio(
+    root: &Path,
+    space: &str,
+    id: SegmentId,
+    filter: &Filter,
+) -> Result<Option<Option<Vec<u8>>>, Error> {
+    let wanted = id.to_string();
+    let mut stats = ScanStats::default();
+    for path in scan_files(root, space, filter, &mut stats)? {
+        let failed =
+            |e: &dyn std::fmt::Display| Error::Archive { path: path.display().to_string(), message: e.to_string() };
+        let open = || -> Result<_, Error> {
+            let file = fs::File::open(&path).map_err(|e| failed(&e))?;
+            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| failed(&e))
+        };
+        let builder = open()?;
+        let groups = builder.metadata().row_groups();
+        let kept: Vec<usize> =
+            (0..groups.len()).filter(|&i| filter.is_empty() || may_match(&groups[i], filter)).collect();
+        if kept.is_empty() {
+            continue;
+        }
+        let has_audio = builder.parquet_schema().columns().iter().any(|c| c.name() == "audio");
+        let mask = ProjectionMask::columns(builder.parquet_schema(), ["segment_id"]);
+        let reader = builder.with_projection(mask).with_row_groups(kept.clone()).build().map_err(|e| failed(&e))?;
+        let mut row = None;
+        let mut seen = 0;
+        for batch in reader {
+            let batch = batch.map_err(|e| failed(&e))?;
+            let ids = batch.column(0).as_string::<i32>();
+            if let Some(i) = (0..ids.len()).find(|&i| ids.value(i) == wanted) {
+                row = Some(seen + i);
+                break;
+            }
+            seen += batch.num_rows();
+        }
+        let Some(row) = row else { continue };
+        if !has_audio {
+            return Ok(Some(None));
+        }
+        let builder = open()?;
+        let mask = ProjectionMask::columns(builder.parquet_schema(), ["audio"]);
+        let selection = RowSelection::from(vec![RowSelector::skip(row), RowSelector::select(1)]);
+        let reader = builder
+            .with_projection(mask)
+            .with_row_groups(kept)
+            .with_row_selection(selection)
+            .build()
+            .map_err(|e| failed(&e))?;
+        for batch in reader {
+            let batch = batch.map_err(|e| failed(&e))?;
+            let audio = batch.column(0).as_binary::<i32>();
+            if !audio.is_empty() {
+                return Ok(Some((!audio.is_null(0)).then(|| audio.value(0).to_vec())));
+            }
+        }
+        return Ok(Some(None));
+    }
+    Ok(None)
+}
+
 /// The latest refinement of a segment: what the refinements dataset's newest row for it says.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LatestRefinement {
@@ -737,12 +839,13 @@ pub fn latest_refinements(root: &Path, space: &str) -> Result<HashMap<SegmentId,
 }
 
 /// Writes the segments of a stream to the archive. The returned stream carries no data: its frontier is what has
-/// been written and synced, for the probe that gates offset commits.
+/// been written and synced, for the probe that gates offset commits. `metrics` counts the rows written, times the
+/// writes (stage `archive`) and follows the rows waiting (queue `archive`).
 pub fn sink<'scope>(
     stream: StreamVec<'scope, u64, Segment>,
     mut writer: ArchiveWriter,
     fatal: Fatal,
-    on_flush: impl Fn(usize) + 'static,
+    metrics: Metrics,
 ) -> StreamVec<'scope, u64, ()> {
     let scope = stream.scope();
     let mut builder = OperatorBuilder::new("Archive".to_owned(), scope);
@@ -757,6 +860,7 @@ pub fn sink<'scope>(
         move |frontiers| {
             input.for_each(|capability, segments| {
                 let time = *capability.least().expect("segments travel with a time");
+                metrics.queued("archive", segments.len() as i64);
                 for segment in segments.drain(..) {
                     writer.add(segment);
                 }
@@ -767,10 +871,13 @@ pub fn sink<'scope>(
             }
             if frontiers[0].is_empty() || writer.due() {
                 let rows = writer.buffered();
+                let started = Instant::now();
                 match writer.flush() {
                     Ok(_) => {
                         unwritten.clear();
-                        on_flush(rows);
+                        metrics.time("archive", started);
+                        metrics.count("archive", rows, rows);
+                        metrics.queued("archive", -(rows as i64));
                     }
                     Err(error) => fatal.raise(error.to_string()),
                 }
@@ -801,6 +908,7 @@ mod tests {
             origin: Origin { topic: "audio".into(), partition: 0, offset: start },
             resumed: false,
             embedding: vec![value, -value, 0.5 * value, 0.0],
+            audio: vec![(value * 1000.0) as i16; 8],
         }
     }
 
@@ -909,5 +1017,37 @@ mod tests {
         assert_eq!(latest[&SegmentId(2)].label, None, "the later row took the label away");
         assert_eq!(latest[&SegmentId(3)].label.as_ref().map(|l| l.0.as_str()), Some("robin"));
         assert_eq!(latest[&SegmentId(3)].cluster, Some(SegmentId(1)));
+    }
+
+    #[test]
+    fn a_segments_audio_is_read_back_alone_or_is_absent_when_not_kept() {
+        let day = 1_777_593_600i64 * 32_000;
+        for keep in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let settings = ArchiveConfig { dir: dir.path().to_path_buf(), audio: keep, ..Default::default() }
+                .build(Path::new("/"))
+                .unwrap();
+            let mut writer = ArchiveWriter::new(settings, "standin", 4, "w0");
+            for i in 0..5 {
+                let mut segment = seg("default", &format!("s{i}"), day + i * 160_000, 1.0);
+                segment.audio = (0..8).map(|k| (i * 100 + k) as i16).collect();
+                writer.add(segment);
+            }
+            writer.flush().unwrap();
+            let id = SegmentId::of("default", "s3", day + 3 * 160_000);
+            let filter = Filter { sensors: vec!["s3".into()], ..Default::default() };
+            for filter in [Filter::default(), filter] {
+                let wav = segment_audio(dir.path(), "default", id, &filter).unwrap();
+                if !keep {
+                    assert_eq!(wav, Some(None), "archived, without audio");
+                    continue;
+                }
+                let audio = crate::wav::decode(&wav.unwrap().unwrap(), &Default::default()).unwrap();
+                assert_eq!(audio.sample_rate, 32_000);
+                let pcm: Vec<i16> = audio.samples.iter().map(|&x| chorus_operators::record::pcm16(x)).collect();
+                assert_eq!(pcm, (300..308).collect::<Vec<i16>>());
+            }
+            assert_eq!(segment_audio(dir.path(), "default", SegmentId(7), &Filter::default()).unwrap(), None);
+        }
     }
 }

@@ -277,6 +277,14 @@ impl WavFile {
     }
 }
 
+/// Encodes mono 16-bit PCM samples as a WAV file.
+pub fn encode_pcm16(sample_rate: u32, samples: &[i16]) -> Vec<u8> {
+    let spec = WavSpec { channels: 1, sample_rate, bits_per_sample: 16, sample_format: SampleFormat::Int };
+    WavFile { spec, samples: Samples::Int(samples.iter().map(|&s| i32::from(s)).collect()) }
+        .encode_frames(0, samples.len())
+        .expect("writing to memory cannot fail")
+}
+
 /// Encodes mono float32 samples as a WAV file.
 pub fn encode_f32(sample_rate: u32, samples: &[f32]) -> Vec<u8> {
     let spec = WavSpec { channels: 1, sample_rate, bits_per_sample: 32, sample_format: SampleFormat::Float };

@@ -22,7 +22,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
 use crate::metrics::Metrics;
-use crate::record::{DeadLetter, Segment, Window};
+use crate::record::{DeadLetter, Segment, Window, pcm16};
 use crate::schedule::{Scheduler, SchedulingSpec, Step};
 use crate::wakeup::Wakeup;
 use crate::{Error, FieldError};
@@ -403,7 +403,7 @@ impl<'scope> Embed<'scope> for StreamVec<'scope, u64, Window> {
                     }
                 }
                 let now_queued = scheduler.len() as i64;
-                metrics.embed_queue.add(now_queued - queued_here);
+                metrics.queued("embed", now_queued - queued_here);
                 queued_here = now_queued;
             }
         });
@@ -425,7 +425,10 @@ fn release(held: &mut BTreeMap<u64, ([Capability<u64>; 2], usize)>, time: u64) {
 fn embed_batch(embedder: &mut Embedder, batch: &[Window], metrics: &Metrics) -> Vec<Result<Segment, DeadLetter>> {
     let views: Vec<&[f32]> = batch.iter().map(|w| w.samples.as_slice()).collect();
     metrics.embed_batch.observe(batch.len() as f64);
-    match embedder.embed(&views) {
+    let started = Instant::now();
+    let embedded = embedder.embed(&views);
+    metrics.time("embed", started);
+    match embedded {
         Ok(embeddings) => batch.iter().zip(embeddings).map(|(window, e)| accept(window, e, metrics)).collect(),
         Err(_) if batch.len() > 1 => {
             batch.iter().flat_map(|window| embed_batch(embedder, std::slice::from_ref(window), metrics)).collect()
@@ -445,6 +448,7 @@ fn accept(window: &Window, embedding: Vec<f32>, metrics: &Metrics) -> Result<Seg
         origin: window.origin.clone(),
         resumed: window.resumed,
         embedding,
+        audio: window.samples.iter().copied().map(pcm16).collect(),
     })
 }
 

@@ -1,6 +1,11 @@
 //! Metric names, label keys and the handles every component updates, registered in a registry the caller owns.
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use std::time::Instant;
+
+use prometheus::core::Collector;
+use prometheus::{
+    CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// Records that entered a stage (label `stage`).
 pub const RECORDS_IN: &str = "chorus_records_in_total";
@@ -20,8 +25,14 @@ pub const DUPLICATES: &str = "chorus_duplicate_segments_total";
 /// Chunks dropped because their audio had already been received (label `space`).
 pub const DUPLICATE_CHUNKS: &str = "chorus_duplicate_chunks_total";
 
-/// Windows waiting for the model, per worker summed.
-pub const EMBED_QUEUE: &str = "chorus_embed_queue_windows";
+/// Items waiting in a queue, per worker summed (label `queue`): `embed` windows waiting for the model, `archive` rows
+/// waiting for their file, `refine` segments waiting for a refinement round.
+pub const QUEUE_DEPTH: &str = "chorus_queue_depth";
+/// Seconds a stage takes over one batch (label `stage`): `decode` one message, `segment` the chunks of one time,
+/// `embed` one call to the model, `index` one batch of inserts, `archive` writing its files.
+pub const STAGE_SECONDS: &str = "chorus_stage_seconds";
+/// Seconds each worker thread spent working rather than parked (label `worker`): its rate is the busy ratio.
+pub const WORKER_BUSY: &str = "chorus_worker_busy_seconds_total";
 /// Windows dropped under overload (label `priority`); each also went to the dead-letter topic.
 pub const SHED: &str = "chorus_shed_windows_total";
 
@@ -49,7 +60,9 @@ pub const ALL: &[&str] = &[
     INDEX_BYTES,
     DUPLICATES,
     DUPLICATE_CHUNKS,
-    EMBED_QUEUE,
+    QUEUE_DEPTH,
+    STAGE_SECONDS,
+    WORKER_BUSY,
     SHED,
     QUERY_SECONDS,
     QUERY_CACHE,
@@ -74,6 +87,10 @@ pub const RESULT: &str = "result";
 pub const PARTITION: &str = "partition";
 /// Label key: chunk priority.
 pub const PRIORITY: &str = "priority";
+/// Label key: queue.
+pub const QUEUE: &str = "queue";
+/// Label key: worker index.
+pub const WORKER: &str = "worker";
 
 /// The metric handles of one job; cheap to clone and shared by every worker.
 #[derive(Clone)]
@@ -94,8 +111,12 @@ pub struct Metrics {
     pub duplicates: IntCounterVec,
     /// See [`DUPLICATE_CHUNKS`].
     pub duplicate_chunks: IntCounterVec,
-    /// See [`EMBED_QUEUE`].
-    pub embed_queue: IntGauge,
+    /// See [`QUEUE_DEPTH`].
+    pub queue_depth: IntGaugeVec,
+    /// See [`STAGE_SECONDS`].
+    pub stage_seconds: HistogramVec,
+    /// See [`WORKER_BUSY`].
+    pub worker_busy: CounterVec,
     /// See [`SHED`].
     pub shed: IntCounterVec,
     /// See [`QUERY_SECONDS`].
@@ -137,7 +158,20 @@ impl Metrics {
                 Opts::new(DUPLICATE_CHUNKS, "Chunks dropped because their audio had already been received."),
                 &[SPACE],
             )?,
-            embed_queue: IntGauge::new(EMBED_QUEUE, "Windows waiting for the model.")?,
+            queue_depth: IntGaugeVec::new(
+                Opts::new(QUEUE_DEPTH, "Items waiting in a queue: embed windows, archive rows, refine segments."),
+                &[QUEUE],
+            )?,
+            stage_seconds: HistogramVec::new(
+                HistogramOpts::new(STAGE_SECONDS, "Seconds a stage takes over one batch.").buckets(vec![
+                    0.000_01, 0.000_1, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+                ]),
+                &[STAGE],
+            )?,
+            worker_busy: CounterVec::new(
+                Opts::new(WORKER_BUSY, "Seconds each worker spent working rather than parked."),
+                &[WORKER],
+            )?,
             shed: IntCounterVec::new(Opts::new(SHED, "Windows dropped under overload."), &[PRIORITY])?,
             query_seconds: HistogramVec::new(
                 HistogramOpts::new(QUERY_SECONDS, "Seconds per query-API search.")
@@ -161,22 +195,45 @@ impl Metrics {
                 &[PARTITION],
             )?,
         };
-        registry.register(Box::new(metrics.records_in.clone()))?;
-        registry.register(Box::new(metrics.records_out.clone()))?;
-        registry.register(Box::new(metrics.errors.clone()))?;
-        registry.register(Box::new(metrics.embed_batch.clone()))?;
-        registry.register(Box::new(metrics.index_points.clone()))?;
-        registry.register(Box::new(metrics.index_bytes.clone()))?;
-        registry.register(Box::new(metrics.duplicates.clone()))?;
-        registry.register(Box::new(metrics.duplicate_chunks.clone()))?;
-        registry.register(Box::new(metrics.embed_queue.clone()))?;
-        registry.register(Box::new(metrics.shed.clone()))?;
-        registry.register(Box::new(metrics.query_seconds.clone()))?;
-        registry.register(Box::new(metrics.query_cache.clone()))?;
-        registry.register(Box::new(metrics.refine_seconds.clone()))?;
-        registry.register(Box::new(metrics.refine_nodes.clone()))?;
-        registry.register(Box::new(metrics.kafka_lag.clone()))?;
+        for collector in metrics.collectors() {
+            registry.register(collector)?;
+        }
         Ok(metrics)
+    }
+
+    /// Every handle, to register.
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.records_in.clone()),
+            Box::new(self.records_out.clone()),
+            Box::new(self.errors.clone()),
+            Box::new(self.embed_batch.clone()),
+            Box::new(self.index_points.clone()),
+            Box::new(self.index_bytes.clone()),
+            Box::new(self.duplicates.clone()),
+            Box::new(self.duplicate_chunks.clone()),
+            Box::new(self.queue_depth.clone()),
+            Box::new(self.stage_seconds.clone()),
+            Box::new(self.worker_busy.clone()),
+            Box::new(self.shed.clone()),
+            Box::new(self.query_seconds.clone()),
+            Box::new(self.query_cache.clone()),
+            Box::new(self.refine_seconds.clone()),
+            Box::new(self.refine_nodes.clone()),
+            Box::new(self.kafka_lag.clone()),
+        ]
+    }
+
+    /// Observes the seconds `stage` took over one batch, from `started`.
+    pub fn time(&self, stage: &str, started: Instant) {
+        self.stage_seconds.with_label_values(&[stage]).observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Moves the depth of `queue` by `delta` (each worker adds its own changes).
+    pub fn queued(&self, queue: &str, delta: i64) {
+        if delta != 0 {
+            self.queue_depth.with_label_values(&[queue]).add(delta);
+        }
     }
 
     /// Handles registered in a registry of their own, for tests and tools that do not export metrics.
@@ -199,5 +256,24 @@ impl Metrics {
         if n > 0 {
             self.errors.with_label_values(&[stage, cause]).inc_by(n as u64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_registered_metric_is_listed_in_all_and_no_other() {
+        let metrics = Metrics::unregistered();
+        let mut registered: Vec<String> = metrics
+            .collectors()
+            .iter()
+            .flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone()).collect::<Vec<_>>())
+            .collect();
+        registered.sort();
+        let mut listed: Vec<String> = ALL.iter().map(|s| s.to_string()).collect();
+        listed.sort();
+        assert_eq!(registered, listed);
     }
 }

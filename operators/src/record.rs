@@ -152,6 +152,28 @@ pub struct Segment {
     pub resumed: bool,
     /// The model's output, as produced (not normalised).
     pub embedding: Vec<f32>,
+    /// The window's audio as the model heard it (the model's rate, mono), as 16-bit PCM: what the archive keeps
+    /// for listening and pictures.
+    pub audio: Vec<i16>,
+}
+
+impl Segment {
+    /// A copy without the audio, for the sinks that do not keep it.
+    pub fn without_audio(&self) -> Segment {
+        Segment {
+            key: self.key.clone(),
+            coverage: self.coverage,
+            origin: self.origin.clone(),
+            resumed: self.resumed,
+            embedding: self.embedding.clone(),
+            audio: Vec::new(),
+        }
+    }
+}
+
+/// A sample in [-1, 1] as 16-bit PCM (clipped beyond).
+pub fn pcm16(sample: f32) -> i16 {
+    (sample.clamp(-1.0, 1.0) * 32_767.0).round() as i16
 }
 
 /// One worker's oldest still-needed chunk per partition of the audio topic, sent whenever that changes: offsets at

@@ -696,6 +696,7 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
                         break;
                     }
                     let (capabilities, chunks) = entry.remove();
+                    let started = std::time::Instant::now();
                     let (received, mut cut, mut failed) = (chunks.len(), 0, Vec::new());
                     for chunk in chunks {
                         let space = chunk.space.clone();
@@ -708,6 +709,7 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
                         failed.extend(pushed.rejected);
                     }
                     metrics.count("segment", received, cut);
+                    metrics.time("segment", started);
                     for letter in &failed {
                         metrics.reject("segment", letter.cause, 1);
                     }

@@ -380,6 +380,7 @@ impl<'scope> Index<'scope> for StreamVec<'scope, u64, Segment> {
                     let (mut new, mut replayed, mut failed) = (Vec::new(), Vec::new(), Vec::new());
                     let mut duplicates = HashMap::<String, u64>::new();
                     let received = batch.len();
+                    let started = Instant::now();
                     let now = now_seconds();
                     // Per space, in arrival order, the new segments inserted in parallel.
                     let mut by_space: HashMap<String, Vec<Segment>> = HashMap::new();
@@ -427,11 +428,18 @@ impl<'scope> Index<'scope> for StreamVec<'scope, u64, Segment> {
                         }
                     }
                     metrics.count("index", received, new.len());
+                    metrics.time("index", started);
                     metrics.reject("index", "index", failed.len());
                     for (space, n) in duplicates {
                         metrics.duplicates.with_label_values(&[space.as_str()]).inc_by(n);
                     }
-                    publish_session.session(&capability).give_iterator(new.iter().cloned().chain(replayed));
+                    // The segments topic takes no audio: only the archive keeps it.
+                    publish_session.session(&capability).give_iterator(new.iter().map(Segment::without_audio).chain(
+                        replayed.into_iter().map(|mut s| {
+                            s.audio = Vec::new();
+                            s
+                        }),
+                    ));
                     archive_session.session(&capability).give_iterator(new.into_iter());
                     dead_session.session(&capability).give_iterator(failed.into_iter());
                 });
