@@ -1,7 +1,16 @@
 //! The running job end to end, per profile: latency under a steady real-time load, throughput on a backlog, and the
 //! scaling from one worker to two.
 //!
-//!     cargo bench --bench stream -- [--sensors 40] [--seconds 60] [--backlog-seconds 300] [--refine]
+//!     cargo bench --bench stream -- [--sensors 40] [--seconds 60] [--backlog-seconds 300] [--profiles a,b] [--refine]
+//!                                    [--tenants]
+//!
+//! Every run also reports the job's peak resident memory (VmHWM). `--profiles` picks profiles from `config/` by name
+//! (default: all five).
+//!
+//! With `--tenants`, the balanced and multi-tenant profiles face a hot tenant and a quiet one: the hot space's
+//! `--sensors` sensors have produced a backlog of `--backlog-seconds` each, at low priority, when the job starts; a
+//! quiet space's 4 sensors then send in real time for `--seconds`. Reported: the quiet tenant's latency while the
+//! backlog drains, and the hot tenant's windows/s and shed windows over the same time.
 //!
 //! With `--refine`, only the balanced profile runs, with the graph refinement on and off: what the refinement costs
 //! ingestion (its rounds share the workers and the cores), and the refinement's own update latency, read from the
@@ -19,7 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chorus::config::Config;
-use chorus_connectors::kafka::{Acks, HEADER_CAPTURED_AT, Producer, Record, SegmentRecord};
+use chorus_connectors::kafka::{
+    Acks, HEADER_CAPTURED_AT, HEADER_PRIORITY, HEADER_SPACE, Producer, Record, SegmentRecord,
+};
 use chorus_connectors::wav::{Samples, WavFile};
 use chorus_operators::record::rfc3339;
 use rdkafka::config::ClientConfig;
@@ -90,12 +101,15 @@ impl Sender {
 
     /// Second `k` of sensor `sensor`.
     fn send(&self, sensor: usize, k: usize) {
-        let headers = vec![(HEADER_CAPTURED_AT.to_owned(), rfc3339(T0_NANOS + k as i64 * 1_000_000_000).into_bytes())];
-        let record = Record {
-            key: Some(format!("sensor-{sensor:03}").into_bytes()),
-            payload: self.payloads[k % 10].clone(),
-            headers,
-        };
+        self.send_as(&format!("sensor-{sensor:03}"), &[], k);
+    }
+
+    /// Second `k` of the sensor named `name`, with more headers (space, priority).
+    fn send_as(&self, name: &str, headers: &[(&str, &str)], k: usize) {
+        let mut headers: Vec<(String, Vec<u8>)> =
+            headers.iter().map(|(h, v)| (h.to_string(), v.as_bytes().to_vec())).collect();
+        headers.push((HEADER_CAPTURED_AT.to_owned(), rfc3339(T0_NANOS + k as i64 * 1_000_000_000).into_bytes()));
+        let record = Record { key: Some(name.as_bytes().to_vec()), payload: self.payloads[k % 10].clone(), headers };
         self.producer.send(&self.topic, &record, &self.acks, 0).unwrap();
     }
 
@@ -183,19 +197,23 @@ fn start_job(scenario: &Scenario, workers: Option<usize>) -> std::process::Child
     scenario.spawn(&args)
 }
 
-/// Stops the job with SIGTERM and waits for it; a failed job fails the bench with its log.
-fn stop_job(scenario: &Scenario, mut job: std::process::Child) {
+/// Stops the job with SIGTERM and waits for it; a failed job fails the bench with its log. Returns the job's peak
+/// resident memory in MiB.
+fn stop_job(scenario: &Scenario, mut job: std::process::Child) -> f64 {
+    let peak = support::peak_rss(job.id()) as f64 / f64::from(1u32 << 20);
     support::terminate(job.id());
     let status = job.wait().unwrap();
     assert!(status.success(), "the job failed ({status}):\n{}", scenario.job_log());
+    peak
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
-/// p50 and p99 latency in milliseconds under `sensors` real-time sensors for `seconds`.
-fn latency(profile: &str, sensors: usize, seconds: usize, refine: bool) -> (f64, f64, usize) {
+/// p50 and p99 latency in milliseconds under `sensors` real-time sensors for `seconds`, the segments measured and the
+/// job's peak memory (MiB).
+fn latency(profile: &str, sensors: usize, seconds: usize, refine: bool) -> (f64, f64, usize, f64) {
     let (scenario, config, _broker, port) = scenario(profile, "latency", refine);
     let sender = Sender::new(&config);
     let arrivals = Arrivals::watch(&config);
@@ -224,7 +242,7 @@ fn latency(profile: &str, sensors: usize, seconds: usize, refine: bool) -> (f64,
     if let Some(port) = port {
         print_refine_latency(port, sensors * windows + 1);
     }
-    stop_job(&scenario, job);
+    let peak = stop_job(&scenario, job);
     let seen = arrivals.seen.lock().unwrap();
     let mut latencies: Vec<f64> = seen
         .iter()
@@ -235,11 +253,11 @@ fn latency(profile: &str, sensors: usize, seconds: usize, refine: bool) -> (f64,
         })
         .collect();
     latencies.sort_by(f64::total_cmp);
-    (percentile(&latencies, 0.5), percentile(&latencies, 0.99), latencies.len())
+    (percentile(&latencies, 0.5), percentile(&latencies, 0.99), latencies.len(), peak)
 }
 
-/// Windows/s and chunks/s draining a backlog of `seconds` per sensor.
-fn throughput(profile: &str, workers: Option<usize>, sensors: usize, seconds: usize, refine: bool) -> (f64, f64) {
+/// Windows/s and chunks/s draining a backlog of `seconds` per sensor, and the job's peak memory (MiB).
+fn throughput(profile: &str, workers: Option<usize>, sensors: usize, seconds: usize, refine: bool) -> (f64, f64, f64) {
     let (scenario, config, _broker, port) = scenario(profile, "throughput", refine);
     let sender = Sender::new(&config);
     for k in 0..seconds {
@@ -259,9 +277,85 @@ fn throughput(profile: &str, workers: Option<usize>, sensors: usize, seconds: us
     if let Some(port) = port {
         print_refine_latency(port, windows);
     }
-    stop_job(&scenario, job);
+    let peak = stop_job(&scenario, job);
     let rate = (windows - 1) as f64 / elapsed;
-    (rate, rate * 5.0)
+    (rate, rate * 5.0, peak)
+}
+
+/// A hot tenant's backlog against a quiet tenant's real-time audio: the quiet tenant's p50 and p99 latency (ms),
+/// the hot tenant's windows/s (first to last), the windows shed, and the job's peak memory (MiB).
+fn tenants(profile: &str, hot_sensors: usize, backlog: usize, seconds: usize) -> (f64, f64, f64, u64, f64) {
+    let (scenario, config, _broker, port) = scenario(profile, "tenants", true);
+    let sender = Sender::new(&config);
+    let hot = [(HEADER_SPACE, "hot"), (HEADER_PRIORITY, "low")];
+    for k in 0..backlog {
+        for sensor in 0..hot_sensors {
+            sender.send_as(&format!("hot-{sensor:03}"), &hot, k);
+        }
+    }
+    sender.flush();
+    let arrivals = Arrivals::watch(&config);
+    let job = start_job(&scenario, None);
+    arrivals.wait_for(1, Duration::from_secs(120));
+    let quiet = [(HEADER_SPACE, "quiet")];
+    let mut sent = HashMap::new();
+    let started = Instant::now();
+    for k in 0..seconds {
+        while started.elapsed() < Duration::from_secs(k as u64) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for sensor in 0..4 {
+            sender.send_as(&format!("quiet-{sensor:03}"), &quiet, k);
+            sent.insert((format!("quiet-{sensor:03}"), k), Instant::now());
+        }
+    }
+    sender.flush();
+    let quiet_windows = 4 * (seconds / 5);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let quiet_seen =
+        |seen: &HashMap<(String, i64), Instant>| seen.keys().filter(|(s, _)| s.starts_with("quiet-")).count();
+    while quiet_seen(&arrivals.seen.lock().unwrap()) < quiet_windows {
+        assert!(Instant::now() < deadline, "the quiet tenant's windows did not all arrive");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let metrics = port.and_then(|p| support::http_get(p, "/metrics")).map(|(_, t)| t).unwrap_or_default();
+    let shed: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("chorus_shed_windows_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64;
+    let peak = stop_job(&scenario, job);
+    let seen = arrivals.seen.lock().unwrap();
+    // The hot tenant's rate: its windows from the first to the last that arrived.
+    let hot: Vec<Instant> = seen.iter().filter(|((s, _), _)| s.starts_with("hot-")).map(|(_, at)| *at).collect();
+    let span = match (hot.iter().min(), hot.iter().max()) {
+        (Some(first), Some(last)) => last.duration_since(*first).as_secs_f64().max(1e-3),
+        _ => 1.0,
+    };
+    let hot_rate = hot.len().saturating_sub(1) as f64 / span;
+    let mut latencies: Vec<f64> = seen
+        .iter()
+        .filter_map(|((sensor, second), arrived)| {
+            let completed = sent.get(&(sensor.clone(), *second as usize + 4))?;
+            Some(arrived.duration_since(*completed).as_secs_f64() * 1_000.0)
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    (percentile(&latencies, 0.5), percentile(&latencies, 0.99), hot_rate, shed, peak)
+}
+
+fn tenants_comparison(sensors: usize, seconds: usize, backlog: usize) {
+    println!(
+        "{:<16} {:>14} {:>14} {:>14} {:>10} {:>9}",
+        "profile", "quiet p50 ms", "quiet p99 ms", "hot windows/s", "hot shed", "peak MiB"
+    );
+    for profile in ["balanced", "multi-tenant"] {
+        let (p50, p99, hot, shed, peak) = tenants(&format!("{profile}.toml"), sensors, backlog, seconds);
+        println!("{profile:<16} {p50:>14.1} {p99:>14.1} {hot:>14.1} {shed:>10} {peak:>9.0}");
+    }
+    println!(
+        "reproduce: cargo bench --bench stream -- --tenants --sensors {sensors} --seconds {seconds} --backlog-seconds {backlog}"
+    );
 }
 
 /// Waits until the refinement's graph holds `segments` nodes, then prints its rounds' update latency (from the
@@ -300,8 +394,8 @@ fn print_refine_latency(port: u16, segments: usize) {
 fn refine_comparison(sensors: usize, seconds: usize, backlog: usize) {
     println!("{:<16} {:>12} {:>12} {:>10} {:>10}", "refinement", "p50 ms", "p99 ms", "windows/s", "chunks/s");
     for refine in [false, true] {
-        let (p50, p99, _) = latency("balanced.toml", sensors, seconds, refine);
-        let (windows, chunks) = throughput("balanced.toml", None, sensors, backlog, refine);
+        let (p50, p99, _, _) = latency("balanced.toml", sensors, seconds, refine);
+        let (windows, chunks, _) = throughput("balanced.toml", None, sensors, backlog, refine);
         let name = if refine { "on" } else { "off" };
         println!("{name:<16} {p50:>12.1} {p99:>12.1} {windows:>10.1} {chunks:>10.1}");
     }
@@ -324,21 +418,33 @@ fn main() {
         refine_comparison(sensors, seconds, backlog);
         return;
     }
+    if args::flag("--tenants") {
+        tenants_comparison(sensors, seconds, backlog);
+        return;
+    }
+    let all = "low-latency,balanced,high-throughput,memory-constrained,multi-tenant".to_owned();
+    let profiles: String = arg("--profiles", all.clone());
     println!(
-        "{:<22} {:>8} {:>12} {:>12} {:>10} {:>10} {:>9}",
-        "profile", "workers", "p50 ms", "p99 ms", "windows/s", "chunks/s", "segments"
+        "{:<22} {:>8} {:>12} {:>12} {:>10} {:>10} {:>9} {:>9}",
+        "profile", "workers", "p50 ms", "p99 ms", "windows/s", "chunks/s", "segments", "peak MiB"
     );
-    for profile in ["low-latency.toml", "balanced.toml", "high-throughput.toml"] {
-        let workers = Config::load(&support::root().join("config").join(profile)).unwrap().workers;
-        let (p50, p99, n) = latency(profile, sensors, seconds, true);
-        let (windows, chunks) = throughput(profile, None, sensors, backlog, true);
+    for profile in profiles.split(',').map(|p| format!("{}.toml", p.trim())) {
+        let config = Config::load(&support::root().join("config").join(&profile)).unwrap_or_else(|e| panic!("{e}"));
+        let refine = config.refine.enabled;
+        let (p50, p99, n, peak_latency) = latency(&profile, sensors, seconds, refine);
+        let (windows, chunks, peak_backlog) = throughput(&profile, None, sensors, backlog, refine);
         println!(
-            "{:<22} {workers:>8} {p50:>12.1} {p99:>12.1} {windows:>10.1} {chunks:>10.1} {n:>9}",
-            profile.trim_end_matches(".toml")
+            "{:<22} {:>8} {p50:>12.1} {p99:>12.1} {windows:>10.1} {chunks:>10.1} {n:>9} {:>9.0}",
+            profile.trim_end_matches(".toml"),
+            config.workers,
+            peak_latency.max(peak_backlog)
         );
     }
-    let (one, one_chunks) = throughput("balanced.toml", Some(1), sensors, backlog, true);
-    let (two, two_chunks) = throughput("balanced.toml", Some(2), sensors, backlog, true);
+    if profiles != all {
+        return;
+    }
+    let (one, one_chunks, _) = throughput("balanced.toml", Some(1), sensors, backlog, true);
+    let (two, two_chunks, _) = throughput("balanced.toml", Some(2), sensors, backlog, true);
     println!(
         "scaling (balanced, backlog): 1 worker {one:.1} windows/s ({one_chunks:.1} chunks/s), \
          2 workers {two:.1} windows/s ({two_chunks:.1} chunks/s), ratio {:.2}",

@@ -2,13 +2,19 @@
 //!
 //! - `POST /v1/search` — by vector or segment id (JSON body), or by a WAV clip (body `audio/wav`, options in the
 //!   query string); `k`, `ef`, `space` and filters (`sensors`, `from`, `to`).
+//! - `GET /v1/segments?limit=N&space=S` — the latest segments by start time.
 //! - `GET /v1/segments/{id}` — where and when a segment was recorded.
+//! - `GET /v1/segments/{id}/audio.wav`, `GET /v1/segments/{id}/spectrogram.png` — its audio as the model heard it
+//!   and its log-mel spectrogram, from the archive's audio column.
 //! - `GET /v1/spaces` — the spaces and their index tiers.
 //! - `POST /v1/labels` — give segments labels or take them away (`{"labels": [{"segment_id": "...", "label":
 //!   "..."}]}`, `"label": null` retracts); they go to the labels topic, which the job reads.
 //!
 //! With `"refined": true` a search ranks by refined embeddings (see [`query::refined_search`]); hits carry the
 //! label, label score and cluster the job's refinement gives them.
+//!
+//! `GET /` (or `/search`) is the search page: pick an archived call or upload a clip, see and hear the neighbours,
+//! label them. It holds no data and needs no token; it asks the API, with the token when one is set.
 //!
 //! Errors are JSON (`{"error": {"status": 400, "reason": "..."}}`). Bodies are limited to `api.max_body_bytes`;
 //! with `api.token` set, every `/v1/` request needs `Authorization: Bearer <token>`. Answers are cached (LRU of
@@ -22,7 +28,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request as HttpRequest, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -86,21 +92,27 @@ impl Api {
         let token = self.config.api.token.clone();
         let router = Router::new()
             .route("/v1/search", post(search))
+            .route("/v1/segments", get(recent))
             .route("/v1/segments/{id}", get(segment))
+            .route("/v1/segments/{id}/audio.wav", get(segment_audio))
+            .route("/v1/segments/{id}/spectrogram.png", get(segment_spectrogram))
             .route("/v1/spaces", get(spaces))
             .route("/v1/labels", post(labels))
             .fallback(|| async {
                 failure(
                     StatusCode::NOT_FOUND,
-                    "no such endpoint: see /v1/search, /v1/segments/{id}, /v1/spaces, /v1/labels",
+                    "no such endpoint: see /v1/search, /v1/segments, /v1/segments/{id}, /v1/segments/{id}/audio.wav, \
+                     /v1/segments/{id}/spectrogram.png, /v1/spaces, /v1/labels",
                 )
             })
             .layer(DefaultBodyLimit::max(limit))
             .with_state(self);
-        match token {
+        let router = match token {
             Some(token) => router.layer(middleware::from_fn_with_state(Arc::new(token), bearer)),
             None => router,
-        }
+        };
+        // The search page holds no data (it asks the API, with the token when one is set), so it needs none.
+        router.route("/", get(page)).route("/search", get(page))
     }
 }
 
@@ -544,6 +556,120 @@ async fn segment(State(api): State<Api>, Path(id): Path<String>) -> Response {
         }
     }
     failure(StatusCode::NOT_FOUND, format!("segment {id} is not indexed in any space"))
+}
+
+/// The search page: pick or upload a clip, see and hear its neighbours, label them.
+async fn page() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("search.html")).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecentQuery {
+    limit: Option<usize>,
+    space: Option<String>,
+}
+
+/// `GET /v1/segments?limit=N&space=S`: the latest segments by start time, latest first.
+async fn recent(State(api): State<Api>, query: Result<Query<RecentQuery>, QueryRejection>) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(rejection) => return failure(StatusCode::BAD_REQUEST, rejection.body_text()),
+    };
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=1_000).contains(&limit) {
+        return failure(StatusCode::BAD_REQUEST, format!("limit {limit} is outside 1..=1000"));
+    }
+    let window_micros = i64::from(api.config.model.window) * 1_000_000 / i64::from(api.config.model.sample_rate);
+    let mut latest = Vec::new();
+    for space in api.spaces.spaces() {
+        if query.space.as_ref().is_some_and(|s| *s != space) {
+            continue;
+        }
+        let Some(shared) = api.spaces.get(&space) else { continue };
+        for (id, point) in index::read(&shared).latest(limit) {
+            latest.push((point.start_micros, id, space.clone(), point.sensor));
+        }
+    }
+    latest.sort_by_key(|entry| std::cmp::Reverse((entry.0, entry.1)));
+    latest.truncate(limit);
+    let segments: Vec<serde_json::Value> = latest
+        .into_iter()
+        .map(|(start, id, space, sensor)| {
+            json!({
+                "segment_id": id.to_string(),
+                "space": space,
+                "sensor": sensor,
+                "start_time": rfc3339(start * 1_000),
+                "end_time": rfc3339((start + window_micros) * 1_000),
+            })
+        })
+        .collect();
+    axum::Json(json!({ "segments": segments })).into_response()
+}
+
+impl Api {
+    /// Where segment `id` lies, from the index: space, sensor and start time.
+    fn whereabouts(&self, id: SegmentId) -> Option<crate::archive::Whereabouts> {
+        self.spaces.spaces().into_iter().find_map(|space| {
+            let point = index::read(&self.spaces.get(&space)?).point(id)?;
+            Some(crate::archive::Whereabouts {
+                space: Some(space),
+                sensor: Some(point.sensor),
+                start_micros: Some(point.start_micros),
+            })
+        })
+    }
+
+    /// The WAV file the archive keeps with segment `id` (given as text).
+    async fn wav(&self, id: &str) -> Result<Vec<u8>, Response> {
+        let Ok(id) = id.parse::<SegmentId>() else {
+            return Err(failure(StatusCode::BAD_REQUEST, format!("'{id}' is not a segment id (16 hex digits)")));
+        };
+        let Some(whereabouts) = self.whereabouts(id) else {
+            return Err(failure(StatusCode::NOT_FOUND, format!("segment {id} is not indexed in any space")));
+        };
+        let config = self.config.clone();
+        let found = tokio::task::spawn_blocking(move || crate::archive::segment_wav(&config, id, &whereabouts)).await;
+        match found {
+            Ok(Ok((_, wav))) => Ok(wav),
+            Ok(Err(Error::NotFound(reason))) => Err(failure(
+                StatusCode::NOT_FOUND,
+                format!("{reason} (a new segment reaches the archive within archive.flush_interval_seconds)"),
+            )),
+            Ok(Err(error)) => Err(failure(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())),
+            Err(error) => Err(failure(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())),
+        }
+    }
+}
+
+/// `GET /v1/segments/{id}/audio.wav`: the segment's audio as the model heard it.
+async fn segment_audio(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    match api.wav(&id).await {
+        Ok(wav) => ([(header::CONTENT_TYPE, "audio/wav")], wav).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// `GET /v1/segments/{id}/spectrogram.png`: its log-mel spectrogram with axes.
+async fn segment_spectrogram(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    let wav = match api.wav(&id).await {
+        Ok(wav) => wav,
+        Err(response) => return response,
+    };
+    let drawn = tokio::task::spawn_blocking(move || {
+        let audio = chorus_connectors::wav::decode(&wav, &Default::default()).map_err(|r| r.reason)?;
+        let spectrogram = crate::spectrogram::Spectrogram::compute(&audio.samples, audio.sample_rate);
+        Ok::<_, String>(crate::spectrogram::render(&spectrogram).png)
+    })
+    .await;
+    match drawn {
+        Ok(Ok(png)) => ([(header::CONTENT_TYPE, "image/png")], png).into_response(),
+        Ok(Err(reason)) => {
+            failure(StatusCode::INTERNAL_SERVER_ERROR, format!("the archived audio is damaged: {reason}"))
+        }
+        Err(error) => failure(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    }
 }
 
 async fn spaces(State(api): State<Api>) -> Response {

@@ -362,6 +362,15 @@ pub fn segment_audio(
     id: SegmentId,
     whereabouts: &Whereabouts,
 ) -> Result<(String, chorus_connectors::wav::Audio), Error> {
+    let (space, wav) = segment_wav(config, id, whereabouts)?;
+    let audio = chorus_connectors::wav::decode(&wav, &Default::default()).map_err(|r| {
+        Error::Job(format!("{}: the audio of segment {id} is damaged: {}", config.archive.dir.display(), r.reason))
+    })?;
+    Ok((space, audio))
+}
+
+/// The audio the archive keeps with segment `id`, as the WAV file stored: its space and the file.
+pub fn segment_wav(config: &Config, id: SegmentId, whereabouts: &Whereabouts) -> Result<(String, Vec<u8>), Error> {
     let root = &config.archive.dir;
     let spaces = match &whereabouts.space {
         Some(space) => vec![space.clone()],
@@ -380,12 +389,7 @@ pub fn segment_audio(
                     "segment {id} was archived without its audio (written with archive.audio off, or before the archive kept audio)"
                 )));
             }
-            Some(Some(wav)) => {
-                let audio = chorus_connectors::wav::decode(&wav, &Default::default()).map_err(|r| {
-                    Error::Job(format!("{}: the audio of segment {id} is damaged: {}", root.display(), r.reason))
-                })?;
-                return Ok((space, audio));
-            }
+            Some(Some(wav)) => return Ok((space, wav)),
         }
     }
     Err(Error::NotFound(format!("segment {id} is not in the archive {}", root.display())))

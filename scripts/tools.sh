@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs the pinned tools chorus needs into a git-ignored folder; every step is skipped when its result is present.
 #
-#   scripts/tools.sh [all|system|tansu|onnxruntime|sample|python|model|hnswlib|promtool|paths]...
+#   scripts/tools.sh [all|system|tansu|onnxruntime|sample|python|model|hnswlib|promtool|chromium|paths]...
 #
-# `all` is what the job needs; the tests also need `promtool`; `hnswlib` (the index benchmark's point of comparison)
+# `all` is what the job needs; the tests also need `promtool` and `chromium`; `hnswlib` (the index benchmark's point of comparison)
 # is built on request.
 #
 # Where: $CHORUS_TOOLS (default: <repo>/.tools). CI may cache that folder; nothing in it is ever rebuilt when present.
@@ -77,6 +77,12 @@ apt_install() {
 # not started).
 ensure_promtool() {
   command -v promtool >/dev/null || apt_install prometheus
+}
+
+# Chromium, in which the tests use the search page headless (Debian package chromium, driven by Playwright from the
+# Python environment).
+ensure_chromium() {
+  [ -x /usr/bin/chromium ] || apt_install chromium
 }
 
 # With CHORUS_TOOLS elsewhere (a CI cache), <repo>/.tools points there so the paths in config/ keep working.
@@ -213,10 +219,11 @@ main() {
       model) ensure_model ;;
       hnswlib) ensure_hnswlib ;;
       promtool) ensure_promtool ;;
+      chromium) ensure_chromium ;;
       paths)
         printf 'TANSU=%s\nORT_DYLIB=%s\nSAMPLE_WAV=%s\nPYTHON=%s\nMODEL=%s\n' \
           "$(tansu_bin)" "$(ort_lib)" "$(sample_wav)" "$(venv_python)" "$(model_path)" ;;
-      *) die "unknown tool '$what' (expected all, system, tansu, onnxruntime, sample, python, model, hnswlib, promtool, paths)" ;;
+      *) die "unknown tool '$what' (expected all, system, tansu, onnxruntime, sample, python, model, hnswlib, promtool, chromium, paths)" ;;
     esac
   done
 }

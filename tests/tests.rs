@@ -6,6 +6,7 @@ mod archive;
 mod config;
 mod faults;
 mod model;
+mod page;
 mod pipeline;
 mod refine;
 mod support;

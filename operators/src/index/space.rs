@@ -293,6 +293,33 @@ impl SpaceIndex {
         Some(PointInfo { sensor, start_micros: start })
     }
 
+    /// The `n` points with the latest start times, latest first (ties by id).
+    pub fn latest(&self, n: usize) -> Vec<(SegmentId, PointInfo)> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let mut heap: BinaryHeap<Reverse<(i64, u64)>> = BinaryHeap::with_capacity(n + 1);
+        let mut offer = |start: i64, id: u64| {
+            if heap.len() < n {
+                heap.push(Reverse((start, id)));
+            } else if heap.peek().is_some_and(|Reverse(least)| (start, id) > *least) {
+                heap.pop();
+                heap.push(Reverse((start, id)));
+            }
+        };
+        for (id, (_, start)) in &self.open.info {
+            offer(*start, *id);
+        }
+        for shard in &self.sealed {
+            let rows = shard.rows();
+            for (row, id) in rows.ids.iter().enumerate() {
+                offer(rows.start[row], *id);
+            }
+        }
+        let mut latest: Vec<(i64, u64)> = heap.into_iter().map(|Reverse(entry)| entry).collect();
+        latest.sort_unstable_by(|a, b| b.cmp(a));
+        latest.into_iter().filter_map(|(_, id)| Some((SegmentId(id), self.point(SegmentId(id))?))).collect()
+    }
+
     /// The normalised vector of segment `id`, if it is indexed: from memory, or from a sealed shard's file.
     pub fn vector(&self, id: SegmentId) -> Option<Vec<f32>> {
         let (shard, row) = *self.ids.get(&id.0)?;
