@@ -86,7 +86,8 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     for embedder in &mut embedders {
         embedder.warm_up()?;
     }
-    let max_in_flight = read_ahead(config.memory_budget, workers)?;
+    let Budget { read_ahead: max_in_flight, archive_audio } =
+        split_budget(config.memory_budget, workers, config.archive.audio)?;
     // Savepoints hold one process's view of every sensor: a cluster re-reads pending audio from Kafka instead.
     let (resume, savepoint) = if options.cluster.is_some() {
         (BTreeMap::new(), Savepoint::default())
@@ -131,6 +132,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
         stop: options.stop.clone(),
         embedders: Mutex::new(embedders),
         max_in_flight,
+        archive_audio,
         clustered: options.cluster.is_some(),
         resume,
         savepoint: Mutex::new(savepoint),
@@ -256,12 +258,26 @@ fn resume_from_savepoint(config: &Config) -> Result<(BTreeMap<i32, i64>, Savepoi
 /// buffered by the segmenter and copied into windows cost about 5.7 bytes (measured under a burst); 8 leaves a margin.
 const MEMORY_PER_PAYLOAD_BYTE: usize = 8;
 
-/// The bytes each of `workers` workers may read ahead of the embedding stage: what the model and the runtime leave of
-/// the memory budget, measured now that they are loaded.
-fn read_ahead(budget: usize, workers: usize) -> Result<usize, Error> {
+/// Memory per byte of audio the archive writer holds: the samples, the WAV files built from them, the Arrow array
+/// and Parquet's pages while a file is written.
+const MEMORY_PER_ARCHIVED_AUDIO_BYTE: usize = 4;
+
+/// What each worker may hold, from the memory budget.
+struct Budget {
+    /// Payload bytes read ahead of the embedding stage.
+    read_ahead: usize,
+    /// Audio bytes in the archive writer's buffer.
+    archive_audio: usize,
+}
+
+/// Splits what the model and the runtime leave of the memory budget (measured now that they are loaded) among
+/// `workers` workers: when the archive keeps audio, a quarter goes to the archive writers' buffers, the rest to the
+/// audio read ahead of the embedding stage.
+fn split_budget(budget: usize, workers: usize, archive_audio: bool) -> Result<Budget, Error> {
     let resident = resident_bytes().unwrap_or(0);
     let spare = budget.saturating_sub(resident);
-    let per_worker = spare / MEMORY_PER_PAYLOAD_BYTE / workers;
+    let for_archive = if archive_audio { spare / 4 } else { 0 };
+    let per_worker = (spare - for_archive) / MEMORY_PER_PAYLOAD_BYTE / workers;
     if per_worker < 1 << 20 {
         return Err(Error::Job(format!(
             "memory_budget_mb = {} leaves too little for audio in flight: the model and runtime already use {} MiB; \
@@ -276,7 +292,7 @@ fn read_ahead(budget: usize, workers: usize) -> Result<usize, Error> {
         read_ahead_mib_per_worker = per_worker >> 20,
         "Memory budget."
     );
-    Ok(per_worker)
+    Ok(Budget { read_ahead: per_worker, archive_audio: for_archive / MEMORY_PER_ARCHIVED_AUDIO_BYTE / workers })
 }
 
 /// This process's resident memory, from /proc.
@@ -343,6 +359,8 @@ struct Shared {
     embedders: Mutex<Vec<Embedder>>,
     /// Bytes of messages each worker may read ahead of the embedding stage.
     max_in_flight: usize,
+    /// Audio bytes each worker's archive writer may hold before it writes its files.
+    archive_audio: usize,
     /// Whether other processes run workers of this job.
     clustered: bool,
     /// Where reading resumes, per partition, after a clean stop.
@@ -375,12 +393,13 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
     let source = Rc::new(RefCell::new(source));
     let embedder = shared.embedders.lock().unwrap_or_else(|p| p.into_inner()).pop().expect("one embedder per worker");
     let indices = store::open_indices(config, index, peers, &shared.spaces).map_err(|e| e.to_string())?;
-    let writer = ArchiveWriter::new(
+    let mut writer = ArchiveWriter::new(
         config.archive.clone(),
         &config.model.name,
         config.model.dim,
         &format!("{}-w{index}", std::process::id()),
     );
+    writer.limit_audio(shared.archive_audio);
     tracing::info!(worker = index, ?partitions, "Worker reading.");
 
     let probe = ProbeHandle::new();

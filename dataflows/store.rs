@@ -17,6 +17,8 @@ use crate::config::Config;
 
 /// Archived segments inserted at once (in parallel) when an index catches up.
 const CATCH_UP_BATCH: usize = 1024;
+/// How often a long catch-up reports how far it has come.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Whether worker `worker` of `peers` owns `space` (the index operator routes segments the same way).
 pub fn owns(space: &str, worker: usize, peers: usize) -> bool {
@@ -48,6 +50,7 @@ pub fn open_space(config: &Config, space: &str) -> Result<(SpaceIndex, usize), E
     let mut archived = HashSet::new();
     let mut pending: Vec<(SegmentId, PointInfo, Vec<f32>)> = Vec::new();
     let now = now_seconds();
+    let mut last_progress = Instant::now();
     let flush = |index: &mut SpaceIndex, pending: &mut Vec<(SegmentId, PointInfo, Vec<f32>)>| {
         let batch: Vec<_> = pending.iter().map(|(id, info, v)| (*id, info.clone(), v.as_slice())).collect();
         let inserted = index.insert_many(&batch, now);
@@ -77,6 +80,15 @@ pub fn open_space(config: &Config, space: &str) -> Result<(SpaceIndex, usize), E
             match flush(&mut index, &mut pending) {
                 Ok(n) => caught_up += n,
                 Err(e) => failure = Some(e.into()),
+            }
+            if last_progress.elapsed() >= PROGRESS_EVERY {
+                last_progress = Instant::now();
+                tracing::info!(
+                    space,
+                    caught_up,
+                    seconds = started.elapsed().as_secs(),
+                    "Catching the index up from the archive..."
+                );
             }
         }
     })?;

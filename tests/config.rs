@@ -64,3 +64,32 @@ fn r6_the_grafana_dashboard_charts_every_metric_and_only_metrics_that_exist() {
     let missing: Vec<&&str> = metrics::ALL.iter().filter(|m| !charted.contains(**m)).collect();
     assert!(missing.is_empty(), "{}: no panel charts {missing:?}", path.display());
 }
+
+#[test]
+fn r6_every_subcommand_teaches_with_an_example_in_its_help() {
+    let chorus = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_chorus")).args(args).output().unwrap();
+        assert!(output.status.success(), "chorus {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let top = chorus(&["--help"]);
+    let commands: Vec<String> = top
+        .split("Commands:")
+        .nth(1)
+        .expect("a Commands section")
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .filter(|c| c != "help")
+        .collect();
+    for expected in ["run", "produce", "query", "archive", "prune", "spectrogram", "serve", "bench-query"] {
+        assert!(commands.iter().any(|c| c == expected), "{expected} missing from {commands:?}");
+    }
+    for command in &commands {
+        let help = chorus(&[command, "--help"]);
+        assert!(help.contains("Examples:\n  chorus "), "chorus {command} --help shows no example:\n{help}");
+        assert!(help.contains("-v, --verbose") && help.contains("-q, --quiet"), "chorus {command} --help: -v/-q");
+    }
+}

@@ -118,9 +118,9 @@ pub struct ArchiveSettings {
     pub audio: bool,
 }
 
-/// Audio bytes a writer holds before it writes its files, whatever the flush interval: 64 MiB (about 200 windows
-/// of 5 s at 32 kHz).
-const MAX_BUFFERED_AUDIO: usize = 64 << 20;
+/// Audio bytes a writer holds at most before it writes its files, whatever the flush interval: 64 MiB (about 200
+/// windows of 5 s at 32 kHz); [`ArchiveWriter::limit_audio`] lowers it.
+pub const MAX_BUFFERED_AUDIO: usize = 64 << 20;
 
 /// The archive's Arrow schema for embeddings of `dim` dimensions.
 pub fn schema(dim: usize) -> SchemaRef {
@@ -176,6 +176,7 @@ pub struct ArchiveWriter {
     buffers: BTreeMap<(String, String), Vec<Segment>>,
     oldest: Option<Instant>,
     audio_bytes: usize,
+    max_audio_bytes: usize,
 }
 
 impl ArchiveWriter {
@@ -192,7 +193,14 @@ impl ArchiveWriter {
             buffers: BTreeMap::new(),
             oldest: None,
             audio_bytes: 0,
+            max_audio_bytes: MAX_BUFFERED_AUDIO,
         }
+    }
+
+    /// Writes the files once the audio waiting reaches `bytes` (at most [`MAX_BUFFERED_AUDIO`]): the job's memory
+    /// budget sets it.
+    pub fn limit_audio(&mut self, bytes: usize) {
+        self.max_audio_bytes = bytes.min(MAX_BUFFERED_AUDIO);
     }
 
     /// Adds a segment to its partition's buffer.
@@ -215,7 +223,7 @@ impl ArchiveWriter {
     /// Whether a buffer is full or the oldest row has waited long enough.
     pub fn due(&self) -> bool {
         self.buffers.values().any(|b| b.len() >= self.settings.max_rows_per_file)
-            || self.audio_bytes >= MAX_BUFFERED_AUDIO
+            || self.audio_bytes >= self.max_audio_bytes
             || self.oldest.is_some_and(|t| t.elapsed() >= self.settings.flush_interval)
     }
 
