@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs chorus on the embedded default, from a fresh machine: installs what it needs, starts the broker, produces the
 # sample recording (as two sensors), runs the job until the topic is drained, and prints the archived segments that
-# sound most like each window of the sample. Idempotent: a second run produces nothing and archives nothing new.
+# sound most like each window of the sample, and what to try next. Idempotent: a second run produces nothing and
+# archives nothing new.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -21,3 +22,6 @@ chorus -q run --until-idle 2
 echo
 echo "Segments nearest to each 5 s window of $(basename "$SAMPLE"):"
 chorus -q query --audio "$SAMPLE" -k 5
+echo
+echo "Next: target/debug/chorus serve, then open http://127.0.0.1:9464/ to search, listen and label in a browser;"
+echo "      target/debug/chorus archive --format csv; target/debug/chorus spectrogram --segment <id> -o call.png"
