@@ -114,8 +114,12 @@ fn main() {
     let tools = tools();
     let model =
         ModelConfig { path: tools.join("models/chorus-standin-v1.onnx"), ..Default::default() }.build(&tools).unwrap();
-    let settings =
-        EmbedSettings { library: tools.join("onnxruntime-1.32.0/libonnxruntime.so.1.32.0"), max_batch: batch, threads };
+    let settings = EmbedSettings {
+        library: tools.join("onnxruntime-1.32.0/libonnxruntime.so.1.32.0"),
+        max_batch: batch,
+        threads,
+        keep_audio: true,
+    };
     let environment = embed::runtime(&settings.library).unwrap();
     let mut embedder = Embedder::open(environment, &model, &settings).unwrap();
 

@@ -581,18 +581,28 @@ async fn recent(State(api): State<Api>, query: Result<Query<RecentQuery>, QueryR
         return failure(StatusCode::BAD_REQUEST, format!("limit {limit} is outside 1..=1000"));
     }
     let window_micros = i64::from(api.config.model.window) * 1_000_000 / i64::from(api.config.model.sample_rate);
-    let mut latest = Vec::new();
-    for space in api.spaces.spaces() {
-        if query.space.as_ref().is_some_and(|s| *s != space) {
-            continue;
+    // A walk over every point: off the server's thread.
+    let spaces = api.spaces.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let mut latest = Vec::new();
+        for space in spaces.spaces() {
+            if query.space.as_ref().is_some_and(|s| *s != space) {
+                continue;
+            }
+            let Some(shared) = spaces.get(&space) else { continue };
+            for (id, point) in index::read(&shared).latest(limit) {
+                latest.push((point.start_micros, id, space.clone(), point.sensor));
+            }
         }
-        let Some(shared) = api.spaces.get(&space) else { continue };
-        for (id, point) in index::read(&shared).latest(limit) {
-            latest.push((point.start_micros, id, space.clone(), point.sensor));
-        }
-    }
-    latest.sort_by_key(|entry| std::cmp::Reverse((entry.0, entry.1)));
-    latest.truncate(limit);
+        latest.sort_by_key(|entry| std::cmp::Reverse((entry.0, entry.1)));
+        latest.truncate(limit);
+        latest
+    })
+    .await;
+    let latest = match found {
+        Ok(latest) => latest,
+        Err(error) => return failure(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    };
     let segments: Vec<serde_json::Value> = latest
         .into_iter()
         .map(|(start, id, space, sensor)| {
@@ -707,7 +717,11 @@ struct GivenLabel {
 /// Labels at most per request.
 const MAX_LABELS: usize = 10_000;
 
-async fn labels(State(api): State<Api>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn labels(State(api): State<Api>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    // JSON only: a web page elsewhere cannot send it without the browser asking this server first (CORS).
+    if !matches!(content_kind(&headers), Some(Kind::Json)) {
+        return failure(StatusCode::UNSUPPORTED_MEDIA_TYPE, "labels are JSON: send content-type: application/json");
+    }
     let body = match body {
         Ok(body) => body,
         Err(rejection) => return failure(rejection.status(), rejection.body_text()),

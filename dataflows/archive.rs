@@ -2,7 +2,7 @@
 //!
 //! A query reads only what its filter needs. Day partitions outside the time range are never opened; within a file,
 //! row groups whose `sensor` or `start_time` statistics rule the filter out are never decoded (the writer sorts each
-//! file by sensor and time, so the statistics are narrow); the embedding column is never read. Labels and clusters
+//! file by sensor and time, in row groups of 8 192 rows); the embedding and audio columns are never read. Labels and clusters
 //! come from the refinements dataset: the latest row per segment.
 
 use std::collections::HashMap;
@@ -163,11 +163,9 @@ pub fn write(rows: &[ArchiveRow], format: Format, out: &mut impl std::io::Write)
         }
         Format::Csv => {
             let quote = |f: &str| {
-                if f.contains([',', '"', '\n', '\r']) {
-                    format!("\"{}\"", f.replace('"', "\"\""))
-                } else {
-                    f.to_owned()
-                }
+                // A cell a spreadsheet would run as a formula (labels come from people) is kept as text.
+                let f = if f.starts_with(['=', '+', '-', '@']) { format!("'{f}") } else { f.to_owned() };
+                if f.contains([',', '"', '\n', '\r']) { format!("\"{}\"", f.replace('"', "\"\"")) } else { f }
             };
             writeln!(out, "{}", COLUMNS.join(","))?;
             for row in rows {
@@ -234,7 +232,9 @@ impl PrunePlan {
 /// Plans the deletion of every day partition older than `days` days before `today` (UTC): the archive's and the
 /// refinements dataset's.
 pub fn plan_prune(config: &Config, days: u32, today: chrono::NaiveDate) -> Result<PrunePlan, Error> {
-    let cutoff = today - chrono::Days::new(u64::from(days));
+    let cutoff = today
+        .checked_sub_days(chrono::Days::new(u64::from(days)))
+        .ok_or_else(|| Error::Usage(format!("--older-than-days {days} reaches before the calendar's first day")))?;
     let mut partitions = Vec::new();
     let mut spaces = Vec::new();
     for (dataset, root) in [("archive", &config.archive.dir), ("refinements", &config.refine.dir)] {
@@ -274,17 +274,12 @@ fn saved_graphs(state_dir: &Path) -> Vec<PathBuf> {
     graphs
 }
 
-/// Deletes what `plan` lists. Takes the archive's job lock first: pruning under a running job is refused.
+/// Deletes what `plan` lists: the derived state first (so that an interrupted prune leaves at worst an index to
+/// rebuild, never a snapshot naming segments the archive lost), then the partitions. Takes the archive's job lock
+/// first: pruning under a running job is refused.
 pub fn apply_prune(config: &Config, plan: &PrunePlan) -> Result<(), Error> {
     let _locks = crate::job::lock_all(config)?;
     let failed = |path: &Path, e: std::io::Error| Error::Job(format!("{}: cannot delete: {e}", path.display()));
-    for partition in &plan.partitions {
-        match std::fs::remove_dir_all(&partition.dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(failed(&partition.dir, e)),
-        }
-    }
     for dir in &plan.snapshots {
         match std::fs::remove_dir_all(dir) {
             Ok(()) => {}
@@ -297,6 +292,13 @@ pub fn apply_prune(config: &Config, plan: &PrunePlan) -> Result<(), Error> {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(failed(graph, e)),
+        }
+    }
+    for partition in &plan.partitions {
+        match std::fs::remove_dir_all(&partition.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(failed(&partition.dir, e)),
         }
     }
     Ok(())

@@ -79,7 +79,8 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     }
     // Everything that can be checked before the workers start is checked here, so a bad config fails at once.
     let environment = embed::runtime(&config.embed.library)?;
-    let settings = config.embed.per_worker(workers);
+    let mut settings = config.embed.per_worker(workers);
+    settings.keep_audio = config.archive.audio;
     let embedders =
         (0..workers).map(|_| Embedder::open(environment, &config.model, &settings)).collect::<Result<Vec<_>, _>>()?;
     let mut embedders = embedders;

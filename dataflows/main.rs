@@ -148,7 +148,7 @@ enum Command {
     },
     /// Delete the archive's day partitions older than N days (a dry run unless --apply is given).
     #[command(
-        after_help = "Examples:\n  chorus prune --older-than-days 365            # lists what would go, deletes nothing\n  chorus prune --older-than-days 365 --apply    # deletes it\n\nA day partition goes when its whole day (UTC) lies more than N days before today, in the archive and in\nthe refinements dataset. The index snapshots of the spaces that lose segments and the refinement's saved kNN\ngraph are removed too, so that the next job start rebuilds them from what the archive still holds (about\n3 s per 100 000 segments on 2 cores). --apply refuses to run while a job runs on the archive."
+        after_help = "Examples:\n  chorus prune --older-than-days 365            # lists what would go, deletes nothing\n  chorus prune --older-than-days 365 --apply    # deletes it\n\nA day partition goes when its whole day (UTC) lies more than N days before today, in the archive and in\nthe refinements dataset. The index snapshots of the spaces that lose segments and the refinement's saved kNN\ngraph are removed too, so that the next job start rebuilds them from what the archive still holds (about\n3 s per 100 000 segments on 2 cores). --apply refuses to run while a job runs on the archive; restart a\nrunning chorus serve afterwards (it keeps the index it opened)."
     )]
     Prune {
         #[command(flatten)]
@@ -488,7 +488,14 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                             .ok()
                             .map(|t| t.timestamp_micros()),
                     };
-                    let (_, audio) = chorus::archive::segment_audio(&config, id, &whereabouts)?;
+                    let audio = match chorus::archive::segment_audio(&config, id, &whereabouts) {
+                        Ok((_, audio)) => audio,
+                        Err(chorus::Error::NotFound(reason)) => {
+                            tracing::warn!("No spectrogram for neighbour {}: {reason}", hit.rank);
+                            continue;
+                        }
+                        Err(error) => return Err(error.into()),
+                    };
                     let spectrogram = chorus::spectrogram::Spectrogram::compute(&audio.samples, audio.sample_rate);
                     let path = dir.join(format!("{}-{}.png", hit.rank, hit.segment_id));
                     std::fs::write(&path, chorus::spectrogram::render(&spectrogram).png)

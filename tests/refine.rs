@@ -69,6 +69,10 @@ fn r5_labels_spread_retract_and_reach_the_archive_and_topic_and_clusters_form() 
         assert!(answer["error"]["reason"].as_str().unwrap().contains(says), "{body} → {answer}");
     }
 
+    // Labels are JSON: a form or text body (what a page elsewhere could send unasked) is refused.
+    let (status, _) = http(port, "POST", "/v1/labels", &[("Content-Type", "text/plain")], b"{}").unwrap();
+    assert_eq!(status, 415);
+
     // One label on pole-1's first window spreads to the same window on the other poles.
     let (status, answer) =
         post(port, "/v1/labels", &json!({ "labels": [{ "segment_id": first, "label": "Turdus merula" }] }));

@@ -121,6 +121,8 @@ pub struct ArchiveSettings {
 /// Audio bytes a writer holds at most before it writes its files, whatever the flush interval: 64 MiB (about 200
 /// windows of 5 s at 32 kHz); [`ArchiveWriter::limit_audio`] lowers it.
 pub const MAX_BUFFERED_AUDIO: usize = 64 << 20;
+/// The least audio a writer holds before the byte bound writes its files: 2 MiB, a few windows per file.
+const MIN_BUFFERED_AUDIO: usize = 2 << 20;
 
 /// The archive's Arrow schema for embeddings of `dim` dimensions.
 pub fn schema(dim: usize) -> SchemaRef {
@@ -200,7 +202,7 @@ impl ArchiveWriter {
     /// Writes the files once the audio waiting reaches `bytes` (at most [`MAX_BUFFERED_AUDIO`]): the job's memory
     /// budget sets it.
     pub fn limit_audio(&mut self, bytes: usize) {
-        self.max_audio_bytes = bytes.min(MAX_BUFFERED_AUDIO);
+        self.max_audio_bytes = bytes.clamp(MIN_BUFFERED_AUDIO, MAX_BUFFERED_AUDIO);
     }
 
     /// Adds a segment to its partition's buffer.
@@ -223,7 +225,7 @@ impl ArchiveWriter {
     /// Whether a buffer is full or the oldest row has waited long enough.
     pub fn due(&self) -> bool {
         self.buffers.values().any(|b| b.len() >= self.settings.max_rows_per_file)
-            || self.audio_bytes >= self.max_audio_bytes
+            || (self.audio_bytes > 0 && self.audio_bytes >= self.max_audio_bytes)
             || self.oldest.is_some_and(|t| t.elapsed() >= self.settings.flush_interval)
     }
 
@@ -300,6 +302,10 @@ impl ArchiveWriter {
     }
 }
 
+/// Rows per row group. A file is sorted by sensor and time, so in a large file (a backlog drained, a long flush
+/// interval) each row group holds a run of few sensors and a narrow `sensor` statistic; a small file is one group.
+const ROW_GROUP_ROWS: usize = 8_192;
+
 /// Writes `batch` as `part-<millis>-<name>.parquet` in `dir`: under a temporary name, synced, then renamed, so a
 /// reader never sees half a file. `blobs` names the columns left without dictionary and statistics (vectors, audio).
 fn publish(dir: &Path, name: &str, batch: &RecordBatch, zstd_level: i32, blobs: &[&str]) -> Result<PathBuf, Error> {
@@ -314,7 +320,7 @@ fn publish(dir: &Path, name: &str, batch: &RecordBatch, zstd_level: i32, blobs: 
     let path = dir.join(&name);
     let mut properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(zstd_level).expect("validated")))
-        .set_max_row_group_row_count(Some(65_536))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by(format!("chorus {}", env!("CARGO_PKG_VERSION")));
     for blob in blobs {
         properties = properties
@@ -1057,5 +1063,17 @@ mod tests {
             }
             assert_eq!(segment_audio(dir.path(), "default", SegmentId(7), &Filter::default()).unwrap(), None);
         }
+    }
+
+    #[test]
+    fn without_audio_the_byte_bound_never_writes_a_file_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = ArchiveConfig { dir: dir.path().to_path_buf(), audio: false, ..Default::default() }
+            .build(Path::new("/"))
+            .unwrap();
+        let mut writer = ArchiveWriter::new(settings, "standin", 4, "w0");
+        writer.limit_audio(0);
+        writer.add(seg("default", "s1", 1_777_593_600 * 32_000, 1.0));
+        assert!(!writer.due(), "one row, no audio, no time elapsed: not due");
     }
 }

@@ -163,7 +163,7 @@ impl EmbedConfig {
         if !(1..=4096).contains(&self.max_batch) {
             return Err(FieldError::new("max_batch", format!("{} is outside 1..=4096", self.max_batch)));
         }
-        Ok(EmbedSettings { library, max_batch: self.max_batch, threads: self.threads })
+        Ok(EmbedSettings { library, max_batch: self.max_batch, threads: self.threads, keep_audio: true })
     }
 }
 
@@ -176,6 +176,8 @@ pub struct EmbedSettings {
     pub max_batch: usize,
     /// Intra-op threads per session (0: see [`EmbedSettings::per_worker`]).
     pub threads: usize,
+    /// Whether segments carry their window's audio on (for the archive's `audio` column).
+    pub keep_audio: bool,
 }
 
 impl EmbedSettings {
@@ -215,6 +217,8 @@ pub struct Embedder {
     max_batch: usize,
     /// Set when the model declares a fixed batch size: batches are padded to it.
     fixed_batch: Option<usize>,
+    /// See [`EmbedSettings::keep_audio`].
+    keep_audio: bool,
 }
 
 impl Embedder {
@@ -261,7 +265,7 @@ impl Embedder {
         }
         let fixed_batch = (input[0] > 0).then_some(input[0] as usize);
         let max_batch = fixed_batch.unwrap_or(settings.max_batch);
-        Ok(Embedder { session, spec: spec.clone(), max_batch, fixed_batch })
+        Ok(Embedder { session, spec: spec.clone(), max_batch, fixed_batch, keep_audio: settings.keep_audio })
     }
 
     /// The model contract.
@@ -429,7 +433,10 @@ fn embed_batch(embedder: &mut Embedder, batch: &[Window], metrics: &Metrics) -> 
     let embedded = embedder.embed(&views);
     metrics.time("embed", started);
     match embedded {
-        Ok(embeddings) => batch.iter().zip(embeddings).map(|(window, e)| accept(window, e, metrics)).collect(),
+        Ok(embeddings) => {
+            let keep_audio = embedder.keep_audio;
+            batch.iter().zip(embeddings).map(|(window, e)| accept(window, e, keep_audio, metrics)).collect()
+        }
         Err(_) if batch.len() > 1 => {
             batch.iter().flat_map(|window| embed_batch(embedder, std::slice::from_ref(window), metrics)).collect()
         }
@@ -437,7 +444,7 @@ fn embed_batch(embedder: &mut Embedder, batch: &[Window], metrics: &Metrics) -> 
     }
 }
 
-fn accept(window: &Window, embedding: Vec<f32>, metrics: &Metrics) -> Result<Segment, DeadLetter> {
+fn accept(window: &Window, embedding: Vec<f32>, keep_audio: bool, metrics: &Metrics) -> Result<Segment, DeadLetter> {
     if let Some(i) = embedding.iter().position(|x| !x.is_finite()) {
         let reason = format!("the model returned {} at dimension {i}", embedding[i]);
         return Err(rejection(window, reason, "model_output", metrics));
@@ -448,7 +455,7 @@ fn accept(window: &Window, embedding: Vec<f32>, metrics: &Metrics) -> Result<Seg
         origin: window.origin.clone(),
         resumed: window.resumed,
         embedding,
-        audio: window.samples.iter().copied().map(pcm16).collect(),
+        audio: if keep_audio { window.samples.iter().copied().map(pcm16).collect() } else { Vec::new() },
     })
 }
 
