@@ -64,7 +64,13 @@ pub struct Api {
     refinements: SharedRefinements,
     /// Produces given labels to the labels topic.
     labels: Option<Producer>,
+    /// The segments' audio last read from the archive, newest last: the page asks for a hit's audio and its
+    /// spectrogram one after the other.
+    audio: Arc<Mutex<std::collections::VecDeque<(SegmentId, Bytes)>>>,
 }
+
+/// Segments' audio the API keeps at hand (about 10 MiB of 5 s windows).
+const AUDIO_CACHED: usize = 32;
 
 impl Api {
     /// An API over the indices in `spaces` and the `refinements` of a job; labels are produced with `labels`.
@@ -83,6 +89,7 @@ impl Api {
             cache: Arc::new(Mutex::new(Cache::new(config.api.cache_entries))),
             refinements,
             labels,
+            audio: Arc::default(),
         }
     }
 
@@ -632,17 +639,29 @@ impl Api {
     }
 
     /// The WAV file the archive keeps with segment `id` (given as text).
-    async fn wav(&self, id: &str) -> Result<Vec<u8>, Response> {
+    async fn wav(&self, id: &str) -> Result<Bytes, Response> {
         let Ok(id) = id.parse::<SegmentId>() else {
             return Err(failure(StatusCode::BAD_REQUEST, format!("'{id}' is not a segment id (16 hex digits)")));
         };
+        let cached = self.audio.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(i, _)| *i == id).cloned();
+        if let Some((_, wav)) = cached {
+            return Ok(wav);
+        }
         let Some(whereabouts) = self.whereabouts(id) else {
             return Err(failure(StatusCode::NOT_FOUND, format!("segment {id} is not indexed in any space")));
         };
         let config = self.config.clone();
         let found = tokio::task::spawn_blocking(move || crate::archive::segment_wav(&config, id, &whereabouts)).await;
         match found {
-            Ok(Ok((_, wav))) => Ok(wav),
+            Ok(Ok((_, wav))) => {
+                let wav = Bytes::from(wav);
+                let mut cache = self.audio.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.len() >= AUDIO_CACHED {
+                    cache.pop_front();
+                }
+                cache.push_back((id, wav.clone()));
+                Ok(wav)
+            }
             Ok(Err(Error::NotFound(reason))) => Err(failure(
                 StatusCode::NOT_FOUND,
                 format!("{reason} (a new segment reaches the archive within archive.flush_interval_seconds)"),

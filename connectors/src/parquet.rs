@@ -11,8 +11,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arrow_array::builder::{FixedSizeBinaryBuilder, StringDictionaryBuilder};
@@ -583,7 +583,7 @@ pub struct ScanStats {
     pub partitions: usize,
     /// Day partitions skipped: their day lies outside the filter's time range.
     pub partitions_skipped: usize,
-    /// Files opened.
+    /// Files of the days read (a file whose row groups all fail the filter is not opened again).
     pub files: usize,
     /// Row groups in the files opened.
     pub row_groups: usize,
@@ -630,30 +630,78 @@ pub fn scan_files(root: &Path, space: &str, filter: &Filter, stats: &mut ScanSta
     Ok(out)
 }
 
-/// Whether a row group's statistics leave room for a row that passes `filter` (true when they are missing).
-fn may_match(group: &RowGroupMetaData, filter: &Filter) -> bool {
-    for column in group.columns() {
-        let Some(statistics) = column.statistics() else { continue };
-        match column.column_path().string().as_str() {
-            "sensor" if !filter.sensors.is_empty() => {
-                if let (Some(min), Some(max)) = (statistics.min_bytes_opt(), statistics.max_bytes_opt())
-                    && !filter.sensors.iter().any(|s| min <= s.as_bytes() && s.as_bytes() <= max)
-                {
-                    return false;
+/// What a row group's statistics say about its sensors and start times (`None`: not recorded).
+#[derive(Clone, Debug)]
+struct Bounds {
+    sensors: Option<(Vec<u8>, Vec<u8>)>,
+    starts: Option<(i64, i64)>,
+}
+
+impl Bounds {
+    fn of(group: &RowGroupMetaData) -> Bounds {
+        let mut bounds = Bounds { sensors: None, starts: None };
+        for column in group.columns() {
+            let Some(statistics) = column.statistics() else { continue };
+            match column.column_path().string().as_str() {
+                "sensor" => {
+                    if let (Some(min), Some(max)) = (statistics.min_bytes_opt(), statistics.max_bytes_opt()) {
+                        bounds.sensors = Some((min.to_vec(), max.to_vec()));
+                    }
                 }
-            }
-            "start_time" => {
-                if let Statistics::Int64(values) = statistics
-                    && let (Some(&min), Some(&max)) = (values.min_opt(), values.max_opt())
-                    && !filter.overlaps((min, max))
-                {
-                    return false;
+                "start_time" => {
+                    if let Statistics::Int64(values) = statistics
+                        && let (Some(&min), Some(&max)) = (values.min_opt(), values.max_opt())
+                    {
+                        bounds.starts = Some((min, max));
+                    }
                 }
+                _ => {}
             }
-            _ => {}
         }
+        bounds
     }
-    true
+
+    /// Whether the group may hold a row that passes `filter` (true where the statistics are missing).
+    fn admit(&self, filter: &Filter) -> bool {
+        let sensor = match (&self.sensors, filter.sensors.is_empty()) {
+            (Some((min, max)), false) => {
+                filter.sensors.iter().any(|s| min.as_slice() <= s.as_bytes() && s.as_bytes() <= max.as_slice())
+            }
+            _ => true,
+        };
+        sensor && self.starts.is_none_or(|range| filter.overlaps(range))
+    }
+}
+
+/// The row groups' bounds of an archive file, read from its footer once: a published file never changes.
+fn file_bounds(path: &Path) -> Result<Arc<[Bounds]>, Error> {
+    static CACHE: OnceLock<Mutex<HashMap<PathBuf, Arc<[Bounds]>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Mutex::default);
+    if let Some(bounds) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
+        return Ok(bounds.clone());
+    }
+    let failed =
+        |e: &dyn std::fmt::Display| Error::Archive { path: path.display().to_string(), message: e.to_string() };
+    let file = fs::File::open(path).map_err(|e| failed(&e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| failed(&e))?;
+    let bounds: Arc<[Bounds]> = builder.metadata().row_groups().iter().map(Bounds::of).collect();
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    // Pruned files leave entries behind; a bound on the entries keeps that from growing without end.
+    if cache.len() >= 1_000_000 {
+        cache.clear();
+    }
+    cache.insert(path.to_path_buf(), bounds.clone());
+    Ok(bounds)
+}
+
+/// The row groups of `path` whose statistics admit `filter` (all of them when the filter is empty).
+fn admitted_groups(path: &Path, filter: &Filter, stats: &mut ScanStats) -> Result<Vec<usize>, Error> {
+    let bounds = file_bounds(path)?;
+    stats.files += 1;
+    stats.row_groups += bounds.len();
+    let kept: Vec<usize> = (0..bounds.len()).filter(|&i| filter.is_empty() || bounds[i].admit(filter)).collect();
+    stats.row_groups_skipped += bounds.len() - kept.len();
+    Ok(kept)
 }
 
 /// Reads the rows of one archive file that pass `filter`, decoding only the row groups whose statistics admit it.
@@ -666,16 +714,12 @@ pub fn scan_file(
 ) -> Result<(), Error> {
     let failed =
         |e: &dyn std::fmt::Display| Error::Archive { path: path.display().to_string(), message: e.to_string() };
-    let file = fs::File::open(path).map_err(|e| failed(&e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| failed(&e))?;
-    stats.files += 1;
-    let groups = builder.metadata().row_groups();
-    stats.row_groups += groups.len();
-    let kept: Vec<usize> = (0..groups.len()).filter(|&i| filter.is_empty() || may_match(&groups[i], filter)).collect();
-    stats.row_groups_skipped += groups.len() - kept.len();
+    let kept = admitted_groups(path, filter, stats)?;
     if kept.is_empty() {
         return Ok(());
     }
+    let file = fs::File::open(path).map_err(|e| failed(&e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| failed(&e))?;
     let mut wanted = METADATA_COLUMNS.to_vec();
     if embeddings {
         wanted.extend(["embedding_scale", "embedding"]);
@@ -751,13 +795,11 @@ pub fn segment_audio(
             let file = fs::File::open(&path).map_err(|e| failed(&e))?;
             ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| failed(&e))
         };
-        let builder = open()?;
-        let groups = builder.metadata().row_groups();
-        let kept: Vec<usize> =
-            (0..groups.len()).filter(|&i| filter.is_empty() || may_match(&groups[i], filter)).collect();
+        let kept = admitted_groups(&path, filter, &mut stats)?;
         if kept.is_empty() {
             continue;
         }
+        let builder = open()?;
         let has_audio = builder.parquet_schema().columns().iter().any(|c| c.name() == "audio");
         let mask = ProjectionMask::columns(builder.parquet_schema(), ["segment_id"]);
         let reader = builder.with_projection(mask).with_row_groups(kept.clone()).build().map_err(|e| failed(&e))?;
