@@ -279,27 +279,23 @@ fn saved_graphs(state_dir: &Path) -> Vec<PathBuf> {
 /// first: pruning under a running job is refused.
 pub fn apply_prune(config: &Config, plan: &PrunePlan) -> Result<(), Error> {
     let _locks = crate::job::lock_all(config)?;
-    let failed = |path: &Path, e: std::io::Error| Error::Job(format!("{}: cannot delete: {e}", path.display()));
-    for dir in &plan.snapshots {
-        match std::fs::remove_dir_all(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(failed(dir, e)),
+    let remove = |path: &Path, dir: bool| {
+        let removed = if dir { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
+        match removed {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::Job(format!("{}: cannot delete: {e}", path.display())))
+            }
+            _ => Ok(()),
         }
+    };
+    for dir in &plan.snapshots {
+        remove(dir, true)?;
     }
     for graph in &plan.graphs {
-        match std::fs::remove_file(graph) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(failed(graph, e)),
-        }
+        remove(graph, false)?;
     }
     for partition in &plan.partitions {
-        match std::fs::remove_dir_all(&partition.dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(failed(&partition.dir, e)),
-        }
+        remove(&partition.dir, true)?;
     }
     Ok(())
 }

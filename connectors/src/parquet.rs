@@ -630,6 +630,14 @@ pub fn scan_files(root: &Path, space: &str, filter: &Filter, stats: &mut ScanSta
     Ok(out)
 }
 
+/// Opens a Parquet file of the archive for reading.
+fn open_reader(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<fs::File>, Error> {
+    let failed =
+        |e: &dyn std::fmt::Display| Error::Archive { path: path.display().to_string(), message: e.to_string() };
+    let file = fs::File::open(path).map_err(|e| failed(&e))?;
+    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| failed(&e))
+}
+
 /// What a row group's statistics say about its sensors and start times (`None`: not recorded).
 #[derive(Clone, Debug)]
 struct Bounds {
@@ -680,10 +688,7 @@ fn file_bounds(path: &Path) -> Result<Arc<[Bounds]>, Error> {
     if let Some(bounds) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
         return Ok(bounds.clone());
     }
-    let failed =
-        |e: &dyn std::fmt::Display| Error::Archive { path: path.display().to_string(), message: e.to_string() };
-    let file = fs::File::open(path).map_err(|e| failed(&e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| failed(&e))?;
+    let builder = open_reader(path)?;
     let bounds: Arc<[Bounds]> = builder.metadata().row_groups().iter().map(Bounds::of).collect();
     let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
     // Pruned files leave entries behind; a bound on the entries keeps that from growing without end.
@@ -718,8 +723,7 @@ pub fn scan_file(
     if kept.is_empty() {
         return Ok(());
     }
-    let file = fs::File::open(path).map_err(|e| failed(&e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| failed(&e))?;
+    let builder = open_reader(path)?;
     let mut wanted = METADATA_COLUMNS.to_vec();
     if embeddings {
         wanted.extend(["embedding_scale", "embedding"]);
@@ -791,15 +795,11 @@ pub fn segment_audio(
     for path in scan_files(root, space, filter, &mut stats)? {
         let failed =
             |e: &dyn std::fmt::Display| Error::Archive { path: path.display().to_string(), message: e.to_string() };
-        let open = || -> Result<_, Error> {
-            let file = fs::File::open(&path).map_err(|e| failed(&e))?;
-            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| failed(&e))
-        };
         let kept = admitted_groups(&path, filter, &mut stats)?;
         if kept.is_empty() {
             continue;
         }
-        let builder = open()?;
+        let builder = open_reader(&path)?;
         let has_audio = builder.parquet_schema().columns().iter().any(|c| c.name() == "audio");
         let mask = ProjectionMask::columns(builder.parquet_schema(), ["segment_id"]);
         let reader = builder.with_projection(mask).with_row_groups(kept.clone()).build().map_err(|e| failed(&e))?;
@@ -818,7 +818,7 @@ pub fn segment_audio(
         if !has_audio {
             return Ok(Some(None));
         }
-        let builder = open()?;
+        let builder = open_reader(&path)?;
         let mask = ProjectionMask::columns(builder.parquet_schema(), ["audio"]);
         let selection = RowSelection::from(vec![RowSelector::skip(row), RowSelector::select(1)]);
         let reader = builder
@@ -857,8 +857,7 @@ pub fn latest_refinements(root: &Path, space: &str) -> Result<HashMap<SegmentId,
     for path in files(root, space)? {
         let failed =
             |e: &dyn std::fmt::Display| Error::Archive { path: path.display().to_string(), message: e.to_string() };
-        let file = fs::File::open(&path).map_err(|e| failed(&e))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| failed(&e))?;
+        let builder = open_reader(&path)?;
         let wanted = ["segment_id", "label", "label_score", "cluster", "round", "updated_at"];
         let mask = ProjectionMask::columns(builder.parquet_schema(), wanted);
         let reader = builder.with_projection(mask).with_batch_size(8_192).build().map_err(|e| failed(&e))?;
