@@ -820,11 +820,11 @@ pub fn serve(
     stop: &chorus_connectors::kafka::Stop,
 ) -> Result<(), Error> {
     let spaces = crate::store::known_spaces(config)?;
-    let registry = crate::store::open_registry(config, &spaces)?;
-    let points: usize = spaces.iter().filter_map(|s| registry.get(s)).map(|s| index::read(&s).len()).sum();
     let metrics_registry = prometheus::Registry::new();
     let metrics =
         Metrics::register(&metrics_registry).map_err(|e| Error::Job(format!("cannot register metrics: {e}")))?;
+    let registry = crate::store::open_registry(config, &spaces, Some(&metrics))?;
+    let points: usize = spaces.iter().filter_map(|s| registry.get(s)).map(|s| index::read(&s).len()).sum();
     for space in &spaces {
         if let Some(shared) = registry.get(space) {
             let index = index::read(&shared);
@@ -834,8 +834,12 @@ pub fn serve(
             }
         }
     }
-    let probes =
-        crate::http::Probes { registry: metrics_registry, broker: None, fatal: chorus_connectors::Fatal::default() };
+    let probes = crate::http::Probes {
+        registry: metrics_registry,
+        broker: None,
+        fatal: chorus_connectors::Fatal::default(),
+        refinement: None,
+    };
     let producer = Producer::open(&config.kafka).ok();
     let api = Api::new(config, registry, metrics, SharedRefinements::default(), producer);
     let server = crate::http::HttpServer::start(listen, probes, Some(api))?;

@@ -56,6 +56,8 @@ pub struct Probes {
     pub broker: Option<Arc<BrokerStatus>>,
     /// Set when the job is failing.
     pub fatal: Fatal,
+    /// Says why the refinement is paused, when it is (none: no refinement here).
+    pub refinement: Option<crate::refine::Pause>,
 }
 
 /// The running server; dropping it stops it.
@@ -134,7 +136,12 @@ async fn readyz(State(probes): State<Probes>) -> impl IntoResponse {
     if let Some(failure) = probes.fatal.get() {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: the job is failing: {failure}\n"));
     }
-    let Some(broker) = &probes.broker else { return (StatusCode::OK, "ready\n".into()) };
+    // A paused refinement degrades the job, which still ingests and answers: it stays ready, and says so.
+    let ready = match probes.refinement.as_ref().and_then(crate::refine::Pause::reason) {
+        Some(reason) => format!("ready; the refinement is paused (ingestion goes on): {reason}\n"),
+        None => "ready\n".to_owned(),
+    };
+    let Some(broker) = &probes.broker else { return (StatusCode::OK, ready) };
     match broker.unanswered_for() {
         Some(silence) if silence > BROKER_GRACE => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -145,7 +152,7 @@ async fn readyz(State(probes): State<Probes>) -> impl IntoResponse {
             ),
         ),
         None => (StatusCode::SERVICE_UNAVAILABLE, "not ready: the broker has not answered yet\n".into()),
-        Some(_) => (StatusCode::OK, "ready\n".into()),
+        Some(_) => (StatusCode::OK, ready),
     }
 }
 

@@ -28,7 +28,7 @@ use crate::Error;
 use crate::api::Api;
 use crate::config::Config;
 use crate::http::{HttpServer, Probes};
-use crate::refine::{Arrivals, Stage};
+use crate::refine::{Arrivals, Pause, Stage};
 use crate::store;
 
 /// How a run is launched, beyond its config file.
@@ -74,6 +74,14 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     let workers = options.workers.unwrap_or(config.workers).max(1);
     let process = options.cluster.as_ref().map_or(0, |c| c.process);
     let _lock = lock(config, process)?;
+    // Files a writer killed mid-write left behind. A single process holds the archive alone; in a cluster the other
+    // processes may be writing right now, so only files older than any write takes are theirs to lose.
+    let min_age = options.cluster.as_ref().map(|_| Duration::from_secs(3_600));
+    let removed = archive::remove_temporary_files(&config.archive.dir, min_age)
+        + archive::remove_temporary_files(&config.refine.dir, min_age);
+    if removed > 0 {
+        tracing::info!(removed, "Removed the temporary files of writes cut short.");
+    }
     if config.kafka.create_topics {
         kafka::ensure_topics(&config.kafka)?;
     }
@@ -105,9 +113,15 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     let watch = BrokerWatch::start(&config.kafka, move |partition, messages| {
         lag.with_label_values(&[&partition.to_string()]).set(messages);
     })?;
+    let refine_pause = Pause::default();
     let _server = match config.http {
         Some(listen) => {
-            let probes = Probes { registry: registry.clone(), broker: Some(watch.status()), fatal: fatal.clone() };
+            let probes = Probes {
+                registry: registry.clone(),
+                broker: Some(watch.status()),
+                fatal: fatal.clone(),
+                refinement: Some(refine_pause.clone()),
+            };
             let api = Api::new(config, spaces.clone(), metrics.clone(), refinements.clone(), Some(producer.clone()));
             // The processes of a cluster on one machine each take the next port.
             let listen = if listen.port() == 0 {
@@ -143,6 +157,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
         spaces,
         refinements,
         broker: watch.status(),
+        refine_pause,
     });
     let timely_config = match &options.cluster {
         None => timely::Config::process(workers),
@@ -158,7 +173,8 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
         },
     };
     let guards = timely::execute(timely_config, move |worker| {
-        let result = run_worker(worker, &shared);
+        let index = worker.index();
+        let result = catching_panics(index, || run_worker(worker, &shared));
         if let Err(message) = &result {
             shared.fatal.raise(message.clone());
             for id in worker.installed_dataflows() {
@@ -187,6 +203,34 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     summary.dead_letters = counter(&metrics.records_in, "dead_letters");
     summary.duplicates = duplicates(&metrics);
     Ok(summary)
+}
+
+thread_local! {
+    /// The message and place of the last panic on this thread, recorded by the hook [`catching_panics`] installs.
+    static LAST_PANIC: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs worker `worker`'s body and turns a panic in it into an error naming the panic's message and place, so that
+/// the job ends with what an operator needs to know (timely itself only reports a panicked worker as `Any { .. }`).
+/// The panic is still printed by the previous hook, with its backtrace when `RUST_BACKTRACE` asks for one.
+pub(crate) fn catching_panics<T>(worker: usize, body: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info.payload_as_str().unwrap_or("a panic without a message");
+            let place = info.location().map_or_else(|| "an unknown place".to_owned(), ToString::to_string);
+            LAST_PANIC.with(|last| *last.borrow_mut() = Some(format!("{message} (at {place})")));
+            previous(info);
+        }));
+    });
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(result) => result,
+        Err(_) => {
+            let what = LAST_PANIC.with(|last| last.borrow_mut().take()).unwrap_or_else(|| "an unknown panic".into());
+            Err(format!("worker {worker} panicked: {what}"))
+        }
+    }
 }
 
 /// Logs dead letters without flooding the log: the first one in full, then a count by cause every ten seconds.
@@ -377,6 +421,8 @@ struct Shared {
     refinements: SharedRefinements,
     /// The broker watch, told how far the sources have read (for the consumer lag).
     broker: Arc<kafka::BrokerStatus>,
+    /// Set when the refinement failed: every worker then drops its part of it.
+    refine_pause: Pause,
 }
 
 fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BTreeMap<i32, i64>, String> {
@@ -393,7 +439,8 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
     let partitions: Vec<i32> = source.partitions().collect();
     let source = Rc::new(RefCell::new(source));
     let embedder = shared.embedders.lock().unwrap_or_else(|p| p.into_inner()).pop().expect("one embedder per worker");
-    let indices = store::open_indices(config, index, peers, &shared.spaces).map_err(|e| e.to_string())?;
+    let indices =
+        store::open_indices(config, index, peers, &shared.spaces, &shared.metrics).map_err(|e| e.to_string())?;
     let mut writer = ArchiveWriter::new(
         config.archive.clone(),
         &config.model.name,
@@ -498,9 +545,10 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
         dead_lettered.probe_with(&probe);
     });
 
-    // The refinement is a second dataflow on the same workers, behind the index.
+    // The refinement is a second dataflow on the same workers, behind the index. Should it fail, it pauses on every
+    // worker and ingestion goes on.
     let mut refinement = if config.refine.enabled {
-        Some(Stage::start(
+        let started = Stage::start(
             worker,
             config,
             shared.spaces.clone(),
@@ -508,7 +556,8 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
             shared.producer.clone(),
             shared.metrics.clone(),
             arrivals,
-        )?)
+        );
+        started.map_err(|reason| shared.refine_pause.pause(reason, &shared.metrics)).ok()
     } else {
         None
     };
@@ -537,11 +586,13 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
         let running = worker.step_or_park(Some(Duration::from_millis(20)));
         if let Some(stage) = refinement.as_mut() {
             // Once ingestion has ended everywhere, the refinement takes what is left and ends too.
-            if probe.done() {
-                stage.finish(worker)?;
+            let ended = probe.done();
+            let stepped = if ended { stage.finish(worker) } else { stage.tick() };
+            if let Err(reason) = stepped {
+                shared.refine_pause.pause(reason, &shared.metrics);
+            }
+            if ended || shared.refine_pause.reason().is_some() {
                 refinement = None;
-            } else {
-                stage.tick()?;
             }
         }
         {
@@ -610,4 +661,30 @@ fn report_progress(metrics: &Metrics) {
         dead_letters = get(&metrics.records_in, "dead_letters"),
         "Progress."
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn r13_a_worker_panic_ends_the_run_with_its_message_and_place() {
+        let line = line!() + 5;
+        let guards = timely::execute(timely::Config::process(2), |worker| {
+            let index = worker.index();
+            catching_panics(index, || {
+                let held: Vec<u32> = vec![1, 2];
+                let wanted = held[index * 3];
+                Ok(wanted)
+            })
+        })
+        .unwrap();
+        let results: Vec<Result<u32, String>> = guards.join().into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(results[0], Ok(1));
+        let error = results[1].as_ref().unwrap_err();
+        let want = format!(
+            "worker 1 panicked: index out of bounds: the len is 2 but the index is 3 (at dataflows/job.rs:{line}:34)"
+        );
+        assert_eq!(error, &want);
+    }
 }

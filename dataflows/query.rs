@@ -98,7 +98,7 @@ pub fn query(config: &Config, options: &QueryOptions) -> Result<Vec<Answer>, Err
             config.archive.dir.display()
         )));
     }
-    let registry = store::open_registry(config, &spaces)?;
+    let registry = store::open_registry(config, &spaces, None)?;
     let queries = match &options.target {
         Target::Audio(path) => {
             let input = |message: String| Error::Input { path: path.to_path_buf(), message };

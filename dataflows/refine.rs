@@ -49,6 +49,29 @@ type Changed = (u64, Published, Option<Verdict>, Option<u64>, Option<Vec<f32>>);
 /// What was last published about a segment: label, score in hundredths, cluster.
 type Published = (Option<String>, i32, Option<u64>);
 
+/// Whether the refinement runs. A failure in it (a full disk under `refine.dir`, the labels topic gone) pauses it on
+/// every worker with the reason, while ingestion goes on: `/readyz` says so and `chorus_refine_paused` is 1. A
+/// restart resumes it from its saved graph.
+#[derive(Clone, Default)]
+pub struct Pause(Arc<std::sync::Mutex<Option<String>>>);
+
+impl Pause {
+    /// Pauses the refinement for `reason`, unless it is paused already.
+    pub fn pause(&self, reason: String, metrics: &Metrics) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            tracing::error!(%reason, "The refinement failed and is paused; ingestion goes on, and a restart resumes it.");
+            metrics.refine_paused.set(1);
+            *slot = Some(reason);
+        }
+    }
+
+    /// Why the refinement is paused, if it is.
+    pub fn reason(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// One worker's refinement.
 pub struct Stage {
     refiner: Refiner,
@@ -317,7 +340,7 @@ impl Stage {
         self.writer.flush().map(drop).map_err(|e| e.to_string())
     }
 
-    /// Saves the kNN graph beside the savepoints, replacing the previous one whole.
+    /// Saves the kNN graph beside the savepoints, replacing the previous one whole and durably.
     fn save(&mut self) -> Result<(), String> {
         self.last_save = Instant::now();
         let failed =
@@ -326,9 +349,6 @@ impl Stage {
         if let Some(dir) = self.graph_path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| failed(&e))?;
         }
-        let tmp = self.graph_path.with_extension("tmp");
-        std::fs::write(&tmp, bytes).map_err(|e| failed(&e))?;
-        std::fs::rename(&tmp, &self.graph_path).map_err(|e| failed(&e))?;
-        Ok(())
+        chorus_operators::durable::replace(&self.graph_path, &bytes).map_err(|e| failed(&e))
     }
 }

@@ -10,6 +10,7 @@ use std::time::Instant;
 use chorus_connectors::parquet;
 use chorus_operators::Error as OperatorError;
 use chorus_operators::index::{ColdTier, Filter, Indices, PointInfo, Registry, SpaceIndex, now_seconds, space_dir};
+use chorus_operators::metrics::Metrics;
 use chorus_operators::record::{SegmentId, route};
 
 use crate::Error;
@@ -40,13 +41,52 @@ pub fn known_spaces(config: &Config) -> Result<Vec<String>, Error> {
     Ok(spaces)
 }
 
-/// Opens `space`'s index and inserts the archived segments it lacks; returns it with the number caught up.
-pub fn open_space(config: &Config, space: &str) -> Result<(SpaceIndex, usize), Error> {
+/// Who opens an index: the job, which owns the files of its index and archive, or a reader beside it (`chorus
+/// query`, `chorus serve`), which must never change a file the job may be using.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// The job: an index that cannot be opened (a crash, a reader of an older release) is rebuilt from the archive,
+    /// and a damaged archive file is set aside ([`parquet::set_aside`]).
+    Owner,
+    /// A reader: the index is opened read-only (see [`SpaceIndex::open_read_only`]) and a damaged archive file is
+    /// skipped.
+    Reader,
+}
+
+/// An index opened and caught up from the archive.
+pub struct Opened {
+    /// The index.
+    pub index: SpaceIndex,
+    /// Archived segments it lacked, inserted now.
+    pub caught_up: usize,
+    /// Archive files that could not be read (set aside by an owner, skipped by a reader).
+    pub damaged: usize,
+}
+
+/// Opens `space`'s index and inserts the archived segments it lacks.
+pub fn open_space(config: &Config, space: &str, access: Access) -> Result<Opened, Error> {
     let started = Instant::now();
-    let mut index = SpaceIndex::open(&space_dir(&config.index.dir, space), &config.index, config.model.dim)?;
+    let dir = space_dir(&config.index.dir, space);
+    let mut index = match access {
+        Access::Reader => SpaceIndex::open_read_only(&dir, &config.index, config.model.dim)?,
+        Access::Owner => match SpaceIndex::open(&dir, &config.index, config.model.dim) {
+            Ok(index) => index,
+            Err(error) => {
+                // The archive is the durable record; the index only saves rebuilding it.
+                tracing::warn!(space, %error, "The index cannot be opened; it is rebuilt from the archive.");
+                std::fs::remove_dir_all(&dir).map_err(|e| {
+                    Error::Job(format!(
+                        "{}: cannot remove the index that cannot be opened ({error}): {e}",
+                        dir.display()
+                    ))
+                })?;
+                SpaceIndex::open(&dir, &config.index, config.model.dim)?
+            }
+        },
+    };
     let from_snapshot = index.len();
     let mut caught_up = 0;
-    let mut failure = None;
+    let mut damaged = 0;
     let mut archived = HashSet::new();
     let mut pending: Vec<(SegmentId, PointInfo, Vec<f32>)> = Vec::new();
     let now = now_seconds();
@@ -57,49 +97,53 @@ pub fn open_space(config: &Config, space: &str) -> Result<(SpaceIndex, usize), E
         pending.clear();
         inserted
     };
-    parquet::read_space(&config.archive.dir, space, true, |row| {
-        archived.insert(row.id.0);
-        let info = PointInfo { sensor: row.sensor.clone(), start_micros: row.start_micros };
-        if failure.is_some() {
-            return;
-        }
-        if index.contains(row.id) {
-            index.describe(row.id, &info);
-            return;
-        }
-        if row.model != config.model.name {
-            failure = Some(Error::Job(format!(
-                "space '{space}' holds segments of model '{}' but the config runs '{}': embeddings of different \
-                 models cannot share an index; use another space or archive directory",
-                row.model, config.model.name
-            )));
-            return;
-        }
-        pending.push((row.id, info, row.embedding.expect("embeddings were asked for")));
-        if pending.len() >= CATCH_UP_BATCH {
-            match flush(&mut index, &mut pending) {
-                Ok(n) => caught_up += n,
-                Err(e) => failure = Some(e.into()),
+    for path in parquet::files(&config.archive.dir, space)? {
+        // A file is taken whole or not at all: a damaged one may fail after some of its rows.
+        let mut rows = Vec::new();
+        if let Err(error) = parquet::read_file(&path, true, &mut |row| rows.push(row)) {
+            damaged += 1;
+            match access {
+                Access::Owner => {
+                    let aside = parquet::set_aside(&path)?;
+                    tracing::error!(space, %error, aside = %aside.display(), "An archive file cannot be read: it is set aside and the job goes on.");
+                }
+                Access::Reader => {
+                    tracing::error!(space, %error, "An archive file cannot be read: it is skipped.");
+                }
             }
-            if last_progress.elapsed() >= PROGRESS_EVERY {
-                last_progress = Instant::now();
-                tracing::info!(
-                    space,
-                    caught_up,
-                    seconds = started.elapsed().as_secs(),
-                    "Catching the index up from the archive..."
-                );
-            }
+            continue;
         }
-    })?;
-    if failure.is_none() && !pending.is_empty() {
-        match flush(&mut index, &mut pending) {
-            Ok(n) => caught_up += n,
-            Err(e) => failure = Some(e.into()),
+        for row in rows {
+            archived.insert(row.id.0);
+            let info = PointInfo { sensor: row.sensor.clone(), start_micros: row.start_micros };
+            if index.contains(row.id) {
+                index.describe(row.id, &info);
+                continue;
+            }
+            if row.model != config.model.name {
+                return Err(Error::Job(format!(
+                    "space '{space}' holds segments of model '{}' but the config runs '{}': embeddings of different \
+                     models cannot share an index; use another space or archive directory",
+                    row.model, config.model.name
+                )));
+            }
+            pending.push((row.id, info, row.embedding.expect("embeddings were asked for")));
+            if pending.len() >= CATCH_UP_BATCH {
+                caught_up += flush(&mut index, &mut pending)?;
+                if last_progress.elapsed() >= PROGRESS_EVERY {
+                    last_progress = Instant::now();
+                    tracing::info!(
+                        space,
+                        caught_up,
+                        seconds = started.elapsed().as_secs(),
+                        "Catching the index up from the archive..."
+                    );
+                }
+            }
         }
     }
-    if let Some(error) = failure {
-        return Err(error);
+    if !pending.is_empty() {
+        caught_up += flush(&mut index, &mut pending)?;
     }
     index.reconcile(&archived);
     if index.unarchived() > 0 {
@@ -115,28 +159,40 @@ pub fn open_space(config: &Config, space: &str) -> Result<(SpaceIndex, usize), E
     } else {
         tracing::debug!(space, from_snapshot, seconds, "Index opened.");
     }
-    Ok((index, caught_up))
+    Ok(Opened { index, caught_up, damaged })
 }
 
-/// The indices of the spaces worker `worker` of `peers` owns, opened, caught up and entered in `registry`.
-pub fn open_indices(config: &Config, worker: usize, peers: usize, registry: &Registry) -> Result<Indices, Error> {
+/// The indices of the spaces worker `worker` of `peers` owns, opened, caught up and entered in `registry`; damaged
+/// archive files are set aside and counted in `metrics`.
+pub fn open_indices(
+    config: &Config,
+    worker: usize,
+    peers: usize,
+    registry: &Registry,
+    metrics: &Metrics,
+) -> Result<Indices, Error> {
     let mut indices = Indices::new(config.index.clone(), config.model.dim, registry.clone());
     for space in known_spaces(config)? {
         if owns(&space, worker, peers) {
-            let (index, _) = open_space(config, &space)?;
-            indices.insert(space, index);
+            let opened = open_space(config, &space, Access::Owner)?;
+            metrics.archive_damaged.with_label_values(&[space.as_str()]).inc_by(opened.damaged as u64);
+            indices.insert(space, opened.index);
         }
     }
     Ok(indices)
 }
 
-/// Opens `spaces` (caught up from the archive) into a registry of their own, for queries outside a running job.
-pub fn open_registry(config: &Config, spaces: &[String]) -> Result<Registry, Error> {
+/// Opens `spaces` read-only (caught up from the archive, in memory) into a registry of their own, for queries beside
+/// or without a running job; damaged archive files are skipped and counted in `metrics` when given.
+pub fn open_registry(config: &Config, spaces: &[String], metrics: Option<&Metrics>) -> Result<Registry, Error> {
     let registry = Registry::default();
     let mut indices = Indices::new(config.index.clone(), config.model.dim, registry.clone());
     for space in spaces {
-        let (index, _) = open_space(config, space)?;
-        indices.insert(space.clone(), index);
+        let opened = open_space(config, space, Access::Reader)?;
+        if let Some(metrics) = metrics {
+            metrics.archive_damaged.with_label_values(&[space.as_str()]).inc_by(opened.damaged as u64);
+        }
+        indices.insert(space.clone(), opened.index);
     }
     Ok(registry)
 }
@@ -154,12 +210,15 @@ impl ColdTier for ArchiveScan<'_> {
     fn scan(&self, filter: &Filter, visit: &mut dyn FnMut(u64, &[f32])) -> Result<(), OperatorError> {
         let mut stats = parquet::ScanStats::default();
         for path in parquet::scan_files(self.dir, self.space, filter, &mut stats).map_err(archive_error)? {
-            parquet::scan_file(&path, filter, true, &mut stats, &mut |row| {
+            let scanned = parquet::scan_file(&path, filter, true, &mut stats, &mut |row| {
                 if let Some(embedding) = &row.embedding {
                     visit(row.id.0, embedding);
                 }
-            })
-            .map_err(archive_error)?;
+            });
+            // A query answers from what can be read; the job sets a damaged file aside when it next starts.
+            if let Err(error) = scanned {
+                tracing::warn!(space = self.space, %error, "An archive file cannot be read; the search skips it.");
+            }
         }
         Ok(())
     }

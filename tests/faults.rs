@@ -10,8 +10,8 @@ use chorus_operators::record::SegmentId;
 use serde_json::Value;
 
 use crate::support::{
-    PrivateBroker, Scenario, T0, T0_SECONDS, free_port, gaussian_noise, http_get, peak_rss, sample_samples, terminate,
-    tools, wait_for, write_wav_i16,
+    PrivateBroker, Scenario, T0, T0_SECONDS, free_port, gaussian_noise, http_get, peak_rss, run_counts, sample_samples,
+    terminate, tools, wait_for, write_wav_i16,
 };
 
 /// `count` recordings of `seconds` of noise at 32 kHz, named `<prefix>NN_20260501_050000.wav` so that `chorus produce`
@@ -229,6 +229,7 @@ fn r3_a_hot_space_cannot_starve_a_quiet_one() {
 
     let hot_total = 16 * 56;
     let published = s.consume(&s.segments_topic, hot_total + 16);
+    assert_eq!(published.len(), hot_total + 16);
     let spaces: Vec<String> = published
         .iter()
         .map(|m| serde_json::from_slice::<Value>(&m.payload).unwrap()["space"].as_str().unwrap().to_owned())
@@ -253,7 +254,7 @@ fn r3_a_clean_restart_reads_nothing_again_and_continues_the_stream() {
     assert!(stopped.elapsed() < Duration::from_secs(10), "the stop took {:?}", stopped.elapsed());
 
     let log = s.run_until_idle();
-    assert!(log.contains("chorus run: 0 chunks"), "a clean restart read audio again: {log}");
+    assert_eq!(run_counts(&log).chunks, 0, "a clean restart read audio again: {log}");
 
     // The recording goes on: the window from 10 s holds audio from before and after the restart.
     let continuation = s.dir.path().join("continuation.wav");

@@ -6,7 +6,9 @@ use serde_json::Value;
 
 use std::time::Duration;
 
-use crate::support::{Scenario, T0, T0_SECONDS, gaussian_noise, root, sample_samples, tools, wait_for, write_wav};
+use crate::support::{
+    Scenario, T0, T0_SECONDS, gaussian_noise, root, run_counts, sample_samples, tools, wait_for, write_wav,
+};
 
 /// Ids and start times of the windows the sample gives at a 1 s hop, computed from the id definition.
 fn expected_sample_windows(space: &str, sensor: &str) -> Vec<(String, String)> {
@@ -79,6 +81,7 @@ fn r2_sample_in_mid_window_chunks_gives_exactly_the_expected_windows() {
 
     // The segments topic carries one JSON record per segment, keyed by its id.
     let records = s.consume(&s.segments_topic, 6);
+    assert_eq!(records.len(), 6);
     let mut published: Vec<(String, String)> = records
         .iter()
         .map(|m| {
@@ -93,14 +96,16 @@ fn r2_sample_in_mid_window_chunks_gives_exactly_the_expected_windows() {
 
     // The clean stop saved the unfinished tail: a second run re-reads nothing and adds nothing.
     let log = s.run_until_idle();
-    assert!(log.contains("chorus run: 0 chunks") && log.contains("0 new segments"), "{log}");
+    let counts = run_counts(&log);
+    assert_eq!((counts.chunks, counts.new_segments, counts.dead_letters), (0, 0, 0), "{log}");
     assert_eq!(s.archived("default", false).len(), 6);
 
     // Without its snapshot the index is rebuilt from the archive: replayed windows are still recognised, and a
     // query still finds every segment.
     std::fs::remove_dir_all(s.dir.path().join("index")).unwrap();
     let log = s.run_until_idle();
-    assert!(log.contains("caught up from the archive") && log.contains("0 new segments"), "{log}");
+    assert!(log.contains("caught up from the archive"), "{log}");
+    assert_eq!(run_counts(&log).new_segments, 0, "{log}");
     assert_eq!(s.archived("default", false).len(), 6);
     let output = s.chorus(&["query", "--segment", &expected[2].0, "-k", "10", "--json"]);
     let answers: Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -128,7 +133,7 @@ fn r2_segments_in_a_snapshot_but_not_yet_archived_are_archived_after_a_crash() {
     assert!(s.archived("default", false).is_empty(), "the archive was written before the kill");
 
     let log = s.run_until_idle();
-    assert!(log.contains("6 new segments"), "{log}");
+    assert_eq!(run_counts(&log).new_segments, 6, "{log}");
     let archived: Vec<String> = s.archived("default", false).into_iter().map(|r| r.id.to_string()).collect();
     let expected: Vec<String> = expected_sample_windows("default", "pole-1").into_iter().map(|(id, _)| id).collect();
     assert_eq!(archived, expected);
@@ -204,7 +209,8 @@ fn r2_a_noisy_excerpt_between_window_starts_finds_its_own_sensor() {
     }
     // Two workers: sensors are reassembled on one worker, the space indexed on another, partitions split between them.
     let log = String::from_utf8(s.chorus(&["run", "-w", "2", "--until-idle", "1"]).stderr).unwrap();
-    assert!(log.contains("10 new segments") && log.contains("0 dead letters"), "{log}");
+    let counts = run_counts(&log);
+    assert_eq!((counts.new_segments, counts.dead_letters), (10, 0), "{log}");
     assert_eq!(s.archived("default", false).len(), 10);
 
     // 2.5 s to 7.5 s: between the window starts at 0 s and 5 s, with white noise 20 dB below the signal.
@@ -235,9 +241,10 @@ fn r2_malformed_messages_are_dead_lettered_and_the_audio_around_them_archived() 
     .unwrap();
     assert_eq!(produced, serde_json::json!({"valid": 6, "malformed": 7}));
     let log = s.run_until_idle();
-    assert!(log.contains("7 dead letters"), "{log}");
+    assert_eq!(run_counts(&log).dead_letters, 7, "{log}");
 
     let letters = s.consume(&s.dead_letter_topic, 7);
+    assert_eq!(letters.len(), 7);
     let mut causes: Vec<&str> = letters.iter().map(|m| m.header(HEADER_CAUSE).unwrap()).collect();
     causes.sort();
     assert_eq!(causes, ["empty", "non_finite", "non_finite", "not_wav", "oversized", "sample_rate", "truncated"]);

@@ -255,13 +255,14 @@ impl Scenario {
             .collect()
     }
 
-    /// Reads `expected` messages from partition 0 of `topic`, waiting up to 30 s.
-    /// Up to `expected` records of `topic` from its start, leaving out the refinement's (`chorus.record` header).
+    /// Every record of partition 0 of `topic` from its start, leaving out the refinement's (`chorus.record`
+    /// header): it waits up to 30 s for `expected` of them, then reads on to the end of the partition, so that a
+    /// caller comparing the count with `expected` also sees any extra record.
     pub fn consume(&self, topic: &str, expected: usize) -> Vec<Consumed> {
         self.consume_matching(topic, expected, |m| m.header("chorus.record").is_none())
     }
 
-    /// Up to `expected` records of `topic` that pass `keep`, from its start (30 s at most).
+    /// Like [`Scenario::consume`], keeping the records that pass `keep`.
     pub fn consume_matching(&self, topic: &str, expected: usize, keep: impl Fn(&Consumed) -> bool) -> Vec<Consumed> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
@@ -274,8 +275,19 @@ impl Scenario {
         consumer.assign(&assignment).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut out = Vec::new();
-        while out.len() < expected && Instant::now() < deadline {
+        // Where the partition ended once `expected` records were seen (or the wait ran out): everything before it is
+        // read too.
+        let mut end: Option<i64> = None;
+        let mut next = 0;
+        loop {
+            if end.is_none() && (out.len() >= expected || Instant::now() >= deadline) {
+                end = Some(consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)).unwrap().1);
+            }
+            if end.is_some_and(|end| next >= end) || Instant::now() >= deadline + Duration::from_secs(30) {
+                break;
+            }
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                next = m.offset() + 1;
                 let consumed = Consumed {
                     key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                     payload: m.payload().unwrap_or_default().to_vec(),
@@ -300,6 +312,45 @@ impl Scenario {
         }
         out
     }
+}
+
+/// The counts a `chorus run` prints when it ends (`chorus run: N chunks, N windows, N new segments (N already
+/// indexed), N dead letters; committed ...`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunCounts {
+    pub chunks: u64,
+    pub windows: u64,
+    pub new_segments: u64,
+    pub already_indexed: u64,
+    pub dead_letters: u64,
+}
+
+/// The counts of the last `chorus run` summary in `log`; fails the test when there is none.
+pub fn run_counts(log: &str) -> RunCounts {
+    let line = log
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("chorus run: "))
+        .unwrap_or_else(|| panic!("no `chorus run:` summary in the log:\n{log}"));
+    let counts = line.split(';').next().unwrap_or_default();
+    let numbers: Vec<u64> =
+        counts.split(|c: char| !c.is_ascii_digit()).filter(|n| !n.is_empty()).map(|n| n.parse().unwrap()).collect();
+    let [chunks, windows, new_segments, already_indexed, dead_letters] = numbers[..] else {
+        panic!("unexpected summary: {line}");
+    };
+    RunCounts { chunks, windows, new_segments, already_indexed, dead_letters }
+}
+
+/// The value of the sample `series` (name and labels, exactly as exposed) in Prometheus text `metrics`; fails the
+/// test when it is absent.
+pub fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// Waits up to `timeout` for `condition`, polling every 50 ms; fails the test with `what` when it never holds.

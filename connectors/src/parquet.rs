@@ -328,15 +328,60 @@ fn publish(dir: &Path, name: &str, batch: &RecordBatch, zstd_level: i32, blobs: 
             .set_column_statistics_enabled(ColumnPath::from(*blob), EnabledStatistics::None);
     }
     let properties = properties.build();
-    let mut file = fs::File::create(&tmp).map_err(|e| failed("cannot create a file", &e))?;
-    let mut writer = ArrowWriter::try_new(&mut file, batch.schema(), Some(properties))
-        .map_err(|e| failed("cannot start a Parquet file", &e))?;
-    writer.write(batch).map_err(|e| failed("cannot write rows", &e))?;
-    writer.close().map_err(|e| failed("cannot finish a Parquet file", &e))?;
-    file.sync_all().map_err(|e| failed("cannot sync a file", &e))?;
-    fs::rename(&tmp, &path).map_err(|e| failed("cannot publish a file", &e))?;
+    let written = (|| {
+        let mut file = fs::File::create(&tmp).map_err(|e| failed("cannot create a file", &e))?;
+        let mut writer = ArrowWriter::try_new(&mut file, batch.schema(), Some(properties))
+            .map_err(|e| failed("cannot start a Parquet file", &e))?;
+        writer.write(batch).map_err(|e| failed("cannot write rows", &e))?;
+        writer.close().map_err(|e| failed("cannot finish a Parquet file", &e))?;
+        file.sync_all().map_err(|e| failed("cannot sync a file", &e))?;
+        fs::rename(&tmp, &path).map_err(|e| failed("cannot publish a file", &e))
+    })();
+    if written.is_err() {
+        // A failed write (a full disk) leaves nothing behind.
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
     fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| failed("cannot sync the directory", &e))?;
     Ok(path)
+}
+
+/// Whether `name` is a temporary file a writer publishes from (see [`publish`]).
+fn is_temporary(name: &str) -> bool {
+    name.starts_with(".part-") && name.ends_with(".tmp")
+}
+
+/// Removes the temporary files that writers killed mid-write left in the day partitions under `root` (an archive or
+/// a refinements dataset), when older than `min_age` (`None`: whatever their age); returns how many. Only the job
+/// holding the archive's lock may call it: no other process writes there.
+pub fn remove_temporary_files(root: &Path, min_age: Option<Duration>) -> usize {
+    let entries = |dir: &Path| fs::read_dir(dir).into_iter().flatten().flatten();
+    let mut removed = 0;
+    for space in entries(root).filter(|e| e.file_name().to_string_lossy().starts_with("space=")) {
+        for day in entries(&space.path()).filter(|e| e.file_name().to_string_lossy().starts_with("date=")) {
+            for file in entries(&day.path()).filter(|e| is_temporary(&e.file_name().to_string_lossy())) {
+                let age = file.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+                if min_age.is_none_or(|min| age.is_some_and(|age| age >= min)) && fs::remove_file(file.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+    }
+    removed
+}
+
+/// Sets a damaged archive file aside: renames `part-….parquet` to `.part-….parquet.damaged` in its directory, where
+/// no reader looks (chorus, DuckDB, pyarrow and polars all skip hidden and non-`.parquet` files), and returns the
+/// new path. The rows it held are still in Kafka (their offsets were only committed once the file was written) or
+/// are lost either way.
+pub fn set_aside(path: &Path) -> Result<PathBuf, Error> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let aside = path.with_file_name(format!(".{name}.damaged"));
+    fs::rename(path, &aside).map_err(|e| Error::Archive {
+        path: path.display().to_string(),
+        message: format!("cannot set it aside: {e}"),
+    })?;
+    Ok(aside)
 }
 
 /// What the refinement says about one segment at one round: a row of the refinements dataset.

@@ -56,6 +56,8 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Audio, Rejection> {
         return Err(reject("empty", "the payload is empty (0 bytes)"));
     }
     let is_wave = bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WAVE";
+    let rebuilt = is_wave.then(|| without_padded_chunks(bytes)).flatten();
+    let bytes = rebuilt.as_deref().unwrap_or(bytes);
     let reader = WavReader::new(Cursor::new(bytes)).map_err(|e| {
         if is_wave {
             // The RIFF header says how long the file is: a shorter payload was cut in transit.
@@ -158,6 +160,38 @@ fn bulk_samples(data: &[u8], format: SampleFormat, width: usize) -> Vec<f32> {
             .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32 * (1.0 / 2_147_483_648.0))
             .collect(),
     }
+}
+
+/// RIFF pads a chunk of odd length with one byte, which hound does not skip: after an odd-length chunk before the
+/// audio (a `LIST` of metadata, say) it reads the next chunk's header one byte off and fails. For such a file this
+/// returns the file rebuilt from its `fmt ` and `data` chunks alone; `None` for every other file (the common case
+/// costs one walk over the chunk headers).
+fn without_padded_chunks(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut at = 12;
+    let (mut fmt, mut padded) = (None, false);
+    while at + 8 <= bytes.len() {
+        let size = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().ok()?) as usize;
+        match &bytes[at..at + 4] {
+            b"data" => {
+                let fmt: &[u8] = fmt.filter(|_| padded)?;
+                // The RIFF size keeps saying how much of the file was sent, less what was left out.
+                let declared = u32::from_le_bytes(bytes[4..8].try_into().ok()?);
+                let declared = declared.saturating_sub((at - 12 - fmt.len()) as u32);
+                let mut out = Vec::with_capacity(12 + fmt.len() + bytes.len() - at);
+                out.extend_from_slice(b"RIFF");
+                out.extend_from_slice(&declared.to_le_bytes());
+                out.extend_from_slice(b"WAVE");
+                out.extend_from_slice(fmt);
+                out.extend_from_slice(&bytes[at..]);
+                return Some(out);
+            }
+            b"fmt " => fmt = Some(bytes.get(at..at + 8 + size)?),
+            _ => {}
+        }
+        padded |= size % 2 == 1;
+        at = at.checked_add(8 + size + (size & 1))?;
+    }
+    None
 }
 
 /// The block alignment (bytes per frame) of the `fmt ` chunk, walking the RIFF chunks.
@@ -304,6 +338,42 @@ mod tests {
 
     fn int_spec(bits: u16, channels: u16) -> WavSpec {
         WavSpec { channels, sample_rate: 32_000, bits_per_sample: bits, sample_format: SampleFormat::Int }
+    }
+
+    /// `bytes` (a canonical WAV file) with a metadata chunk of `len` bytes before its `fmt ` chunk and another
+    /// before its `data` chunk, each padded to an even length as RIFF asks.
+    fn with_metadata(bytes: &[u8], len: usize) -> Vec<u8> {
+        let chunk = |id: &[u8; 4]| {
+            let mut c = id.to_vec();
+            c.extend_from_slice(&(len as u32).to_le_bytes());
+            c.extend(std::iter::repeat_n(b'x', len));
+            if len % 2 == 1 {
+                c.push(0);
+            }
+            c
+        };
+        let fmt_end = 12 + 8 + u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize;
+        let mut out = bytes[..12].to_vec();
+        out.extend(chunk(b"bext"));
+        out.extend_from_slice(&bytes[12..fmt_end]);
+        out.extend(chunk(b"LIST"));
+        out.extend_from_slice(&bytes[fmt_end..]);
+        let riff = (out.len() - 8) as u32;
+        out[4..8].copy_from_slice(&riff.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn r13_metadata_chunks_of_odd_length_and_their_pad_bytes_are_skipped() {
+        let plain = wav(int_spec(16, 2), Samples::Int(vec![0, 16_384, -32_768, 0, 100, -100]));
+        let want = decode(&plain, &DecodeLimits::default()).unwrap();
+        for len in [4, 5, 13] {
+            let bytes = with_metadata(&plain, len);
+            assert_eq!(decode(&bytes, &DecodeLimits::default()), Ok(want.clone()), "metadata of {len} bytes");
+            // Cut in transit, it is still reported as truncated.
+            let cut = &bytes[..bytes.len() - 3];
+            assert_eq!(decode(cut, &DecodeLimits::default()).unwrap_err().cause, "truncated", "{len} bytes, cut");
+        }
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub const QUERY_CACHE: &str = "chorus_query_cache_total";
 pub const REFINE_SECONDS: &str = "chorus_refine_update_seconds";
 /// Nodes in the refinement's kNN graph, per worker summed.
 pub const REFINE_NODES: &str = "chorus_refine_graph_nodes";
+/// 1 while the refinement is paused by a failure (ingestion goes on; `/readyz` gives the reason), else 0.
+pub const REFINE_PAUSED: &str = "chorus_refine_paused";
+/// Archive files that could not be read, and were set aside by a job or skipped by a reader (label `space`).
+pub const ARCHIVE_DAMAGED: &str = "chorus_archive_damaged_files_total";
 
 /// Messages of the audio topic not read yet, per partition this process reads (label `partition`): the high
 /// watermark less the next offset to read, every 2 s.
@@ -68,6 +72,8 @@ pub const ALL: &[&str] = &[
     QUERY_CACHE,
     REFINE_SECONDS,
     REFINE_NODES,
+    REFINE_PAUSED,
+    ARCHIVE_DAMAGED,
     KAFKA_LAG,
 ];
 
@@ -127,6 +133,10 @@ pub struct Metrics {
     pub refine_seconds: Histogram,
     /// See [`REFINE_NODES`].
     pub refine_nodes: IntGauge,
+    /// See [`REFINE_PAUSED`].
+    pub refine_paused: IntGauge,
+    /// See [`ARCHIVE_DAMAGED`].
+    pub archive_damaged: IntCounterVec,
     /// See [`KAFKA_LAG`].
     pub kafka_lag: IntGaugeVec,
 }
@@ -190,6 +200,14 @@ impl Metrics {
                 .buckets(vec![0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
             )?,
             refine_nodes: IntGauge::new(REFINE_NODES, "Nodes in the refinement's kNN graph.")?,
+            refine_paused: IntGauge::new(REFINE_PAUSED, "1 while the refinement is paused by a failure.")?,
+            archive_damaged: IntCounterVec::new(
+                Opts::new(
+                    ARCHIVE_DAMAGED,
+                    "Archive files that could not be read: set aside by a job, skipped by a reader.",
+                ),
+                &[SPACE],
+            )?,
             kafka_lag: IntGaugeVec::new(
                 Opts::new(KAFKA_LAG, "Messages of the audio topic not read yet, per partition read here."),
                 &[PARTITION],
@@ -220,6 +238,8 @@ impl Metrics {
             Box::new(self.query_cache.clone()),
             Box::new(self.refine_seconds.clone()),
             Box::new(self.refine_nodes.clone()),
+            Box::new(self.refine_paused.clone()),
+            Box::new(self.archive_damaged.clone()),
             Box::new(self.kafka_lag.clone()),
         ]
     }

@@ -19,7 +19,6 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -318,16 +317,8 @@ impl Savepoint {
 
     /// Writes it to `path` durably (temporary file, sync, rename, directory sync).
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("tmp");
         let bytes = bincode::serialize(self).map_err(std::io::Error::other)?;
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        crate::durable::replace(path, &bytes)
     }
 
     /// Reads one written by [`Savepoint::write`].

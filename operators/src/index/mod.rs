@@ -750,6 +750,124 @@ mod tests {
     }
 
     #[test]
+    fn r13_an_empty_open_shard_can_be_walked() {
+        // hnsw_rs's own iterator panics on an empty graph: a space with no point yet (its first segments still on
+        // their way to the archive) and a space whose open shard was just sealed must both be walkable.
+        let dir = tempfile::tempdir().unwrap();
+        let empty = SpaceIndex::new(dir.path(), &params(4), 8);
+        let mut visited = 0;
+        empty.for_each_vector(|_, _| visited += 1);
+        assert_eq!(visited, 0);
+
+        let mut index = SpaceIndex::new(dir.path(), &params(4), 8);
+        for i in 0..4 {
+            index.insert(SegmentId(i), &info(i), &vector(i, 8), 0).unwrap();
+        }
+        assert_eq!(index.shards().len(), 1, "the fourth point sealed the open shard");
+        let mut ids = Vec::new();
+        index.for_each_vector(|id, v| {
+            assert_eq!(v.len(), 8);
+            ids.push(id.0);
+        });
+        ids.sort_unstable();
+        assert_eq!(ids, [0, 1, 2, 3]);
+        assert!(index.vector(SegmentId(9)).is_none());
+        index.save().unwrap();
+        let reopened = SpaceIndex::open(dir.path(), &params(4), 8).unwrap();
+        assert_eq!(reopened.len(), 4);
+    }
+
+    #[test]
+    fn r13_a_seal_that_cannot_be_written_changes_nothing_and_is_tried_again_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 8;
+        let mut index = SpaceIndex::new(dir.path(), &params(4), dim);
+        // A file where the seal writes its shard makes the write fail, as a full disk would.
+        let blocker = dir.path().join(".shard-000001.tmp");
+        std::fs::write(&blocker, b"in the way").unwrap();
+        for i in 0..6 {
+            assert!(index.insert(SegmentId(i), &info(i), &vector(i, dim), 10).unwrap(), "point {i} is inserted");
+        }
+        assert_eq!(
+            (index.len(), index.points(), index.shards().len()),
+            (6, 6, 0),
+            "every point stays in the open shard"
+        );
+        let found = |index: &SpaceIndex, i: u64| search(index, &vector(i, dim), 1, 64, &Filter::default())[0].0;
+        for i in 0..6 {
+            assert_eq!(found(&index, i), SegmentId(i));
+            assert_eq!(index.point(SegmentId(i)), Some(info(i)));
+        }
+        // Within a minute of the failure no seal is tried; then one is, and succeeds once the disk has room.
+        std::fs::remove_file(&blocker).unwrap();
+        index.insert(SegmentId(6), &info(6), &vector(6, dim), 20).unwrap();
+        assert_eq!(index.shards().len(), 0);
+        index.insert(SegmentId(7), &info(7), &vector(7, dim), 80).unwrap();
+        assert_eq!((index.shards().len(), index.shards()[0].len(), index.len()), (1, 8, 8));
+        for i in 8..12 {
+            index.insert(SegmentId(i), &info(i), &vector(i, dim), 80).unwrap();
+        }
+        assert_eq!(index.shards().len(), 2);
+        for i in 0..12 {
+            assert_eq!(found(&index, i), SegmentId(i), "point {i} after the seals");
+            assert_eq!(index.point(SegmentId(i)), Some(info(i)));
+            assert!(index.vector(SegmentId(i)).is_some());
+        }
+        index.save().unwrap();
+        let reopened = SpaceIndex::open(dir.path(), &params(4), dim).unwrap();
+        assert_eq!((reopened.len(), reopened.points()), (12, 12));
+    }
+
+    #[test]
+    fn r13_a_reader_never_writes_and_reads_an_index_that_a_writer_keeps_republishing() {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 8;
+        let mut writer = SpaceIndex::new(dir.path(), &params(5), dim);
+        for i in 0..12 {
+            writer.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
+        }
+        writer.save().unwrap();
+        // A seal cut short leaves a directory no manifest names: the owner removes it, a reader leaves it.
+        std::fs::create_dir(dir.path().join(".shard-000099.tmp")).unwrap();
+        let listing = || {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let before = listing();
+        let mut reader = SpaceIndex::open_read_only(dir.path(), &params(5), dim).unwrap();
+        assert_eq!(reader.len(), 12);
+        for i in 12..30 {
+            assert!(reader.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap());
+        }
+        reader.maintain(1_000_000, Some(1)).unwrap();
+        assert!(reader.save().is_err(), "a reader refuses to publish");
+        assert_eq!(reader.len(), 30);
+        assert_eq!(listing(), before, "the reader changed the directory");
+
+        // Readers racing a writer that seals and republishes all the time always open a consistent index.
+        let path = dir.path().to_path_buf();
+        let writing = std::thread::spawn(move || {
+            for i in 12..400 {
+                writer.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
+                writer.save().unwrap();
+            }
+        });
+        let mut opened = 0;
+        while !writing.is_finished() {
+            let index = SpaceIndex::open_read_only(&path, &params(5), dim).unwrap();
+            assert!(index.len() >= 12 && index.len() == index.points());
+            opened += 1;
+        }
+        writing.join().unwrap();
+        assert!(opened > 0);
+        assert_eq!(SpaceIndex::open(&path, &params(5), dim).unwrap().len(), 400);
+    }
+
+    #[test]
     fn vectors_without_direction_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let mut index = SpaceIndex::new(dir.path(), &params(1000), 4);

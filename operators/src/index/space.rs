@@ -13,9 +13,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use hnsw_rs::hnsw::Point;
 use hnsw_rs::prelude::{AnnT, DistDot, Hnsw, HnswIo};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,7 @@ use super::kernels::Tier;
 use super::shard::{Rows, Shard};
 use super::{ColdTier, Filter, IndexParams, unit};
 use crate::Error;
+use crate::durable::{self, write_synced};
 use crate::record::SegmentId;
 
 /// hnsw_rs only dumps graphs built with its maximum layer count.
@@ -34,6 +36,10 @@ pub(super) const SHRINK: f32 = 1.0 - 4e-6;
 const SNAPSHOT_BASENAME: &str = "index";
 /// The shard number of the open shard in [`SpaceIndex`]'s id map.
 const OPEN: u32 = u32::MAX;
+/// Times a reader reads an index that keeps changing under it before it gives up.
+const READ_ATTEMPTS: u32 = 10;
+/// Seconds between attempts to seal a full open shard after one failed.
+const SEAL_RETRY_SECONDS: u64 = 60;
 /// Below this many points in memory, one thread searches every shard.
 const PARALLEL_POINTS: usize = 20_000;
 
@@ -165,6 +171,10 @@ pub struct SpaceIndex {
     /// Counts changes that can alter an answer (inserts, seals, tier moves): cached answers of an older generation
     /// are stale.
     generation: u64,
+    /// When (seconds since the epoch) sealing the full open shard last failed.
+    seal_failed_at: Option<u64>,
+    /// Opened by a reader beside the job that owns the files: nothing is ever written.
+    read_only: bool,
 }
 
 /// What [`SpaceIndex::offer`] did with a segment.
@@ -206,15 +216,55 @@ impl SpaceIndex {
             unsaved: 0,
             changed: false,
             generation: 0,
+            seal_failed_at: None,
+            read_only: false,
         }
     }
 
-    /// Opens the index published in `dir`, or an empty one when there is none; removes what no manifest names.
+    /// Opens the index published in `dir`, or an empty one when there is none, for the job that owns it: what no
+    /// manifest names (a seal or a save cut short) is removed.
     pub fn open(dir: &Path, params: &IndexParams, dim: usize) -> Result<Self, Error> {
+        let failed = |message: String| Error::Index { path: dir.display().to_string(), message };
+        let (index, keep) = SpaceIndex::load(dir, params, dim)?;
+        let Some(keep) = keep else { return Ok(index) };
+        for entry in fs::read_dir(dir).map_err(|e| failed(e.to_string()))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !keep.contains(&name) {
+                let path = entry.path();
+                let _ = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            }
+        }
+        Ok(index)
+    }
+
+    /// Opens the index published in `dir` for a reader beside the job that owns it (`chorus query`, `chorus
+    /// serve`): nothing on disk is ever changed — no file removed, no shard sealed, no manifest published; points
+    /// inserted stay in memory. A job publishing a new manifest while this one is read (and removing the files of
+    /// the previous one) makes the read start again from `CURRENT`, up to [`READ_ATTEMPTS`] times.
+    pub fn open_read_only(dir: &Path, params: &IndexParams, dim: usize) -> Result<Self, Error> {
+        let mut attempt = 1;
+        loop {
+            match SpaceIndex::load(dir, params, dim) {
+                Ok((mut index, _)) => {
+                    index.read_only = true;
+                    return Ok(index);
+                }
+                Err(error) if attempt >= READ_ATTEMPTS => return Err(error),
+                Err(error) => {
+                    tracing::debug!(%error, attempt, "The index changed while it was read; reading it again.");
+                    std::thread::sleep(std::time::Duration::from_millis(20 * attempt as u64));
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Reads the published state; returns it with the names in `dir` it uses (`None`: nothing is published).
+    fn load(dir: &Path, params: &IndexParams, dim: usize) -> Result<(Self, Option<HashSet<String>>), Error> {
         let failed = |message: String| Error::Index { path: dir.display().to_string(), message };
         let current = match fs::read_to_string(dir.join("CURRENT")) {
             Ok(name) => name.trim().to_owned(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(SpaceIndex::new(dir, params, dim)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((SpaceIndex::new(dir, params, dim), None)),
             Err(e) => return Err(failed(format!("cannot read CURRENT: {e}"))),
         };
         let manifest = if current.ends_with(".json") {
@@ -228,8 +278,7 @@ impl SpaceIndex {
         index.next_shard = manifest.next_shard;
         if let Some(open) = &manifest.open {
             index.open = load_open(&dir.join(open), params, dim)?;
-            let open =
-                index.open.hnsw.get_point_indexation().into_iter().map(|p| (p.get_origin_id() as u64, (OPEN, 0)));
+            let open = hnsw_points(&index.open.hnsw).map(|p| (p.get_origin_id() as u64, (OPEN, 0)));
             index.ids.extend(open);
         }
         for entry in &manifest.shards {
@@ -238,21 +287,14 @@ impl SpaceIndex {
             index.ids.extend(shard.rows().ids.iter().enumerate().map(|(row, id)| (*id, (number, row as u32))));
             index.sealed.push(shard);
         }
-        let keep: HashSet<&str> = manifest
+        let keep: HashSet<String> = manifest
             .open
             .iter()
-            .map(String::as_str)
-            .chain(manifest.shards.iter().map(|s| s.name.as_str()))
-            .chain([current.as_str(), "CURRENT"])
+            .cloned()
+            .chain(manifest.shards.iter().map(|s| s.name.clone()))
+            .chain([current, "CURRENT".to_owned()])
             .collect();
-        for entry in fs::read_dir(dir).map_err(|e| failed(e.to_string()))?.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !keep.contains(name.as_str()) {
-                let path = entry.path();
-                let _ = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
-            }
-        }
-        Ok(index)
+        Ok((index, Some(keep)))
     }
 
     /// Number of points.
@@ -324,7 +366,7 @@ impl SpaceIndex {
     pub fn vector(&self, id: SegmentId) -> Option<Vec<f32>> {
         let (shard, row) = *self.ids.get(&id.0)?;
         if shard == OPEN {
-            let point = self.open.hnsw.get_point_indexation().into_iter().find(|p| p.get_origin_id() as u64 == id.0)?;
+            let point = hnsw_points(&self.open.hnsw).find(|p| p.get_origin_id() as u64 == id.0)?;
             return unit(point.get_v(), self.dim).ok();
         }
         self.sealed.get(shard as usize)?.full_row(row as usize)
@@ -332,7 +374,7 @@ impl SpaceIndex {
 
     /// Calls `visit(id, unit vector)` for every point: the open shard's from memory, sealed shards' from their files.
     pub fn for_each_vector(&self, mut visit: impl FnMut(SegmentId, Vec<f32>)) {
-        for point in self.open.hnsw.get_point_indexation() {
+        for point in hnsw_points(&self.open.hnsw) {
             if let Ok(v) = unit(point.get_v(), self.dim) {
                 visit(SegmentId(point.get_origin_id() as u64), v);
             }
@@ -420,7 +462,12 @@ impl SpaceIndex {
         }
         let mut rest = fresh.as_slice();
         while !rest.is_empty() {
-            let room = self.params.shard_max_points.saturating_sub(self.open.len()).max(1);
+            // While sealing is failing, the open shard takes everything.
+            let room = if self.open.len() >= self.params.shard_max_points {
+                rest.len()
+            } else {
+                self.params.shard_max_points - self.open.len()
+            };
             let (now_in, later) = rest.split_at(room.min(rest.len()));
             for (id, info, _) in now_in {
                 self.open.describe(*id, info);
@@ -435,9 +482,7 @@ impl SpaceIndex {
             }
             self.open.opened_at.get_or_insert(now);
             self.unsaved += now_in.len();
-            if self.open.len() >= self.params.shard_max_points {
-                self.seal(now)?;
-            }
+            self.seal_when_full(now);
             rest = later;
         }
         Ok(inserted)
@@ -451,31 +496,49 @@ impl SpaceIndex {
     }
 
     /// Seals the open shard (when it holds any point) into a new shard in the f32 tier and publishes the change.
+    ///
+    /// All or nothing: the shard is written first, and only once it is on disk does it replace the open shard and do
+    /// the ids move to it. Should the write fail (a full disk), the open shard and every id stay as they were.
     pub fn seal(&mut self, now: u64) -> Result<(), Error> {
         if self.open.len() == 0 {
             return Ok(());
         }
-        let open = std::mem::replace(&mut self.open, OpenShard::new(&self.params));
-        let mut extracted = Graph::from_hnsw(&open.hnsw);
+        self.writable()?;
+        let mut extracted = Graph::from_hnsw(&self.open.hnsw);
         for x in &mut extracted.vectors {
             *x /= SHRINK;
         }
-        let (sensor, start) = extracted.ids.iter().map(|id| open.info[id]).unzip();
-        let number = self.sealed.len() as u32;
-        for (row, id) in extracted.ids.iter().enumerate() {
-            self.ids.insert(*id, (number, row as u32));
-        }
-        let rows = Rows { ids: extracted.ids.clone(), sensor, start, sensors: open.sensors };
+        let (sensor, start) = extracted.ids.iter().map(|id| self.open.info[id]).unzip();
+        let rows = Rows { ids: extracted.ids.clone(), sensor, start, sensors: self.open.sensors.clone() };
         let name = format!("shard-{:06}", self.next_shard);
         fs::create_dir_all(&self.dir)
             .map_err(|e| Error::Index { path: self.dir.display().to_string(), message: e.to_string() })?;
         let shard = Shard::seal(&self.dir, &name, extracted, rows, self.dim, now)?;
         tracing::debug!(dir = %self.dir.display(), shard = name, points = shard.len(), "Shard sealed.");
+        let number = self.sealed.len() as u32;
+        for (row, id) in shard.rows().ids.iter().enumerate() {
+            self.ids.insert(*id, (number, row as u32));
+        }
+        self.open = OpenShard::new(&self.params);
         self.sealed.push(shard);
         self.next_shard += 1;
+        self.seal_failed_at = None;
         self.unsaved = 0;
         self.changed = true;
         self.publish()
+    }
+
+    /// Seals the open shard once it is full, unless a seal failed less than [`SEAL_RETRY_SECONDS`] ago. A failure is
+    /// logged, not returned: the points are in the open shard, which goes on taking inserts until a seal succeeds.
+    fn seal_when_full(&mut self, now: u64) {
+        let deferred = self.seal_failed_at.is_some_and(|at| now < at.saturating_add(SEAL_RETRY_SECONDS));
+        if self.open.len() < self.params.shard_max_points || deferred || self.read_only {
+            return;
+        }
+        if let Err(error) = self.seal(now) {
+            tracing::error!(%error, points = self.open.len(), retry_seconds = SEAL_RETRY_SECONDS, "The full open shard could not be sealed; it keeps every point and takes more until a seal succeeds.");
+            self.seal_failed_at = Some(now);
+        }
     }
 
     /// The `k` nearest segments, nearest first, with cosine distances, over every shard; `cold` answers for shards
@@ -580,9 +643,18 @@ impl SpaceIndex {
     /// the space fits the budget. Publishes any change; returns whether there was one.
     pub fn maintain(&mut self, now: u64, budget: Option<usize>) -> Result<bool, Error> {
         let mut changed = false;
-        if self.open.opened_at.is_some_and(|t| now.saturating_sub(t) >= self.params.shard_max_age.as_secs()) {
-            self.seal(now)?;
-            changed = true;
+        let deferred = self.seal_failed_at.is_some_and(|at| now < at.saturating_add(SEAL_RETRY_SECONDS));
+        if self.open.opened_at.is_some_and(|t| now.saturating_sub(t) >= self.params.shard_max_age.as_secs())
+            && !deferred
+            && !self.read_only
+        {
+            match self.seal(now) {
+                Ok(()) => changed = true,
+                Err(error) => {
+                    tracing::error!(%error, retry_seconds = SEAL_RETRY_SECONDS, "The open shard could not be sealed by age; it stays open.");
+                    self.seal_failed_at = Some(now);
+                }
+            }
         }
         for i in 0..self.sealed.len() {
             let shard = &self.sealed[i];
@@ -624,11 +696,22 @@ impl SpaceIndex {
         if changed {
             self.generation += 1;
         }
-        if changed || self.changed {
+        if (changed || self.changed) && !self.read_only {
             self.changed = true;
             self.publish()?;
         }
         Ok(changed)
+    }
+
+    /// Refuses a change on disk to an index opened by a reader.
+    fn writable(&self) -> Result<(), Error> {
+        if self.read_only {
+            return Err(Error::Index {
+                path: self.dir.display().to_string(),
+                message: "opened read-only, beside the job that owns it: nothing is written".into(),
+            });
+        }
+        Ok(())
     }
 
     /// Points inserted into the open shard since the last snapshot.
@@ -646,6 +729,7 @@ impl SpaceIndex {
     }
 
     fn publish(&mut self) -> Result<(), Error> {
+        self.writable()?;
         let dir = self.dir.clone();
         let failed = |message: String| Error::Index { path: dir.display().to_string(), message };
         fs::create_dir_all(&dir).map_err(|e| failed(format!("cannot create directory: {e}")))?;
@@ -682,9 +766,7 @@ impl SpaceIndex {
         let name = format!("manifest-{sequence:010}.json");
         let body = serde_json::to_vec_pretty(&manifest).map_err(|e| failed(e.to_string()))?;
         write_synced(&dir.join(&name), &body).map_err(|e| failed(format!("cannot write {name}: {e}")))?;
-        write_synced(&dir.join("CURRENT.tmp"), format!("{name}\n").as_bytes())
-            .and_then(|()| fs::rename(dir.join("CURRENT.tmp"), dir.join("CURRENT")))
-            .and_then(|()| fs::File::open(&dir)?.sync_all())
+        durable::replace(&dir.join("CURRENT"), format!("{name}\n").as_bytes())
             .map_err(|e| failed(format!("cannot publish {name}: {e}")))?;
         for old in [previous, previous_open.filter(|p| Some(p) != open.as_ref())].into_iter().flatten() {
             if old != name {
@@ -698,15 +780,19 @@ impl SpaceIndex {
     }
 }
 
+/// Every point of an hnsw_rs graph, each once. hnsw_rs's own iterator over all points unwraps the graph's entry
+/// point, so it panics on an empty graph (an open shard just sealed, a space whose first segment is still on its way
+/// to the archive); its per-layer iterators do not, and every point lives in exactly one layer's list.
+pub(super) fn hnsw_points<'a, 'b: 'a>(
+    hnsw: &'a Hnsw<'b, f32, DistDot>,
+) -> impl Iterator<Item = Arc<Point<'b, f32>>> + 'a {
+    let indexation = hnsw.get_point_indexation();
+    (0..=usize::from(hnsw.get_max_level_observed())).flat_map(move |layer| indexation.get_layer_iterator(layer))
+}
+
 fn sequence_of(name: &str) -> Option<u64> {
     let stem = name.strip_suffix(".json").unwrap_or(name);
     stem.rsplit('-').next()?.parse().ok()
-}
-
-fn write_synced(path: &Path, body: &[u8]) -> std::io::Result<()> {
-    let mut file = fs::File::create(path)?;
-    file.write_all(body)?;
-    file.sync_all()
 }
 
 /// hnsw_rs's dump of the open shard plus `rows.bin` (id, sensor number, start) and `sensors.json`.
@@ -734,7 +820,7 @@ fn load_open(target: &Path, params: &IndexParams, dim: usize) -> Result<OpenShar
     let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(target, SNAPSHOT_BASENAME)));
     let hnsw: Hnsw<'static, f32, DistDot> = io.load_hnsw().map_err(|e| failed(format!("cannot load snapshot: {e}")))?;
     if hnsw.get_nb_point() > 0 {
-        let found = hnsw.get_point_indexation().into_iter().next().map_or(dim, |p| p.get_v().len());
+        let found = hnsw_points(&hnsw).next().map_or(dim, |p| p.get_v().len());
         if found != dim {
             return Err(failed(format!(
                 "snapshot holds {found}-dimensional vectors but the model produces {dim}: it belongs to another model"
@@ -757,7 +843,7 @@ fn load_open(target: &Path, params: &IndexParams, dim: usize) -> Result<OpenShar
         }
     }
     let unknown = PointInfo { sensor: String::new(), start_micros: 0 };
-    let ids: Vec<u64> = open.hnsw.get_point_indexation().into_iter().map(|p| p.get_origin_id() as u64).collect();
+    let ids: Vec<u64> = hnsw_points(&open.hnsw).map(|p| p.get_origin_id() as u64).collect();
     for id in ids {
         if !open.info.contains_key(&id) {
             open.describe(id, &unknown);
