@@ -16,13 +16,21 @@
 //! `GET /` (or `/search`) is the search page: pick an archived call or upload a clip, see and hear the neighbours,
 //! label them. It holds no data and needs no token; it asks the API, with the token when one is set.
 //!
-//! Errors are JSON (`{"error": {"status": 400, "reason": "..."}}`). Bodies are limited to `api.max_body_bytes`;
-//! with `api.token` set, every `/v1/` request needs `Authorization: Bearer <token>`. Answers are cached (LRU of
-//! `api.cache_entries`) under the generation of every space they searched, so an insert into a space invalidates
-//! exactly the answers that space took part in.
+//! Errors are JSON (`{"error": {"status": 400, "reason": "..."}}`). Bodies are limited to `api.max_body_bytes`
+//! and WAV clips to `api.max_clip_seconds`; with `api.token` set, every `/v1/` request needs `Authorization: Bearer
+//! <token>`. Answers are cached (LRU of `api.cache_entries`) under the generation of every space they searched, so
+//! an insert into a space invalidates exactly the answers that space took part in.
+//!
+//! What a web page on another site could do through a visitor's browser is closed off: JSON bodies must say
+//! `content-type: application/json` (a page can send a body without a content type, or as `text/plain`, without the
+//! browser asking this server first), and every route here, the page included, answers only requests whose `Host`
+//! is an IP address, `localhost` or a name in `api.allowed_hosts` (a page whose DNS name is rebound to this machine
+//! would otherwise be same-origin with the API). A request without a `Host` (HTTP/1.0) is refused too: every
+//! HTTP/1.1 client and every browser sends one.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -35,6 +43,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chorus_connectors::kafka::{self, Acks, LabelEvent, Producer};
+use chorus_connectors::wav::{self, DecodeLimits};
 use chorus_operators::embed::Embedder;
 use chorus_operators::index::{self, Filter, Registry};
 use chorus_operators::metrics::Metrics;
@@ -93,10 +102,12 @@ impl Api {
         }
     }
 
-    /// The `/v1/` routes, with the body limit and, when a token is set, the bearer check.
+    /// The `/v1/` routes and the search page, behind the `Host` check, with the body limit and, when a token is set,
+    /// the bearer check.
     pub fn routes(self) -> Router {
         let limit = self.config.api.max_body_bytes;
         let token = self.config.api.token.clone();
+        let hosts = Arc::new(self.config.api.allowed_hosts.clone());
         let router = Router::new()
             .route("/v1/search", post(search))
             .route("/v1/segments", get(recent))
@@ -119,7 +130,9 @@ impl Api {
             None => router,
         };
         // The search page holds no data (it asks the API, with the token when one is set), so it needs none.
-        router.route("/", get(page)).route("/search", get(page))
+        let router = router.route("/", get(page)).route("/search", get(page));
+        // Outermost, so that a request for a foreign host learns nothing, not even whether a token is needed.
+        router.layer(middleware::from_fn_with_state(hosts, host_check))
     }
 }
 
@@ -135,11 +148,25 @@ pub struct ApiConfig {
     pub token: String,
     /// The p99 search latency `chorus bench-query` holds the API to, in milliseconds.
     pub sla_p99_ms: f64,
+    /// Host names (no port) the API and the search page answer to besides IP addresses and `localhost`: the names
+    /// people or a proxy reach this server by. A request for any other `Host` is refused (421), so a web page cannot
+    /// reach the API through a DNS name it points at this machine (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Longest WAV clip a search takes, in seconds (1..=3600): a longer one is refused (413) from its WAV header,
+    /// before its samples are decoded, since embedding every window of it holds the model for long.
+    pub max_clip_seconds: u32,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { max_body_bytes: 16 << 20, cache_entries: 1_024, token: String::new(), sla_p99_ms: 50.0 }
+        ApiConfig {
+            max_body_bytes: 16 << 20,
+            cache_entries: 1_024,
+            token: String::new(),
+            sla_p99_ms: 50.0,
+            allowed_hosts: Vec::new(),
+            max_clip_seconds: 60,
+        }
     }
 }
 
@@ -154,6 +181,10 @@ pub struct ApiSettings {
     pub token: Option<String>,
     /// p99 target.
     pub sla_p99_ms: f64,
+    /// Host names answered besides IP addresses and `localhost`: lower case, without a trailing dot.
+    pub allowed_hosts: Vec<String>,
+    /// Longest WAV clip a search takes, in seconds.
+    pub max_clip_seconds: u32,
 }
 
 impl ApiConfig {
@@ -182,13 +213,115 @@ impl ApiConfig {
                 format!("{} is not a positive number of milliseconds", self.sla_p99_ms),
             ));
         }
+        let mut allowed_hosts = Vec::with_capacity(self.allowed_hosts.len());
+        for (i, host) in self.allowed_hosts.iter().enumerate() {
+            let wrong = |why: &str| FieldError::new("allowed_hosts", format!("entry {i} '{host}' {why}"));
+            if host.is_empty() {
+                return Err(wrong("is empty: give a host name such as chorus.example.org"));
+            }
+            if host.contains('/') {
+                return Err(wrong(
+                    "is not a bare host name: give the name alone, not a URL or path (chorus.example.org)",
+                ));
+            }
+            if host.contains(':') || host.contains('[') {
+                return Err(wrong(
+                    "has a port or is an IPv6 address: give the host name alone (every port is answered, and IP \
+                     addresses always are)",
+                ));
+            }
+            let name = normal_host(host);
+            let label_ok = |label: &str| {
+                (1..=63).contains(&label.len())
+                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            };
+            if name.len() > 253 || !name.split('.').all(label_ok) {
+                return Err(wrong("is not a host name (labels of letters, digits and '-', joined by '.')"));
+            }
+            allowed_hosts.push(name);
+        }
+        if !(1..=3_600).contains(&self.max_clip_seconds) {
+            return Err(FieldError::new(
+                "max_clip_seconds",
+                format!("{} is outside 1..=3600 seconds", self.max_clip_seconds),
+            ));
+        }
         Ok(ApiSettings {
             max_body_bytes: self.max_body_bytes,
             cache_entries: self.cache_entries,
             token,
             sla_p99_ms: self.sla_p99_ms,
+            allowed_hosts,
+            max_clip_seconds: self.max_clip_seconds,
         })
     }
+}
+
+/// A host name as compared: DNS names are case-insensitive, and `name.` is the same name as `name`.
+fn normal_host(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+/// The host of an authority (`host[:port]`, as in a `Host` header), or `None` when it is not one. An IPv6 address
+/// keeps its brackets.
+fn host_part(authority: &str) -> Option<&str> {
+    let end = if authority.starts_with('[') {
+        authority.find(']')? + 1
+    } else {
+        authority.find(':').unwrap_or(authority.len())
+    };
+    let (host, port) = authority.split_at(end);
+    let port_ok = port.is_empty() || port.strip_prefix(':').is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
+    (port_ok && !host.is_empty()).then_some(host)
+}
+
+/// Whether the API answers to `authority` (a `Host` header's value): an IP address (IPv6 in brackets), `localhost`,
+/// or a name in `allowed` (normalised as by [`normal_host`]). A DNS rebinding attack needs a name of the attacker's
+/// own, which is none of these.
+fn host_allowed(authority: &str, allowed: &[String]) -> bool {
+    let Some(host) = host_part(authority) else { return false };
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<Ipv6Addr>().is_ok();
+    }
+    if host.parse::<Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let name = normal_host(host);
+    name == "localhost" || allowed.contains(&name)
+}
+
+/// Refuses (421) a request for a host the API does not answer to (see [`host_allowed`]), and (400) one that names
+/// no host or more than one.
+async fn host_check(State(allowed): State<Arc<Vec<String>>>, request: HttpRequest, next: Next) -> Response {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let (first, second) = (hosts.next(), hosts.next());
+    // In absolute form (`GET http://name/ HTTP/1.1`) the target names the host and the Host header is ignored
+    // (RFC 9112, section 3.2.2).
+    let authority = match (request.uri().authority(), first, second) {
+        (Some(authority), _, _) => authority.as_str().to_owned(),
+        (None, Some(_), Some(_)) => {
+            return failure(StatusCode::BAD_REQUEST, "the request has more than one Host header; send one");
+        }
+        (None, Some(value), None) => String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        (None, None, _) => {
+            return failure(
+                StatusCode::BAD_REQUEST,
+                "the request has no Host header: send one (every HTTP/1.1 client does); the API answers only to IP \
+                 addresses, localhost and the names in api.allowed_hosts",
+            );
+        }
+    };
+    if host_allowed(&authority, &allowed) {
+        return next.run(request).await;
+    }
+    let host = host_part(&authority).unwrap_or(&authority);
+    failure(
+        StatusCode::MISDIRECTED_REQUEST,
+        format!(
+            "this server does not answer to host '{host}': to reach it by that name, add \"{host}\" to \
+             api.allowed_hosts (IP addresses and localhost are always answered)"
+        ),
+    )
 }
 
 /// A JSON error response.
@@ -197,12 +330,15 @@ fn failure(status: StatusCode, reason: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": { "status": status.as_u16(), "reason": reason } }))).into_response()
 }
 
+/// The token of an `Authorization` header of the Bearer scheme, whose name is case-insensitive (RFC 7235); the
+/// token is taken as sent.
+fn bearer_token(authorization: &str) -> Option<&str> {
+    let (scheme, token) = authorization.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("Bearer").then(|| token.trim_start_matches(' '))
+}
+
 async fn bearer(State(token): State<Arc<String>>, request: HttpRequest, next: Next) -> Response {
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer_token);
     match given {
         Some(given) if equal_in_constant_time(given.as_bytes(), token.as_bytes()) => next.run(request).await,
         Some(_) => failure(StatusCode::UNAUTHORIZED, "the bearer token is wrong"),
@@ -284,13 +420,36 @@ fn bad(reason: impl Into<String>) -> Refusal {
     Refusal(StatusCode::BAD_REQUEST, reason.into())
 }
 
+/// The JSON error for a query string that does not parse, naming the field (`options` lists those there are).
+fn query_failure(rejection: &QueryRejection, options: &str) -> Response {
+    let text = rejection.body_text();
+    let detail = text.strip_prefix("Failed to deserialize query string: ").unwrap_or(&text);
+    failure(StatusCode::BAD_REQUEST, format!("the query string does not parse: {detail} (options: {options})"))
+}
+
 async fn search(
     State(api): State<Api>,
-    Query(query): Query<SearchOptions>,
+    query: Result<Query<SearchOptions>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let started = Instant::now();
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => return query_failure(&rejection, "k, ef, space, sensors, from, to, refined"),
+    };
+    let kind = match content_kind(&headers) {
+        Ok(kind) => kind,
+        Err(given) => {
+            return failure(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "{given}: send content-type: application/json ({{\"vector\": [...]}} or {{\"segment_id\": \
+                     \"...\"}}) or audio/wav (a clip)"
+                ),
+            );
+        }
+    };
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
@@ -303,17 +462,12 @@ async fn search(
             return failure(status, reason);
         }
     };
-    let kind = content_kind(&headers);
     let worker = tokio::task::spawn_blocking(move || {
         let answer = match kind {
-            Some(Kind::Json) => serde_json::from_slice::<SearchBody>(&body)
+            Kind::Json => serde_json::from_slice::<SearchBody>(&body)
                 .map_err(|e| bad(format!("the JSON body does not describe a search: {e}")))
                 .and_then(|body| api.search_json(body)),
-            Some(Kind::Wav) => api.search_wav(query, &body),
-            None => Err(Refusal(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "send application/json ({\"vector\": [...]} or {\"segment_id\": \"...\"}) or audio/wav".into(),
-            )),
+            Kind::Wav => api.search_wav(query, &body),
         };
         (api, answer)
     });
@@ -322,8 +476,8 @@ async fn search(
         Err(e) => return failure(StatusCode::INTERNAL_SERVER_ERROR, format!("the search failed: {e}")),
     };
     let label = match kind {
-        Some(Kind::Wav) => "audio",
-        _ => "vector",
+        Kind::Wav => "audio",
+        Kind::Json => "vector",
     };
     api.metrics.query_seconds.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
     match answer {
@@ -341,13 +495,20 @@ enum Kind {
     Wav,
 }
 
-fn content_kind(headers: &HeaderMap) -> Option<Kind> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+/// What a body is, from its content type; otherwise what was sent instead, for the refusal. A body without a
+/// content type is not taken for JSON: a page on any site can send one (a Blob in a no-cors fetch) without the
+/// browser asking this server first, whereas `application/json` or `audio/wav` makes the browser ask (CORS), and
+/// this server never says yes.
+fn content_kind(headers: &HeaderMap) -> Result<Kind, String> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Err("the request has no content type".into());
+    };
+    let content_type = String::from_utf8_lossy(value.as_bytes());
     let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     match essence.as_str() {
-        "application/json" => Some(Kind::Json),
-        "audio/wav" | "audio/x-wav" | "audio/wave" | "audio/vnd.wave" => Some(Kind::Wav),
-        _ => None,
+        "application/json" => Ok(Kind::Json),
+        "audio/wav" | "audio/x-wav" | "audio/wave" | "audio/vnd.wave" => Ok(Kind::Wav),
+        _ => Err(format!("content type '{content_type}' is not taken")),
     }
 }
 
@@ -358,7 +519,7 @@ impl Api {
             (Some(vector), None) => ("vector".to_owned(), vector, None),
             (None, Some(id)) => {
                 let id: SegmentId = id.parse().map_err(|_| bad(format!("segment_id '{id}' is not 16 hex digits")))?;
-                (format!("segment {id}"), query::segment_vector(&self.config, &self.spaces, &spaces, id)?, Some(id))
+                (format!("segment {id}"), query::segment_vector(&self.spaces, &spaces, id)?, Some(id))
             }
             (Some(_), Some(_)) => return Err(bad("give either vector or segment_id, not both")),
             (None, None) => return Err(bad("give vector (an array of numbers) or segment_id")),
@@ -378,16 +539,28 @@ impl Api {
 
     fn search_wav(&self, options: SearchOptions, body: &[u8]) -> Result<SearchAnswer, Refusal> {
         let (spaces, filter, k, ef) = self.options(&options)?;
+        let max = self.config.api.max_clip_seconds;
+        // decode judges the length from the WAV header, before it converts a sample.
+        let limits = DecodeLimits { max_seconds: f64::from(max), ..DecodeLimits::default() };
+        let audio = wav::decode(body, &limits).map_err(|rejection| match rejection.cause {
+            "too_long" => Refusal(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the WAV clip is too long to search with: {} (api.max_clip_seconds = {max}); cut it shorter",
+                    rejection.reason
+                ),
+            ),
+            _ => bad(format!("the WAV clip cannot be used: {}", rejection.reason)),
+        })?;
+        // Resampling needs no model: it is done before the model's lock is taken.
+        let samples = query::clip_samples(&self.config, audio)?;
         let queries = {
             let mut embedder = self.embedder.lock().unwrap_or_else(|e| e.into_inner());
             if embedder.is_none() {
                 *embedder = Some(query::open_embedder(&self.config)?);
             }
             let embedder = embedder.as_mut().expect("opened above");
-            query::embed_clip(&self.config, embedder, body, "clip").map_err(|e| match e {
-                Error::Usage(reason) => bad(format!("the WAV clip cannot be used: {reason}")),
-                other => other.into(),
-            })?
+            query::embed_samples(&self.config, embedder, &samples, "clip")?
         };
         if queries.is_empty() {
             return Err(bad("the WAV clip is shorter than the shortest window the job indexes"));
@@ -581,7 +754,7 @@ struct RecentQuery {
 async fn recent(State(api): State<Api>, query: Result<Query<RecentQuery>, QueryRejection>) -> Response {
     let Query(query) = match query {
         Ok(query) => query,
-        Err(rejection) => return failure(StatusCode::BAD_REQUEST, rejection.body_text()),
+        Err(rejection) => return query_failure(&rejection, "limit, space"),
     };
     let limit = query.limit.unwrap_or(20);
     if !(1..=1_000).contains(&limit) {
@@ -737,9 +910,21 @@ struct GivenLabel {
 const MAX_LABELS: usize = 10_000;
 
 async fn labels(State(api): State<Api>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    // JSON only: a web page elsewhere cannot send it without the browser asking this server first (CORS).
-    if !matches!(content_kind(&headers), Some(Kind::Json)) {
-        return failure(StatusCode::UNSUPPORTED_MEDIA_TYPE, "labels are JSON: send content-type: application/json");
+    // JSON, said so: a web page elsewhere cannot send that without the browser asking this server first (CORS).
+    match content_kind(&headers) {
+        Ok(Kind::Json) => {}
+        Ok(Kind::Wav) => {
+            return failure(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "labels are JSON, not audio: send content-type: application/json",
+            );
+        }
+        Err(given) => {
+            return failure(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("{given}: labels are JSON, send content-type: application/json"),
+            );
+        }
     }
     let body = match body {
         Ok(body) => body,
@@ -925,5 +1110,111 @@ mod tests {
         assert_eq!(short.build().unwrap_err().field, "token");
         let missing = ApiConfig { token: "env:CHORUS_TEST_TOKEN_THAT_IS_NOT_SET".into(), ..Default::default() };
         assert!(missing.build().unwrap_err().message.contains("CHORUS_TEST_TOKEN_THAT_IS_NOT_SET"));
+    }
+
+    #[test]
+    fn r13_hosts_answered_are_ip_addresses_localhost_and_the_allowed_names() {
+        let allowed = vec!["chorus.example.org".to_owned()];
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:9464",
+            "10.1.2.3:80",
+            "[::1]",
+            "[::1]:9464",
+            "[2001:db8::7]:8080",
+            "localhost",
+            "LOCALHOST:9464",
+            "localhost.:9464",
+            "chorus.example.org",
+            "Chorus.Example.Org:443",
+            "chorus.example.org.",
+            "localhost:",
+        ] {
+            assert!(host_allowed(host, &allowed), "{host}");
+        }
+        for host in [
+            "",
+            ":9464",
+            "evil.example",
+            "evil.example:9464",
+            "localhost.evil.example",
+            "127.0.0.1.evil.example",
+            "chorus.example.org.evil.example",
+            "example.org",
+            "::1",
+            "[::1",
+            "[::1]x",
+            "[localhost]",
+            "[127.0.0.1]",
+            "127.1",
+            "localhost:http",
+            "localhost:80:80",
+            "user@localhost",
+            "localhost/",
+        ] {
+            assert!(!host_allowed(host, &allowed), "{host}");
+        }
+        assert!(!host_allowed("chorus.example.org", &[]));
+        assert_eq!(host_part("[::1]:9464"), Some("[::1]"));
+        assert_eq!(host_part("evil.example:9464"), Some("evil.example"));
+        assert_eq!(host_part("evil.example:port"), None);
+    }
+
+    #[test]
+    fn r13_the_bearer_scheme_is_any_case_and_the_token_as_sent() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER abc"), Some("abc"));
+        assert_eq!(bearer_token("Bearer   abc"), Some("abc"));
+        assert_eq!(bearer_token("Bearer aBc"), Some("aBc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearers abc"), None);
+    }
+
+    #[test]
+    fn r13_json_bodies_need_their_content_type_said() {
+        let headers = |value: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = value {
+                headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
+            }
+            headers
+        };
+        assert!(matches!(content_kind(&headers(Some("application/json"))), Ok(Kind::Json)));
+        assert!(matches!(content_kind(&headers(Some("Application/JSON; charset=utf-8"))), Ok(Kind::Json)));
+        assert!(matches!(content_kind(&headers(Some("audio/x-wav"))), Ok(Kind::Wav)));
+        assert_eq!(content_kind(&headers(None)).err().as_deref(), Some("the request has no content type"));
+        assert_eq!(
+            content_kind(&headers(Some("text/plain"))).err().as_deref(),
+            Some("content type 'text/plain' is not taken")
+        );
+    }
+
+    #[test]
+    fn r13_api_config_checks_allowed_hosts_and_max_clip_seconds() {
+        let defaults = ApiConfig::default().build().unwrap();
+        assert_eq!((defaults.allowed_hosts, defaults.max_clip_seconds), (Vec::<String>::new(), 60));
+        let hosts = |list: &[&str]| ApiConfig {
+            allowed_hosts: list.iter().map(|h| (*h).to_owned()).collect(),
+            ..Default::default()
+        };
+        let built = hosts(&["Chorus.Example.Org.", "birds-1", "a_b.local"]).build().unwrap();
+        assert_eq!(built.allowed_hosts, ["chorus.example.org", "birds-1", "a_b.local"]);
+        for bad in
+            ["", "chorus.example.org:9464", "https://chorus.example.org/", "chorus/x", "[::1]", "a b", "a..b", "."]
+        {
+            let error = hosts(&["ok.example", bad]).build().unwrap_err();
+            assert_eq!(error.field, "allowed_hosts", "{bad}");
+            assert!(error.message.starts_with(&format!("entry 1 '{bad}' ")), "{bad}: {}", error.message);
+        }
+        for (seconds, ok) in [(0, false), (1, true), (3_600, true), (3_601, false)] {
+            let built = ApiConfig { max_clip_seconds: seconds, ..Default::default() }.build();
+            assert_eq!(built.is_ok(), ok, "{seconds}");
+            if let Err(error) = built {
+                assert_eq!(error.field, "max_clip_seconds");
+            }
+        }
     }
 }

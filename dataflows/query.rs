@@ -3,16 +3,16 @@
 //! The indices are opened from their snapshots and caught up from the archive, so a query sees every archived
 //! segment whether or not a job is running.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 
-use chorus_connectors::parquet;
-use chorus_connectors::wav::{self, DecodeLimits};
+use chorus_connectors::wav::{self, Audio, DecodeLimits};
 use chorus_operators::embed::{self, Embedder};
 use chorus_operators::index::{self, Filter, Registry, Request, now_seconds};
 use chorus_operators::record::{SegmentId, rfc3339};
 use chorus_operators::refine::SharedRefinements;
 use chorus_operators::resample::StreamResampler;
-use chorus_operators::segment::clip_windows;
+use chorus_operators::segment::WindowSpec;
 use serde::Serialize;
 
 use crate::Error;
@@ -110,7 +110,7 @@ pub fn query(config: &Config, options: &QueryOptions) -> Result<Vec<Answer>, Err
                 other => other,
             })?
         }
-        Target::Segment(id) => vec![(format!("segment {id}"), segment_vector(config, &registry, &spaces, *id)?)],
+        Target::Segment(id) => vec![(format!("segment {id}"), segment_vector(&registry, &spaces, *id)?)],
     };
     let excluded = match &options.target {
         Target::Segment(id) => Some(*id),
@@ -253,19 +253,30 @@ pub fn annotate(hits: &mut [Hit], refinements: &SharedRefinements) {
     }
 }
 
-/// The vector of segment `id`: from the index holding it, else from the archive.
-pub fn segment_vector(
-    config: &Config,
-    registry: &Registry,
-    spaces: &[String],
-    id: SegmentId,
-) -> Result<Vec<f32>, Error> {
+/// The vector of segment `id`, from the index of `spaces` that holds it. The indices hold every archived segment
+/// (they are caught up from the archive when opened, and the job indexes before it archives), so a segment none of
+/// them holds is not archived: the archive is not read to look for it.
+pub fn segment_vector(registry: &Registry, spaces: &[String], id: SegmentId) -> Result<Vec<f32>, Error> {
     for space in spaces {
-        if let Some(vector) = registry.get(space).and_then(|shared| index::read(&shared).vector(id)) {
-            return Ok(vector);
+        let Some(shared) = registry.get(space) else { continue };
+        let index = index::read(&shared);
+        if index.contains(id) {
+            return index.vector(id).ok_or_else(|| {
+                Error::Operator(chorus_operators::Error::Index {
+                    path: format!("space {space}"),
+                    message: format!("the vector of segment {id} cannot be read from its shard"),
+                })
+            });
         }
     }
-    archived_embedding(config, spaces, id)
+    let elsewhere = registry
+        .spaces()
+        .into_iter()
+        .find(|space| !spaces.contains(space) && registry.get(space).is_some_and(|s| index::read(&s).contains(id)));
+    Err(Error::NotFound(match elsewhere {
+        Some(space) => format!("segment {id} is in space '{space}', which this search leaves out"),
+        None => format!("segment {id} is not in the archive (no index holds it)"),
+    }))
 }
 
 /// The model, ready to embed query clips.
@@ -283,42 +294,94 @@ pub fn embed_clip(
     name: &str,
 ) -> Result<Vec<(String, Vec<f32>)>, Error> {
     let audio = wav::decode(bytes, &DecodeLimits::default()).map_err(|r| Error::Usage(r.reason))?;
+    let samples = clip_samples(config, audio)?;
+    embed_samples(config, embedder, &samples, name)
+}
+
+/// A decoded clip's samples at the model's sample rate.
+pub fn clip_samples(config: &Config, audio: Audio) -> Result<Vec<f32>, Error> {
     let rate = config.model.sample_rate;
-    let samples = if audio.sample_rate == rate {
-        audio.samples
-    } else {
-        let mut resampler = StreamResampler::new(audio.sample_rate, rate)?;
-        let mut out = Vec::new();
-        resampler.push(&audio.samples, &mut out)?;
-        resampler.finish(&mut out)?;
-        out
-    };
-    let windows = clip_windows(&config.windows, &samples);
-    let mut out = Vec::with_capacity(windows.len());
-    for batch in windows.chunks(embedder.max_batch()) {
-        let views: Vec<&[f32]> = batch.iter().map(|(_, w)| w.as_slice()).collect();
-        let vectors = embedder.embed(&views)?;
-        for ((offset, _), vector) in batch.iter().zip(vectors) {
-            out.push((format!("{name}@{}s", *offset as f64 / f64::from(rate)), vector));
-        }
+    if audio.sample_rate == rate {
+        return Ok(audio.samples);
     }
+    let mut resampler = StreamResampler::new(audio.sample_rate, rate)?;
+    // The output's length is known (the resampler gives exactly ceil(n · out / in) samples, plus a block's tail
+    // before it trims): reserved at once, it is never copied to grow; fed a second at a time, the resampler never
+    // buffers a copy of the whole clip. Its output does not depend on how its input is cut.
+    let expected = (audio.samples.len() as u64 * u64::from(rate)).div_ceil(u64::from(audio.sample_rate)) as usize;
+    let mut out = Vec::with_capacity(expected + (expected / 16).max(1 << 16));
+    for second in audio.samples.chunks(audio.sample_rate as usize) {
+        resampler.push(second, &mut out)?;
+    }
+    resampler.finish(&mut out)?;
     Ok(out)
 }
 
-/// The archived embedding of segment `id`.
-fn archived_embedding(config: &Config, spaces: &[String], id: SegmentId) -> Result<Vec<f32>, Error> {
-    let mut found = None;
-    for space in spaces {
-        parquet::read_space(&config.archive.dir, space, true, |row| {
-            if row.id == id && found.is_none() {
-                found = row.embedding;
-            }
-        })?;
-        if found.is_some() {
+/// Embeds every window of a clip's `samples` (at the model's rate, cut as
+/// [`chorus_operators::segment::clip_windows`] cuts them), labelled `name@offset`. The windows are cut one batch at a
+/// time: a long clip costs its samples and one batch, not a copy of every window.
+pub fn embed_samples(
+    config: &Config,
+    embedder: &mut Embedder,
+    samples: &[f32],
+    name: &str,
+) -> Result<Vec<(String, Vec<f32>)>, Error> {
+    let rate = f64::from(config.model.sample_rate);
+    let mut out = Vec::new();
+    for_each_window_batch(&config.windows, samples, embedder.max_batch(), |starts, windows| {
+        for (start, vector) in starts.iter().zip(embedder.embed(windows)?) {
+            out.push((format!("{name}@{}s", *start as f64 / rate), vector));
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Where the windows of a clip of `len` samples start: every hop from its first sample, the last one kept when it
+/// holds at least `min_coverage` samples; a clip shorter than a window has one.
+fn window_starts(spec: &WindowSpec, len: usize) -> Vec<usize> {
+    let (window, hop) = (spec.window as usize, spec.hop as usize);
+    let mut starts = Vec::new();
+    let mut start = 0;
+    while start < len {
+        let available = len - start;
+        if !starts.is_empty() && available < spec.min_coverage as usize {
             break;
         }
+        starts.push(start);
+        if available <= window {
+            break;
+        }
+        start += hop;
     }
-    found.ok_or_else(|| Error::NotFound(format!("segment {id} is not in the archive {}", config.archive.dir.display())))
+    starts
+}
+
+/// Calls `each(starts, windows)` for the windows of `samples` in batches of at most `batch`: whole windows are
+/// slices of `samples`, and only a window running past the end is copied (zero-padded).
+fn for_each_window_batch(
+    spec: &WindowSpec,
+    samples: &[f32],
+    batch: usize,
+    mut each: impl FnMut(&[usize], &[&[f32]]) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let window = spec.window as usize;
+    for starts in window_starts(spec, samples.len()).chunks(batch.max(1)) {
+        let cut: Vec<Cow<[f32]>> = starts
+            .iter()
+            .map(|&start| match samples.get(start..start + window) {
+                Some(whole) => Cow::Borrowed(whole),
+                None => {
+                    let mut padded = samples[start..].to_vec();
+                    padded.resize(window, 0.0);
+                    Cow::Owned(padded)
+                }
+            })
+            .collect();
+        let views: Vec<&[f32]> = cut.iter().map(|w| w.as_ref()).collect();
+        each(starts, &views)?;
+    }
+    Ok(())
 }
 
 /// Prints answers as aligned columns.
@@ -348,4 +411,30 @@ pub fn print_table(answers: &[Answer], out: &mut impl std::io::Write) -> std::io
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chorus_operators::segment::{WindowsConfig, clip_windows};
+
+    #[test]
+    fn clips_are_cut_in_batches_into_the_windows_clip_windows_cuts() {
+        let mut spec = WindowsConfig::default().build(32_000, 160_000).unwrap();
+        (spec.window, spec.hop, spec.min_coverage) = (50, 20, 15);
+        for len in [0, 1, 14, 15, 49, 50, 51, 69, 70, 84, 85, 86, 200, 233, 1_000] {
+            let samples: Vec<f32> = (0..len).map(|i| i as f32 + 1.0).collect();
+            let want = clip_windows(&spec, &samples);
+            for batch in [1, 3, 64] {
+                let mut got = Vec::new();
+                for_each_window_batch(&spec, &samples, batch, |starts, windows| {
+                    assert!(starts.len() <= batch && starts.len() == windows.len());
+                    got.extend(starts.iter().copied().zip(windows.iter().map(|w| w.to_vec())));
+                    Ok(())
+                })
+                .unwrap();
+                assert_eq!(got, want, "{len} samples in batches of {batch}");
+            }
+        }
+    }
 }

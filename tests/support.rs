@@ -544,3 +544,42 @@ pub fn promtool_check(metrics: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Sends `request` to 127.0.0.1:`port` exactly as given (request line, headers, blank line and body: nothing is
+/// added, not even `Host`): the status code and body, or `None` when nothing answers. For requests [`http`] cannot
+/// send: another `Host`, none, or two.
+pub fn http_raw(port: u16, request: &[u8]) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    // A server may answer before reading all of a large body.
+    let _ = stream.write_all(request);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// Like [`http`], with `Host: <host>` instead of `Host: 127.0.0.1`, or no `Host` header at all when `host` is `None`.
+pub fn http_with_host(
+    port: u16,
+    method: &str,
+    path: &str,
+    host: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String)> {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if let Some(host) = host {
+        request.push_str(&format!("Host: {host}\r\n"));
+    }
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    http_raw(port, &bytes)
+}

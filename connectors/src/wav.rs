@@ -434,6 +434,18 @@ mod tests {
     }
 
     #[test]
+    fn r13_a_clip_too_long_is_refused_from_its_header_before_a_sample_is_read() {
+        let mut bytes = wav(int_spec(16, 1), Samples::Int(vec![0; 1_000]));
+        assert_eq!(&bytes[36..40], b"data", "a canonical 44-byte header");
+        // Two hours declared over 1 000 samples: reading them first would find the data cut short instead.
+        bytes[40..44].copy_from_slice(&(7_200u32 * 32_000 * 2).to_le_bytes());
+        let limits = |max_seconds| DecodeLimits { max_seconds, ..DecodeLimits::default() };
+        let refused = decode(&bytes, &limits(60.0)).unwrap_err();
+        assert_eq!((refused.cause, refused.reason.as_str()), ("too_long", "7200.0 s of audio exceeds the 60 s limit"));
+        assert_eq!(decode(&bytes, &limits(7_200.0)).unwrap_err().cause, "truncated");
+    }
+
+    #[test]
     fn files_re_chunk_without_changing_a_sample() {
         let samples: Vec<i32> = (0..3_000).map(|i| (i % 200) - 100).collect();
         let file = WavFile { spec: int_spec(24, 3), samples: Samples::Int(samples.clone()) };
