@@ -191,17 +191,30 @@ fn r4_the_query_api_searches_filters_refuses_clearly_and_caches_until_an_insert(
     assert!(serve.wait().unwrap().success(), "{}", s.job_log());
 }
 
+/// A `chorus serve` of a test; killed when dropped, so a test that fails before [`stop`] leaves none behind.
+struct Served(Option<std::process::Child>);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Starts `chorus serve` over what `s` holds on `port`, and waits until it answers.
-fn serve(s: &Scenario, port: u16) -> std::process::Child {
-    let child = s.spawn_numbered(1, &["serve", "--listen", &format!("127.0.0.1:{port}")]);
+fn serve(s: &Scenario, port: u16) -> Served {
+    let served = Served(Some(s.spawn_numbered(1, &["serve", "--listen", &format!("127.0.0.1:{port}")])));
     wait_for("chorus serve to answer", Duration::from_secs(60), || {
         http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
     });
-    child
+    served
 }
 
-/// Stops a process started by [`serve`] and checks that it ended well.
-fn stop(s: &Scenario, mut child: std::process::Child) {
+/// Stops a server started by [`serve`] and checks that it ended well.
+fn stop(s: &Scenario, mut served: Served) {
+    let mut child = served.0.take().expect("running");
     terminate(child.id());
     assert!(child.wait().unwrap().success(), "{}", s.job_log());
 }
