@@ -16,7 +16,7 @@ use chorus_connectors::wav::{self, DecodeLimits, Samples, WavFile};
 use chorus_operators::embed::{self, EmbedSettings, Embedder, ModelConfig};
 use chorus_operators::record::{Origin, Window, rfc3339};
 use chorus_operators::resample::StreamResampler;
-use chorus_operators::segment::{Segmenter, WindowsConfig};
+use chorus_operators::segment::{Pushed, Segmenter, WindowsConfig};
 
 #[path = "args.rs"]
 mod args;
@@ -64,6 +64,7 @@ fn messages(seconds: usize) -> Vec<RawMessage> {
             payload: Some(file.encode_frames(s * 48_000, (s + 1) * 48_000).unwrap()),
             headers: vec![("captured_at".into(), rfc3339(T0_NANOS + s as i64 * 1_000_000_000).into_bytes())],
             timestamp_ms: None,
+            log_append_time: false,
         })
         .collect()
 }
@@ -74,7 +75,8 @@ struct Figures {
 }
 
 fn run(messages: Vec<RawMessage>, mut embedder: Option<&mut Embedder>, batch: usize) -> Figures {
-    let spec = WindowsConfig::default().build(32_000, 160_000).unwrap();
+    // Chunks arrive in order: none waits for audio before it.
+    let spec = WindowsConfig { lateness_ms: 0, ..WindowsConfig::default() }.build(32_000, 160_000).unwrap();
     let mut segmenter = Segmenter::new(spec);
     let limits =
         ChunkLimits { max_bytes: 1 << 20, max_clock_skew: Duration::from_secs(600), wav: DecodeLimits::default() };
@@ -82,8 +84,10 @@ fn run(messages: Vec<RawMessage>, mut embedder: Option<&mut Embedder>, batch: us
     let mut windows = 0;
     let started = Instant::now();
     for message in messages {
-        let chunk = decode_message(message, &limits).expect("bench chunks decode");
-        let pushed = segmenter.push(chunk);
+        let chunk =
+            decode_message(message, &limits, chorus_connectors::kafka::now_nanos()).expect("bench chunks decode");
+        let mut pushed = Pushed::default();
+        segmenter.push(chunk, 0, 0, &mut pushed);
         windows += pushed.windows.len();
         pending.extend(pushed.windows);
         if let Some(embedder) = embedder.as_deref_mut()

@@ -13,10 +13,9 @@ use chorus_connectors::parquet::{self as archive, ArchiveWriter};
 use chorus_operators::embed::{self, Embed, Embedder};
 use chorus_operators::index::{self, Index, Indexed};
 use chorus_operators::metrics::Metrics;
-use chorus_operators::record::route;
 use chorus_operators::record::{AudioChunk, DeadLetter};
 use chorus_operators::refine::SharedRefinements;
-use chorus_operators::segment::{Savepoint, Segment};
+use chorus_operators::segment::{Savepoint, Segment, Segmenter, Store};
 use prometheus::Registry;
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::channels::pact::Pipeline;
@@ -97,12 +96,10 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     }
     let Budget { read_ahead: max_in_flight, archive_audio } =
         split_budget(config.memory_budget, workers, config.archive.audio)?;
-    // Savepoints hold one process's view of every sensor: a cluster re-reads pending audio from Kafka instead.
-    let (resume, savepoint) = if options.cluster.is_some() {
-        (BTreeMap::new(), Savepoint::default())
-    } else {
-        resume_from_savepoint(config)?
-    };
+    // The sensor store holds one process's view of every sensor: a cluster re-reads pending audio from Kafka instead.
+    if options.cluster.is_none() {
+        move_savepoints_to_store(config)?;
+    }
     let producer = Producer::open(&config.kafka)?;
     let registry = Registry::new();
     let metrics = Metrics::register(&registry).map_err(|e| Error::Job(format!("cannot register metrics: {e}")))?;
@@ -149,8 +146,6 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
         max_in_flight,
         archive_audio,
         clustered: options.cluster.is_some(),
-        resume,
-        savepoint: Mutex::new(savepoint),
         producer,
         metrics: metrics.clone(),
         fatal,
@@ -251,11 +246,14 @@ impl DeadLetterLog {
     }
 }
 
-/// Loads the savepoint a clean stop left, if any: the timelines go to the workers, and reading resumes where the
-/// previous job stopped. First, though, the group's committed offsets are rewound to the oldest chunk the saved
-/// timelines hold and the savepoint is removed — should this job die before its own first commit, the next one
-/// re-reads that audio instead of missing it.
-fn resume_from_savepoint(config: &Config) -> Result<(BTreeMap<i32, i64>, Savepoint), Error> {
+/// Where the segmenting workers store sensors' unfinished audio.
+pub fn sensor_store_dir(config: &Config) -> std::path::PathBuf {
+    config.state_dir.join("sensors")
+}
+
+/// Moves the savepoint files of earlier releases (`segmenter-<w>-of-<W>.bin`, written at a clean stop) into the
+/// sensor store, whose files the workers load as their sensors come back.
+fn move_savepoints_to_store(config: &Config) -> Result<(), Error> {
     let failed = |message: String| Error::Job(format!("{}: {message}", config.state_dir.display()));
     let files: Vec<std::path::PathBuf> = match std::fs::read_dir(&config.state_dir) {
         Ok(entries) => entries
@@ -270,33 +268,24 @@ fn resume_from_savepoint(config: &Config) -> Result<(BTreeMap<i32, i64>, Savepoi
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(failed(format!("cannot read the state directory: {e}"))),
     };
-    std::fs::create_dir_all(&config.state_dir).map_err(|e| failed(format!("cannot create it: {e}")))?;
-    let mut savepoint = Savepoint::default();
     if files.is_empty() {
-        return Ok((BTreeMap::new(), savepoint));
+        return Ok(());
     }
+    let mut store = Store::open(&sensor_store_dir(config), 0, 1)
+        .map_err(|e| failed(format!("cannot open the sensor store: {e}")))?;
     for file in &files {
-        let part = Savepoint::read(file).map_err(|e| {
+        let savepoint = Savepoint::read(file).map_err(|e| {
             failed(format!(
-                "savepoint {} cannot be read ({e}); move it away to start without it (the audio it holds is then \
-                 only re-read if the group's offsets are reset)",
+                "savepoint {} cannot be read ({e}); move it away to start without it (the audio it holds is then lost)",
                 file.display()
             ))
         })?;
-        savepoint.merge(part);
-    }
-    let resume = kafka::committed_offsets(&config.kafka)?;
-    let rewind: BTreeMap<i32, i64> = savepoint
-        .pending_offsets()
-        .into_iter()
-        .map(|(partition, oldest)| (partition, resume.get(&partition).map_or(oldest, |&at| at.min(oldest))))
-        .collect();
-    kafka::commit_offsets(&config.kafka, &rewind)?;
-    for file in &files {
+        let sensors = savepoint.len();
+        savepoint.into_store(&mut store).map_err(|e| failed(format!("cannot store {}: {e}", file.display())))?;
         std::fs::remove_file(file).map_err(|e| failed(format!("cannot remove {}: {e}", file.display())))?;
+        tracing::info!(savepoint = %file.display(), sensors, "Savepoint moved to the sensor store.");
     }
-    tracing::info!(sensors = savepoint.len(), ?resume, "Resuming from the savepoint of a clean stop.");
-    Ok((resume, savepoint))
+    Ok(())
 }
 
 /// Memory allowed per payload byte in flight: the message as librdkafka and the dataflow hold it, decoded to f32,
@@ -408,10 +397,6 @@ struct Shared {
     archive_audio: usize,
     /// Whether other processes run workers of this job.
     clustered: bool,
-    /// Where reading resumes, per partition, after a clean stop.
-    resume: BTreeMap<i32, i64>,
-    /// Timelines a clean stop saved, taken by the workers that own them.
-    savepoint: Mutex<Savepoint>,
     producer: Producer,
     metrics: Metrics,
     fatal: Fatal,
@@ -428,14 +413,16 @@ struct Shared {
 fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BTreeMap<i32, i64>, String> {
     let config = &shared.config;
     let (index, peers) = (worker.index(), worker.peers());
-    let source = KafkaSource::open(&config.kafka, index, peers, shared.max_in_flight, &shared.resume)
-        .map_err(|e| e.to_string())?;
-    let restored = shared
-        .savepoint
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take(|space, sensor| ((route(space) ^ route(sensor)) % peers as u64) as usize == index);
-    let savepoint_path = config.state_dir.join(format!("segmenter-{index}-of-{peers}.bin"));
+    let source = KafkaSource::open(&config.kafka, index, peers, shared.max_in_flight).map_err(|e| e.to_string())?;
+    let store = if shared.clustered {
+        None
+    } else {
+        let dir = sensor_store_dir(config);
+        Some(
+            Store::open(&dir, index, peers)
+                .map_err(|e| format!("{}: cannot open the sensor store: {e}", dir.display()))?,
+        )
+    };
     let partitions: Vec<i32> = source.partitions().collect();
     let source = Rc::new(RefCell::new(source));
     let embedder = shared.embedders.lock().unwrap_or_else(|p| p.into_inner()).pop().expect("one embedder per worker");
@@ -463,7 +450,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
         let (chunks, undecodable) =
             kafka::source(scope, source.clone(), embedded.clone(), shared.stop.clone()).ok_err(move |message| {
                 let started = Instant::now();
-                let decoded = kafka::decode_message(message, &limits);
+                let decoded = kafka::decode_message(message, &limits, kafka::now_nanos());
                 decode_metrics.time("decode", started);
                 match &decoded {
                     Ok(_) => decode_metrics.count("decode", 1, 1),
@@ -477,12 +464,13 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
         let chunks = chunks.container::<Vec<AudioChunk>>();
         let undecodable = undecodable.container::<Vec<DeadLetter>>();
 
-        let (windows, unplaced, reports) = chunks.segment(
-            config.windows.clone(),
-            restored,
-            (!shared.clustered).then_some(savepoint_path),
-            metrics.clone(),
-        );
+        // Chunks held back for the audio before them count twice against the read-ahead: as decoded samples while
+        // they wait, and as the windows they complete at once when placed.
+        let mut segmenter = Segmenter::new(config.windows.clone()).with_held_limit(shared.max_in_flight / 4);
+        if let Some(store) = store {
+            segmenter = segmenter.with_store(store);
+        }
+        let (windows, unplaced, reports) = chunks.segment(segmenter, Some(probe.clone()), metrics.clone());
         let (tracker, tracked) = (source.clone(), reports_frontier.clone());
         reports.sink(Pipeline, "PendingReports", move |(input, frontier)| {
             let mut source = tracker.borrow_mut();

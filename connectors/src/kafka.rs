@@ -466,6 +466,9 @@ pub struct RawMessage {
     pub headers: Vec<(String, Vec<u8>)>,
     /// Kafka timestamp in milliseconds.
     pub timestamp_ms: Option<i64>,
+    /// Whether the broker set the timestamp when it appended the message (the topic's `LogAppendTime`), rather than
+    /// the producer.
+    pub log_append_time: bool,
 }
 
 impl RawMessage {
@@ -486,8 +489,13 @@ impl RawMessage {
     }
 }
 
-/// Decodes an audio-chunk message: key = sensor id, value = WAV, headers `space`, `captured_at`, `priority`.
-pub fn decode_message(message: RawMessage, limits: &ChunkLimits) -> Result<AudioChunk, DeadLetter> {
+/// Decodes an audio-chunk message: key = sensor id, value = WAV, headers `space`, `captured_at`, `priority`; `now` is
+/// the job's clock (nanoseconds since the epoch).
+///
+/// Audio cannot have been recorded after it reached the job, nor after the broker appended it: a `captured_at` more
+/// than `max_clock_skew` after the job's clock, or after the broker's timestamp of a `LogAppendTime` topic, is
+/// refused. A producer's own timestamp is a second opinion from the sensor's side, checked the same way.
+pub fn decode_message(message: RawMessage, limits: &ChunkLimits, now: Nanos) -> Result<AudioChunk, DeadLetter> {
     let sensor = match message.key.as_deref().map(std::str::from_utf8) {
         None => return Err(message.reject("no_key", "the message has no key; the key is the sensor id".into())),
         Some(Err(_)) => return Err(message.reject("bad_key", "the key (sensor id) is not UTF-8".into())),
@@ -531,15 +539,22 @@ pub fn decode_message(message: RawMessage, limits: &ChunkLimits) -> Result<Audio
             None => return Err(message.reject("no_time", "no captured_at header and no usable Kafka timestamp".into())),
         },
     };
-    if let Some(produced) = produced
-        && captured_at > produced.saturating_add(limits.max_clock_skew.as_nanos() as Nanos)
+    let skew = limits.max_clock_skew.as_nanos() as Nanos;
+    let clocks = [
+        Some((now, "this job's clock")),
+        produced.map(|t| {
+            (t, if message.log_append_time { "the broker's append time" } else { "the producer's timestamp" })
+        }),
+    ];
+    if let Some((clock, whose)) =
+        clocks.into_iter().flatten().find(|(clock, _)| captured_at > clock.saturating_add(skew))
     {
         let reason = format!(
-            "captured_at {} is {:.0} s after the message was produced ({}): the sensor's clock is ahead \
-             (kafka.max_clock_skew_seconds = {})",
+            "captured_at {} is {:.0} s after {whose} ({}): audio cannot be recorded after it is sent, so the sensor's \
+             clock is ahead (kafka.max_clock_skew_seconds = {})",
             rfc3339(captured_at),
-            (captured_at - produced) as f64 / 1e9,
-            rfc3339(produced),
+            (captured_at - clock) as f64 / 1e9,
+            rfc3339(clock),
             limits.max_clock_skew.as_secs()
         );
         return Err(message.reject("bad_captured_at", reason));
@@ -600,25 +615,15 @@ pub struct KafkaSource {
     reports: BTreeMap<u64, Vec<PendingReport>>,
     /// The latest applied report of each worker: its oldest pending chunk per partition.
     pending: BTreeMap<usize, Vec<(i32, i64)>>,
-    /// Workers whose last report says their pending audio is in a savepoint, out of `peers`.
-    saved: std::collections::BTreeSet<usize>,
-    peers: usize,
     last_commit: Instant,
     high_watermarks_checked: Option<Instant>,
     consume_warnings: Throttle,
 }
 
 impl KafkaSource {
-    /// Opens a consumer for worker `worker` of `peers` and assigns its partitions from the committed offsets — or, for
-    /// partitions in `resume`, from there (a savepoint holds what lies between); at most `max_in_flight` bytes of
-    /// messages are read ahead of the embedding stage.
-    pub fn open(
-        settings: &KafkaSettings,
-        worker: usize,
-        peers: usize,
-        max_in_flight: usize,
-        resume: &BTreeMap<i32, i64>,
-    ) -> Result<Self, Error> {
+    /// Opens a consumer for worker `worker` of `peers` and assigns its partitions from the committed offsets; at most
+    /// `max_in_flight` bytes of messages are read ahead of the embedding stage.
+    pub fn open(settings: &KafkaSettings, worker: usize, peers: usize, max_in_flight: usize) -> Result<Self, Error> {
         let consumer: BaseConsumer = settings
             .client()
             .set("group.id", &settings.group_id)
@@ -651,13 +656,6 @@ impl KafkaSource {
                 if let Offset::Offset(n) = element.offset() {
                     committed.insert(element.partition(), n);
                 }
-                if let Some(&at) = resume.get(&element.partition()) {
-                    assignment
-                        .add_partition_offset(&topic, element.partition(), Offset::Offset(at))
-                        .map_err(kafka("cannot build the partition assignment"))?;
-                    next.insert(element.partition(), at);
-                    continue;
-                }
                 let (offset, start) = match element.offset() {
                     Offset::Offset(n) => (Offset::Offset(n), n),
                     // Nothing committed: from the oldest message still there.
@@ -687,8 +685,6 @@ impl KafkaSource {
             max_in_flight,
             reports: BTreeMap::new(),
             pending: BTreeMap::new(),
-            saved: Default::default(),
-            peers,
             last_commit: Instant::now(),
             high_watermarks_checked: None,
             consume_warnings: Throttle::default(),
@@ -727,6 +723,7 @@ impl KafkaSource {
                         payload: message.payload().map(<[u8]>::to_vec),
                         headers,
                         timestamp_ms: message.timestamp().to_millis(),
+                        log_append_time: matches!(message.timestamp(), rdkafka::Timestamp::LogAppendTime(_)),
                     });
                 }
             }
@@ -821,11 +818,6 @@ impl KafkaSource {
                 break;
             }
             for report in entry.remove() {
-                if report.saved {
-                    self.saved.insert(report.worker);
-                } else {
-                    self.saved.remove(&report.worker);
-                }
                 self.pending.insert(report.worker, report.pending);
             }
         }
@@ -869,13 +861,10 @@ impl KafkaSource {
         Ok(())
     }
 
-    /// After the dataflow has completed: every epoch is durable and every report applied. Commits everything read
-    /// when every worker saved its pending audio in a savepoint; otherwise keeps the chunks still needed uncommitted.
+    /// After the dataflow has completed: every epoch is durable and every report applied. Commits everything read,
+    /// less the chunks still needed (none when the segmenting workers stored their sensors).
     pub fn finish(&mut self) -> Result<(), Error> {
         self.observe_durable(|_| false);
-        if self.saved.len() == self.peers {
-            self.pending.clear();
-        }
         self.commit_now()
     }
 
@@ -892,6 +881,11 @@ pub struct Stop {
     pub idle: Option<Duration>,
     /// Once this is set (by a signal handler): the job then drains, flushes and commits.
     pub requested: Arc<AtomicBool>,
+}
+
+/// The job's clock: nanoseconds since the Unix epoch.
+pub fn now_nanos() -> Nanos {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as Nanos)
 }
 
 /// Milliseconds since the Unix epoch: the source's timely time.
@@ -1241,6 +1235,32 @@ fn truncated(mut bytes: Vec<u8>, limit: usize) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// The job's clock in these tests: 2026-05-01T06:00:00Z, an hour after the messages' Kafka timestamp.
+    const NOW: Nanos = 1_777_615_200_000_000_000;
+
+    #[test]
+    fn r13_captured_at_is_bounded_by_the_jobs_clock_and_the_brokers_append_time() {
+        let wav = || wav::encode_f32(32_000, &[0.0; 10]);
+        let at = |captured_at: &str, timestamp_ms: i64, log_append_time: bool, now: Nanos| {
+            let mut m = message(Some("s"), &[("captured_at", captured_at)], wav());
+            (m.timestamp_ms, m.log_append_time) = (Some(timestamp_ms), log_append_time);
+            decode_message(m, &limits(100_000), now).map(|c| c.captured_at).map_err(|l| (l.cause, l.reason))
+        };
+        // A chunk from 2199 whose producer stamped it 2199 too: the two producer-set clocks agree, the job's does not.
+        let (cause, reason) = at("2199-06-01T00:00:00Z", IN_2199_MS, false, NOW).unwrap_err();
+        assert_eq!(cause, "bad_captured_at");
+        assert!(reason.contains("after this job's clock (2026-05-01T06:00:00Z)"), "{reason}");
+        // Within the skew of both clocks, it is taken.
+        assert_eq!(at("2026-05-01T06:05:00Z", 1_777_615_200_000, false, NOW), Ok(1_777_615_500_000_000_000));
+        // A broker that stamps appends bounds it too, even when the job's clock runs ahead.
+        let (cause, reason) = at("2026-05-01T05:30:00Z", 1_777_611_600_000, true, NOW).unwrap_err();
+        assert_eq!(cause, "bad_captured_at");
+        assert!(reason.contains("after the broker's append time (2026-05-01T05:00:00Z)"), "{reason}");
+    }
+
+    /// 2199-06-01T00:00:00Z in milliseconds.
+    const IN_2199_MS: i64 = 7_239_628_800_000;
+
     fn limits(max_bytes: usize) -> ChunkLimits {
         ChunkLimits { max_bytes, max_clock_skew: Duration::from_secs(600), wav: DecodeLimits::default() }
     }
@@ -1252,6 +1272,7 @@ mod tests {
             payload: Some(payload),
             headers: headers.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect(),
             timestamp_ms: Some(1_777_611_600_000),
+            log_append_time: false,
         }
     }
 
@@ -1263,7 +1284,7 @@ mod tests {
             &[("space", "forest"), ("captured_at", "2026-05-01T05:00:00.5Z"), ("priority", "high")],
             wav,
         );
-        let chunk = decode_message(m, &limits(1_000_000)).unwrap();
+        let chunk = decode_message(m, &limits(1_000_000), NOW).unwrap();
         assert_eq!((chunk.space.as_str(), chunk.sensor.as_str()), ("forest", "sensor-7"));
         assert_eq!(chunk.captured_at, 1_777_611_600_500_000_000);
         assert_eq!(chunk.priority, Priority::High);
@@ -1272,15 +1293,15 @@ mod tests {
 
     #[test]
     fn defaults_come_from_the_kafka_timestamp_and_the_default_space() {
-        let chunk =
-            decode_message(message(Some("s"), &[], wav::encode_f32(8_000, &[0.0; 8])), &limits(1_000_000)).unwrap();
+        let chunk = decode_message(message(Some("s"), &[], wav::encode_f32(8_000, &[0.0; 8])), &limits(1_000_000), NOW)
+            .unwrap();
         assert_eq!((chunk.space.as_str(), chunk.captured_at), ("default", 1_777_611_600_000_000_000));
     }
 
     #[test]
     fn bad_messages_become_dead_letters_naming_the_fault() {
         let wav = || wav::encode_f32(32_000, &[0.0; 10]);
-        let cause = |m| decode_message(m, &limits(1_000)).unwrap_err().cause;
+        let cause = |m| decode_message(m, &limits(1_000), NOW).unwrap_err().cause;
         assert_eq!(cause(message(None, &[], wav())), "no_key");
         assert_eq!(cause(message(Some("s"), &[("space", "../etc")], wav())), "bad_space");
         assert_eq!(cause(message(Some("s"), &[("captured_at", "yesterday")], wav())), "bad_captured_at");
@@ -1293,7 +1314,8 @@ mod tests {
         assert_eq!(cause(message(Some("s"), &[("priority", "urgent")], wav())), "bad_priority");
         assert_eq!(cause(message(Some("s"), &[], vec![0; 2_000])), "oversized");
         assert_eq!(cause(message(Some("s"), &[], b"RIFF\x08\0\0\0WAVEjunk".to_vec())), "not_wav");
-        let letter = decode_message(message(Some("s"), &[("priority", "urgent")], wav()), &limits(1_000)).unwrap_err();
+        let letter =
+            decode_message(message(Some("s"), &[("priority", "urgent")], wav()), &limits(1_000), NOW).unwrap_err();
         assert_eq!(letter.origin.unwrap().offset, 42);
         assert_eq!(letter.payload, wav());
     }

@@ -24,6 +24,9 @@ pub const DUPLICATES: &str = "chorus_duplicate_segments_total";
 
 /// Chunks dropped because their audio had already been received (label `space`).
 pub const DUPLICATE_CHUNKS: &str = "chorus_duplicate_chunks_total";
+/// Sensors the segmenting workers know (label `state`): `active` in memory, `stored` with unfinished audio on disk
+/// (quiet ones, and every sensor after a clean stop).
+pub const SENSORS: &str = "chorus_sensors";
 
 /// Items waiting in a queue, per worker summed (label `queue`): `embed` windows waiting for the model, `archive` rows
 /// waiting for their file, `refine` segments waiting for a refinement round.
@@ -64,6 +67,7 @@ pub const ALL: &[&str] = &[
     INDEX_BYTES,
     DUPLICATES,
     DUPLICATE_CHUNKS,
+    SENSORS,
     QUEUE_DEPTH,
     STAGE_SECONDS,
     WORKER_BUSY,
@@ -97,6 +101,8 @@ pub const PRIORITY: &str = "priority";
 pub const QUEUE: &str = "queue";
 /// Label key: worker index.
 pub const WORKER: &str = "worker";
+/// Label key: where a sensor's state is (`active`, `stored`).
+pub const STATE: &str = "state";
 
 /// The metric handles of one job; cheap to clone and shared by every worker.
 #[derive(Clone)]
@@ -117,6 +123,8 @@ pub struct Metrics {
     pub duplicates: IntCounterVec,
     /// See [`DUPLICATE_CHUNKS`].
     pub duplicate_chunks: IntCounterVec,
+    /// See [`SENSORS`].
+    pub sensors: IntGaugeVec,
     /// See [`QUEUE_DEPTH`].
     pub queue_depth: IntGaugeVec,
     /// See [`STAGE_SECONDS`].
@@ -167,6 +175,10 @@ impl Metrics {
             duplicate_chunks: IntCounterVec::new(
                 Opts::new(DUPLICATE_CHUNKS, "Chunks dropped because their audio had already been received."),
                 &[SPACE],
+            )?,
+            sensors: IntGaugeVec::new(
+                Opts::new(SENSORS, "Sensors known to the segmenting workers: active in memory, stored on disk."),
+                &[STATE],
             )?,
             queue_depth: IntGaugeVec::new(
                 Opts::new(QUEUE_DEPTH, "Items waiting in a queue: embed windows, archive rows, refine segments."),
@@ -230,6 +242,7 @@ impl Metrics {
             Box::new(self.index_bytes.clone()),
             Box::new(self.duplicates.clone()),
             Box::new(self.duplicate_chunks.clone()),
+            Box::new(self.sensors.clone()),
             Box::new(self.queue_depth.clone()),
             Box::new(self.stage_seconds.clone()),
             Box::new(self.worker_busy.clone()),

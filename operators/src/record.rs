@@ -182,11 +182,9 @@ pub fn pcm16(sample: f32) -> i16 {
 pub struct PendingReport {
     /// The reporting worker.
     pub worker: usize,
-    /// `(partition, offset)` of the oldest chunk a window not yet cut still needs, per partition.
+    /// `(partition, offset)` of the oldest chunk a window not yet cut still needs, per partition (chunks whose audio
+    /// the sensor store holds are not needed from Kafka).
     pub pending: Vec<(i32, i64)>,
-    /// Sent once the input has ended and the worker has saved its pending audio in a savepoint: the chunks it holds
-    /// need not be read again.
-    pub saved: bool,
 }
 
 /// A 64-bit segment id, shown as 16 lowercase hex digits.

@@ -1,0 +1,381 @@
+//! The segmenter: every sensor's timeline, the chunks held back while a gap before them may still be filled, and
+//! the sensors moved to the store (see the module documentation of [`super`]).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::store::Store;
+use super::timeline::Timeline;
+use super::{Pushed, WindowSpec};
+use crate::record::{AudioChunk, Origin, nanos_to_samples};
+
+/// A sensor: its timeline (none until its first chunk is placed) and the chunks held back, in `captured_at` order.
+#[derive(Default, Serialize, Deserialize)]
+pub(super) struct Sensor {
+    timeline: Option<Timeline>,
+    held: Vec<Held>,
+    /// Timely time of the last chunk received (0 for a sensor just loaded from the store).
+    #[serde(skip)]
+    last_seen: u64,
+    /// The chunks loaded from the store that are still pending or held: their audio is on disk, so they hold back
+    /// no commit, and the file is kept until they are used up.
+    #[serde(skip)]
+    stored: HashSet<Origin>,
+}
+
+/// A chunk waiting for the gap before it to be filled.
+#[derive(Serialize, Deserialize)]
+struct Held {
+    /// Its timely time (the operator holds a capability at the oldest).
+    arrived: u64,
+    /// The input frontier when it was first looked at: its wait counts from here, so that a worker whose reading
+    /// started late (holding every worker's frontier back meanwhile) does not eat into it.
+    since: u64,
+    chunk: AudioChunk,
+}
+
+impl Held {
+    /// The order chunks are placed in: by `captured_at`, then by where they were read.
+    fn order(&self) -> (i64, i32, i64) {
+        (self.chunk.captured_at, self.chunk.origin.partition, self.chunk.origin.offset)
+    }
+
+    /// Memory its samples take.
+    fn bytes(&self) -> usize {
+        self.chunk.samples.len() * std::mem::size_of::<f32>()
+    }
+}
+
+impl Sensor {
+    /// Memory the chunks held back take.
+    fn held_bytes(&self) -> usize {
+        self.held.iter().map(Held::bytes).sum()
+    }
+
+    /// When its oldest chunk held back was first looked at.
+    fn held_since(&self) -> Option<u64> {
+        self.held.iter().map(|h| h.since).min()
+    }
+
+    fn placeable(&self, spec: &WindowSpec, chunk: &AudioChunk) -> bool {
+        match &self.timeline {
+            _ if spec.lateness_ms == 0 => true,
+            None => false,
+            Some(timeline) => !timeline.leaves_gap(spec, chunk),
+        }
+    }
+
+    /// Takes a chunk of timely time `time`, looked at when the input frontier is `now`: placed at once when it
+    /// continues the audio received (or cannot fill a gap anyway), otherwise held back in order.
+    fn receive(&mut self, spec: &WindowSpec, chunk: AudioChunk, time: u64, now: u64, out: &mut Pushed) {
+        self.last_seen = self.last_seen.max(now);
+        if self.held.is_empty() && self.placeable(spec, &chunk) {
+            self.place(spec, chunk, out);
+            return;
+        }
+        let held = Held { arrived: time, since: now, chunk };
+        let at = self.held.partition_point(|h| h.order() <= held.order());
+        self.held.insert(at, held);
+        self.place_placeable(spec, out);
+    }
+
+    /// Places the held chunks that have waited `spec.lateness_ms` by `now` — and every chunk before them — then
+    /// whatever has become placeable; `None` places every held chunk.
+    fn release(&mut self, spec: &WindowSpec, now: Option<u64>, out: &mut Pushed) {
+        let due = match now {
+            None => self.held.len().checked_sub(1),
+            Some(now) => self.held.iter().rposition(|h| h.since.saturating_add(spec.lateness_ms) <= now),
+        };
+        if let Some(last) = due {
+            for held in self.held.drain(..=last).collect::<Vec<_>>() {
+                self.place(spec, held.chunk, out);
+            }
+        }
+        self.place_placeable(spec, out);
+    }
+
+    fn place_placeable(&mut self, spec: &WindowSpec, out: &mut Pushed) {
+        while self.held.first().is_some_and(|h| self.placeable(spec, &h.chunk)) {
+            let held = self.held.remove(0);
+            self.place(spec, held.chunk, out);
+        }
+    }
+
+    /// Places a chunk on the timeline; a clock that jumped back ends the timeline and starts another.
+    fn place(&mut self, spec: &WindowSpec, chunk: AudioChunk, out: &mut Pushed) {
+        let (space, sensor, priority) = (chunk.space.clone(), chunk.sensor.clone(), chunk.priority);
+        let from = out.windows.len();
+        let start =
+            |chunk: &AudioChunk| Timeline::starting_at(spec, nanos_to_samples(chunk.captured_at, spec.sample_rate));
+        let timeline = self.timeline.get_or_insert_with(|| start(&chunk));
+        if let Err(chunk) = timeline.push(spec, chunk, out) {
+            tracing::warn!(
+                space,
+                sensor,
+                behind_seconds = (timeline.write_pos() - nanos_to_samples(chunk.captured_at, spec.sample_rate)) as f64
+                    / f64::from(spec.sample_rate),
+                "A sensor's clock jumped back by more than windows.max_jump_back_seconds: its timeline starts again."
+            );
+            timeline.close(spec, out);
+            let mut fresh = start(&chunk);
+            // A fresh timeline ends where the chunk begins: the chunk cannot lie behind it.
+            let _ = fresh.push(spec, chunk, out);
+            *timeline = fresh;
+        }
+        for window in &mut out.windows[from..] {
+            window.key.space.clone_from(&space);
+            window.key.sensor.clone_from(&sensor);
+            window.priority = priority;
+        }
+    }
+
+    /// The chunks still needed: pending on the timeline or held back.
+    fn origins(&self) -> impl Iterator<Item = &Origin> {
+        let pending = self.timeline.iter().flat_map(|t| t.chunks.iter().map(|c| &c.origin));
+        pending.chain(self.held.iter().map(|h| &h.chunk.origin))
+    }
+
+    /// Whether the chunks loaded from the store were all used up just now (and forgets them).
+    fn stored_used_up(&mut self) -> bool {
+        if self.stored.is_empty() || self.origins().any(|o| self.stored.contains(o)) {
+            return false;
+        }
+        self.stored.clear();
+        true
+    }
+}
+
+/// Reassembles chunks per sensor and cuts windows; dataflow-agnostic. Times are the timely times (milliseconds of the
+/// wall clock at which the chunks were read).
+pub struct Segmenter {
+    spec: WindowSpec,
+    sensors: HashMap<(String, String), Sensor>,
+    store: Option<Store>,
+    /// Sensors with chunks held back.
+    holding: HashSet<(String, String)>,
+    /// Sensors whose stored audio was used up, with the time the windows holding it went out: their files are
+    /// removed once that time is durable.
+    obsolete: Vec<(u64, (String, String))>,
+    /// Memory the chunks held back take, and the most they may.
+    held_bytes: usize,
+    max_held_bytes: usize,
+}
+
+impl Segmenter {
+    /// A segmenter cutting windows of `spec`, keeping no state on disk.
+    pub fn new(spec: WindowSpec) -> Self {
+        Segmenter {
+            spec,
+            sensors: HashMap::new(),
+            store: None,
+            holding: HashSet::new(),
+            obsolete: Vec::new(),
+            held_bytes: 0,
+            max_held_bytes: usize::MAX,
+        }
+    }
+
+    /// Bounds the memory of the chunks held back: beyond `bytes`, the sensor holding back the longest places its
+    /// chunks at once, as if its wait were over (the job gives each worker half its read-ahead budget).
+    pub fn with_held_limit(mut self, bytes: usize) -> Self {
+        self.max_held_bytes = bytes;
+        self
+    }
+
+    /// Whether it keeps sensor state in a store.
+    pub fn stores(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// Keeps sensor state in `store`: quiet sensors are moved there ([`Segmenter::park_quiet`]), and sensors found
+    /// there continue where they stopped.
+    pub fn with_store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The sensor `key`, loaded from the store when it is there.
+    fn sensor(&mut self, key: &(String, String)) -> &mut Sensor {
+        if !self.sensors.contains_key(key) {
+            let loaded = match self.store.as_ref().map(|store| store.load(&key.0, &key.1)) {
+                Some(Ok(Some(mut sensor))) => {
+                    sensor.stored = sensor.origins().cloned().collect();
+                    self.held_bytes += sensor.held_bytes();
+                    sensor
+                }
+                Some(Err(error)) => {
+                    tracing::error!(space = key.0, sensor = key.1, %error, "A sensor's stored audio cannot be read; it starts afresh.");
+                    Sensor::default()
+                }
+                Some(Ok(None)) | None => Sensor::default(),
+            };
+            self.sensors.insert(key.clone(), loaded);
+        }
+        self.sensors.get_mut(key).expect("inserted above")
+    }
+
+    /// Takes one chunk of timely time `time`, looked at when the input frontier is `now` (the job's clock, in
+    /// milliseconds); windows and dead letters go to `out`.
+    pub fn push(&mut self, chunk: AudioChunk, time: u64, now: u64, out: &mut Pushed) {
+        let key = (chunk.space.clone(), chunk.sensor.clone());
+        let spec = self.spec.clone();
+        let sensor = self.sensor(&key);
+        let before = sensor.held_bytes();
+        sensor.receive(&spec, chunk, time, now, out);
+        let after = sensor.held_bytes();
+        self.held_bytes = self.held_bytes + after - before;
+        self.settle(key, time);
+        while self.held_bytes > self.max_held_bytes {
+            let Some(longest) = self
+                .holding
+                .iter()
+                .filter_map(|key| Some((self.sensors.get(key)?.held_since()?, key.clone())))
+                .min()
+                .map(|(_, key)| key)
+            else {
+                break;
+            };
+            self.release_sensor(&longest, None, time, out);
+        }
+    }
+
+    /// Places what sensor `key` holds back and is due at `now` (all of it with `None`); windows go out at `time`.
+    fn release_sensor(&mut self, key: &(String, String), now: Option<u64>, time: u64, out: &mut Pushed) {
+        if let Some(sensor) = self.sensors.get_mut(key) {
+            let before = sensor.held_bytes();
+            sensor.release(&self.spec, now, out);
+            self.held_bytes -= before - sensor.held_bytes();
+        }
+        self.settle(key.clone(), time);
+    }
+
+    /// Places the held chunks whose wait for a gap to fill is over at `now` (or all of them, with `None`: the input
+    /// ended); windows go out at `time`.
+    pub fn release(&mut self, now: Option<u64>, time: u64, out: &mut Pushed) {
+        for key in self.holding.iter().cloned().collect::<Vec<_>>() {
+            self.release_sensor(&key, now, time, out);
+        }
+    }
+
+    /// Notes what the last change to sensor `key` did at `time`.
+    fn settle(&mut self, key: (String, String), time: u64) {
+        let Some(sensor) = self.sensors.get_mut(&key) else { return };
+        if sensor.stored_used_up() && self.store.is_some() {
+            self.obsolete.push((time, key.clone()));
+        }
+        if sensor.held.is_empty() {
+            self.holding.remove(&key);
+        } else {
+            self.holding.insert(key);
+        }
+    }
+
+    /// The timely time of the oldest chunk held back.
+    pub fn oldest_held(&self) -> Option<u64> {
+        self.holding
+            .iter()
+            .filter_map(|key| self.sensors.get(key))
+            .flat_map(|sensor| sensor.held.iter().map(|h| h.arrived))
+            .min()
+    }
+
+    /// Moves the sensors that sent nothing since `now - spec.park_after_ms` (and hold nothing back) to the store;
+    /// returns how many. Without a store, nothing moves.
+    pub fn park_quiet(&mut self, now: u64) -> usize {
+        let after = self.spec.park_after_ms;
+        let quiet: Vec<(String, String)> = self
+            .sensors
+            .iter()
+            .filter(|(_, s)| s.held.is_empty() && s.last_seen.saturating_add(after) <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        quiet.into_iter().filter(|key| self.park(key)).count()
+    }
+
+    /// Moves every sensor to the store (the input has ended: nothing is held back any more); returns how many moved.
+    pub fn park_all(&mut self) -> usize {
+        let all: Vec<(String, String)> = self.sensors.keys().cloned().collect();
+        all.into_iter().filter(|key| self.park(key)).count()
+    }
+
+    fn park(&mut self, key: &(String, String)) -> bool {
+        let Some(store) = self.store.as_mut() else { return false };
+        let Some(mut sensor) = self.sensors.remove(key) else { return false };
+        if let Some(timeline) = sensor.timeline.as_mut() {
+            timeline.flush_resampler();
+        }
+        match store.save(&key.0, &key.1, &sensor) {
+            Ok(()) => {
+                self.obsolete.retain(|(_, k)| k != key);
+                self.holding.remove(key);
+                self.held_bytes -= sensor.held_bytes();
+                true
+            }
+            Err(error) => {
+                tracing::error!(space = key.0, sensor = key.1, %error, "A sensor's audio cannot be stored; it stays in memory and its chunks uncommitted.");
+                self.sensors.insert(key.clone(), sensor);
+                false
+            }
+        }
+    }
+
+    /// Removes the files of sensors whose stored audio was used up at a time that `unsettled` says is durable now.
+    pub fn remove_obsolete(&mut self, unsettled: impl Fn(&u64) -> bool) {
+        let Some(store) = self.store.as_mut() else { return };
+        self.obsolete.retain(|(time, key)| {
+            if unsettled(time) {
+                return true;
+            }
+            if let Err(error) = store.remove(&key.0, &key.1) {
+                tracing::warn!(space = key.0, sensor = key.1, %error, "A used-up sensor file cannot be removed.");
+            }
+            false
+        });
+    }
+
+    /// The oldest chunk still needed per partition of the audio topic: where a restart must resume to lose nothing.
+    /// Chunks whose audio the store holds are left out.
+    pub fn pending_offsets(&self) -> BTreeMap<i32, i64> {
+        let mut oldest = BTreeMap::new();
+        for sensor in self.sensors.values() {
+            for origin in sensor.origins().filter(|o| !sensor.stored.contains(o)) {
+                let offset = oldest.entry(origin.partition).or_insert(origin.offset);
+                *offset = (*offset).min(origin.offset);
+            }
+        }
+        oldest
+    }
+
+    /// Chunks held, pending on a timeline or held back (those the store holds included).
+    pub fn pending_chunks(&self) -> usize {
+        self.sensors.values().map(|s| s.origins().count()).sum()
+    }
+
+    /// Sensors in memory.
+    pub fn active(&self) -> usize {
+        self.sensors.len()
+    }
+
+    /// Sensors with a file in the store.
+    pub fn stored(&self) -> usize {
+        self.store.as_ref().map_or(0, Store::len)
+    }
+
+    /// Stores a sensor's timeline as a savepoint of an earlier release held it (see [`super::Savepoint`]).
+    pub(super) fn store_timeline(
+        store: &mut Store,
+        space: &str,
+        sensor: &str,
+        timeline: Timeline,
+    ) -> std::io::Result<()> {
+        let sensor_state = Sensor { timeline: Some(timeline), ..Sensor::default() };
+        store.save(space, sensor, &sensor_state)
+    }
+
+    #[cfg(test)]
+    pub(super) fn write_pos(&self, space: &str, sensor: &str) -> Option<i64> {
+        let key = (space.to_owned(), sensor.to_owned());
+        self.sensors.get(&key)?.timeline.as_ref().map(Timeline::write_pos)
+    }
+}

@@ -1,0 +1,135 @@
+//! Sensor state on disk: one file per sensor under `state_dir/sensors/`, holding the audio it sent that no window has
+//! used up yet. A sensor gone quiet is moved there (so that it holds back neither its partition's commits nor
+//! memory), every sensor is moved there when the job stops cleanly, and a sensor's next chunk brings it back. Files
+//! are replaced whole and durably ([`crate::durable::replace`]); a job that dies leaves them as they were.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::sensors::Sensor;
+
+/// Bumped whenever the layout of a stored sensor changes.
+const VERSION: u32 = 1;
+
+/// What a sensor's file holds.
+#[derive(Deserialize)]
+struct Stored {
+    version: u32,
+    space: String,
+    sensor: String,
+    state: Sensor,
+}
+
+/// [`Stored`] as it is written, borrowing the state (the same bytes).
+#[derive(Serialize)]
+struct Storing<'a> {
+    version: u32,
+    space: &'a str,
+    sensor: &'a str,
+    state: &'a Sensor,
+}
+
+/// The sensor files of one worker: a sensor is only ever read and written by the worker that owns it (the one the
+/// segmenting exchange routes it to), which a file's name tells (`<route>-<key>.bin`), so the number of workers may
+/// change between runs.
+pub struct Store {
+    dir: PathBuf,
+    /// The keys of this worker's sensors with a file, as listed when opened and kept up to date since.
+    present: HashSet<u64>,
+}
+
+impl Store {
+    /// Opens (and creates) the store in `dir` for worker `worker` of `peers`.
+    pub fn open(dir: &Path, worker: usize, peers: usize) -> io::Result<Store> {
+        fs::create_dir_all(dir)?;
+        let mut present = HashSet::new();
+        for entry in fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            let Some((route, key)) = name.strip_suffix(".bin").and_then(|stem| stem.split_once('-')) else { continue };
+            let (Ok(route), Ok(key)) = (u64::from_str_radix(route, 16), u64::from_str_radix(key, 16)) else { continue };
+            if (route % peers.max(1) as u64) as usize == worker {
+                present.insert(key);
+            }
+        }
+        Ok(Store { dir: dir.to_path_buf(), present })
+    }
+
+    /// Sensors with a file.
+    pub fn len(&self) -> usize {
+        self.present.len()
+    }
+
+    /// Whether no sensor has a file.
+    pub fn is_empty(&self) -> bool {
+        self.present.is_empty()
+    }
+
+    fn key(space: &str, sensor: &str) -> u64 {
+        crate::record::SegmentId::of(space, sensor, 0).0
+    }
+
+    fn path(&self, space: &str, sensor: &str) -> PathBuf {
+        let route = crate::record::route(space) ^ crate::record::route(sensor);
+        self.dir.join(format!("{route:016x}-{:016x}.bin", Store::key(space, sensor)))
+    }
+
+    /// Writes a sensor's state, replacing its file whole.
+    pub(super) fn save(&mut self, space: &str, sensor: &str, state: &Sensor) -> io::Result<()> {
+        let key = Store::key(space, sensor);
+        let stored = Storing { version: VERSION, space, sensor, state };
+        let bytes = bincode::serialize(&stored).map_err(io::Error::other)?;
+        crate::durable::replace(&self.path(space, sensor), &bytes)?;
+        self.present.insert(key);
+        Ok(())
+    }
+
+    /// A sensor's stored state, if it has one; the file stays until [`Store::remove`].
+    pub(super) fn load(&self, space: &str, sensor: &str) -> io::Result<Option<Sensor>> {
+        let key = Store::key(space, sensor);
+        if !self.present.contains(&key) {
+            return Ok(None);
+        }
+        let path = self.path(space, sensor);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let stored: Stored = bincode::deserialize(&bytes)
+            .map_err(|e| io::Error::other(format!("{} is not a stored sensor: {e}", path.display())))?;
+        if stored.version != VERSION {
+            return Err(io::Error::other(format!(
+                "{} holds a sensor stored by another release (version {}, not {VERSION})",
+                path.display(),
+                stored.version
+            )));
+        }
+        if stored.space != space || stored.sensor != sensor {
+            // Two sensors whose names hash alike: the one stored keeps its file.
+            return Err(io::Error::other(format!(
+                "{} holds sensor '{}' of space '{}', whose key collides with sensor '{sensor}' of space '{space}'",
+                path.display(),
+                stored.sensor,
+                stored.space
+            )));
+        }
+        Ok(Some(stored.state))
+    }
+
+    /// Removes a sensor's file (once what it held is durable elsewhere).
+    pub(super) fn remove(&mut self, space: &str, sensor: &str) -> io::Result<()> {
+        let (key, path) = (Store::key(space, sensor), self.path(space, sensor));
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        self.present.remove(&key);
+        crate::durable::sync_parent(&path)
+    }
+}

@@ -1,0 +1,372 @@
+//! One sensor's timeline on the model's absolute sample clock: reassembly of its chunks into runs, resampling, and
+//! the cut of grid-aligned windows (see the module documentation of [`super`]).
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Pushed, WindowSpec, rejection};
+use crate::record::{
+    AudioChunk, Nanos, Origin, Priority, SegmentKey, Window, nanos_to_samples, rfc3339, samples_to_nanos,
+};
+use crate::resample::StreamResampler;
+
+/// Spans of received audio remembered per sensor to recognise repeated deliveries.
+const RECEIVED_SPANS: usize = 16;
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct Run {
+    rate_in: u32,
+    /// Present when `rate_in` differs from the model's rate (a stored run has none: see [`Timeline::flush_resampler`]).
+    #[serde(skip)]
+    resampler: Option<StreamResampler>,
+    /// Where the run's first kept sample lies on the model clock.
+    start: i64,
+    /// `captured_at` of the run's first kept sample.
+    start_time: Nanos,
+    /// Input samples kept so far.
+    input_samples: u64,
+}
+
+impl Run {
+    /// Where the next chunk of this run should start, by the sample clock.
+    fn expected_next(&self) -> Nanos {
+        self.start_time + (u128::from(self.input_samples) * 1_000_000_000 / u128::from(self.rate_in)) as Nanos
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct PendingChunk {
+    /// Model-clock position just past the chunk's last sample.
+    end: i64,
+    pub(super) origin: Origin,
+}
+
+/// The layout is that of a savepoint of earlier releases, which a job still reads: fields are never added here.
+#[derive(Serialize, Deserialize)]
+pub(super) struct Timeline {
+    run: Option<Run>,
+    /// Samples from `buf_start` to `write_pos`.
+    buf: VecDeque<f32>,
+    buf_start: i64,
+    write_pos: i64,
+    /// Recorded (non-filler) stretches at or after `buf_start`, sorted and disjoint.
+    recorded: VecDeque<(i64, i64)>,
+    /// The latest stretches of audio received, merged, oldest first.
+    received: VecDeque<(i64, i64)>,
+    /// The first sample received, on the model clock.
+    first_received: i64,
+    next_window: i64,
+    /// Windows starting in `[from, to)` hold no audio of an earlier run and start before the grid point of a later
+    /// run's first sample: they are skipped when reached.
+    skip: Option<(i64, i64)>,
+    pub(super) chunks: VecDeque<PendingChunk>,
+}
+
+/// Where a chunk lies against a timeline (see [`Timeline::fit`]).
+struct Fit {
+    continues: bool,
+    pos: i64,
+    end: i64,
+    tolerance: i64,
+    duration: Nanos,
+}
+
+impl Timeline {
+    /// A timeline whose first sample is at `pos`: its first window starts at the grid point at or before `pos`.
+    pub(super) fn starting_at(spec: &WindowSpec, pos: i64) -> Self {
+        let start = spec.grid_floor(pos);
+        let mut timeline = Timeline {
+            run: None,
+            buf: VecDeque::new(),
+            buf_start: start,
+            write_pos: start,
+            recorded: VecDeque::new(),
+            received: VecDeque::new(),
+            first_received: pos,
+            next_window: start,
+            skip: None,
+            chunks: VecDeque::new(),
+        };
+        timeline.append(&vec![0.0; (pos - start) as usize], false);
+        timeline
+    }
+
+    /// How `chunk` relates to the audio received: whether it continues the run, and where it lies on the model clock
+    /// (start, end, and the jitter tolerated, in samples).
+    fn fit(&self, spec: &WindowSpec, chunk: &AudioChunk) -> Fit {
+        let rate = chunk.sample_rate;
+        let duration = (chunk.samples.len() as u128 * 1_000_000_000 / u128::from(rate)) as Nanos;
+        // Jitter up to the tolerance is absorbed, but never half a chunk: a repeated short chunk is not a successor.
+        let tolerance = spec.gap_tolerance.min(duration / 2);
+        let continues = self
+            .run
+            .as_ref()
+            .is_some_and(|run| run.rate_in == rate && (chunk.captured_at - run.expected_next()).abs() <= tolerance);
+        let pos = nanos_to_samples(chunk.captured_at, spec.sample_rate);
+        let end = pos + (chunk.samples.len() as u128 * u128::from(spec.sample_rate) / u128::from(rate)) as i64;
+        Fit { continues, pos, end, tolerance: nanos_to_samples(tolerance, spec.sample_rate), duration }
+    }
+
+    /// Whether `chunk` would start after a gap in the audio received: audio of the gap may still be on its way (from
+    /// another partition, say), so the chunk is better held back for a while than placed now.
+    pub(super) fn leaves_gap(&self, spec: &WindowSpec, chunk: &AudioChunk) -> bool {
+        let fit = self.fit(spec, chunk);
+        !fit.continues && fit.pos > self.write_pos + fit.tolerance
+    }
+
+    /// Places `chunk` and cuts the windows it completes. A chunk that starts more than `spec.max_jump_back` before
+    /// the audio received, and is not a repeat, is handed back: the sensor's clock jumped back, and the caller starts
+    /// a new timeline with it.
+    pub(super) fn push(&mut self, spec: &WindowSpec, chunk: AudioChunk, out: &mut Pushed) -> Result<(), AudioChunk> {
+        let rate = chunk.sample_rate;
+        let Fit { continues, pos, end, tolerance, duration } = self.fit(spec, &chunk);
+        let mut samples = chunk.samples.as_slice();
+        let mut start_time = chunk.captured_at;
+        if !continues {
+            let mut pos = pos;
+            if end <= self.write_pos + tolerance {
+                if self.received.iter().any(|&(a, b)| a - tolerance <= pos && end <= b + tolerance) {
+                    out.duplicates.push(chunk.space.clone());
+                } else if self.write_pos - pos > spec.max_jump_back {
+                    return Err(chunk);
+                } else {
+                    let reason = format!(
+                        "chunk of sensor '{}' ({} to {}) lies before audio already received up to {} and outside \
+                         every stretch received: out of order, or its captured_at is wrong; dropped",
+                        chunk.sensor,
+                        rfc3339(chunk.captured_at),
+                        rfc3339(chunk.captured_at + duration),
+                        rfc3339(samples_to_nanos(self.write_pos, spec.sample_rate)),
+                    );
+                    out.rejected.push(rejection(&chunk, "out_of_order", reason));
+                }
+                return Ok(());
+            }
+            self.end_run(spec, out);
+            if (pos - self.write_pos).abs() <= tolerance {
+                pos = self.write_pos;
+            }
+            if pos < self.write_pos {
+                // Audio for the start of this chunk was already received: keep the first copy, drop the overlap.
+                let overlap = self.write_pos - pos;
+                let dropped = ((overlap as u128 * u128::from(rate)).div_ceil(u128::from(spec.sample_rate)) as usize)
+                    .min(samples.len());
+                let reason = format!(
+                    "chunk of sensor '{}' starts {:.3} s before the end of audio already received; the first \
+                     {:.3} s of it were dropped",
+                    chunk.sensor,
+                    overlap as f64 / f64::from(spec.sample_rate),
+                    dropped as f64 / f64::from(rate),
+                );
+                out.rejected.push(rejection(&chunk, "overlap", reason));
+                samples = &samples[dropped..];
+                start_time += (dropped as u128 * 1_000_000_000 / u128::from(rate)) as Nanos;
+                pos = self.write_pos;
+            }
+            if let Err(reason) = self.start_run(spec, pos, start_time, rate, out) {
+                out.rejected.push(rejection(&chunk, "resample", reason));
+                return Ok(());
+            }
+        }
+        if samples.is_empty() {
+            return Ok(());
+        }
+        let run = self.run.as_mut().expect("a run is under way");
+        let resampled = match run.resampler.as_mut() {
+            Some(resampler) => {
+                let mut resampled = Vec::with_capacity(samples.len() * spec.sample_rate as usize / rate as usize + 1);
+                if let Err(error) = resampler.push(samples, &mut resampled) {
+                    // The resampler's state is unknown after a failure: the run ends here.
+                    self.run = None;
+                    out.rejected.push(rejection(&chunk, "resample", error.to_string()));
+                    return Ok(());
+                }
+                Some(resampled)
+            }
+            None => None,
+        };
+        run.input_samples += samples.len() as u64;
+        // Where the chunk's last sample lands, even while the resampler still holds it back.
+        let end = run.start
+            + (u128::from(run.input_samples) * u128::from(spec.sample_rate)).div_ceil(u128::from(run.rate_in)) as i64;
+        self.chunks.push_back(PendingChunk { end, origin: chunk.origin.clone() });
+        self.append(resampled.as_deref().unwrap_or(samples), true);
+        self.cut(spec, out);
+        Ok(())
+    }
+
+    /// Ends the timeline: every window holding recorded audio is cut now, padded with silence where audio never came,
+    /// and no chunk stays pending. Used when the sensor's clock jumped back and a new timeline begins.
+    pub(super) fn close(&mut self, spec: &WindowSpec, out: &mut Pushed) {
+        self.end_run(spec, out);
+        self.append(&vec![0.0; spec.window as usize], false);
+        self.cut(spec, out);
+        self.chunks.clear();
+    }
+
+    /// Flushes a resampled run into the buffer, since a resampler cannot be stored: its tail joins the buffer and
+    /// the next chunk starts a run right after it.
+    pub(super) fn flush_resampler(&mut self) {
+        if self.run.as_ref().is_some_and(|run| run.resampler.is_some()) {
+            let mut run = self.run.take().expect("checked");
+            let mut tail = Vec::new();
+            if run.resampler.as_mut().expect("checked").finish(&mut tail).is_ok() {
+                self.append(&tail, true);
+            }
+        }
+    }
+
+    /// Where the audio received ends, on the model clock.
+    pub(super) fn write_pos(&self) -> i64 {
+        self.write_pos
+    }
+
+    fn start_run(
+        &mut self,
+        spec: &WindowSpec,
+        pos: i64,
+        start_time: Nanos,
+        rate_in: u32,
+        out: &mut Pushed,
+    ) -> Result<(), String> {
+        let resampler = if rate_in == spec.sample_rate {
+            None
+        } else {
+            Some(StreamResampler::new(rate_in, spec.sample_rate).map_err(|e| e.to_string())?)
+        };
+        let previous_end = self.write_pos;
+        if pos > previous_end {
+            // A gap: known silence, materialised only as far as a window holding earlier audio can reach.
+            let fill = (pos - previous_end).min(i64::from(spec.window));
+            self.append(&vec![0.0; fill as usize], false);
+            let run_grid = spec.grid_floor(pos);
+            if run_grid > previous_end {
+                self.skip = Some((previous_end, run_grid));
+            }
+        }
+        self.run = Some(Run { rate_in, resampler, start: pos, start_time, input_samples: 0 });
+        if pos > self.write_pos {
+            // The gap is longer than a window: the windows holding earlier audio are all known now, and the timeline
+            // restarts at the new run's grid point.
+            self.cut(spec, out);
+            self.apply_skip();
+            let start = spec.grid_floor(pos).max(self.next_window);
+            debug_assert!(start <= pos, "every window before the gap was cut");
+            self.buf.clear();
+            self.recorded.clear();
+            self.buf_start = start;
+            self.write_pos = start;
+            self.next_window = start;
+            self.release_before_next_window();
+            self.append(&vec![0.0; (pos - start) as usize], false);
+        }
+        Ok(())
+    }
+
+    /// Flushes the current run's resampler, so its last samples take their place before a new run starts.
+    fn end_run(&mut self, spec: &WindowSpec, out: &mut Pushed) {
+        let Some(mut run) = self.run.take() else { return };
+        if let Some(resampler) = run.resampler.as_mut() {
+            let mut tail = Vec::new();
+            // A failure here loses at most the resampler's few milliseconds of latency; the run ends either way.
+            if resampler.finish(&mut tail).is_ok() {
+                self.append(&tail, true);
+            }
+        }
+        // Windows lying wholly before the gap can be cut now; those reaching into it wait for the gap to be filled.
+        self.cut(spec, out);
+    }
+
+    fn append(&mut self, samples: &[f32], recorded: bool) {
+        if samples.is_empty() {
+            return;
+        }
+        let from = self.write_pos;
+        let to = from + samples.len() as i64;
+        self.buf.extend(samples);
+        if recorded {
+            for spans in [&mut self.recorded, &mut self.received] {
+                match spans.back_mut() {
+                    Some(last) if last.1 == from => last.1 = to,
+                    _ => spans.push_back((from, to)),
+                }
+            }
+            if self.received.len() > RECEIVED_SPANS {
+                self.received.pop_front();
+            }
+        }
+        self.write_pos = to;
+    }
+
+    fn apply_skip(&mut self) {
+        if let Some((from, to)) = self.skip
+            && self.next_window >= from
+        {
+            self.next_window = self.next_window.max(to);
+            self.skip = None;
+        }
+    }
+
+    /// Cuts every window whose samples are all known.
+    fn cut(&mut self, spec: &WindowSpec, out: &mut Pushed) {
+        let window = i64::from(spec.window);
+        loop {
+            self.apply_skip();
+            let start = self.next_window;
+            if start + window > self.write_pos {
+                break;
+            }
+            let covered = self.recorded_in(start, start + window);
+            if covered >= i64::from(spec.min_coverage)
+                && let Some(first) = self.chunks.iter().find(|c| c.end > start).or(self.chunks.front())
+            {
+                let offset = (start - self.buf_start) as usize;
+                out.windows.push(Window {
+                    key: SegmentKey {
+                        space: String::new(),
+                        sensor: String::new(),
+                        start,
+                        sample_rate: spec.sample_rate,
+                        len: spec.window,
+                    },
+                    samples: self.buf.range(offset..offset + spec.window as usize).copied().collect(),
+                    coverage: covered as f32 / window as f32,
+                    origin: first.origin.clone(),
+                    resumed: start < self.first_received,
+                    priority: Priority::Normal,
+                });
+            }
+            self.next_window += i64::from(spec.hop);
+            self.forget_before(self.next_window.min(self.write_pos));
+        }
+    }
+
+    fn recorded_in(&self, from: i64, to: i64) -> i64 {
+        self.recorded.iter().map(|&(a, b)| (b.min(to) - a.max(from)).max(0)).sum()
+    }
+
+    /// Drops samples before `pos` and the chunks no future window needs.
+    fn forget_before(&mut self, pos: i64) {
+        if pos > self.buf_start {
+            let n = ((pos - self.buf_start) as usize).min(self.buf.len());
+            self.buf.drain(..n);
+            self.buf_start = pos;
+        }
+        while let Some(first) = self.recorded.front_mut() {
+            if first.1 <= pos {
+                self.recorded.pop_front();
+            } else {
+                first.0 = first.0.max(pos);
+                break;
+            }
+        }
+        self.release_before_next_window();
+    }
+
+    fn release_before_next_window(&mut self) {
+        while self.chunks.front().is_some_and(|c| c.end <= self.next_window) {
+            self.chunks.pop_front();
+        }
+    }
+}
