@@ -20,6 +20,7 @@ use prometheus::Registry;
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::operators::vec::{Broadcast, Map};
 use timely::dataflow::operators::{Concatenate, Operator, Probe};
 use timely::progress::Antichain;
 
@@ -424,6 +425,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
         )
     };
     let partitions: Vec<i32> = source.partitions().collect();
+    let topic_partitions = source.topic_partitions();
     let source = Rc::new(RefCell::new(source));
     let embedder = shared.embedders.lock().unwrap_or_else(|p| p.into_inner()).pop().expect("one embedder per worker");
     let indices =
@@ -447,30 +449,33 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
         let metrics = shared.metrics.clone();
         let limits = config.kafka.chunk_limits();
         let decode_metrics = metrics.clone();
-        let (chunks, undecodable) =
-            kafka::source(scope, source.clone(), embedded.clone(), shared.stop.clone()).ok_err(move |message| {
-                let started = Instant::now();
-                let decoded = kafka::decode_message(message, &limits, kafka::now_nanos());
-                decode_metrics.time("decode", started);
-                match &decoded {
-                    Ok(_) => decode_metrics.count("decode", 1, 1),
-                    Err(letter) => {
-                        decode_metrics.count("decode", 1, 0);
-                        decode_metrics.reject("decode", letter.cause, 1);
-                    }
+        let (messages, progress) = kafka::source(scope, source.clone(), embedded.clone(), shared.stop.clone());
+        let (chunks, undecodable) = messages.ok_err(move |message| {
+            let started = Instant::now();
+            let decoded = kafka::decode_message(message, &limits, kafka::now_nanos());
+            decode_metrics.time("decode", started);
+            match &decoded {
+                Ok(_) => decode_metrics.count("decode", 1, 1),
+                Err(letter) => {
+                    decode_metrics.count("decode", 1, 0);
+                    decode_metrics.reject("decode", letter.cause, 1);
                 }
-                decoded
-            });
+            }
+            decoded
+        });
         let chunks = chunks.container::<Vec<AudioChunk>>();
         let undecodable = undecodable.container::<Vec<DeadLetter>>();
 
         // Chunks held back for the audio before them count twice against the read-ahead: as decoded samples while
         // they wait, and as the windows they complete at once when placed.
-        let mut segmenter = Segmenter::new(config.windows.clone()).with_held_limit(shared.max_in_flight / 4);
+        let mut segmenter = Segmenter::new(config.windows.clone())
+            .with_held_limit(shared.max_in_flight / 4)
+            .with_partitions(topic_partitions);
         if let Some(store) = store {
             segmenter = segmenter.with_store(store);
         }
-        let (windows, unplaced, reports) = chunks.segment(segmenter, Some(probe.clone()), metrics.clone());
+        let (windows, unplaced, reports) =
+            chunks.segment(progress.broadcast(), segmenter, Some(probe.clone()), metrics.clone());
         let (tracker, tracked) = (source.clone(), reports_frontier.clone());
         reports.sink(Pipeline, "PendingReports", move |(input, frontier)| {
             let mut source = tracker.borrow_mut();
@@ -497,6 +502,24 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
         }
 
         let archived = archive::sink(to_archive, writer, shared.fatal.clone(), metrics.clone());
+        // A replayed window whose head predates the audio this job received may have been cut by an earlier run
+        // from more audio: the archive holds that version, and it is the one published. Not in the archive, it was
+        // archived and published by this job already.
+        let archive_dir = config.archive.dir.clone();
+        let to_publish = to_publish.flat_map(move |segment| {
+            if !segment.resumed {
+                return Some(segment);
+            }
+            let key = &segment.key;
+            match archive::archived_segment(&archive_dir, &key.space, key.id(), &key.sensor, key.start_micros()) {
+                Ok(Some(row)) => Some(chorus_operators::record::Segment { coverage: row.coverage, origin: row.origin, ..segment }),
+                Ok(None) => None,
+                Err(error) => {
+                    tracing::warn!(%error, segment = %key.id(), "A replayed segment's archived row cannot be read; it is published as replayed.");
+                    Some(segment)
+                }
+            }
+        });
         let model = config.model.name.clone();
         let publish_metrics = metrics.clone();
         let published = kafka::sink(

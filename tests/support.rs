@@ -583,3 +583,109 @@ pub fn http_with_host(
     bytes.extend_from_slice(body);
     http_raw(port, &bytes)
 }
+
+/// A message as any Kafka client may produce it: the key, value, headers, partition and timestamp of its choosing.
+pub struct RawChunk {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// `None`: the client's partitioner picks.
+    pub partition: Option<i32>,
+    /// `None`: the client stamps the time of sending.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl RawChunk {
+    /// A chunk of `sensor` starting at `captured_at` (RFC 3339), with `value` as its WAV file.
+    pub fn new(sensor: &str, captured_at: &str, value: Vec<u8>) -> RawChunk {
+        RawChunk {
+            key: sensor.to_owned(),
+            value,
+            headers: vec![("captured_at".to_owned(), captured_at.as_bytes().to_vec())],
+            partition: None,
+            timestamp_ms: None,
+        }
+    }
+}
+
+/// RFC 3339 (UTC, nanoseconds) of `nanos` after [`T0`].
+pub fn t0_plus(nanos: i64) -> String {
+    chorus_operators::record::rfc3339(T0_SECONDS * 1_000_000_000 + nanos)
+}
+
+/// `samples` (interleaved when `channels` > 1) as a 16-bit PCM WAV file in memory.
+pub fn wav_i16(sample_rate: u32, channels: u16, samples: &[f32]) -> Vec<u8> {
+    let spec = hound::WavSpec { channels, sample_rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    let mut writer = hound::WavWriter::new(&mut bytes, spec).unwrap();
+    for &x in samples {
+        writer.write_sample((x.clamp(-1.0, 1.0) * 32_767.0) as i16).unwrap();
+    }
+    writer.finalize().unwrap();
+    bytes.into_inner()
+}
+
+impl Scenario {
+    /// Produces `chunks` to the audio topic in order and waits until the broker has them all.
+    pub fn produce_raw(&self, chunks: &[RawChunk]) {
+        use rdkafka::message::{Header, OwnedHeaders};
+        use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("message.max.bytes", "2000000")
+            .set("enable.idempotence", "true")
+            .create()
+            .unwrap();
+        for chunk in chunks {
+            let mut headers = OwnedHeaders::new();
+            for (key, value) in &chunk.headers {
+                headers = headers.insert(Header { key, value: Some(value.as_slice()) });
+            }
+            let mut record = BaseRecord::to(&self.audio_topic)
+                .key(chunk.key.as_str())
+                .payload(chunk.value.as_slice())
+                .headers(headers);
+            if let Some(partition) = chunk.partition {
+                record = record.partition(partition);
+            }
+            if let Some(ms) = chunk.timestamp_ms {
+                record = record.timestamp(ms);
+            }
+            let mut record = Some(record);
+            while let Some(r) = record.take() {
+                if let Err((error, r)) = producer.send(r) {
+                    assert!(
+                        matches!(
+                            error,
+                            rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                        ),
+                        "{error}"
+                    );
+                    producer.poll(Duration::from_millis(10));
+                    record = Some(r);
+                }
+            }
+            producer.poll(Duration::ZERO);
+        }
+        producer.flush(Duration::from_secs(60)).unwrap();
+    }
+
+    /// Sets `key` (`section.field`) of this scenario's config file to `value`.
+    pub fn set(&self, key: &str, value: toml::Value) {
+        let mut table: toml::Table = std::fs::read_to_string(&self.config).unwrap().parse().unwrap();
+        let (section, field) = key.split_once('.').unwrap_or(("", key));
+        let target = if section.is_empty() {
+            &mut table
+        } else {
+            table.entry(section).or_insert_with(|| toml::Value::Table(toml::Table::new())).as_table_mut().unwrap()
+        };
+        target.insert(field.to_owned(), value);
+        std::fs::write(&self.config, toml::to_string(&table).unwrap()).unwrap();
+    }
+
+    /// Commits `offsets` of the audio topic for this scenario's group, as a job would.
+    pub fn commit(&self, offsets: &[(i32, i64)]) {
+        let config = chorus::config::Config::load(&self.config).unwrap();
+        chorus_connectors::kafka::commit_offsets(&config.kafka, &offsets.iter().copied().collect()).unwrap();
+    }
+}

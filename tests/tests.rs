@@ -1,6 +1,7 @@
 //! Integration tests: the real broker, the real ONNX Runtime, real files. `scripts/test.sh` installs and starts what
 //! they need; tests are named after the issue they settle (`r2_...`).
 
+mod adversarial;
 mod api;
 mod archive;
 mod config;

@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chorus_operators::FieldError;
-use chorus_operators::record::{AudioChunk, DeadLetter, Nanos, Origin, PendingReport, Priority, SegmentId, rfc3339};
+use chorus_operators::record::{
+    AudioChunk, DeadLetter, Nanos, Origin, PartitionProgress, PendingReport, Priority, SegmentId, rfc3339,
+};
 use chorus_operators::wakeup::Wakeup;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -32,7 +34,6 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::operators::generic::operator::source as timely_source;
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
 use crate::wav::{self, DecodeLimits};
@@ -576,10 +577,13 @@ pub fn decode_message(message: RawMessage, limits: &ChunkLimits, now: Nanos) -> 
         Ok(audio) => audio,
         Err(rejection) => return Err(message.reject(rejection.cause, rejection.reason)),
     };
+    let now_ms = now.div_euclid(1_000_000);
+    let sent_ms = produced.map_or(captured_at.div_euclid(1_000_000), |t| t.div_euclid(1_000_000)).min(now_ms);
     Ok(AudioChunk {
         space,
         sensor,
         captured_at,
+        sent_ms,
         priority,
         sample_rate: audio.sample_rate,
         samples: audio.samples,
@@ -615,6 +619,11 @@ pub struct KafkaSource {
     reports: BTreeMap<u64, Vec<PendingReport>>,
     /// The latest applied report of each worker: its oldest pending chunk per partition.
     pending: BTreeMap<usize, Vec<(i32, i64)>>,
+    /// How far each partition read here has been read, and what the segmenting workers were last told.
+    progress: BTreeMap<i32, PartitionProgress>,
+    reported: BTreeMap<i32, PartitionProgress>,
+    /// Partitions of the audio topic.
+    topic_partitions: usize,
     last_commit: Instant,
     high_watermarks_checked: Option<Instant>,
     consume_warnings: Throttle,
@@ -630,7 +639,8 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
+            // The end of a partition is reported: held-back chunks need to know when no partition can hold more.
+            .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", settings.fetch_wait.as_millis().to_string())
             .set("max.partition.fetch.bytes", settings.max_message_bytes.max(1 << 20).to_string())
             // librdkafka's own read-ahead counts against the budget too.
@@ -639,7 +649,10 @@ impl KafkaSource {
             .map_err(kafka(format!("cannot create a consumer for {}", settings.brokers)))?;
         let topic = settings.audio_topic.clone();
         let partitions: Vec<i32> = partitions(&consumer, settings)?.elements().iter().map(|e| e.partition()).collect();
+        let topic_partitions = partitions.len();
         let mine: Vec<i32> = partitions.into_iter().filter(|p| (*p as usize) % peers == worker).collect();
+        let progress =
+            mine.iter().map(|&p| (p, PartitionProgress { partition: p, read_ms: None, caught_up: false })).collect();
         let mut next = BTreeMap::new();
         // What the group has committed — the commits made from here on are compared with it.
         let mut committed = BTreeMap::new();
@@ -685,6 +698,9 @@ impl KafkaSource {
             max_in_flight,
             reports: BTreeMap::new(),
             pending: BTreeMap::new(),
+            progress,
+            reported: BTreeMap::new(),
+            topic_partitions,
             last_commit: Instant::now(),
             high_watermarks_checked: None,
             consume_warnings: Throttle::default(),
@@ -700,6 +716,11 @@ impl KafkaSource {
         while out.len() < max {
             match self.consumer.poll(Duration::ZERO) {
                 None => break,
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    if let Some(progress) = self.progress.get_mut(&partition) {
+                        progress.caught_up = true;
+                    }
+                }
                 Some(Err(error)) => {
                     if self.consume_warnings.ready(Duration::from_secs(10)) {
                         tracing::warn!(%error, topic = %self.topic, "Kafka consumer error; retrying.");
@@ -713,6 +734,10 @@ impl KafkaSource {
                         offset: message.offset(),
                     };
                     self.next.insert(origin.partition, origin.offset + 1);
+                    if let Some(progress) = self.progress.get_mut(&origin.partition) {
+                        progress.caught_up = false;
+                        progress.read_ms = progress.read_ms.max(message.timestamp().to_millis());
+                    }
                     let headers = message
                         .headers()
                         .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())).collect())
@@ -728,6 +753,20 @@ impl KafkaSource {
                 }
             }
         }
+    }
+
+    /// How far each partition this worker reads has been read, for those whose progress changed since the last
+    /// call (all of them at the first).
+    pub fn progress_changes(&mut self) -> Vec<PartitionProgress> {
+        let changed: Vec<PartitionProgress> =
+            self.progress.values().filter(|p| self.reported.get(&p.partition) != Some(p)).copied().collect();
+        self.reported.extend(changed.iter().map(|p| (p.partition, *p)));
+        changed
+    }
+
+    /// Partitions of the audio topic, read by this worker or another.
+    pub fn topic_partitions(&self) -> usize {
+        self.topic_partitions
     }
 
     /// Moves each partition's next offset past the control records the consumer passed, which never reach the
@@ -893,7 +932,8 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Reads the worker's partitions into the dataflow, at the wall clock's millisecond.
+/// Reads the worker's partitions into the dataflow, at the wall clock's millisecond; the second stream says how far
+/// each partition has been read, whenever that changes (see [`PartitionProgress`]).
 ///
 /// Reading pauses while the bytes read at epochs the `embedded` probe has not passed exceed the source's budget: under
 /// overload the lag grows in Kafka, not in memory.
@@ -902,53 +942,65 @@ pub fn source<'scope>(
     state: Rc<RefCell<KafkaSource>>,
     embedded: ProbeHandle<u64>,
     stop: Stop,
-) -> StreamVec<'scope, u64, RawMessage> {
-    timely_source::<_, CapacityContainerBuilder<Vec<RawMessage>>, _, _>(
-        scope,
-        "KafkaSource",
-        move |capability, info| {
-            let activator = scope.activator_for(info.address.clone());
-            let mut capability = Some(capability);
-            let mut last_message = Instant::now();
-            let mut batch = Vec::new();
-            move |output| {
-                let Some(cap) = capability.as_mut() else { return };
-                let mut source = state.borrow_mut();
-                if source.next.is_empty() || stop.requested.load(Ordering::Relaxed) {
-                    capability = None;
-                    return;
-                }
-                // Time moves on even without messages, so an idle worker never holds back the others' commits.
-                let now = now_ms();
+) -> (StreamVec<'scope, u64, RawMessage>, StreamVec<'scope, u64, PartitionProgress>) {
+    let mut builder = OperatorBuilder::new("KafkaSource".to_owned(), scope);
+    let info = builder.operator_info();
+    let (messages_out, messages) = builder.new_output::<Vec<RawMessage>>();
+    let (progress_out, progress) = builder.new_output::<Vec<PartitionProgress>>();
+    let mut messages_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<RawMessage>>>::from(messages_out);
+    let mut progress_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<PartitionProgress>>>::from(progress_out);
+    let activator = scope.activator_for(info.address.clone());
+    builder.build(move |initial| {
+        let mut capabilities = Some(initial);
+        let mut last_message = Instant::now();
+        let mut batch = Vec::new();
+        move |_frontiers| {
+            let Some(caps) = capabilities.as_mut() else { return };
+            let mut source = state.borrow_mut();
+            if source.next.is_empty() || stop.requested.load(Ordering::Relaxed) {
+                capabilities = None;
+                return;
+            }
+            // Time moves on even without messages, so an idle worker never holds back the others' commits.
+            let now = now_ms();
+            for cap in caps.iter_mut() {
                 if now > *cap.time() {
                     cap.downgrade(&now);
                 }
-                source.trim_embedded(|t| embedded.less_equal(t));
-                if source.in_flight >= source.max_in_flight {
-                    activator.activate_after(Duration::from_millis(5));
-                    return;
-                }
-                source.poll(4_096, &mut batch);
-                if !batch.is_empty() {
-                    last_message = Instant::now();
-                    let bytes = batch.iter().map(|m| m.payload.as_ref().map_or(0, Vec::len)).sum();
-                    source.record_bytes(*cap.time(), bytes);
-                    output.session(&*cap).give_iterator(batch.drain(..));
-                    source.record_epoch(*cap.time());
-                    activator.activate();
-                    return;
-                }
-                if let Some(idle) = stop.idle
-                    && last_message.elapsed() >= idle
-                    && source.drained()
-                {
-                    capability = None;
-                    return;
-                }
-                activator.activate_after(Duration::from_millis(5));
             }
-        },
-    )
+            source.trim_embedded(|t| embedded.less_equal(t));
+            if source.in_flight >= source.max_in_flight {
+                activator.activate_after(Duration::from_millis(5));
+                return;
+            }
+            source.poll(4_096, &mut batch);
+            let read = !batch.is_empty();
+            if read {
+                last_message = Instant::now();
+                let bytes = batch.iter().map(|m| m.payload.as_ref().map_or(0, Vec::len)).sum();
+                source.record_bytes(*caps[0].time(), bytes);
+                messages_out.activate().session(&caps[0]).give_iterator(batch.drain(..));
+                source.record_epoch(*caps[0].time());
+            }
+            let changes = source.progress_changes();
+            if !changes.is_empty() {
+                progress_out.activate().session(&caps[1]).give_iterator(changes.into_iter());
+            }
+            if read {
+                activator.activate();
+                return;
+            }
+            if let Some(idle) = stop.idle
+                && last_message.elapsed() >= idle
+                && source.drained()
+            {
+                capabilities = None;
+                return;
+            }
+            activator.activate_after(Duration::from_millis(5));
+        }
+    });
+    (messages, progress)
 }
 
 /// What a sink sends for one record.

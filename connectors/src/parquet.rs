@@ -826,6 +826,32 @@ pub fn scan_file(
     Ok(())
 }
 
+/// The archived row of segment `id` of `space`, recorded by `sensor` from `start_micros` (which narrow the search to
+/// the row groups that can hold it), without its embedding; `None` when it is not archived.
+pub fn archived_segment(
+    root: &Path,
+    space: &str,
+    id: SegmentId,
+    sensor: &str,
+    start_micros: i64,
+) -> Result<Option<ArchivedSegment>, Error> {
+    let filter =
+        Filter { sensors: vec![sensor.to_owned()], from_micros: Some(start_micros), to_micros: Some(start_micros + 1) };
+    let mut stats = ScanStats::default();
+    let mut found = None;
+    for path in scan_files(root, space, &filter, &mut stats)? {
+        scan_file(&path, &filter, false, &mut stats, &mut |row| {
+            if row.id == id {
+                found = Some(row);
+            }
+        })?;
+        if found.is_some() {
+            break;
+        }
+    }
+    Ok(found)
+}
+
 /// The audio archived with segment `id` of `space`, as a WAV file: `None` when the segment is not archived,
 /// `Some(None)` when it was archived without audio. `filter` narrows the search: with the segment's sensor and start
 /// time it is one row group. Only the `segment_id` column is read to find the row, then only that row's audio.

@@ -74,6 +74,10 @@ pub struct AudioChunk {
     pub sensor: String,
     /// Capture time of the first sample.
     pub captured_at: Nanos,
+    /// When the chunk was sent: its Kafka timestamp in milliseconds since the epoch (never later than the job's
+    /// clock when it was read). Chunks of one sensor held back for a gap wait until every partition has been read
+    /// past it.
+    pub sent_ms: i64,
     /// Processing priority.
     pub priority: Priority,
     /// Sample rate of `samples`, in Hz.
@@ -185,6 +189,18 @@ pub struct PendingReport {
     /// `(partition, offset)` of the oldest chunk a window not yet cut still needs, per partition (chunks whose audio
     /// the sensor store holds are not needed from Kafka).
     pub pending: Vec<(i32, i64)>,
+}
+
+/// How far a source worker has read one partition of the audio topic, sent to every segmenting worker whenever it
+/// changes: a sensor's chunk held back for the audio before it waits until no partition can still hold that audio.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionProgress {
+    /// The partition.
+    pub partition: i32,
+    /// The latest Kafka timestamp read from it, in milliseconds (none yet: nothing read).
+    pub read_ms: Option<i64>,
+    /// Whether everything the broker held for it had been read (its end was reached, nothing read since).
+    pub caught_up: bool,
 }
 
 /// A 64-bit segment id, shown as 16 lowercase hex digits.

@@ -341,8 +341,9 @@ pub struct Indexed<'scope> {
     /// Segments the archive does not hold yet: new ones, and replayed ones a snapshot held but the archive lacked.
     pub to_archive: StreamVec<'scope, u64, Segment>,
     /// Every segment offered, replays included — the segments topic is at-least-once, and a replay may follow a
-    /// publication that never reached the broker — except replayed windows whose head predates the audio this job
-    /// received ([`Segment::resumed`]): an earlier run cut those from more audio, and published that version.
+    /// publication that never reached the broker. A replayed window whose head predates the audio this job received
+    /// keeps its [`Segment::resumed`] mark (an earlier run may have cut it from more audio: the job publishes the
+    /// archived version); new segments go out unmarked.
     pub to_publish: StreamVec<'scope, u64, Segment>,
     /// Segments that could not be indexed.
     pub dead_letters: StreamVec<'scope, u64, DeadLetter>,
@@ -412,9 +413,7 @@ impl<'scope> Index<'scope> for StreamVec<'scope, u64, Segment> {
                                 Ok(Offered::Inserted | Offered::Unarchived) => new.push(segment),
                                 Ok(Offered::Duplicate) => {
                                     *duplicates.entry(segment.key.space.clone()).or_default() += 1;
-                                    if !segment.resumed {
-                                        replayed.push(segment);
-                                    }
+                                    replayed.push(segment);
                                 }
                                 Err(error) => failed.push(DeadLetter {
                                     origin: Some(segment.origin.clone()),
@@ -434,12 +433,13 @@ impl<'scope> Index<'scope> for StreamVec<'scope, u64, Segment> {
                         metrics.duplicates.with_label_values(&[space.as_str()]).inc_by(n);
                     }
                     // The segments topic takes no audio: only the archive keeps it.
-                    publish_session.session(&capability).give_iterator(new.iter().map(Segment::without_audio).chain(
-                        replayed.into_iter().map(|mut s| {
+                    let fresh = new.iter().map(|s| Segment { resumed: false, ..s.without_audio() });
+                    publish_session.session(&capability).give_iterator(fresh.chain(replayed.into_iter().map(
+                        |mut s| {
                             s.audio = Vec::new();
                             s
-                        }),
-                    ));
+                        },
+                    )));
                     archive_session.session(&capability).give_iterator(new.into_iter());
                     dead_session.session(&capability).give_iterator(failed.into_iter());
                 });

@@ -15,13 +15,17 @@
 //! letters.
 //!
 //! **Order.** A sensor's chunks may travel on several partitions (producers with different partitioners, a topic
-//! that grew), so they can arrive out of `captured_at` order. A chunk that continues the audio received is placed at
-//! once; one that would start after a gap (and a sensor's first chunk) is held back, in `captured_at` order, until
-//! the gap is filled or `lateness_ms` of the job's clock have passed since it was read — or, sooner, once the audio
-//! a worker holds back reaches its share of the memory budget ([`Segmenter::with_held_limit`]). The same audio
-//! therefore yields the same windows whatever partitions it came from, as long as it arrives within those bounds. While a chunk
-//! is held, the operator holds a capability at its arrival and sends windows at that time: the source's read-ahead
-//! counts what is held and what it releases, and commits wait.
+//! that grew), so they can arrive out of `captured_at` order, however fast each partition is read. A chunk that
+//! continues the audio received is placed at once; one that would start after a gap (and a sensor's first chunk) is
+//! held back, in `captured_at` order, until the gap is filled or no partition can still hold audio sent before it:
+//! every partition has been read past the chunk's Kafka timestamp (a partition is read in the order it was written),
+//! or has nothing left to read and `lateness_ms` have passed since the chunk was sent (for chunks still on their
+//! way). The source workers say how far they have read each partition ([`PartitionProgress`]), and that applies after
+//! the chunks read before it. Sooner than that, a worker places what it holds back once it reaches its share of the
+//! memory budget ([`Segmenter::with_held_limit`]). The same audio therefore yields the same windows whatever
+//! partitions it came from and however fast each is read, within those bounds. While a chunk is held, the operator
+//! holds a capability at its arrival and sends windows at that time: the source's read-ahead counts what is held and
+//! what it releases, and commits wait.
 //!
 //! **Pending chunks and commits.** Every chunk whose samples a future window may still need stays *pending* (held
 //! chunks too). The timely operator processes chunks in time order, sends each window at the time of the chunk that
@@ -47,7 +51,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Exchange as ExchangePact;
+use timely::dataflow::channels::pact::{Exchange as ExchangePact, Pipeline};
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
@@ -60,7 +64,7 @@ use timeline::Timeline;
 
 use crate::FieldError;
 use crate::metrics::Metrics;
-use crate::record::{AudioChunk, DeadLetter, Nanos, PendingReport, Window, route};
+use crate::record::{AudioChunk, DeadLetter, Nanos, PartitionProgress, PendingReport, Window, route};
 
 /// `[windows]`: how audio is cut into model windows.
 #[derive(Clone, Debug, Deserialize)]
@@ -73,11 +77,11 @@ pub struct WindowsConfig {
     pub gap_tolerance_ms: u64,
     /// Seconds of recorded audio (not gap filler) a window needs to be embedded.
     pub min_coverage_seconds: f64,
-    /// How late a sensor's chunk may arrive and still take its place, in milliseconds of the job's clock: a chunk
-    /// that starts after a gap in its sensor's audio (and a sensor's first chunk) waits up to this long for the audio
-    /// before it — sent to another partition, say — before it is placed. Chunks are placed in `captured_at` order
-    /// whatever partition they came from, so the same audio yields the same windows; audio of a gap that arrives
-    /// later than this is dead-lettered as `out_of_order`. 0 places every chunk as it arrives.
+    /// A sensor's chunks are placed in `captured_at` order whatever partition they came from: a chunk that starts
+    /// after a gap in its sensor's audio (and a sensor's first chunk) waits for the audio before it until every
+    /// partition has been read past the time it was sent (its Kafka timestamp), and a partition with nothing left
+    /// to read for this many milliseconds after it was sent — for chunks still on their way. Audio of a gap that
+    /// arrives later is dead-lettered as `out_of_order`. 0 places every chunk as it arrives, in no particular order.
     pub lateness_ms: u64,
     /// A sensor that sent nothing for this many seconds (and whose job runs as one process) has its unfinished audio
     /// moved to `state_dir`: its partition's commits no longer wait for it, nor does memory hold it. Its next chunk
@@ -95,7 +99,7 @@ impl Default for WindowsConfig {
             hop_seconds: 5.0,
             gap_tolerance_ms: 100,
             min_coverage_seconds: 1.0,
-            lateness_ms: 2_000,
+            lateness_ms: 500,
             park_after_seconds: 300,
             max_jump_back_seconds: 600,
         }
@@ -277,12 +281,13 @@ pub(crate) fn rejection(chunk: &AudioChunk, cause: &'static str, reason: String)
 /// Cuts a stream of audio chunks into model windows; see the module documentation.
 pub trait Segment<'scope> {
     /// Returns the windows, the dead letters of audio that could not be placed, and the pending reports of every
-    /// worker (broadcast: each worker receives them all).
+    /// worker (broadcast: each worker receives them all). `progress` says how far the partitions have been read, as
+    /// every source worker reports it (broadcast to every worker): held-back chunks wait for it.
     ///
     /// # Examples
     /// ```
     /// use chorus_operators::metrics::Metrics;
-    /// use chorus_operators::record::{AudioChunk, Origin, Priority};
+    /// use chorus_operators::record::{AudioChunk, Origin, PartitionProgress, Priority};
     /// use chorus_operators::segment::{Segment, Segmenter, WindowsConfig};
     /// use timely::dataflow::operators::capture::Extract;
     /// use timely::dataflow::operators::vec::{Map, ToStream};
@@ -291,17 +296,23 @@ pub trait Segment<'scope> {
     /// let spec = WindowsConfig { hop_seconds: 1.0, ..Default::default() }.build(1_000, 2_000).unwrap();
     /// let (starts, pending) = timely::example(move |scope| {
     ///     let chunk = AudioChunk {
-    ///         space: "default".into(), sensor: "s1".into(), captured_at: 0, priority: Priority::Normal,
+    ///         space: "default".into(), sensor: "s1".into(), captured_at: 0, sent_ms: 0, priority: Priority::Normal,
     ///         sample_rate: 1_000, samples: vec![0.1; 5_000],
     ///         origin: Origin { topic: "audio".into(), partition: 3, offset: 7 },
     ///     };
-    ///     let (windows, _dead_letters, reports) =
-    ///         vec![chunk].to_stream(scope).segment(Segmenter::new(spec), None, Metrics::unregistered());
+    ///     let progress = Vec::<PartitionProgress>::new().to_stream(scope);
+    ///     let (windows, _dead_letters, reports) = vec![chunk].to_stream(scope).segment(
+    ///         progress,
+    ///         Segmenter::new(spec).with_partitions(1),
+    ///         None,
+    ///         Metrics::unregistered(),
+    ///     );
     ///     (windows.map(|w| w.key.start).capture(), reports.map(|r| r.pending).capture())
     /// });
     /// let starts: Vec<i64> = starts.extract().into_iter().flat_map(|(_, s)| s).collect();
-    /// // A sensor's first chunk waits `lateness_ms` for audio before it, here until the input ends; then the windows
-    /// // it completes are cut. The window at 4 s waits for audio past 6 s...
+    /// // A sensor's first chunk waits until no partition can hold audio sent before it — here, until the input ends,
+    /// // since no partition reports. Then the windows it completes are cut; the window at 4 s waits for audio
+    /// // past 6 s...
     /// assert_eq!(starts, vec![0, 1_000, 2_000, 3_000]);
     /// // ... so the chunk holding it stays pending: offset 7 of partition 3 must not be committed yet (without a
     /// // store, the input's end does not change that).
@@ -313,15 +324,25 @@ pub trait Segment<'scope> {
     /// the sinks) has passed the time its windows went out.
     fn segment(
         self,
+        progress: StreamVec<'scope, u64, PartitionProgress>,
         segmenter: Segmenter,
         durable: Option<ProbeHandle<u64>>,
         metrics: Metrics,
     ) -> (StreamVec<'scope, u64, Window>, StreamVec<'scope, u64, DeadLetter>, StreamVec<'scope, u64, PendingReport>);
 }
 
+/// What arrived at one time: chunks (with capabilities for the outputs) and partition progress.
+#[derive(Default)]
+struct Arrived {
+    capabilities: Option<[Capability<u64>; 3]>,
+    chunks: Vec<AudioChunk>,
+    progress: Vec<PartitionProgress>,
+}
+
 impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
     fn segment(
         self,
+        progress: StreamVec<'scope, u64, PartitionProgress>,
         mut segmenter: Segmenter,
         durable: Option<ProbeHandle<u64>>,
         metrics: Metrics,
@@ -331,6 +352,7 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
         let worker = scope.index();
         let mut builder = OperatorBuilder::new("Segment".to_owned(), scope);
         let mut input = builder.new_input(self, ExchangePact::new(|c: &AudioChunk| route(&c.space) ^ route(&c.sensor)));
+        let mut progress_input = builder.new_input(progress, Pipeline);
         let (windows_out, windows) = builder.new_output::<Vec<Window>>();
         let (dead_out, dead) = builder.new_output::<Vec<DeadLetter>>();
         let (reports_out, reports) = builder.new_output::<Vec<PendingReport>>();
@@ -340,25 +362,28 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
 
         builder.build(move |initial| {
             // One capability per output following the input frontier: windows placed when a held chunk's wait is over
-            // go out at the frontier, as does the last report once the input has ended.
+            // go out at the frontier (or earlier: see `holding`), as does the last report once the input has ended.
             let mut following: Option<Vec<Capability<u64>>> = Some(initial);
             // At the arrival of the oldest chunk held back: the source's read-ahead counts it, and commits wait for it.
             let mut holding: Option<Capability<u64>> = None;
             let stores = segmenter.stores();
-            // Chunks wait here until no earlier chunk can arrive: each sensor's audio is placed in time order, and
-            // a window goes out at the time of the chunk that completed it, never before a chunk it holds.
-            let mut stash: BTreeMap<u64, ([Capability<u64>; 3], Vec<AudioChunk>)> = BTreeMap::new();
+            // What arrived waits here until nothing earlier can arrive: each sensor's audio is placed in time order, a
+            // window goes out at the time of the chunk that completed it (never before a chunk it holds), and the
+            // partitions' progress applies after the chunks read before it.
+            let mut stash: BTreeMap<u64, Arrived> = BTreeMap::new();
             let mut reported = BTreeMap::new();
             let mut last_park = 0u64;
             let mut counted = (0i64, 0i64);
             move |frontiers| {
                 input.for_each(|capability, chunks| {
                     let time = *capability.least().expect("chunks travel with a time");
-                    stash
-                        .entry(time)
-                        .or_insert_with(|| ([0, 1, 2].map(|port| capability.delayed(&time, port)), Vec::new()))
-                        .1
-                        .append(chunks);
+                    let arrived = stash.entry(time).or_default();
+                    arrived.capabilities.get_or_insert_with(|| [0, 1, 2].map(|port| capability.delayed(&time, port)));
+                    arrived.chunks.append(chunks);
+                });
+                progress_input.for_each(|capability, reports| {
+                    let time = *capability.least().expect("progress travels with a time");
+                    stash.entry(time).or_default().progress.append(reports);
                 });
                 let mut windows_session = windows_out.activate();
                 let mut dead_session = dead_out.activate();
@@ -384,26 +409,41 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
                         reported = pending;
                     }
                 };
-                let frontier = frontiers[0].frontier().first().copied();
+                // The earliest time either input may still bring.
+                let frontier =
+                    [&frontiers[0], &frontiers[1]].iter().filter_map(|f| f.frontier().first().copied()).min();
                 while let Some(entry) = stash.first_entry() {
                     if frontier.is_some_and(|f| *entry.key() >= f) {
                         break;
                     }
                     let time = *entry.key();
-                    let (capabilities, chunks) = entry.remove();
+                    let arrived = entry.remove();
+                    let now = frontier.unwrap_or(time);
                     let started = Instant::now();
-                    let received = chunks.len();
+                    let received = arrived.chunks.len();
                     let mut pushed = Pushed::default();
-                    for chunk in chunks {
-                        segmenter.push(chunk, time, frontier.unwrap_or(time), &mut pushed);
+                    for chunk in arrived.chunks {
+                        segmenter.push(chunk, time, now, &mut pushed);
                     }
+                    // What was read with these chunks may end some waits; only then does the memory limit apply.
+                    for progress in arrived.progress {
+                        segmenter.progress(progress);
+                    }
+                    segmenter.release(Some(now), time, &mut pushed);
+                    segmenter.fit_held_limit(time, &mut pushed);
                     metrics.count("segment", received, pushed.windows.len());
                     metrics.time("segment", started);
-                    send(pushed, &holding, &capabilities);
+                    // Progress alone brings no capability: what it releases goes out at the frontier of the last
+                    // activation, no later than this time.
+                    let caps = match &arrived.capabilities {
+                        Some(capabilities) => &capabilities[..],
+                        None => &following.as_ref().expect("held until the input ends")[..],
+                    };
+                    send(pushed, &holding, caps);
                     if holding.is_none() && segmenter.oldest_held().is_some() {
-                        holding = Some(capabilities[0].clone());
+                        holding = Some(caps[0].delayed(&time));
                     }
-                    report(&segmenter, &capabilities[2]);
+                    report(&segmenter, &caps[2]);
                 }
                 match frontier {
                     Some(now) => {
@@ -495,6 +535,7 @@ mod tests {
             space: "default".into(),
             sensor: sensor.into(),
             captured_at: samples_to_nanos(at_sample, rate),
+            sent_ms: samples_to_nanos(at_sample, rate) / 1_000_000,
             priority: Priority::Normal,
             sample_rate: rate,
             samples,
@@ -731,37 +772,55 @@ mod tests {
             .collect()
     }
 
+    fn progress(partition: i32, read_ms: Option<i64>, caught_up: bool) -> PartitionProgress {
+        PartitionProgress { partition, read_ms, caught_up }
+    }
+
     #[test]
-    fn r13_chunks_from_several_partitions_are_placed_in_captured_at_order_within_the_lateness() {
+    fn r13_chunks_from_several_partitions_are_placed_in_captured_at_order_however_fast_each_is_read() {
         let in_order_spec = spec(1.0, 2_000);
         let spec = WindowsConfig { lateness_ms: 1_000, ..config(1.0) }.build(RATE, 2_000).unwrap();
         let signal: Vec<f32> = (0..12_000).map(|i| (i as f32 * 0.01).sin()).collect();
         let in_order = segment_in_chunks(&in_order_spec, &signal, 0, &[700]);
-        let chunks = alternating(&signal, 700);
-        // Partition 1 is read 300 ms after partition 0: every odd chunk arrives after the even chunk behind it.
-        let (even, odd): (Vec<_>, Vec<_>) = chunks.into_iter().partition(|c| c.origin.partition == 0);
-        let mut segmenter = Segmenter::new(spec.clone());
+        // Sent one after the other (a millisecond apart), every other one to the other partition.
+        let chunks: Vec<AudioChunk> = alternating(&signal, 700)
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| AudioChunk { sent_ms: 10_000 + i as i64, ..c })
+            .collect();
+        let last_sent =
+            |partition: i32| chunks.iter().filter(|c| c.origin.partition == partition).map(|c| c.sent_ms).max();
+        let (even, odd): (Vec<_>, Vec<_>) = chunks.iter().cloned().partition(|c| c.origin.partition == 0);
+        let mut segmenter = Segmenter::new(spec.clone()).with_partitions(2);
         let mut out = Pushed::default();
+        // Partition 0 is read to its end long before partition 1 (a worker busy with something else): every chunk
+        // waits for the gap before it, whatever the clock says.
         for (i, c) in even.into_iter().enumerate() {
             segmenter.push(c, 100 + i as u64, 100 + i as u64, &mut out);
         }
-        // While chunks wait for the gaps before them, they are pending and the oldest arrival is known.
+        segmenter.progress(progress(0, last_sent(0), true));
+        segmenter.release(Some(1_000_000), 1_000_000, &mut out);
+        assert!(out.windows.is_empty(), "partition 1 has not been read: audio sent before may be there");
         assert_eq!(segmenter.oldest_held(), Some(100));
         assert_eq!(segmenter.pending_offsets(), BTreeMap::from([(0, 0)]));
         for (i, c) in odd.into_iter().enumerate() {
-            segmenter.push(c, 400 + i as u64, 400 + i as u64, &mut out);
+            segmenter.push(c, 2_000_000 + i as u64, 2_000_000 + i as u64, &mut out);
         }
-        segmenter.release(None, 500, &mut out);
+        segmenter.progress(progress(1, last_sent(1), false));
+        segmenter.release(Some(2_000_100), 2_000_100, &mut out);
         assert!(out.rejected.is_empty() && out.duplicates.is_empty(), "{:?}", out.rejected);
         let content = |w: &Window| (w.key.clone(), w.samples.clone(), w.coverage);
         assert!(in_order.iter().map(content).eq(out.windows.iter().map(content)), "windows differ from in order");
         assert_eq!(segmenter.oldest_held(), None);
 
-        // Beyond the lateness, a chunk after a gap is placed, and the audio of the gap is late.
-        let mut segmenter = Segmenter::new(spec);
+        // With every partition read to its end, a chunk after a gap waits `lateness_ms` from when it was sent for
+        // the audio before it; audio of the gap arriving later is out of order.
+        let mut segmenter = Segmenter::new(spec).with_partitions(2);
+        segmenter.progress(progress(0, None, true));
+        segmenter.progress(progress(1, None, true));
         let mut out = Pushed::default();
-        segmenter.push(chunk("s", 0, vec![1.0; 1_000], RATE, 0), 0, 0, &mut out);
-        segmenter.push(chunk("s", 2_000, vec![1.0; 3_000], RATE, 2), 10, 10, &mut out);
+        segmenter.push(AudioChunk { sent_ms: 0, ..chunk("s", 0, vec![1.0; 1_000], RATE, 0) }, 0, 0, &mut out);
+        segmenter.push(AudioChunk { sent_ms: 10, ..chunk("s", 2_000, vec![1.0; 3_000], RATE, 2) }, 10, 10, &mut out);
         segmenter.release(Some(1_009), 1_009, &mut out);
         assert!(out.windows.is_empty(), "the first chunk waited its lateness, the second not yet");
         segmenter.release(Some(1_010), 1_010, &mut out);
@@ -834,6 +893,8 @@ mod tests {
         segmenter.push(chunk("a", 0, vec![1.0; 2_500], RATE, 0), 0, 0, &mut out);
         assert!(out.windows.is_empty());
         segmenter.push(chunk("b", 0, vec![1.0; 2_500], RATE, 1), 1, 1, &mut out);
+        assert!(out.windows.is_empty());
+        segmenter.fit_held_limit(1, &mut out);
         assert_eq!(out.windows.iter().map(|w| w.key.sensor.as_str()).collect::<Vec<_>>(), ["a"]);
         assert_eq!(segmenter.oldest_held(), Some(1));
         assert_eq!(segmenter.pending_offsets(), BTreeMap::from([(0, 0)]));

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::store::Store;
 use super::timeline::Timeline;
 use super::{Pushed, WindowSpec};
-use crate::record::{AudioChunk, Origin, nanos_to_samples};
+use crate::record::{AudioChunk, Origin, PartitionProgress, nanos_to_samples};
 
 /// A sensor: its timeline (none until its first chunk is placed) and the chunks held back, in `captured_at` order.
 #[derive(Default, Serialize, Deserialize)]
@@ -29,9 +29,6 @@ pub(super) struct Sensor {
 struct Held {
     /// Its timely time (the operator holds a capability at the oldest).
     arrived: u64,
-    /// The input frontier when it was first looked at: its wait counts from here, so that a worker whose reading
-    /// started late (holding every worker's frontier back meanwhile) does not eat into it.
-    since: u64,
     chunk: AudioChunk,
 }
 
@@ -53,9 +50,9 @@ impl Sensor {
         self.held.iter().map(Held::bytes).sum()
     }
 
-    /// When its oldest chunk held back was first looked at.
-    fn held_since(&self) -> Option<u64> {
-        self.held.iter().map(|h| h.since).min()
+    /// When its oldest chunk held back was sent.
+    fn held_since(&self) -> Option<i64> {
+        self.held.iter().map(|h| h.chunk.sent_ms).min()
     }
 
     fn placeable(&self, spec: &WindowSpec, chunk: &AudioChunk) -> bool {
@@ -74,18 +71,18 @@ impl Sensor {
             self.place(spec, chunk, out);
             return;
         }
-        let held = Held { arrived: time, since: now, chunk };
+        let held = Held { arrived: time, chunk };
         let at = self.held.partition_point(|h| h.order() <= held.order());
         self.held.insert(at, held);
         self.place_placeable(spec, out);
     }
 
-    /// Places the held chunks that have waited `spec.lateness_ms` by `now` — and every chunk before them — then
-    /// whatever has become placeable; `None` places every held chunk.
-    fn release(&mut self, spec: &WindowSpec, now: Option<u64>, out: &mut Pushed) {
-        let due = match now {
+    /// Places the held chunks that `due` says no earlier audio can come for any more — and every chunk before them
+    /// — then whatever has become placeable; `None` places every held chunk.
+    fn release(&mut self, spec: &WindowSpec, due: Option<&dyn Fn(i64) -> bool>, out: &mut Pushed) {
+        let due = match due {
             None => self.held.len().checked_sub(1),
-            Some(now) => self.held.iter().rposition(|h| h.since.saturating_add(spec.lateness_ms) <= now),
+            Some(due) => self.held.iter().rposition(|h| due(h.chunk.sent_ms)),
         };
         if let Some(last) = due {
             for held in self.held.drain(..=last).collect::<Vec<_>>() {
@@ -160,6 +157,9 @@ pub struct Segmenter {
     /// Memory the chunks held back take, and the most they may.
     held_bytes: usize,
     max_held_bytes: usize,
+    /// How far each partition of the audio topic has been read, and how many there are.
+    partitions: BTreeMap<i32, PartitionProgress>,
+    expected_partitions: usize,
 }
 
 impl Segmenter {
@@ -173,7 +173,35 @@ impl Segmenter {
             obsolete: Vec::new(),
             held_bytes: 0,
             max_held_bytes: usize::MAX,
+            partitions: BTreeMap::new(),
+            expected_partitions: 0,
         }
+    }
+
+    /// Waits for reports on `partitions` partitions before any held chunk may be placed (see
+    /// [`Segmenter::progress`]); without, only the partitions reported count.
+    pub fn with_partitions(mut self, partitions: usize) -> Self {
+        self.expected_partitions = partitions;
+        self
+    }
+
+    /// Takes how far a partition has been read. A held chunk sent at `t` is placed once every partition either has
+    /// been read past `t` (a message sent later was read from it: anything sent before lies behind it) or has
+    /// nothing left to read and `windows.lateness_ms` have passed since `t` (for chunks still on their way).
+    pub fn progress(&mut self, report: PartitionProgress) {
+        self.partitions.insert(report.partition, report);
+    }
+
+    /// Whether no partition can still hold audio sent before `sent_ms`, at `now` (milliseconds of the job's clock).
+    fn no_earlier_audio(&self, sent_ms: i64, now: u64) -> bool {
+        self.partitions.len() >= self.expected_partitions
+            && self.partitions.values().all(|p| {
+                if p.caught_up {
+                    now as i64 >= sent_ms.saturating_add(self.spec.lateness_ms as i64)
+                } else {
+                    p.read_ms.is_some_and(|read| read > sent_ms)
+                }
+            })
     }
 
     /// Bounds the memory of the chunks held back: beyond `bytes`, the sensor holding back the longest places its
@@ -226,6 +254,11 @@ impl Segmenter {
         let after = sensor.held_bytes();
         self.held_bytes = self.held_bytes + after - before;
         self.settle(key, time);
+    }
+
+    /// Places what the sensors holding back the longest hold, until what is held back fits its limit (see
+    /// [`Segmenter::with_held_limit`]); windows go out at `time`.
+    pub fn fit_held_limit(&mut self, time: u64, out: &mut Pushed) {
         while self.held_bytes > self.max_held_bytes {
             let Some(longest) = self
                 .holding
@@ -242,16 +275,19 @@ impl Segmenter {
 
     /// Places what sensor `key` holds back and is due at `now` (all of it with `None`); windows go out at `time`.
     fn release_sensor(&mut self, key: &(String, String), now: Option<u64>, time: u64, out: &mut Pushed) {
-        if let Some(sensor) = self.sensors.get_mut(key) {
-            let before = sensor.held_bytes();
-            sensor.release(&self.spec, now, out);
-            self.held_bytes -= before - sensor.held_bytes();
+        let Some(mut sensor) = self.sensors.remove(key) else { return };
+        let before = sensor.held_bytes();
+        match now {
+            Some(now) => sensor.release(&self.spec, Some(&|sent| self.no_earlier_audio(sent, now)), out),
+            None => sensor.release(&self.spec, None, out),
         }
+        self.held_bytes -= before - sensor.held_bytes();
+        self.sensors.insert(key.clone(), sensor);
         self.settle(key.clone(), time);
     }
 
-    /// Places the held chunks whose wait for a gap to fill is over at `now` (or all of them, with `None`: the input
-    /// ended); windows go out at `time`.
+    /// Places the held chunks for which no earlier audio can come any more at `now` (or all of them, with `None`: the
+    /// input ended); windows go out at `time`.
     pub fn release(&mut self, now: Option<u64>, time: u64, out: &mut Pushed) {
         for key in self.holding.iter().cloned().collect::<Vec<_>>() {
             self.release_sensor(&key, now, time, out);
