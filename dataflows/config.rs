@@ -24,7 +24,8 @@ use crate::http::HttpConfig;
 pub struct ConfigFile {
     /// Timely worker threads in this process (`chorus run -w` overrides it).
     pub workers: usize,
-    /// Directory of the job's state between runs (the savepoint a clean stop leaves); relative to this file.
+    /// Directory of the job's state between runs (`sensors/`: the audio quiet sensors, and every sensor at a clean
+    /// stop, still wait a window with; the refinement's saved graph); relative to this file.
     pub state_dir: PathBuf,
     /// Seconds a stop (SIGTERM, Ctrl-C) may take to drain, flush and commit before the job exits with an error
     /// (nothing is lost then either: it re-reads from the last commit).
