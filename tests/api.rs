@@ -389,7 +389,7 @@ fn r13_a_clip_longer_than_max_clip_seconds_is_refused_with_413_from_its_header()
     let (status, answer) = search(&silence_wav(s.dir.path(), 11));
     assert_eq!(status, 413, "{answer}");
     assert_eq!(answer["error"]["status"].as_u64(), Some(413), "{answer}");
-    assert!(reason(&answer).contains("11.0 s"), "{answer}");
+    assert!(reason(&answer).split_whitespace().any(|word| word == "11.0"), "{answer}");
     assert!(reason(&answer).contains("api.max_clip_seconds = 10"), "{answer}");
 
     // A header declaring two hours over a second of data: refused for its length, before a sample is read (reading
@@ -399,7 +399,7 @@ fn r13_a_clip_longer_than_max_clip_seconds_is_refused_with_413_from_its_header()
     long[40..44].copy_from_slice(&(7_200u32 * 8_000 * 2).to_le_bytes());
     let (status, answer) = search(&long);
     assert_eq!(status, 413, "{answer}");
-    assert!(reason(&answer).contains("7200.0 s"), "{answer}");
+    assert!(reason(&answer).split_whitespace().any(|word| word == "7200.0"), "{answer}");
 
     // At the limit, it is searched: two windows of 5 s.
     let (status, answer) = search(&silence_wav(s.dir.path(), 10));
