@@ -433,12 +433,13 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
                     segmenter.fit_held_limit(time, &mut pushed);
                     metrics.count("segment", received, pushed.windows.len());
                     metrics.time("segment", started);
-                    // Progress alone brings no capability: what it releases goes out at the frontier of the last
-                    // activation, no later than this time.
-                    let caps = match &arrived.capabilities {
-                        Some(capabilities) => &capabilities[..],
-                        None => &following.as_ref().expect("held until the input ends")[..],
-                    };
+                    // Progress alone brings no capability: the ones following the frontier give this time, so that
+                    // the report of what it released goes out no earlier than the windows that used it.
+                    let capabilities = arrived.capabilities.unwrap_or_else(|| {
+                        let following = following.as_ref().expect("held until the input ends");
+                        [0, 1, 2].map(|port| following[port].delayed(&time))
+                    });
+                    let caps = &capabilities[..];
                     send(pushed, &holding, caps);
                     if holding.is_none() && segmenter.oldest_held().is_some() {
                         holding = Some(caps[0].delayed(&time));
@@ -477,7 +478,12 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
                         }
                     }
                     None => {
-                        if let Some(caps) = following.take() {
+                        if let Some(following) = following.take() {
+                            // The chunks still held may have arrived after the frontier last moved: what they complete
+                            // and the report that releases them go out no earlier than they arrived.
+                            let last = holding.as_ref().map_or(*following[0].time(), |h| *h.time());
+                            let caps: Vec<Capability<u64>> =
+                                following.iter().map(|cap| cap.delayed(&last.max(*cap.time()))).collect();
                             let mut pushed = Pushed::default();
                             segmenter.release(None, *caps[0].time(), &mut pushed);
                             metrics.count("segment", 0, pushed.windows.len());
