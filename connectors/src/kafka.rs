@@ -385,23 +385,6 @@ impl Throttle {
     }
 }
 
-/// The offsets the job's group has committed for the audio topic, per partition (partitions without one left out).
-pub fn committed_offsets(settings: &KafkaSettings) -> Result<BTreeMap<i32, i64>, Error> {
-    let consumer = group_client(settings)?;
-    let list = partitions(&consumer, settings)?;
-    let committed = consumer
-        .committed_offsets(list, Duration::from_secs(10))
-        .map_err(kafka(format!("cannot read committed offsets of group {}", settings.group_id)))?;
-    Ok(committed
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            Offset::Offset(n) => Some((e.partition(), n)),
-            _ => None,
-        })
-        .collect())
-}
-
 /// Commits `offsets` for the audio topic under the job's group.
 pub fn commit_offsets(settings: &KafkaSettings, offsets: &BTreeMap<i32, i64>) -> Result<(), Error> {
     if offsets.is_empty() {

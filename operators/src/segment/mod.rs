@@ -372,6 +372,7 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
             // partitions' progress applies after the chunks read before it.
             let mut stash: BTreeMap<u64, Arrived> = BTreeMap::new();
             let mut reported = BTreeMap::new();
+            let mut revision = 0;
             let mut last_park = 0u64;
             let mut counted = (0i64, 0i64);
             move |frontiers| {
@@ -401,7 +402,12 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
                     windows_session.session(windows_cap).give_iterator(pushed.windows.into_iter());
                     dead_session.session(&caps[1]).give_iterator(pushed.rejected.into_iter());
                 };
+                // The pending offsets are a walk over every sensor: taken again only after a change that may move them.
                 let mut report = |segmenter: &Segmenter, cap: &Capability<u64>| {
+                    if segmenter.revision() == revision {
+                        return;
+                    }
+                    revision = segmenter.revision();
                     let pending = segmenter.pending_offsets();
                     if pending != reported {
                         let report = PendingReport { worker, pending: pending.iter().map(|(p, o)| (*p, *o)).collect() };

@@ -154,6 +154,8 @@ pub struct Segmenter {
     /// Sensors whose stored audio was used up, with the time the windows holding it went out: their files are
     /// removed once that time is durable.
     obsolete: Vec<(u64, (String, String))>,
+    /// Counts the changes that may move the pending chunks: a report is computed only when it moved.
+    revision: u64,
     /// Memory the chunks held back take, and the most they may.
     held_bytes: usize,
     max_held_bytes: usize,
@@ -171,6 +173,7 @@ impl Segmenter {
             store: None,
             holding: HashSet::new(),
             obsolete: Vec::new(),
+            revision: 0,
             held_bytes: 0,
             max_held_bytes: usize::MAX,
             partitions: BTreeMap::new(),
@@ -253,6 +256,7 @@ impl Segmenter {
         sensor.receive(&spec, chunk, time, now, out);
         let after = sensor.held_bytes();
         self.held_bytes = self.held_bytes + after - before;
+        self.revision += 1;
         self.settle(key, time);
     }
 
@@ -281,7 +285,10 @@ impl Segmenter {
             Some(now) => sensor.release(&self.spec, Some(&|sent| self.no_earlier_audio(sent, now)), out),
             None => sensor.release(&self.spec, None, out),
         }
-        self.held_bytes -= before - sensor.held_bytes();
+        if sensor.held_bytes() != before {
+            self.held_bytes -= before - sensor.held_bytes();
+            self.revision += 1;
+        }
         self.sensors.insert(key.clone(), sensor);
         self.settle(key.clone(), time);
     }
@@ -346,6 +353,7 @@ impl Segmenter {
                 self.obsolete.retain(|(_, k)| k != key);
                 self.holding.remove(key);
                 self.held_bytes -= sensor.held_bytes();
+                self.revision += 1;
                 true
             }
             Err(error) => {
@@ -381,6 +389,11 @@ impl Segmenter {
             }
         }
         oldest
+    }
+
+    /// Changes so far that may have moved [`Segmenter::pending_offsets`]: equal revisions, equal offsets.
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     /// Chunks held, pending on a timeline or held back (those the store holds included).
