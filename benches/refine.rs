@@ -225,7 +225,7 @@ fn audio(per_class: usize) {
         species.push(class);
         windows.push(w);
     }
-    let mut embedder = chorus::query::open_embedder(&config).unwrap();
+    let mut embedder = chorus::search::open_embedder(&config).unwrap();
     let started = Instant::now();
     let mut vectors = Vec::new();
     for batch in windows.chunks(16) {

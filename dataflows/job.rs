@@ -25,11 +25,10 @@ use timely::dataflow::operators::{Concatenate, Operator, Probe};
 use timely::progress::Antichain;
 
 use crate::Error;
-use crate::api::Api;
 use crate::config::Config;
-use crate::http::{HttpServer, Probes};
 use crate::refine::{Arrivals, Pause, Stage};
-use crate::store;
+use crate::serve::{Api, HttpServer, Probes};
+use crate::{locks, store};
 
 /// How a run is launched, beyond its config file.
 #[derive(Clone, Debug)]
@@ -73,7 +72,7 @@ pub struct RunSummary {
 pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     let workers = options.workers.unwrap_or(config.workers).max(1);
     let process = options.cluster.as_ref().map_or(0, |c| c.process);
-    let _lock = lock(config, process)?;
+    let _lock = locks::lock(config, process)?;
     // Files a writer killed mid-write left behind. A single process holds the archive alone; in a cluster the other
     // processes may be writing right now, so only files older than any write takes are theirs to lose.
     let min_age = options.cluster.as_ref().map(|_| Duration::from_secs(3_600));
@@ -335,45 +334,6 @@ fn resident_bytes() -> Option<usize> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse::<usize>().ok().map(|kb| kb << 10)
-}
-
-/// Holds the archive for this job: a second job on the same archive would index and archive every segment twice.
-fn lock(config: &Config, process: usize) -> Result<std::fs::File, Error> {
-    let name = if process == 0 { ".chorus-job.lock".to_owned() } else { format!(".chorus-job-{process}.lock") };
-    lock_file(config, &name)
-}
-
-/// Holds the archive against every job: the lock of process 0 and of any other process that ever ran on it.
-pub(crate) fn lock_all(config: &Config) -> Result<Vec<std::fs::File>, Error> {
-    let mut locks = vec![lock_file(config, ".chorus-job.lock")?];
-    let mut others: Vec<String> = std::fs::read_dir(&config.archive.dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-        .filter(|n| n.starts_with(".chorus-job-") && n.ends_with(".lock"))
-        .collect();
-    others.sort();
-    for name in others {
-        locks.push(lock_file(config, &name)?);
-    }
-    Ok(locks)
-}
-
-fn lock_file(config: &Config, name: &str) -> Result<std::fs::File, Error> {
-    let failed = |message: String| Error::Job(format!("{}: {message}", config.archive.dir.display()));
-    std::fs::create_dir_all(&config.archive.dir).map_err(|e| failed(format!("cannot create the archive: {e}")))?;
-    let path = config.archive.dir.join(name);
-    let file = std::fs::File::create(&path).map_err(|e| failed(format!("cannot create {}: {e}", path.display())))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(failed(
-            "another chorus job is running on this archive; stop it first (to run on several cores or machines, \
-             give one job more workers)"
-                .into(),
-        )),
-        Err(std::fs::TryLockError::Error(e)) => Err(failed(format!("cannot lock {}: {e}", path.display()))),
-    }
 }
 
 fn duplicates(metrics: &Metrics) -> u64 {

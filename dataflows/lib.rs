@@ -14,15 +14,17 @@
 //! and the command line. Offsets are committed only behind the sinks' durability frontier and segment ids are
 //! deterministic, so a restart replays without losing or doubling a segment.
 
-pub mod api;
 pub mod archive;
 pub mod config;
-pub mod http;
 pub mod job;
 pub mod loadgen;
+pub mod locks;
 pub mod produce;
 pub mod query;
 pub mod refine;
+pub mod retention;
+pub mod search;
+pub mod serve;
 pub mod spectrogram;
 pub mod store;
 

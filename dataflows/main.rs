@@ -380,7 +380,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 signal_hook::flag::register(signal, stop.requested.clone())?;
             }
             let listen = listen.or(config.http).context("http.enabled is false and no --listen was given")?;
-            chorus::api::serve(&config, listen, &stop)?;
+            chorus::serve::serve(&config, listen, &stop)?;
         }
         Command::Archive { config, space, sensors, from, to, label, format } => {
             let config = load(&config)?;
@@ -389,7 +389,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             {
                 anyhow::bail!("--from must be before --to");
             }
-            let query = chorus::archive::ArchiveQuery {
+            let query = chorus::search::listing::ArchiveQuery {
                 space,
                 filter: chorus_operators::index::Filter { sensors, from_micros: from, to_micros: to },
                 label,
@@ -414,14 +414,14 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Prune { config, older_than_days, apply } => {
             let config = load(&config)?;
             let today = chrono::Utc::now().date_naive();
-            let plan = chorus::archive::plan_prune(&config, older_than_days, today)?;
+            let plan = chorus::retention::plan_prune(&config, older_than_days, today)?;
             let mut stdout = std::io::stdout().lock();
             chorus::archive::print_plan(&plan, older_than_days, &mut stdout)?;
             if plan.partitions.is_empty() {
                 return Ok(());
             }
             if apply {
-                chorus::archive::apply_prune(&config, &plan)?;
+                chorus::retention::apply_prune(&config, &plan)?;
                 let (files, bytes) = plan.size();
                 println!("Deleted {} partition(s): {files} file(s), {bytes} bytes.", plan.partitions.len());
             } else {
@@ -432,8 +432,8 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             let config = load(&config)?;
             let (samples, rate) = match (segment, audio) {
                 (Some(id), None) => {
-                    let whereabouts = chorus::archive::Whereabouts { space, ..Default::default() };
-                    let (_, audio) = chorus::archive::segment_audio(&config, id, &whereabouts)?;
+                    let whereabouts = chorus::search::Whereabouts { space, ..Default::default() };
+                    let (_, audio) = chorus::search::segment_audio(&config, id, &whereabouts)?;
                     (audio.samples, audio.sample_rate)
                 }
                 (None, Some(path)) => {
@@ -480,15 +480,8 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
                 let mut written = 0;
                 for hit in answers.iter().flat_map(|a| &a.hits) {
-                    let id: SegmentId = hit.segment_id.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-                    let whereabouts = chorus::archive::Whereabouts {
-                        space: Some(hit.space.clone()),
-                        sensor: Some(hit.sensor.clone()),
-                        start_micros: chrono::DateTime::parse_from_rfc3339(&hit.start_time)
-                            .ok()
-                            .map(|t| t.timestamp_micros()),
-                    };
-                    let audio = match chorus::archive::segment_audio(&config, id, &whereabouts) {
+                    let audio = match chorus::search::segment_audio(&config, hit.segment.id, &hit.segment.whereabouts())
+                    {
                         Ok((_, audio)) => audio,
                         Err(chorus::Error::NotFound(reason)) => {
                             tracing::warn!("No spectrogram for neighbour {}: {reason}", hit.rank);
@@ -497,7 +490,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                         Err(error) => return Err(error.into()),
                     };
                     let spectrogram = chorus::spectrogram::Spectrogram::compute(&audio.samples, audio.sample_rate);
-                    let path = dir.join(format!("{}-{}.png", hit.rank, hit.segment_id));
+                    let path = dir.join(format!("{}-{}.png", hit.rank, hit.segment.segment_id));
                     std::fs::write(&path, chorus::spectrogram::render(&spectrogram).png)
                         .with_context(|| format!("writing {}", path.display()))?;
                     written += 1;

@@ -189,29 +189,47 @@ impl WindowSpec {
     pub(crate) fn grid_floor(&self, pos: i64) -> i64 {
         pos.div_euclid(i64::from(self.hop)) * i64::from(self.hop)
     }
+
+    /// A window's length in microseconds (rounded down): where the outputs that know a segment's start only (the
+    /// index, the query API) place its end.
+    pub fn window_micros(&self) -> i64 {
+        i64::from(self.window) * 1_000_000 / i64::from(self.sample_rate)
+    }
 }
 
 /// Cuts a standalone clip (a query, a file) into windows starting every hop from its first sample; the last window
 /// is zero-padded and kept when it holds at least `min_coverage` samples. A clip shorter than a window gives one
 /// padded window. Returns each window's offset in samples with its samples.
 pub fn clip_windows(spec: &WindowSpec, samples: &[f32]) -> Vec<(usize, Vec<f32>)> {
+    let window = spec.window as usize;
+    clip_window_starts(spec, samples.len())
+        .into_iter()
+        .map(|start| {
+            let mut w = samples[start..(start + window).min(samples.len())].to_vec();
+            w.resize(window, 0.0);
+            (start, w)
+        })
+        .collect()
+}
+
+/// Where [`clip_windows`] starts the windows of a clip of `len` samples, for callers that cut a long clip a batch
+/// at a time instead of copying every window at once.
+pub fn clip_window_starts(spec: &WindowSpec, len: usize) -> Vec<usize> {
     let (window, hop) = (spec.window as usize, spec.hop as usize);
-    let mut out = Vec::new();
+    let mut starts = Vec::new();
     let mut start = 0;
-    while start < samples.len() {
-        let available = samples.len() - start;
-        if !out.is_empty() && available < spec.min_coverage as usize {
+    while start < len {
+        let available = len - start;
+        if !starts.is_empty() && available < spec.min_coverage as usize {
             break;
         }
-        let mut w = samples[start..start + available.min(window)].to_vec();
-        w.resize(window, 0.0);
-        out.push((start, w));
+        starts.push(start);
         if available <= window {
             break;
         }
         start += hop;
     }
-    out
+    starts
 }
 
 /// What segmenting produced.

@@ -1,4 +1,4 @@
-//! The job's HTTP endpoints — `/healthz`, `/readyz`, `/metrics` (Prometheus text format) — served on a small tokio
+//! The HTTP server: the job's endpoints — `/healthz`, `/readyz`, `/metrics` (Prometheus text format) — served on a small tokio
 //! runtime of their own, beside the timely workers.
 
 use std::net::SocketAddr;
@@ -12,40 +12,11 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use chorus_connectors::Fatal;
 use chorus_connectors::kafka::BrokerStatus;
-use chorus_operators::FieldError;
 use prometheus::{Encoder, Registry, TextEncoder};
-use serde::Deserialize;
 
+use super::api::Api;
+use super::routes;
 use crate::Error;
-use crate::api::Api;
-
-/// `[http]`: where the job serves its health and metrics endpoints.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
-    /// Serve the endpoints at all.
-    pub enabled: bool,
-    /// Address to listen on (`127.0.0.1` keeps them local; port 0 picks a free port, which is logged).
-    pub listen: String,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig { enabled: true, listen: "127.0.0.1:9464".into() }
-    }
-}
-
-impl HttpConfig {
-    /// Validates.
-    pub fn build(&self) -> Result<Option<SocketAddr>, FieldError> {
-        if !self.enabled {
-            return Ok(None);
-        }
-        self.listen.parse().map(Some).map_err(|_| {
-            FieldError::new("listen", format!("'{}' is not an address such as 127.0.0.1:9464", self.listen))
-        })
-    }
-}
 
 /// What the endpoints report on.
 #[derive(Clone)]
@@ -82,7 +53,7 @@ impl HttpServer {
             .with_state(probes);
         let serves_api = api.is_some();
         let app = match api {
-            Some(api) => app.merge(api.routes()),
+            Some(api) => app.merge(routes::routes(api)),
             None => app,
         };
         let thread = std::thread::Builder::new()

@@ -1,7 +1,11 @@
 //! Job configuration: a TOML file (the profiles in `config/`) read in two phases — serde structs that refuse unknown
 //! keys, then a validating `build` into runtime settings whose errors name the file, the section and the field.
 //!
-//! Relative paths inside a file are resolved against the directory holding that file.
+//! Relative paths inside a file are resolved against the directory holding that file. Every section is here, the
+//! servers' included (`api`, `http`): the servers import their settings, never the other way round.
+
+pub mod api;
+pub mod http;
 
 use std::path::{Path, PathBuf};
 
@@ -15,8 +19,8 @@ use chorus_operators::schedule::{SchedulingConfig, SchedulingSpec};
 use chorus_operators::segment::{WindowSpec, WindowsConfig};
 use serde::Deserialize;
 
-use crate::api::{ApiConfig, ApiSettings};
-use crate::http::HttpConfig;
+pub use self::api::{ApiConfig, ApiSettings};
+pub use self::http::HttpConfig;
 
 /// A config file as written.
 #[derive(Clone, Debug, Deserialize)]
