@@ -1,6 +1,9 @@
 //! The ingest job: Kafka audio chunks → decode → segment → embed → index → archive, segments topic and dead letters,
 //! on `W` timely workers, committing source offsets behind the sinks' durability frontier.
 
+mod budget;
+mod sinks;
+
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -9,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use chorus_connectors::Fatal;
 use chorus_connectors::kafka::{self, BrokerWatch, KafkaSource, Producer, Stop, Throttle};
-use chorus_connectors::parquet::{self as archive, ArchiveWriter};
+use chorus_connectors::parquet as archive;
 use chorus_operators::embed::{self, Embed, Embedder};
 use chorus_operators::index::{self, Index, Indexed};
 use chorus_operators::metrics::Metrics;
@@ -20,10 +23,12 @@ use prometheus::Registry;
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::OkErr;
-use timely::dataflow::operators::vec::{Broadcast, Map};
+use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Concatenate, Operator, Probe};
 use timely::progress::Antichain;
 
+use self::budget::{Budget, split_budget};
+use self::sinks::{Outputs, SINKS, SinkContext};
 use crate::Error;
 use crate::config::Config;
 use crate::refine::{Arrivals, Pause, Stage};
@@ -228,24 +233,6 @@ pub(crate) fn catching_panics<T>(worker: usize, body: impl FnOnce() -> Result<T,
     }
 }
 
-/// Logs dead letters without flooding the log: the first one in full, then a count by cause every ten seconds.
-#[derive(Default)]
-struct DeadLetterLog {
-    throttle: Throttle,
-    since: BTreeMap<&'static str, u64>,
-}
-
-impl DeadLetterLog {
-    fn note(&mut self, letter: &DeadLetter) {
-        *self.since.entry(letter.cause).or_default() += 1;
-        if self.throttle.ready(Duration::from_secs(10)) {
-            let origin = letter.origin.as_ref().map(ToString::to_string).unwrap_or_default();
-            let counts = std::mem::take(&mut self.since);
-            tracing::warn!(cause = letter.cause, reason = %letter.reason, %origin, ?counts, "Dead letters (counts by cause since the last report; the topic holds each with its reason).");
-        }
-    }
-}
-
 /// Where the segmenting workers store sensors' unfinished audio.
 pub fn sensor_store_dir(config: &Config) -> std::path::PathBuf {
     config.state_dir.join("sensors")
@@ -286,54 +273,6 @@ fn move_savepoints_to_store(config: &Config) -> Result<(), Error> {
         tracing::info!(savepoint = %file.display(), sensors, "Savepoint moved to the sensor store.");
     }
     Ok(())
-}
-
-/// Memory allowed per payload byte in flight: the message as librdkafka and the dataflow hold it, decoded to f32,
-/// buffered by the segmenter and copied into windows cost about 5.7 bytes (measured under a burst); 8 leaves a margin.
-const MEMORY_PER_PAYLOAD_BYTE: usize = 8;
-
-/// Memory per byte of audio the archive writer holds: the samples, the WAV files built from them, the Arrow array
-/// and Parquet's pages while a file is written.
-const MEMORY_PER_ARCHIVED_AUDIO_BYTE: usize = 4;
-
-/// What each worker may hold, from the memory budget.
-struct Budget {
-    /// Payload bytes read ahead of the embedding stage.
-    read_ahead: usize,
-    /// Audio bytes in the archive writer's buffer.
-    archive_audio: usize,
-}
-
-/// Splits what the model and the runtime leave of the memory budget (measured now that they are loaded) among
-/// `workers` workers: when the archive keeps audio, a quarter goes to the archive writers' buffers, the rest to the
-/// audio read ahead of the embedding stage.
-fn split_budget(budget: usize, workers: usize, archive_audio: bool) -> Result<Budget, Error> {
-    let resident = resident_bytes().unwrap_or(0);
-    let spare = budget.saturating_sub(resident);
-    let for_archive = if archive_audio { spare / 4 } else { 0 };
-    let per_worker = (spare - for_archive) / MEMORY_PER_PAYLOAD_BYTE / workers;
-    if per_worker < 1 << 20 {
-        return Err(Error::Job(format!(
-            "memory_budget_mb = {} leaves too little for audio in flight: the model and runtime already use {} MiB; \
-             raise memory_budget_mb",
-            budget >> 20,
-            resident >> 20
-        )));
-    }
-    tracing::info!(
-        budget_mib = budget >> 20,
-        resident_mib = resident >> 20,
-        read_ahead_mib_per_worker = per_worker >> 20,
-        "Memory budget."
-    );
-    Ok(Budget { read_ahead: per_worker, archive_audio: for_archive / MEMORY_PER_ARCHIVED_AUDIO_BYTE / workers })
-}
-
-/// This process's resident memory, from /proc.
-fn resident_bytes() -> Option<usize> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse::<usize>().ok().map(|kb| kb << 10)
 }
 
 fn duplicates(metrics: &Metrics) -> u64 {
@@ -390,13 +329,6 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
     let embedder = shared.embedders.lock().unwrap_or_else(|p| p.into_inner()).pop().expect("one embedder per worker");
     let indices =
         store::open_indices(config, index, peers, &shared.spaces, &shared.metrics).map_err(|e| e.to_string())?;
-    let mut writer = ArchiveWriter::new(
-        config.archive.clone(),
-        &config.model.name,
-        config.model.dim,
-        &format!("{}-w{index}", std::process::id()),
-    );
-    writer.limit_audio(shared.archive_audio);
     tracing::info!(worker = index, ?partitions, "Worker reading.");
 
     let probe = ProbeHandle::new();
@@ -461,64 +393,27 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
             });
         }
 
-        let archived = archive::sink(to_archive, writer, shared.fatal.clone(), metrics.clone());
-        // A replayed window whose head predates the audio this job received may have been cut by an earlier run
-        // from more audio: the archive holds that version, and it is the one published. Not in the archive, it was
-        // archived and published by this job already.
-        let archive_dir = config.archive.dir.clone();
-        let to_publish = to_publish.flat_map(move |segment| {
-            if !segment.resumed {
-                return Some(segment);
-            }
-            let key = &segment.key;
-            match archive::archived_segment(&archive_dir, &key.space, key.id(), &key.sensor, key.start_micros()) {
-                Ok(Some(row)) => Some(chorus_operators::record::Segment { coverage: row.coverage, origin: row.origin, ..segment }),
-                Ok(None) => None,
-                Err(error) => {
-                    tracing::warn!(%error, segment = %key.id(), "A replayed segment's archived row cannot be read; it is published as replayed.");
-                    Some(segment)
-                }
-            }
-        });
-        let model = config.model.name.clone();
-        let publish_metrics = metrics.clone();
-        let published = kafka::sink(
+        let outputs = Outputs {
+            to_archive,
             to_publish,
-            "SegmentsTopic",
-            shared.producer.clone(),
-            config.kafka.segments_topic.clone(),
-            config.kafka.flush_interval,
-            shared.fatal.clone(),
-            move |segment| {
-                publish_metrics.count("segments_topic", 1, 1);
-                kafka::segment_record(&segment, &model)
-            },
-        );
-        let dead_letters = scope.concatenate(vec![undecodable, unplaced, unembedded, unindexed]);
-        let max_message_bytes = config.kafka.max_message_bytes;
-        let dead_metrics = metrics.clone();
-        let mut dead_log = DeadLetterLog::default();
-        let dead_lettered = kafka::sink(
-            dead_letters,
-            "DeadLetters",
-            shared.producer.clone(),
-            config.kafka.dead_letter_topic.clone(),
-            config.kafka.flush_interval,
-            shared.fatal.clone(),
-            move |letter| {
-                dead_metrics.count("dead_letters", 1, 1);
-                dead_log.note(&letter);
-                kafka::dead_letter_record(letter, max_message_bytes)
-            },
-        );
-        archived.probe_with(&probe);
-        published.probe_with(&probe);
-        dead_lettered.probe_with(&probe);
+            dead_letters: scope.concatenate(vec![undecodable, unplaced, unembedded, unindexed]),
+        };
+        let context = SinkContext {
+            config,
+            worker: index,
+            producer: &shared.producer,
+            fatal: &shared.fatal,
+            metrics: &metrics,
+            archive_audio: shared.archive_audio,
+        };
+        for sink in SINKS {
+            sink(&context, &outputs).probe_with(&probe);
+        }
     });
 
     // The refinement is a second dataflow on the same workers, behind the index. Should it fail, it pauses on every
     // worker and ingestion goes on.
-    let mut refinement = if config.refine.enabled {
+    let refinement = if config.refine.enabled {
         let started = Stage::start(
             worker,
             config,
@@ -532,6 +427,21 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
     } else {
         None
     };
+    step_until_done(worker, shared, &probe, &source, &reports_frontier, refinement)
+}
+
+/// Steps the worker until its dataflows end or the job fails: closes refinement rounds between steps, marks what
+/// the sinks made durable, commits offsets and reports progress.
+fn step_until_done(
+    worker: &mut timely::worker::Worker,
+    shared: &Shared,
+    probe: &ProbeHandle<u64>,
+    source: &RefCell<KafkaSource>,
+    reports_frontier: &RefCell<Antichain<u64>>,
+    mut refinement: Option<Stage>,
+) -> Result<BTreeMap<i32, i64>, String> {
+    let config = &shared.config;
+    let index = worker.index();
     let parked = park_clock(worker);
     let busy = shared.metrics.worker_busy.with_label_values(&[&index.to_string()]);
     let mut last_report = Instant::now();
@@ -654,7 +564,7 @@ mod tests {
         assert_eq!(results[0], Ok(1));
         let error = results[1].as_ref().unwrap_err();
         let want = format!(
-            "worker 1 panicked: index out of bounds: the len is 2 but the index is 3 (at dataflows/job.rs:{line}:34)"
+            "worker 1 panicked: index out of bounds: the len is 2 but the index is 3 (at dataflows/job/mod.rs:{line}:34)"
         );
         assert_eq!(error, &want);
     }
