@@ -13,6 +13,17 @@
 //! `chorus-connectors` the systems around them (Kafka, Parquet, WAV), and this crate the jobs, their configuration
 //! and the command line. Offsets are committed only behind the sinks' durability frontier and segment ids are
 //! deterministic, so a restart replays without losing or doubling a segment.
+//!
+//! Within this crate, dependencies point one way:
+//!
+//! - [`config`] (every section, the servers' included) at the bottom, with [`locks`] and [`store`] (opening the
+//!   indices) above it;
+//! - [`job`] (the ingest dataflow and its sinks, listed in `job/sinks.rs`) and [`refine`] (the refinement dataflow);
+//! - [`search`], the search engine: the one view of a segment every output shows, searches, clip embedding,
+//!   archived audio and the archive listing — no HTTP, no command line;
+//! - [`serve`], the HTTP server and the query API over the engine;
+//! - the command files — [`query`], [`archive`], [`produce`], [`loadgen`] — which parse, call and print, with
+//!   [`retention`] doing what `chorus prune` deletes.
 
 pub mod archive;
 pub mod config;

@@ -2,8 +2,8 @@
 //! that every output of chorus shows (the query API, `chorus query`, `chorus archive`, the search page).
 //!
 //! The indices are opened from their snapshots and caught up from the archive, so a search sees every archived
-//! segment whether or not a job is running. Nothing here knows of HTTP or the command line: the servers in
-//! [`crate::serve`] and the commands above parse, call this and print.
+//! segment whether or not a job is running. Nothing here knows of HTTP or the command line: the servers and the
+//! commands above it parse, call it and print.
 
 pub mod audio;
 pub mod clip;
@@ -265,4 +265,26 @@ pub fn segment_vector(registry: &Registry, spaces: &[String], id: SegmentId) -> 
         Some(space) => format!("segment {id} is in space '{space}', which this search leaves out"),
         None => format!("segment {id} is not in the archive (no index holds it)"),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hit_serialises_with_the_keys_and_values_it_always_had() {
+        let segment = SegmentView::new(SegmentId(0xab), "s".into(), "pole-1".into(), 1_000_000, 6_000_000);
+        let mut hit = Hit { rank: 1, segment, distance: 0.25, annotation: Annotation::default() };
+        assert_eq!(
+            serde_json::to_string(&hit).unwrap(),
+            r#"{"rank":1,"segment_id":"00000000000000ab","space":"s","sensor":"pole-1","start_time":"1970-01-01T00:00:01Z","end_time":"1970-01-01T00:00:06Z","distance":0.25}"#
+        );
+        hit.annotation =
+            Annotation { label: Some("owl".into()), label_score: Some(0.9), cluster: Some("00000000000000aa".into()) };
+        assert!(
+            serde_json::to_string(&hit)
+                .unwrap()
+                .ends_with(r#""distance":0.25,"label":"owl","label_score":0.9,"cluster":"00000000000000aa"}"#)
+        );
+    }
 }

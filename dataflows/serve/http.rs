@@ -1,5 +1,5 @@
-//! The HTTP server: the job's endpoints — `/healthz`, `/readyz`, `/metrics` (Prometheus text format) — served on a small tokio
-//! runtime of their own, beside the timely workers.
+//! The HTTP server: `/healthz`, `/readyz`, `/metrics` (Prometheus text format) and, when given one, the query API,
+//! served on a small tokio runtime of their own, beside the timely workers.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

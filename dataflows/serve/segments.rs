@@ -186,3 +186,32 @@ pub(super) async fn spaces(State(api): State<Api>) -> Response {
     }
     axum::Json(json!({ "spaces": out })).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_described_segment_is_the_json_it_always_was() {
+        let start = 1_000_000;
+        let answer = Described {
+            segment: SegmentView::new(SegmentId(0xab), "s".into(), "pole-1".into(), start, start + 5_000_000),
+            model: "m".into(),
+            annotation: Annotation { label: Some("owl".into()), label_score: Some(0.9), cluster: None },
+        };
+        let score: f32 = 0.9;
+        let before = json!({
+            "segment_id": "00000000000000ab",
+            "space": "s",
+            "sensor": "pole-1",
+            "start_time": "1970-01-01T00:00:01Z",
+            "end_time": "1970-01-01T00:00:06Z",
+            "model": "m",
+            "label": "owl",
+            "label_score": score,
+        });
+        let now = serde_json::to_value(&answer).unwrap();
+        assert_eq!(now, before);
+        assert_eq!(serde_json::to_string(&now).unwrap(), serde_json::to_string(&before).unwrap());
+    }
+}
