@@ -19,6 +19,7 @@ use chorus_operators::FieldError;
 use chorus_operators::record::{
     AudioChunk, DeadLetter, Nanos, Origin, PartitionProgress, PendingReport, Priority, SegmentId, rfc3339,
 };
+use chorus_operators::throttle::Throttle;
 use chorus_operators::wakeup::Wakeup;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -36,6 +37,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
+use crate::stop::Stop;
 use crate::wav::{self, DecodeLimits};
 use crate::{Error, Fatal};
 
@@ -367,21 +369,6 @@ impl Drop for BrokerWatch {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-    }
-}
-
-/// Logs a repeated warning at most once per interval.
-#[derive(Debug, Default)]
-pub struct Throttle(Option<Instant>);
-
-impl Throttle {
-    /// Whether to log now.
-    pub fn ready(&mut self, every: Duration) -> bool {
-        if self.0.is_some_and(|t| t.elapsed() < every) {
-            return false;
-        }
-        self.0 = Some(Instant::now());
-        true
     }
 }
 
@@ -894,15 +881,6 @@ impl KafkaSource {
     pub fn committed(&self) -> &BTreeMap<i32, i64> {
         &self.committed
     }
-}
-
-/// When a source stops reading.
-#[derive(Clone, Debug, Default)]
-pub struct Stop {
-    /// Once every partition is drained and nothing arrived for this long.
-    pub idle: Option<Duration>,
-    /// Once this is set (by a signal handler): the job then drains, flushes and commits.
-    pub requested: Arc<AtomicBool>,
 }
 
 /// The job's clock: nanoseconds since the Unix epoch.

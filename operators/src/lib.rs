@@ -21,6 +21,7 @@ pub mod refine;
 pub mod resample;
 pub mod schedule;
 pub mod segment;
+pub mod throttle;
 pub mod wakeup;
 
 /// Errors raised by chorus operators.
