@@ -240,11 +240,11 @@ struct DeadLetterLog {
 
 impl DeadLetterLog {
     fn note(&mut self, letter: &DeadLetter) {
-        *self.since.entry(letter.cause).or_default() += 1;
+        *self.since.entry(letter.cause.as_str()).or_default() += 1;
         if self.throttle.ready(Duration::from_secs(10)) {
             let origin = letter.origin.as_ref().map(ToString::to_string).unwrap_or_default();
             let counts = std::mem::take(&mut self.since);
-            tracing::warn!(cause = letter.cause, reason = %letter.reason, %origin, ?counts, "Dead letters (counts by cause since the last report; the topic holds each with its reason).");
+            tracing::warn!(cause = letter.cause.as_str(), reason = %letter.reason, %origin, ?counts, "Dead letters (counts by cause since the last report; the topic holds each with its reason).");
         }
     }
 }

@@ -12,6 +12,7 @@
 //! Connectors (Kafka, Parquet, WAV) live in `chorus-connectors` and never see ONNX or HNSW; jobs that wire the two
 //! together live in the `chorus` crate.
 
+pub mod cause;
 pub mod durable;
 pub mod embed;
 pub mod index;

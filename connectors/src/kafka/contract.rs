@@ -1,6 +1,7 @@
 //! The audio-chunk message contract: the headers chorus reads and writes, a message as read from the broker
 //! ([`RawMessage`]), and its decoding into an [`AudioChunk`] or a dead letter that names the fault.
 
+use chorus_operators::cause::Cause;
 use chorus_operators::record::{AudioChunk, DeadLetter, Nanos, Origin, Priority, rfc3339};
 
 use super::ChunkLimits;
@@ -14,7 +15,7 @@ pub const HEADER_CAPTURED_AT: &str = "captured_at";
 pub const HEADER_PRIORITY: &str = "priority";
 /// Dead-letter header: why the record was rejected.
 pub const HEADER_REASON: &str = "chorus.reason";
-/// Dead-letter header: the short cause (`not_wav`, `truncated`, ...).
+/// Dead-letter header: the short cause (`not_wav`, `truncated`, ..., see [`Cause`]).
 pub const HEADER_CAUSE: &str = "chorus.cause";
 /// Dead-letter header: `topic/partition@offset` of the rejected message.
 pub const HEADER_ORIGIN: &str = "chorus.origin";
@@ -54,8 +55,8 @@ impl RawMessage {
         self.headers.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
     }
 
-    /// A dead letter carrying this message and `reason`.
-    pub fn reject(self, cause: &'static str, reason: String) -> DeadLetter {
+    /// A dead letter carrying this message, with its `cause` and `reason`.
+    pub fn reject(self, cause: Cause, reason: String) -> DeadLetter {
         DeadLetter {
             origin: Some(self.origin),
             key: self.key,
@@ -75,8 +76,8 @@ impl RawMessage {
 /// refused. A producer's own timestamp is a second opinion from the sensor's side, checked the same way.
 pub fn decode_message(message: RawMessage, limits: &ChunkLimits, now: Nanos) -> Result<AudioChunk, DeadLetter> {
     let sensor = match message.key.as_deref().map(std::str::from_utf8) {
-        None => return Err(message.reject("no_key", "the message has no key; the key is the sensor id".into())),
-        Some(Err(_)) => return Err(message.reject("bad_key", "the key (sensor id) is not UTF-8".into())),
+        None => return Err(message.reject(Cause::NoKey, "the message has no key; the key is the sensor id".into())),
+        Some(Err(_)) => return Err(message.reject(Cause::BadKey, "the key (sensor id) is not UTF-8".into())),
         Some(Ok(s)) if s.is_empty() || s.len() > 256 || s.chars().any(char::is_control) => {
             let shown: String = s.chars().take(64).collect();
             let reason = format!(
@@ -84,7 +85,7 @@ pub fn decode_message(message: RawMessage, limits: &ChunkLimits, now: Nanos) -> 
                 if shown.len() < s.len() { "…" } else { "" },
                 s.len()
             );
-            return Err(message.reject("bad_key", reason));
+            return Err(message.reject(Cause::BadKey, reason));
         }
         Some(Ok(s)) => s.to_owned(),
     };
@@ -94,9 +95,9 @@ pub fn decode_message(message: RawMessage, limits: &ChunkLimits, now: Nanos) -> 
         Some(Ok(s)) if valid_space(s) => s.to_owned(),
         Some(Ok(s)) => {
             let reason = format!("space {s:?} must match [A-Za-z0-9_-][A-Za-z0-9._-]{{0,63}}");
-            return Err(message.reject("bad_space", reason));
+            return Err(message.reject(Cause::BadSpace, reason));
         }
-        Some(Err(_)) => return Err(message.reject("bad_space", "the space header is not UTF-8".into())),
+        Some(Err(_)) => return Err(message.reject(Cause::BadSpace, "the space header is not UTF-8".into())),
     };
     let produced: Option<Nanos> = message.timestamp_ms.filter(|ms| *ms > 0).and_then(|ms| ms.checked_mul(1_000_000));
     let captured_at: Nanos = match text(HEADER_CAPTURED_AT) {
@@ -104,17 +105,19 @@ pub fn decode_message(message: RawMessage, limits: &ChunkLimits, now: Nanos) -> 
             Some(t) if (EARLIEST..LATEST).contains(&t) => t,
             Some(_) => {
                 let reason = format!("captured_at {s:?} lies outside 1970..2200");
-                return Err(message.reject("bad_captured_at", reason));
+                return Err(message.reject(Cause::BadCapturedAt, reason));
             }
             None => {
                 let reason = format!("captured_at {s:?} is not an RFC 3339 time (e.g. 2026-05-01T05:00:00Z)");
-                return Err(message.reject("bad_captured_at", reason));
+                return Err(message.reject(Cause::BadCapturedAt, reason));
             }
         },
-        Some(Err(_)) => return Err(message.reject("bad_captured_at", "the captured_at header is not UTF-8".into())),
+        Some(Err(_)) => return Err(message.reject(Cause::BadCapturedAt, "the captured_at header is not UTF-8".into())),
         None => match produced.filter(|t| (EARLIEST..LATEST).contains(t)) {
             Some(t) => t,
-            None => return Err(message.reject("no_time", "no captured_at header and no usable Kafka timestamp".into())),
+            None => {
+                return Err(message.reject(Cause::NoTime, "no captured_at header and no usable Kafka timestamp".into()));
+            }
         },
     };
     let skew = limits.max_clock_skew.as_nanos() as Nanos;
@@ -135,20 +138,20 @@ pub fn decode_message(message: RawMessage, limits: &ChunkLimits, now: Nanos) -> 
             rfc3339(clock),
             limits.max_clock_skew.as_secs()
         );
-        return Err(message.reject("bad_captured_at", reason));
+        return Err(message.reject(Cause::BadCapturedAt, reason));
     }
     let priority = match text(HEADER_PRIORITY) {
         None => Priority::Normal,
         Some(Ok(s)) => match s.parse() {
             Ok(p) => p,
-            Err(reason) => return Err(message.reject("bad_priority", reason)),
+            Err(reason) => return Err(message.reject(Cause::BadPriority, reason)),
         },
-        Some(Err(_)) => return Err(message.reject("bad_priority", "the priority header is not UTF-8".into())),
+        Some(Err(_)) => return Err(message.reject(Cause::BadPriority, "the priority header is not UTF-8".into())),
     };
     let size = message.payload.as_ref().map_or(0, Vec::len);
     if size > limits.max_bytes {
         let reason = format!("the message is {size} bytes, above max_message_bytes = {}", limits.max_bytes);
-        return Err(message.reject("oversized", reason));
+        return Err(message.reject(Cause::Oversized, reason));
     }
     let audio = match wav::decode(message.payload.as_deref().unwrap_or_default(), &limits.wav) {
         Ok(audio) => audio,

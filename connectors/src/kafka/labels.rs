@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use chorus_operators::cause::Cause;
 use chorus_operators::record::{DeadLetter, Origin, SegmentId};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -87,7 +88,7 @@ impl LabelsSource {
 }
 
 fn parse_label(origin: Origin, key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<LabelEvent, DeadLetter> {
-    let reject = |cause: &'static str, reason: String| DeadLetter {
+    let reject = |cause: Cause, reason: String| DeadLetter {
         origin: Some(origin.clone()),
         key: key.map(<[u8]>::to_vec),
         headers: Vec::new(),
@@ -95,16 +96,16 @@ fn parse_label(origin: Origin, key: Option<&[u8]>, payload: Option<&[u8]>) -> Re
         reason,
         cause,
     };
-    let key = key.ok_or_else(|| reject("label_key", "a label message needs the segment id as its key".into()))?;
+    let key = key.ok_or_else(|| reject(Cause::LabelKey, "a label message needs the segment id as its key".into()))?;
     let segment = std::str::from_utf8(key).ok().and_then(|k| k.parse::<SegmentId>().ok()).ok_or_else(|| {
-        reject("label_key", format!("key {:?} is not a segment id (16 hex digits)", String::from_utf8_lossy(key)))
+        reject(Cause::LabelKey, format!("key {:?} is not a segment id (16 hex digits)", String::from_utf8_lossy(key)))
     })?;
     let label = match payload {
         None | Some([]) => None,
         Some(bytes) => {
             let label = std::str::from_utf8(bytes)
-                .map_err(|_| reject("label_value", format!("the label of segment {segment} is not UTF-8")))?;
-            check_label(label).map_err(|reason| reject("label_value", format!("segment {segment}: {reason}")))?;
+                .map_err(|_| reject(Cause::LabelValue, format!("the label of segment {segment} is not UTF-8")))?;
+            check_label(label).map_err(|reason| reject(Cause::LabelValue, format!("segment {segment}: {reason}")))?;
             Some(label.to_owned())
         }
     };

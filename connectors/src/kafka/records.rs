@@ -57,7 +57,7 @@ pub fn dead_letter_record(letter: DeadLetter, max_message_bytes: usize) -> Recor
     let size = |headers: &[(String, Vec<u8>)]| headers.iter().map(|(k, v)| 16 + k.len() + v.len()).sum::<usize>();
     let budget = max_message_bytes.saturating_sub(1_024);
     let mut own = vec![(HEADER_REASON.to_owned(), truncated(letter.reason.into_bytes(), (budget / 4).min(2_048)))];
-    own.push((HEADER_CAUSE.into(), letter.cause.as_bytes().to_vec()));
+    own.push((HEADER_CAUSE.into(), letter.cause.as_str().as_bytes().to_vec()));
     if let Some(origin) = &letter.origin {
         own.push((HEADER_ORIGIN.into(), origin.to_string().into_bytes()));
     }
@@ -131,6 +131,8 @@ pub fn refinement_record(record: &RefinementRecord) -> Record {
 
 #[cfg(test)]
 mod tests {
+    use chorus_operators::cause::Cause;
+
     use super::*;
 
     #[test]
@@ -141,7 +143,7 @@ mod tests {
             headers: vec![("space".into(), b"x".to_vec())],
             payload: vec![1; 5_000],
             reason: "too big".into(),
-            cause: "oversized",
+            cause: Cause::Oversized,
         };
         let record = dead_letter_record(letter, 4_000);
         let header =
@@ -158,7 +160,7 @@ mod tests {
             headers: vec![("h".into(), vec![0; 300_000])],
             payload: vec![],
             reason: "r".repeat(100_000),
-            cause: "bad_key",
+            cause: Cause::BadKey,
         };
         let record = dead_letter_record(huge, 100_000);
         let size = record.key.as_ref().unwrap().len()
