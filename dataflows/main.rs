@@ -10,7 +10,7 @@ use chorus::config::Config;
 use chorus::job::{self, Cluster, RunOptions};
 use chorus::produce::{self, ProduceOptions};
 use chorus::query::{self, QueryOptions, Target};
-use chorus_connectors::kafka::Stop;
+use chorus_connectors::stop::Stop;
 use chorus_operators::record::{Priority, SegmentId};
 use clap::{ArgAction, Args, Parser, Subcommand};
 

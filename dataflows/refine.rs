@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use chorus_connectors::kafka::{self, Acks, LabelsSource, Producer, RefinementRecord};
 use chorus_connectors::parquet::{RefinementRow, RefinementWriter};
+use chorus_operators::cause::Cause;
 use chorus_operators::index::{self, Filter, Request, now_seconds, unit};
 use chorus_operators::metrics::Metrics;
 use chorus_operators::record::{DeadLetter, SegmentId};
@@ -230,7 +231,6 @@ impl Stage {
             self.refiner.add(id, &vector, &neighbours);
         }
         if let Some(labels) = &mut self.labels {
-            let mut refused = 0;
             for event in labels.poll(LABELS_PER_ROUND) {
                 let refused_here = event.and_then(|event| {
                     let record = kafka::label_record(&event);
@@ -240,13 +240,13 @@ impl Stage {
                         headers: Vec::new(),
                         payload: record.payload,
                         reason,
-                        cause: "label_value",
+                        cause: Cause::LabelValue,
                     })
                 });
                 match refused_here {
                     Ok(()) => {}
                     Err(letter) => {
-                        refused += 1;
+                        self.metrics.reject("labels", letter.cause, 1);
                         tracing::warn!(reason = %letter.reason, "A label message was refused; it goes to the dead-letter topic.");
                         let record = kafka::dead_letter_record(letter, self.max_message_bytes);
                         self.producer
@@ -255,7 +255,6 @@ impl Stage {
                     }
                 }
             }
-            self.metrics.reject("labels", "label", refused);
         }
         Ok(())
     }

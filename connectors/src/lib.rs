@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 pub mod kafka;
 pub mod parquet;
+pub mod stop;
 pub mod wav;
 
 /// Errors raised by chorus connectors.

@@ -4,6 +4,7 @@
 use std::io::Cursor;
 use std::path::Path;
 
+use chorus_operators::cause::Cause;
 use hound::{SampleFormat, WavReader, WavSpec, WavWriter};
 
 /// Limits on what a chunk may contain.
@@ -39,21 +40,21 @@ pub struct Audio {
 /// Why a payload is not usable audio.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
-    /// Short machine-readable cause (`empty`, `not_wav`, `unsupported_format`, `truncated`, `sample_rate`,
-    /// `channels`, `no_audio`, `too_long`, `non_finite`).
-    pub cause: &'static str,
+    /// Why, for machines (`empty`, `not_wav`, `unsupported_format`, `truncated`, `sample_rate`, `channels`,
+    /// `no_audio`, `too_long`, `non_finite`).
+    pub cause: Cause,
     /// For people.
     pub reason: String,
 }
 
-fn reject(cause: &'static str, reason: impl Into<String>) -> Rejection {
+fn reject(cause: Cause, reason: impl Into<String>) -> Rejection {
     Rejection { cause, reason: reason.into() }
 }
 
 /// Decodes one WAV file held in memory.
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Audio, Rejection> {
     if bytes.is_empty() {
-        return Err(reject("empty", "the payload is empty (0 bytes)"));
+        return Err(reject(Cause::Empty, "the payload is empty (0 bytes)"));
     }
     let is_wave = bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WAVE";
     let rebuilt = is_wave.then(|| without_padded_chunks(bytes)).flatten();
@@ -64,49 +65,60 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Audio, Rejection> {
             let declared = u64::from(u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"))) + 8;
             if declared > bytes.len() as u64 {
                 let reason = format!("the RIFF header declares {declared} bytes but the payload has {}", bytes.len());
-                return reject("truncated", reason);
+                return reject(Cause::Truncated, reason);
             }
         }
         match e {
-            hound::Error::Unsupported => reject("unsupported_format", "unsupported WAV encoding (need PCM or float32)"),
-            hound::Error::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-                reject("truncated", format!("the WAV header is cut short ({} bytes in all)", bytes.len()))
+            hound::Error::Unsupported => {
+                reject(Cause::UnsupportedFormat, "unsupported WAV encoding (need PCM or float32)")
             }
-            other if is_wave => reject("not_wav", format!("a damaged WAV file: {other}")),
-            other => reject("not_wav", format!("not a WAV file: {other}")),
+            hound::Error::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                reject(Cause::Truncated, format!("the WAV header is cut short ({} bytes in all)", bytes.len()))
+            }
+            other if is_wave => reject(Cause::NotWav, format!("a damaged WAV file: {other}")),
+            other => reject(Cause::NotWav, format!("not a WAV file: {other}")),
         }
     })?;
     let spec = reader.spec();
     if !(limits.min_rate..=limits.max_rate).contains(&spec.sample_rate) {
         return Err(reject(
-            "sample_rate",
+            Cause::SampleRate,
             format!("sample rate {} Hz is outside {}..={} Hz", spec.sample_rate, limits.min_rate, limits.max_rate),
         ));
     }
     if spec.channels == 0 || spec.channels > limits.max_channels {
-        return Err(reject("channels", format!("{} channels (1..={} accepted)", spec.channels, limits.max_channels)));
+        return Err(reject(
+            Cause::Channels,
+            format!("{} channels (1..={} accepted)", spec.channels, limits.max_channels),
+        ));
     }
     match (spec.sample_format, spec.bits_per_sample) {
         (SampleFormat::Int, 8 | 16 | 24 | 32) | (SampleFormat::Float, 32) => {}
         (format, bits) => {
             return Err(reject(
-                "unsupported_format",
+                Cause::UnsupportedFormat,
                 format!("{bits}-bit {format:?} samples (need PCM 8/16/24/32 or float32)"),
             ));
         }
     }
     let frames = reader.duration() as u64;
     if frames == 0 {
-        return Err(reject("no_audio", "the WAV file holds no samples"));
+        return Err(reject(Cause::NoAudio, "the WAV file holds no samples"));
     }
     let seconds = frames as f64 / f64::from(spec.sample_rate);
     if seconds > limits.max_seconds {
-        return Err(reject("too_long", format!("{seconds:.1} s of audio exceeds the {} s limit", limits.max_seconds)));
+        return Err(reject(
+            Cause::TooLong,
+            format!("{seconds:.1} s of audio exceeds the {} s limit", limits.max_seconds),
+        ));
     }
     let channels = usize::from(spec.channels);
     let declared = frames as usize * channels;
     let truncated = |read: usize| {
-        reject("truncated", format!("the header declares {frames} frames but the data ends after {}", read / channels))
+        reject(
+            Cause::Truncated,
+            format!("the header declares {frames} frames but the data ends after {}", read / channels),
+        )
     };
     let container = block_align(bytes).map(|align| usize::from(align) / channels);
     // hound has read the header and stopped at the first byte of the data chunk.
@@ -126,7 +138,10 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Audio, Rejection> {
         && let Some(at) = interleaved.iter().position(|x| !x.is_finite())
     {
         let value = interleaved[at];
-        return Err(reject("non_finite", format!("sample {} of channel {} is {value}", at / channels, at % channels)));
+        return Err(reject(
+            Cause::NonFinite,
+            format!("sample {} of channel {} is {value}", at / channels, at % channels),
+        ));
     }
     let mut samples = interleaved;
     if channels > 1 {
@@ -214,7 +229,7 @@ fn sample_by_sample(
     declared: usize,
     truncated: impl Fn(usize) -> Rejection,
 ) -> Result<Vec<f32>, Rejection> {
-    let reader = WavReader::new(Cursor::new(bytes)).map_err(|e| reject("not_wav", e.to_string()))?;
+    let reader = WavReader::new(Cursor::new(bytes)).map_err(|e| reject(Cause::NotWav, e.to_string()))?;
     // Never trust the header for an allocation: the payload bounds what can really be there.
     let mut interleaved = Vec::with_capacity(declared.min(bytes.len()));
     match spec.sample_format {
@@ -396,7 +411,7 @@ mod tests {
             let values: Vec<i32> = (0..997).map(|i| ((i * 7919) % (2 * full) - full) as i32).collect();
             let bytes = wav(int_spec(bits, 3), Samples::Int(values));
             let spec = WavReader::new(Cursor::new(&bytes[..])).unwrap().spec();
-            let slow = sample_by_sample(&bytes, spec, 996, |_| reject("truncated", "")).unwrap();
+            let slow = sample_by_sample(&bytes, spec, 996, |_| reject(Cause::Truncated, "")).unwrap();
             let data_start = bytes.len() - 996 * usize::from(bits / 8);
             assert_eq!(
                 bulk_samples(&bytes[data_start..], SampleFormat::Int, usize::from(bits / 8)),
@@ -441,7 +456,10 @@ mod tests {
         bytes[40..44].copy_from_slice(&(7_200u32 * 32_000 * 2).to_le_bytes());
         let limits = |max_seconds| DecodeLimits { max_seconds, ..DecodeLimits::default() };
         let refused = decode(&bytes, &limits(60.0)).unwrap_err();
-        assert_eq!((refused.cause, refused.reason.as_str()), ("too_long", "7200.0 s of audio exceeds the 60 s limit"));
+        assert_eq!(
+            (refused.cause.as_str(), refused.reason.as_str()),
+            ("too_long", "7200.0 s of audio exceeds the 60 s limit")
+        );
         assert_eq!(decode(&bytes, &limits(7_200.0)).unwrap_err().cause, "truncated");
     }
 

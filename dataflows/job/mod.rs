@@ -11,14 +11,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chorus_connectors::Fatal;
-use chorus_connectors::kafka::{self, BrokerWatch, KafkaSource, Producer, Stop, Throttle};
+use chorus_connectors::kafka::{self, BrokerWatch, KafkaSource, Producer};
 use chorus_connectors::parquet as archive;
+use chorus_connectors::stop::Stop;
 use chorus_operators::embed::{self, Embed, Embedder};
 use chorus_operators::index::{self, Index, Indexed};
 use chorus_operators::metrics::Metrics;
 use chorus_operators::record::{AudioChunk, DeadLetter};
 use chorus_operators::refine::SharedRefinements;
 use chorus_operators::segment::{Savepoint, Segment, Segmenter, Store};
+use chorus_operators::throttle::Throttle;
 use prometheus::Registry;
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::channels::pact::Pipeline;

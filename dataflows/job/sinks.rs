@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chorus_connectors::Fatal;
-use chorus_connectors::kafka::{self, Producer, Throttle};
+use chorus_connectors::kafka::{self, Producer};
 use chorus_connectors::parquet::{self as archive, ArchiveWriter};
 use chorus_operators::metrics::Metrics;
 use chorus_operators::record::{DeadLetter, Segment};
+use chorus_operators::throttle::Throttle;
 use timely::dataflow::StreamVec;
 use timely::dataflow::operators::vec::Map;
 
@@ -128,11 +129,11 @@ struct DeadLetterLog {
 
 impl DeadLetterLog {
     fn note(&mut self, letter: &DeadLetter) {
-        *self.since.entry(letter.cause).or_default() += 1;
+        *self.since.entry(letter.cause.as_str()).or_default() += 1;
         if self.throttle.ready(Duration::from_secs(10)) {
             let origin = letter.origin.as_ref().map(ToString::to_string).unwrap_or_default();
             let counts = std::mem::take(&mut self.since);
-            tracing::warn!(cause = letter.cause, reason = %letter.reason, %origin, ?counts, "Dead letters (counts by cause since the last report; the topic holds each with its reason).");
+            tracing::warn!(cause = letter.cause.as_str(), reason = %letter.reason, %origin, ?counts, "Dead letters (counts by cause since the last report; the topic holds each with its reason).");
         }
     }
 }

@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chorus_connectors::kafka::Producer;
 use chorus_connectors::wav::{self, DecodeLimits};
+use chorus_operators::cause::Cause;
 use chorus_operators::embed::Embedder;
 use chorus_operators::index::{self, Filter, Registry};
 use chorus_operators::metrics::Metrics;
@@ -216,7 +217,7 @@ impl Api {
         // decode judges the length from the WAV header, before it converts a sample.
         let limits = DecodeLimits { max_seconds: f64::from(max), ..DecodeLimits::default() };
         let audio = wav::decode(body, &limits).map_err(|rejection| match rejection.cause {
-            "too_long" => Refusal(
+            Cause::TooLong => Refusal(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "the WAV clip is too long to search with: {} (api.max_clip_seconds = {max}); cut it shorter",

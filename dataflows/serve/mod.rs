@@ -50,11 +50,7 @@ use crate::config::Config;
 
 /// `chorus serve`: opens every space of `config` (caught up from the archive) and serves the API on `listen` until
 /// `stop` is requested.
-pub fn serve(
-    config: &Config,
-    listen: std::net::SocketAddr,
-    stop: &chorus_connectors::kafka::Stop,
-) -> Result<(), Error> {
+pub fn serve(config: &Config, listen: std::net::SocketAddr, stop: &chorus_connectors::stop::Stop) -> Result<(), Error> {
     let spaces = crate::store::known_spaces(config)?;
     let metrics_registry = prometheus::Registry::new();
     let metrics =

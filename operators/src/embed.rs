@@ -21,6 +21,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
+use crate::cause::Cause;
 use crate::metrics::Metrics;
 use crate::record::{DeadLetter, Segment, Window, pcm16};
 use crate::schedule::{Scheduler, SchedulingSpec, Step};
@@ -380,7 +381,7 @@ impl<'scope> Embed<'scope> for StreamVec<'scope, u64, Window> {
                         "{} window shed under overload: {queued} windows queued, above scheduling.shed_queue_windows",
                         window.priority.as_str()
                     );
-                    dead_session.session(&held[&time].0[1]).give(rejection(&window, reason, "shed", &metrics));
+                    dead_session.session(&held[&time].0[1]).give(rejection(&window, Cause::Shed, reason, &metrics));
                     release(&mut held, time);
                 }
                 match scheduler.step(now, frontiers[0].is_empty()) {
@@ -440,14 +441,16 @@ fn embed_batch(embedder: &mut Embedder, batch: &[Window], metrics: &Metrics) -> 
         Err(_) if batch.len() > 1 => {
             batch.iter().flat_map(|window| embed_batch(embedder, std::slice::from_ref(window), metrics)).collect()
         }
-        Err(error) => batch.iter().map(|window| Err(rejection(window, error.to_string(), "model", metrics))).collect(),
+        Err(error) => {
+            batch.iter().map(|window| Err(rejection(window, Cause::Model, error.to_string(), metrics))).collect()
+        }
     }
 }
 
 fn accept(window: &Window, embedding: Vec<f32>, keep_audio: bool, metrics: &Metrics) -> Result<Segment, DeadLetter> {
     if let Some(i) = embedding.iter().position(|x| !x.is_finite()) {
         let reason = format!("the model returned {} at dimension {i}", embedding[i]);
-        return Err(rejection(window, reason, "model_output", metrics));
+        return Err(rejection(window, Cause::ModelOutput, reason, metrics));
     }
     Ok(Segment {
         key: window.key.clone(),
@@ -459,7 +462,7 @@ fn accept(window: &Window, embedding: Vec<f32>, keep_audio: bool, metrics: &Metr
     })
 }
 
-fn rejection(window: &Window, reason: String, cause: &'static str, metrics: &Metrics) -> DeadLetter {
+fn rejection(window: &Window, cause: Cause, reason: String, metrics: &Metrics) -> DeadLetter {
     metrics.reject("embed", cause, 1);
     DeadLetter {
         origin: Some(window.origin.clone()),

@@ -12,6 +12,7 @@
 //! Connectors (Kafka, Parquet, WAV) live in `chorus-connectors` and never see ONNX or HNSW; jobs that wire the two
 //! together live in the `chorus` crate.
 
+pub mod cause;
 pub mod durable;
 pub mod embed;
 pub mod index;
@@ -21,6 +22,7 @@ pub mod refine;
 pub mod resample;
 pub mod schedule;
 pub mod segment;
+pub mod throttle;
 pub mod wakeup;
 
 /// Errors raised by chorus operators.

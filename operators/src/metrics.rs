@@ -7,6 +7,8 @@ use prometheus::{
     CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+use crate::cause::Cause;
+
 /// Records that entered a stage (label `stage`).
 pub const RECORDS_IN: &str = "chorus_records_in_total";
 /// Records a stage emitted (label `stage`).
@@ -83,7 +85,7 @@ pub const ALL: &[&str] = &[
 
 /// Label key: pipeline stage (`source`, `decode`, `segment`, `embed`, `index`, `archive`, `segments_topic`, ...).
 pub const STAGE: &str = "stage";
-/// Label key: short machine-readable cause of an error.
+/// Label key: short machine-readable cause of an error (a [`Cause`]).
 pub const CAUSE: &str = "cause";
 /// Label key: tenant.
 pub const SPACE: &str = "space";
@@ -285,9 +287,9 @@ impl Metrics {
     }
 
     /// Counts `n` records `stage` rejected for `cause`.
-    pub fn reject(&self, stage: &str, cause: &str, n: usize) {
+    pub fn reject(&self, stage: &str, cause: Cause, n: usize) {
         if n > 0 {
-            self.errors.with_label_values(&[stage, cause]).inc_by(n as u64);
+            self.errors.with_label_values(&[stage, cause.as_str()]).inc_by(n as u64);
         }
     }
 }

@@ -5,6 +5,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cause::Cause;
+
 /// Nanoseconds since the Unix epoch, UTC.
 pub type Nanos = i64;
 
@@ -246,8 +248,8 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
     /// Why it was rejected, for people.
     pub reason: String,
-    /// A short machine-readable cause, used as a metric label (`not_wav`, `truncated`, ...).
-    pub cause: &'static str,
+    /// Why, for machines: the `chorus.cause` header and the `cause` metric label.
+    pub cause: Cause,
 }
 
 /// A hash of `key` that every process computes alike, for routing records to workers.

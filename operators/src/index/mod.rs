@@ -25,6 +25,7 @@ use timely::dataflow::channels::pact::Exchange as ExchangePact;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
+use crate::cause::Cause;
 use crate::metrics::Metrics;
 use crate::record::{DeadLetter, Segment, SegmentId, route};
 use crate::wakeup::Wakeup;
@@ -421,14 +422,14 @@ impl<'scope> Index<'scope> for StreamVec<'scope, u64, Segment> {
                                     headers: Vec::new(),
                                     payload: Vec::new(),
                                     reason: format!("segment {} not indexed: {error}", segment.key.id()),
-                                    cause: "index",
+                                    cause: Cause::Index,
                                 }),
                             }
                         }
                     }
                     metrics.count("index", received, new.len());
                     metrics.time("index", started);
-                    metrics.reject("index", "index", failed.len());
+                    metrics.reject("index", Cause::Index, failed.len());
                     for (space, n) in duplicates {
                         metrics.duplicates.with_label_values(&[space.as_str()]).inc_by(n);
                     }

@@ -63,6 +63,7 @@ pub use store::Store;
 use timeline::Timeline;
 
 use crate::FieldError;
+use crate::cause::Cause;
 use crate::metrics::Metrics;
 use crate::record::{AudioChunk, DeadLetter, Nanos, PartitionProgress, PendingReport, Window, route};
 
@@ -285,7 +286,7 @@ impl Savepoint {
     }
 }
 
-pub(crate) fn rejection(chunk: &AudioChunk, cause: &'static str, reason: String) -> DeadLetter {
+pub(crate) fn rejection(chunk: &AudioChunk, cause: Cause, reason: String) -> DeadLetter {
     DeadLetter {
         origin: Some(chunk.origin.clone()),
         key: Some(chunk.sensor.as_bytes().to_vec()),

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use super::{Pushed, WindowSpec, rejection};
+use crate::cause::Cause;
 use crate::record::{
     AudioChunk, Nanos, Origin, Priority, SegmentKey, Window, nanos_to_samples, rfc3339, samples_to_nanos,
 };
@@ -139,7 +140,7 @@ impl Timeline {
                         rfc3339(chunk.captured_at + duration),
                         rfc3339(samples_to_nanos(self.write_pos, spec.sample_rate)),
                     );
-                    out.rejected.push(rejection(&chunk, "out_of_order", reason));
+                    out.rejected.push(rejection(&chunk, Cause::OutOfOrder, reason));
                 }
                 return Ok(());
             }
@@ -159,13 +160,13 @@ impl Timeline {
                     overlap as f64 / f64::from(spec.sample_rate),
                     dropped as f64 / f64::from(rate),
                 );
-                out.rejected.push(rejection(&chunk, "overlap", reason));
+                out.rejected.push(rejection(&chunk, Cause::Overlap, reason));
                 samples = &samples[dropped..];
                 start_time += (dropped as u128 * 1_000_000_000 / u128::from(rate)) as Nanos;
                 pos = self.write_pos;
             }
             if let Err(reason) = self.start_run(spec, pos, start_time, rate, out) {
-                out.rejected.push(rejection(&chunk, "resample", reason));
+                out.rejected.push(rejection(&chunk, Cause::Resample, reason));
                 return Ok(());
             }
         }
@@ -179,7 +180,7 @@ impl Timeline {
                 if let Err(error) = resampler.push(samples, &mut resampled) {
                     // The resampler's state is unknown after a failure: the run ends here.
                     self.run = None;
-                    out.rejected.push(rejection(&chunk, "resample", error.to_string()));
+                    out.rejected.push(rejection(&chunk, Cause::Resample, error.to_string()));
                     return Ok(());
                 }
                 Some(resampled)

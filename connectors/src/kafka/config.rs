@@ -1,0 +1,189 @@
+//! `[kafka]`: the broker, the topics and the message limits, as configured ([`KafkaConfig`]) and validated
+//! ([`KafkaSettings`]), and the [`ChunkLimits`] a chunk message must keep to.
+
+use std::time::Duration;
+
+use chorus_operators::FieldError;
+use serde::Deserialize;
+
+use crate::wav::DecodeLimits;
+
+/// `[kafka]`: the broker, the topics and the message limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// Topic of audio chunks (key = sensor id, value = one WAV file).
+    pub audio_topic: String,
+    /// Topic receiving one JSON record per new segment.
+    pub segments_topic: String,
+    /// Topic receiving rejected input with a `chorus.reason` header.
+    pub dead_letter_topic: String,
+    /// Topic of given labels (key = segment id, value = the label in UTF-8; an empty or null value takes the
+    /// segment's label away). `POST /v1/labels` produces to it; the job reads it from the start at every run.
+    pub labels_topic: String,
+    /// Consumer group under which the job commits its offsets (it never joins the group).
+    pub group_id: String,
+    /// Partitions of the audio topic when chorus creates it.
+    pub partitions: i32,
+    /// Create missing topics at start.
+    pub create_topics: bool,
+    /// Largest message accepted, in bytes (larger chunks are dead-lettered; producers split below it).
+    pub max_message_bytes: usize,
+    /// Producer compression: `none`, `gzip` or `lz4` (Snappy is refused: the bundled broker cannot read it back).
+    pub compression: String,
+    /// Milliseconds between checks for the broker's acknowledgements of what the sinks produced.
+    pub flush_interval_ms: u64,
+    /// Longest a fetch of audio waits at the broker for data (`fetch.wait.max.ms`). Brokers that hold a fetch for
+    /// the whole wait even when data arrives (the bundled one does) add up to this much to every chunk's latency;
+    /// shorter waits cost more fetch requests.
+    pub fetch_wait_ms: u64,
+    /// How far a chunk's `captured_at` may lie after its Kafka timestamp (audio cannot be produced before it is
+    /// recorded; a sensor clock further ahead is rejected, since it would misplace the sensor's audio).
+    pub max_clock_skew_seconds: u64,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            audio_topic: "chorus.audio".into(),
+            segments_topic: "chorus.segments".into(),
+            dead_letter_topic: "chorus.dead-letter".into(),
+            labels_topic: "chorus.labels".into(),
+            group_id: "chorus".into(),
+            partitions: 4,
+            create_topics: true,
+            max_message_bytes: 1_000_000,
+            compression: "lz4".into(),
+            flush_interval_ms: 100,
+            fetch_wait_ms: 100,
+            max_clock_skew_seconds: 600,
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// Validates.
+    pub fn build(&self) -> Result<KafkaSettings, FieldError> {
+        if self.brokers.trim().is_empty() {
+            return Err(FieldError::new("brokers", "is empty"));
+        }
+        for (field, topic) in [
+            ("audio_topic", &self.audio_topic),
+            ("segments_topic", &self.segments_topic),
+            ("dead_letter_topic", &self.dead_letter_topic),
+            ("labels_topic", &self.labels_topic),
+        ] {
+            let valid = !topic.is_empty()
+                && topic.len() <= 249
+                && topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !valid {
+                return Err(FieldError::new(
+                    field,
+                    format!("'{topic}' is not a valid topic name ([A-Za-z0-9._-]{{1,249}})"),
+                ));
+            }
+        }
+        if self.group_id.is_empty() {
+            return Err(FieldError::new("group_id", "is empty"));
+        }
+        if !(1..=10_000).contains(&self.partitions) {
+            return Err(FieldError::new("partitions", format!("{} is outside 1..=10000", self.partitions)));
+        }
+        if self.max_clock_skew_seconds > 31_536_000 {
+            return Err(FieldError::new(
+                "max_clock_skew_seconds",
+                format!("{} is more than a year", self.max_clock_skew_seconds),
+            ));
+        }
+        if !(1_024..=100_000_000).contains(&self.max_message_bytes) {
+            return Err(FieldError::new(
+                "max_message_bytes",
+                format!("{} is outside 1024..=100000000", self.max_message_bytes),
+            ));
+        }
+        if !(1..=10_000).contains(&self.fetch_wait_ms) {
+            return Err(FieldError::new("fetch_wait_ms", format!("{} is outside 1..=10000", self.fetch_wait_ms)));
+        }
+        match self.compression.as_str() {
+            "none" | "gzip" | "lz4" => {}
+            "snappy" => {
+                return Err(FieldError::new(
+                    "compression",
+                    "snappy is refused: the bundled broker accepts it but can never read such a partition back; use lz4",
+                ));
+            }
+            other => return Err(FieldError::new("compression", format!("'{other}' is not one of none, gzip, lz4"))),
+        }
+        Ok(KafkaSettings {
+            brokers: self.brokers.clone(),
+            audio_topic: self.audio_topic.clone(),
+            segments_topic: self.segments_topic.clone(),
+            dead_letter_topic: self.dead_letter_topic.clone(),
+            labels_topic: self.labels_topic.clone(),
+            group_id: self.group_id.clone(),
+            partitions: self.partitions,
+            create_topics: self.create_topics,
+            max_message_bytes: self.max_message_bytes,
+            compression: self.compression.clone(),
+            flush_interval: Duration::from_millis(self.flush_interval_ms.max(1)),
+            fetch_wait: Duration::from_millis(self.fetch_wait_ms),
+            max_clock_skew: Duration::from_secs(self.max_clock_skew_seconds),
+        })
+    }
+}
+
+/// Validated Kafka settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KafkaSettings {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Audio chunks.
+    pub audio_topic: String,
+    /// Segment records.
+    pub segments_topic: String,
+    /// Dead letters.
+    pub dead_letter_topic: String,
+    /// Given labels.
+    pub labels_topic: String,
+    /// Group for committed offsets.
+    pub group_id: String,
+    /// Partitions of a created audio topic.
+    pub partitions: i32,
+    /// Create missing topics.
+    pub create_topics: bool,
+    /// Largest accepted message.
+    pub max_message_bytes: usize,
+    /// Producer compression codec.
+    pub compression: String,
+    /// Time between acknowledgement waits.
+    pub flush_interval: Duration,
+    /// Longest a fetch waits at the broker.
+    pub fetch_wait: Duration,
+    /// Largest lead of `captured_at` over the Kafka timestamp.
+    pub max_clock_skew: Duration,
+}
+
+impl KafkaSettings {
+    /// What a chunk message may be.
+    pub fn chunk_limits(&self) -> ChunkLimits {
+        ChunkLimits {
+            max_bytes: self.max_message_bytes,
+            max_clock_skew: self.max_clock_skew,
+            wav: DecodeLimits::default(),
+        }
+    }
+}
+
+/// What a chunk message may be.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChunkLimits {
+    /// Largest payload.
+    pub max_bytes: usize,
+    /// Largest lead of `captured_at` over the Kafka timestamp.
+    pub max_clock_skew: Duration,
+    /// What the WAV file may hold.
+    pub wav: DecodeLimits,
+}
