@@ -2,11 +2,17 @@
 //! segment id, with snapshots on disk.
 //!
 //! Vectors are L2-normalised before insertion and search and compared by dot product, so distances are cosine
-//! distances in [0, 2]. See [`space`] for shards, sealing and the tier policy, [`shard`] for a sealed shard,
-//! [`graph`] for the frozen graph search and [`kernels`] for the tiers' representations.
+//! distances in [0, 2]. A space's index is a [`SpaceIndex`] ([`space`]), which ties together its open shard
+//! ([`build`]), its sealed shards ([`shard`], searched over their frozen graphs: [`graph`]; their tiers'
+//! representations: [`kernels`]), the tier policy that decides when to seal and which tier a shard belongs in
+//! ([`policy`]), the search across its shards ([`search`]) and what it is on disk ([`manifest`]).
 
+mod build;
 mod graph;
 mod kernels;
+mod manifest;
+mod policy;
+mod search;
 mod shard;
 mod space;
 
@@ -16,9 +22,10 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use kernels::Tier;
+pub use search::Request;
 use serde::Deserialize;
 pub use shard::Shard;
-pub use space::{Offered, PointInfo, Request, SpaceIndex, TierUsage};
+pub use space::{Offered, PointInfo, SpaceIndex, TierUsage};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange as ExchangePact;
@@ -164,23 +171,6 @@ pub struct IndexParams {
     pub rescore_oversample: usize,
     /// Answers that promote a shard one tier.
     pub promote_after_hits: u32,
-}
-
-impl IndexParams {
-    /// The tier a shard unused for `idle` seconds belongs in, by age alone.
-    pub fn tier_for_age(&self, idle: u64) -> Tier {
-        let [f16, int8, archive] = self.tier_ages;
-        let past = |limit: u64| limit > 0 && idle >= limit;
-        if past(archive) {
-            Tier::Archive
-        } else if past(int8) {
-            Tier::Int8
-        } else if past(f16) {
-            Tier::F16
-        } else {
-            Tier::F32
-        }
-    }
 }
 
 /// Which segments may answer a query: all when empty.
