@@ -213,3 +213,154 @@ pub(super) fn hnsw_points<'a, 'b: 'a>(
     let indexation = hnsw.get_point_indexation();
     (0..=usize::from(hnsw.get_max_level_observed())).flat_map(move |layer| indexation.get_layer_iterator(layer))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::SpaceIndex;
+    use crate::index::tests::{info, open_shard, params, search, vector};
+    use crate::record::SegmentId;
+
+    fn query(seed: u64, dim: usize) -> Vec<f32> {
+        unit(&vector(seed, dim), dim).unwrap()
+    }
+
+    #[test]
+    fn inserted_points_are_found_by_their_own_vectors_with_where_and_when_they_were_recorded() {
+        let dim = 16;
+        let mut open = OpenShard::new(&params(100));
+        assert_eq!((open.len(), open.opened_at(), open.points().count()), (0, None, 0), "an empty graph is walked");
+        assert!(open.search(&query(0, dim), 1, 16, &Filter::default()).is_empty());
+        let infos: Vec<PointInfo> = (0..50).map(info).collect();
+        let points: Vec<(u64, &PointInfo, Vec<f32>)> =
+            (0..50).map(|i| (i, &infos[i as usize], prepare(&vector(i, dim), dim).unwrap())).collect();
+        // One point alone, then the rest in parallel.
+        open.insert(&points[..1], 10);
+        open.insert(&points[1..], 20);
+        assert_eq!((open.len(), open.opened_at()), (50, Some(10)), "the first point marks the opening");
+        for i in 0..50 {
+            let found = open.search(&query(i, dim), 1, 64, &Filter::default());
+            assert_eq!(found[0].0, i, "point {i}");
+            assert!(found[0].1 < 1e-4, "the shrink is undone: self-distance {}", found[0].1);
+            assert_eq!(open.info(i), Some(info(i)));
+        }
+        assert_eq!(open.info(50), None);
+        let mut starts: Vec<(u64, i64)> = open.starts().collect();
+        starts.sort_unstable();
+        assert_eq!(starts, (0..50).map(|i| (i, info(i).start_micros)).collect::<Vec<_>>());
+        // Sensors are numbered as they first arrive.
+        assert_eq!(open.described().0, ["s0", "s1", "s2"]);
+        let only_s1 = Filter { sensors: vec!["s1".into()], ..Default::default() };
+        let found = open.search(&query(4, dim), 5, 64, &only_s1);
+        assert_eq!(found.len(), 5);
+        assert!(found[0].0 == 4 && found.iter().all(|(id, _)| info(*id).sensor == "s1"), "{found:?}");
+        assert!(open.bytes(dim) > 50 * dim * 4);
+    }
+
+    #[test]
+    fn the_open_shard_grows_past_the_size_its_graph_was_made_for() {
+        // While seals fail, a full open shard takes every insert: beyond the 1 000 points hnsw_rs was told to expect.
+        let dim = 8;
+        let open = open_shard(0..1_500, dim);
+        assert_eq!((open.len(), open.points().count()), (1_500, 1_500));
+        for i in (0..1_500).step_by(7) {
+            assert_eq!(open.search(&query(i, dim), 1, 200, &Filter::default())[0].0, i, "point {i}");
+        }
+    }
+
+    #[test]
+    fn freezing_keeps_each_row_with_its_id_sensor_start_and_normalised_vector() {
+        let dim = 8;
+        let (extracted, rows) = open_shard(0..20, dim).freeze();
+        assert_eq!((extracted.graph.len(), &rows.ids), (20, &extracted.ids));
+        let mut ids = rows.ids.clone();
+        ids.sort_unstable();
+        assert_eq!(ids, (0..20).collect::<Vec<_>>());
+        assert_eq!(rows.sensors, ["s0", "s1", "s2"]);
+        for (row, id) in rows.ids.iter().enumerate() {
+            assert_eq!(rows.sensors[rows.sensor[row] as usize], info(*id).sensor);
+            assert_eq!(rows.start[row], info(*id).start_micros);
+            let frozen = &extracted.vectors[row * dim..(row + 1) * dim];
+            assert!(frozen.iter().zip(query(*id, dim)).all(|(a, b)| (a - b).abs() < 1e-6), "row {row}: {frozen:?}");
+        }
+    }
+
+    #[test]
+    fn a_reloaded_graph_keeps_what_its_snapshot_described_and_learns_the_rest_once() {
+        let source = open_shard(0..4, 8);
+        // Point 2's row names a sensor the snapshot does not list; point 3 has no row.
+        let rows = [(0, 0, 100), (1, 1, 200), (2, 7, 300)];
+        let mut open = OpenShard::reloaded(source.hnsw, vec!["a".into(), "b".into()], rows, 55);
+        assert_eq!((open.len(), open.opened_at()), (4, Some(55)));
+        let at = |sensor: &str, start_micros| Some(PointInfo { sensor: sensor.into(), start_micros });
+        assert_eq!(
+            [open.info(0), open.info(1), open.info(2), open.info(3)],
+            [at("a", 100), at("b", 200), at("", 0), at("", 0)]
+        );
+        open.redescribe(2, &info(2));
+        open.redescribe(2, &info(9));
+        open.redescribe(0, &info(9));
+        assert_eq!(
+            [open.info(0), open.info(2)],
+            [at("a", 100), Some(info(2))],
+            "learnt once, by undescribed points only"
+        );
+        let empty = OpenShard::reloaded(OpenShard::new(&params(10)).hnsw, Vec::new(), [], 55);
+        assert_eq!((empty.len(), empty.opened_at()), (0, None));
+    }
+
+    #[test]
+    fn every_point_is_found_by_its_own_vector_in_open_and_sealed_shards_and_duplicates_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = SpaceIndex::new(dir.path(), &params(300), 16);
+        let vectors: Vec<Vec<f32>> = (0..1000).map(|i| vector(i, 16)).collect();
+        // In parallel, as a catch-up does (hnsw_rs once lost points inserted in parallel: its issue #32).
+        let points: Vec<_> = (0..1000).map(|i| (SegmentId(i), info(i), vectors[i as usize].as_slice())).collect();
+        assert_eq!(index.insert_many(&points, 0).unwrap(), 1000);
+        assert!(!index.insert(SegmentId(7), &info(7), &vector(999, 16), 0).unwrap());
+        assert_eq!((index.len(), index.points(), index.shards().len()), (1000, 1000, 3));
+        for i in 0..1000 {
+            let found = search(&index, &vectors[i as usize], 1, 64, &Filter::default());
+            assert_eq!(found[0].0, SegmentId(i), "point {i}");
+            assert!(found[0].1 < 1e-4, "self-distance {}", found[0].1);
+        }
+    }
+
+    #[test]
+    fn r13_an_empty_open_shard_can_be_walked() {
+        // hnsw_rs's own iterator panics on an empty graph: a space with no point yet (its first segments still on
+        // their way to the archive) and a space whose open shard was just sealed must both be walkable.
+        let dir = tempfile::tempdir().unwrap();
+        let empty = SpaceIndex::new(dir.path(), &params(4), 8);
+        let mut visited = 0;
+        empty.for_each_vector(|_, _| visited += 1);
+        assert_eq!(visited, 0);
+
+        let mut index = SpaceIndex::new(dir.path(), &params(4), 8);
+        for i in 0..4 {
+            index.insert(SegmentId(i), &info(i), &vector(i, 8), 0).unwrap();
+        }
+        assert_eq!(index.shards().len(), 1, "the fourth point sealed the open shard");
+        let mut ids = Vec::new();
+        index.for_each_vector(|id, v| {
+            assert_eq!(v.len(), 8);
+            ids.push(id.0);
+        });
+        ids.sort_unstable();
+        assert_eq!(ids, [0, 1, 2, 3]);
+        assert!(index.vector(SegmentId(9)).is_none());
+        index.save().unwrap();
+        let reopened = SpaceIndex::open(dir.path(), &params(4), 8).unwrap();
+        assert_eq!(reopened.len(), 4);
+    }
+
+    #[test]
+    fn vectors_without_direction_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = SpaceIndex::new(dir.path(), &params(1000), 4);
+        assert!(index.insert(SegmentId(1), &info(1), &[0.0; 4], 0).is_err());
+        assert!(index.insert(SegmentId(1), &info(1), &[f32::NAN, 0.0, 0.0, 1.0], 0).is_err());
+        assert!(index.insert(SegmentId(1), &info(1), &[1.0; 3], 0).is_err());
+        assert!(index.is_empty());
+    }
+}

@@ -23,7 +23,7 @@ use crate::durable::{self, write_synced};
 const SNAPSHOT_BASENAME: &str = "index";
 
 /// The state of a space's index that `CURRENT` publishes.
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub(super) struct Manifest {
     /// The open shard's snapshot, unless the open shard was empty.
     pub(super) open: Option<String>,
@@ -34,7 +34,7 @@ pub(super) struct Manifest {
 }
 
 /// A sealed shard in a [`Manifest`].
-#[derive(Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub(super) struct ShardEntry {
     /// Its directory.
     pub(super) name: String,
@@ -191,4 +191,241 @@ pub(super) fn load_open(target: &Path, dim: usize) -> Result<OpenShard, Error> {
             .collect();
     }
     Ok(OpenShard::reloaded(hnsw, sensors, rows, now_seconds()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::tests::{info, open_shard, params, sealed_shard, search, vector};
+    use crate::index::{Filter, PointInfo, SpaceIndex};
+    use crate::record::SegmentId;
+
+    /// The names in `dir`, sorted.
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    /// The name `CURRENT` gives, and the manifest it names.
+    fn published(dir: &Path) -> (String, Manifest) {
+        Manifest::read(dir).unwrap().expect("a manifest is published")
+    }
+
+    /// A manifest naming `open` and `shards`, each as `(name, tier, last used)`.
+    fn manifest(open: Option<&str>, next_shard: u64, shards: &[(&str, Tier, u64)]) -> Manifest {
+        let shards = shards.iter().map(|(name, tier, last_used)| ShardEntry {
+            name: name.to_string(),
+            tier: *tier,
+            last_used: *last_used,
+        });
+        Manifest { open: open.map(str::to_owned), next_shard, shards: shards.collect() }
+    }
+
+    /// The message of the error [`Manifest::read`] returns.
+    fn read_error(dir: &Path) -> String {
+        match Manifest::read(dir).err() {
+            Some(Error::Index { message, .. }) => message,
+            other => panic!("expected an index error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_published_state_reads_back_and_an_unchanged_open_shard_keeps_its_snapshot() {
+        let (dim, dir) = (8, tempfile::tempdir().unwrap());
+        let open = open_shard(0..12, dim);
+        let mut sealed = [sealed_shard(dir.path(), "shard-000001", 20..30, dim, 40)];
+        sealed[0].set_tier(Tier::Int8).unwrap();
+        publish(dir.path(), &open, false, 2, &sealed).unwrap();
+        let shards = [("shard-000001", Tier::Int8, 40)];
+        let (current, read) = published(dir.path());
+        assert_eq!(current, "manifest-0000000001.json");
+        assert_eq!(read, manifest(Some("open-0000000001"), 2, &shards));
+        let mut names: Vec<String> = read.names(&current).into_iter().collect();
+        names.sort();
+        assert_eq!(names, listing(dir.path()));
+        assert_eq!(names, ["CURRENT", "manifest-0000000001.json", "open-0000000001", "shard-000001"]);
+        // The snapshot holds the open shard's points and where and when each was recorded.
+        let reloaded = load_open(&dir.path().join("open-0000000001"), dim).unwrap();
+        let mut ids: Vec<u64> = reloaded.points().map(|p| p.get_origin_id() as u64).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (0..12).collect::<Vec<_>>());
+        assert!((0..12).all(|i| reloaded.info(i) == Some(info(i))));
+        // Published again unchanged, the open shard keeps its snapshot; changed, it has a new one. Each publication
+        // removes the previous manifest, and the previous snapshot once no longer named.
+        publish(dir.path(), &open, true, 2, &sealed).unwrap();
+        let again = manifest(Some("open-0000000001"), 2, &shards);
+        assert_eq!(published(dir.path()), ("manifest-0000000002.json".into(), again));
+        publish(dir.path(), &open, false, 3, &sealed).unwrap();
+        let anew = manifest(Some("open-0000000003"), 3, &shards);
+        assert_eq!(published(dir.path()), ("manifest-0000000003.json".into(), anew));
+        assert_eq!(listing(dir.path()), ["CURRENT", "manifest-0000000003.json", "open-0000000003", "shard-000001"]);
+        // An empty open shard has no snapshot.
+        publish(dir.path(), &OpenShard::new(&params(10)), false, 3, &sealed).unwrap();
+        assert_eq!(published(dir.path()), ("manifest-0000000004.json".into(), manifest(None, 3, &shards)));
+        assert_eq!(listing(dir.path()), ["CURRENT", "manifest-0000000004.json", "shard-000001"]);
+    }
+
+    #[test]
+    fn nothing_published_reads_as_no_manifest_and_opens_an_empty_index() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Manifest::read(dir.path()).unwrap().is_none());
+        assert!(Manifest::read(&dir.path().join("absent")).unwrap().is_none());
+        let index = SpaceIndex::open(&dir.path().join("absent"), &params(10), 8).unwrap();
+        assert!(index.is_empty());
+        assert!(!dir.path().join("absent").exists(), "opening writes nothing");
+    }
+
+    #[test]
+    fn a_missing_or_damaged_manifest_is_an_index_error_and_the_job_removes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("CURRENT"), "manifest-0000000004.json\n").unwrap();
+        fs::create_dir(dir.path().join("shard-000001")).unwrap();
+        assert!(read_error(dir.path()).starts_with("cannot read manifest-0000000004.json: "));
+        fs::write(dir.path().join("manifest-0000000004.json"), "{ \"open\": ").unwrap();
+        assert!(read_error(dir.path()).starts_with("manifest-0000000004.json is not a manifest: "));
+        let before = listing(dir.path());
+        assert!(matches!(SpaceIndex::open(dir.path(), &params(10), 8), Err(Error::Index { .. })));
+        assert_eq!(listing(dir.path()), before);
+        // A manifest naming a shard or a snapshot that is not there cannot be opened either.
+        fs::remove_dir(dir.path().join("shard-000001")).unwrap();
+        let manifest = r#"{ "open": "open-0000000004", "next_shard": 2, "shards": [] }"#;
+        fs::write(dir.path().join("manifest-0000000004.json"), manifest).unwrap();
+        assert!(matches!(SpaceIndex::open(dir.path(), &params(10), 8), Err(Error::Index { .. })));
+        let other = tempfile::tempdir().unwrap();
+        fs::create_dir(other.path().join("CURRENT")).unwrap();
+        assert!(read_error(other.path()).starts_with("cannot read CURRENT: "));
+    }
+
+    #[test]
+    fn a_current_naming_a_graph_from_before_shards_opens_it_as_the_open_shard_with_undescribed_points() {
+        let (dim, dir) = (8, tempfile::tempdir().unwrap());
+        let snapshot = dir.path().join("index-legacy");
+        write_open(&snapshot, &open_shard(0..6, dim)).unwrap();
+        // Such a snapshot was the hnsw_rs dump alone.
+        fs::remove_file(snapshot.join("rows.bin")).unwrap();
+        fs::remove_file(snapshot.join("sensors.json")).unwrap();
+        fs::write(dir.path().join("CURRENT"), "index-legacy\n").unwrap();
+        assert_eq!(published(dir.path()), ("index-legacy".into(), manifest(Some("index-legacy"), 1, &[])));
+        let mut open = load_open(&snapshot, dim).unwrap();
+        let unknown = Some(PointInfo { sensor: String::new(), start_micros: 0 });
+        assert!((0..6).all(|i| open.info(i) == unknown));
+        open.redescribe(3, &info(3));
+        assert_eq!(open.info(3), Some(info(3)));
+        // Its first publication (after an insert) writes a snapshot of the new kind and removes the old one.
+        publish(dir.path(), &open, false, 1, &[]).unwrap();
+        assert_eq!(listing(dir.path()), ["CURRENT", "manifest-0000000001.json", "open-0000000001"]);
+        let reloaded = load_open(&dir.path().join("open-0000000001"), dim).unwrap();
+        assert_eq!((reloaded.len(), reloaded.info(3), reloaded.info(4)), (6, Some(info(3)), unknown));
+    }
+
+    #[test]
+    fn a_snapshot_of_another_dimension_or_none_at_all_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write_open(&dir.path().join("open-0000000001"), &open_shard(0..4, 8)).unwrap();
+        let message = |result: Result<OpenShard, Error>| match result.err() {
+            Some(Error::Index { message, .. }) => message,
+            _ => panic!("expected an index error"),
+        };
+        let other = message(load_open(&dir.path().join("open-0000000001"), 9));
+        assert!(other.ends_with("it belongs to another model"), "{other}");
+        assert!(message(load_open(&dir.path().join("open-0000000002"), 8)).starts_with("cannot load snapshot: "));
+    }
+
+    #[test]
+    fn what_no_manifest_names_is_removed_and_sequence_numbers_come_from_names() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["CURRENT", "manifest-0000000002.json", "manifest-0000000001.json", "stray"] {
+            fs::write(dir.path().join(name), b"").unwrap();
+        }
+        for name in ["open-0000000002", "open-0000000001", ".shard-000003.tmp", "shard-000001"] {
+            fs::create_dir(dir.path().join(name)).unwrap();
+        }
+        let keep = ["CURRENT", "manifest-0000000002.json", "open-0000000002", "shard-000001"];
+        remove_unnamed(dir.path(), &keep.iter().map(|s| s.to_string()).collect()).unwrap();
+        assert_eq!(listing(dir.path()), keep);
+        assert!(matches!(remove_unnamed(&dir.path().join("absent"), &HashSet::new()), Err(Error::Index { .. })));
+        let sequences = ["manifest-0000000012.json", "open-0000000003", "index-legacy", "index"].map(sequence_of);
+        assert_eq!(sequences, [Some(12), Some(3), None, None]);
+    }
+
+    #[test]
+    fn shards_tiers_and_open_points_survive_a_reopen_and_stale_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 8;
+        let mut index = SpaceIndex::new(dir.path(), &params(40), dim);
+        for i in 0..100 {
+            index.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
+        }
+        index.sealed[0].set_tier(Tier::Int8).unwrap();
+        index.sealed[1].set_tier(Tier::Archive).unwrap();
+        index.changed = true;
+        index.save().unwrap();
+        std::fs::create_dir(dir.path().join("shard-999999")).unwrap();
+
+        let mut reopened = SpaceIndex::open(dir.path(), &params(40), dim).unwrap();
+        assert_eq!(reopened.len(), 100);
+        let tiers: Vec<Tier> = reopened.shards().iter().map(Shard::tier).collect();
+        assert_eq!(tiers, [Tier::Int8, Tier::Archive]);
+        assert!(!dir.path().join("shard-999999").exists());
+        assert!(!reopened.insert(SegmentId(5), &info(5), &vector(5, dim), 0).unwrap());
+        assert!(reopened.insert(SegmentId(100), &info(100), &vector(100, dim), 0).unwrap());
+        // The open shard kept where and when its points were recorded.
+        let only_s2 = Filter { sensors: vec!["s2".into()], ..Default::default() };
+        let found = search(&reopened, &vector(95, dim), 3, 64, &only_s2);
+        assert!(found.iter().all(|(id, _)| id.0 % 3 == 2) && found[0].0 == SegmentId(95), "{found:?}");
+        reopened.save().unwrap();
+        assert_eq!(SpaceIndex::open(dir.path(), &params(40), dim).unwrap().len(), 101);
+        assert!(matches!(SpaceIndex::open(dir.path(), &params(40), 9), Err(Error::Index { .. })));
+    }
+
+    #[test]
+    fn r13_a_reader_never_writes_and_reads_an_index_that_a_writer_keeps_republishing() {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 8;
+        let mut writer = SpaceIndex::new(dir.path(), &params(5), dim);
+        for i in 0..12 {
+            writer.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
+        }
+        writer.save().unwrap();
+        // A seal cut short leaves a directory no manifest names: the owner removes it, a reader leaves it.
+        std::fs::create_dir(dir.path().join(".shard-000099.tmp")).unwrap();
+        let listing = || {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let before = listing();
+        let mut reader = SpaceIndex::open_read_only(dir.path(), &params(5), dim).unwrap();
+        assert_eq!(reader.len(), 12);
+        for i in 12..30 {
+            assert!(reader.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap());
+        }
+        reader.maintain(1_000_000, Some(1)).unwrap();
+        assert!(reader.save().is_err(), "a reader refuses to publish");
+        assert_eq!(reader.len(), 30);
+        assert_eq!(listing(), before, "the reader changed the directory");
+
+        // Readers racing a writer that seals and republishes all the time always open a consistent index.
+        let path = dir.path().to_path_buf();
+        let writing = std::thread::spawn(move || {
+            for i in 12..400 {
+                writer.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
+                writer.save().unwrap();
+            }
+        });
+        let mut opened = 0;
+        while !writing.is_finished() {
+            let index = SpaceIndex::open_read_only(&path, &params(5), dim).unwrap();
+            assert!(index.len() >= 12 && index.len() == index.points());
+            opened += 1;
+        }
+        writing.join().unwrap();
+        assert!(opened > 0);
+        assert_eq!(SpaceIndex::open(&path, &params(5), dim).unwrap().len(), 400);
+    }
 }

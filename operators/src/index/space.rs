@@ -529,3 +529,51 @@ impl SpaceIndex {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::Filter;
+    use crate::index::tests::{info, params, search, vector};
+
+    #[test]
+    fn a_snapshot_point_missing_from_the_archive_is_passed_on_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = SpaceIndex::new(dir.path(), &params(1000), 4);
+        for i in 0..3 {
+            index.insert(SegmentId(i), &info(i), &vector(i, 4), 0).unwrap();
+        }
+        // The archive holds 0 and 1; 2 was in the snapshot only.
+        index.reconcile(&[0, 1].into_iter().collect());
+        assert_eq!(index.unarchived(), 1);
+        let offer = |index: &mut SpaceIndex, i| index.offer(SegmentId(i), &info(i), &vector(i, 4), 0).unwrap();
+        assert_eq!(offer(&mut index, 1), Offered::Duplicate);
+        assert_eq!(offer(&mut index, 2), Offered::Unarchived);
+        assert_eq!(offer(&mut index, 2), Offered::Duplicate);
+        assert_eq!(offer(&mut index, 3), Offered::Inserted);
+        assert_eq!(index.len(), 4);
+    }
+
+    #[test]
+    fn a_batch_offer_is_an_offer_after_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = SpaceIndex::new(dir.path(), &params(5), 4);
+        index.insert(SegmentId(0), &info(0), &vector(0, 4), 0).unwrap();
+        index.insert(SegmentId(1), &info(1), &vector(1, 4), 0).unwrap();
+        index.reconcile(&[0].into_iter().collect());
+        let (v2, v3, zero) = (vector(2, 4), vector(3, 4), [0.0f32; 4]);
+        let points: Vec<(SegmentId, PointInfo, &[f32])> = vec![
+            (SegmentId(0), info(0), &v2),
+            (SegmentId(1), info(1), &v2),
+            (SegmentId(2), info(2), &v2),
+            (SegmentId(9), info(9), &zero),
+            (SegmentId(2), info(2), &v2),
+            (SegmentId(3), info(3), &v3),
+        ];
+        let offered: Vec<_> = index.offer_many(&points, 0).into_iter().map(|r| r.map_err(|_| "error")).collect();
+        use Offered::*;
+        assert_eq!(offered, [Ok(Duplicate), Ok(Unarchived), Ok(Inserted), Err("error"), Ok(Duplicate), Ok(Inserted)]);
+        assert_eq!(index.len(), 4);
+        assert_eq!(search(&index, &v3, 1, 16, &Filter::default())[0].0, SegmentId(3));
+    }
+}
