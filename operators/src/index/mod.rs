@@ -343,6 +343,54 @@ pub struct Indexed<'scope> {
 pub trait Index<'scope> {
     /// Routes each segment to the worker owning its space and inserts it unless its id is already indexed; see
     /// [`Indexed`] for what goes where. Snapshots are written every `snapshot_interval` and when the input ends.
+    ///
+    /// # Examples
+    /// ```
+    /// use chorus_operators::index::{Index, IndexConfig, Indices, Registry, read, space_dir};
+    /// use chorus_operators::metrics::Metrics;
+    /// use chorus_operators::record::{Origin, Segment, SegmentKey};
+    /// use timely::dataflow::operators::Capture;
+    /// use timely::dataflow::operators::capture::Extract;
+    /// use timely::dataflow::operators::vec::{Map, ToStream};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let params = IndexConfig::default().build(dir.path()).unwrap();
+    /// let snapshots = space_dir(&params.dir, "birds");
+    /// let registry = Registry::default();
+    /// let indices = Indices::new(params, 4, registry.clone());
+    /// let segment = |start: i64, embedding: Vec<f32>| Segment {
+    ///     key: SegmentKey { space: "birds".into(), sensor: "s1".into(), start, sample_rate: 1_000, len: 2_000 },
+    ///     coverage: 1.0,
+    ///     origin: Origin { topic: "audio".into(), partition: 0, offset: start / 1_000 },
+    ///     resumed: false,
+    ///     embedding,
+    ///     audio: Vec::new(),
+    /// };
+    /// // Two new segments, the first one again (a replay), and one whose embedding has no direction.
+    /// let segments = vec![
+    ///     segment(0, vec![1.0, 0.0, 0.0, 0.0]),
+    ///     segment(1_000, vec![0.0, 1.0, 0.0, 0.0]),
+    ///     segment(0, vec![1.0, 0.0, 0.0, 0.0]),
+    ///     segment(2_000, vec![0.0; 4]),
+    /// ];
+    /// let (archived, published, dead_letters) = timely::example(move |scope| {
+    ///     let indexed = segments.to_stream(scope).index(indices, Metrics::unregistered());
+    ///     let starts = |segment: Segment| segment.key.start;
+    ///     let archived = indexed.to_archive.map(starts).capture();
+    ///     let published = indexed.to_publish.map(starts).capture();
+    ///     (archived, published, indexed.dead_letters.map(|letter| letter.reason).capture())
+    /// });
+    /// let starts = |captured: Vec<(u64, Vec<i64>)>| captured.into_iter().flat_map(|(_, s)| s).collect::<Vec<_>>();
+    /// // The new segments go to the archive; every segment offered, the replay too, is published again.
+    /// assert_eq!(starts(archived.extract()), [0, 1_000]);
+    /// assert_eq!(starts(published.extract()), [0, 0, 1_000]);
+    /// let dead_letters: Vec<String> = dead_letters.extract().into_iter().flat_map(|(_, d)| d).collect();
+    /// assert_eq!(dead_letters.len(), 1);
+    /// assert!(dead_letters[0].contains("no direction"), "{dead_letters:?}");
+    /// // The space's index holds the two new segments, and its snapshot was written when the input ended.
+    /// assert_eq!(read(&registry.get("birds").unwrap()).len(), 2);
+    /// assert!(snapshots.join("CURRENT").is_file());
+    /// ```
     fn index(self, indices: Indices, metrics: Metrics) -> Indexed<'scope>;
 }
 
