@@ -1,8 +1,8 @@
-//! Search across a space's shards: the open shard and the sealed shards in memory, and those in the archive tier
-//! through the cold scan, merged by distance.
+//! Search across a space's shards, open, sealed and archived, merged by distance.
 //!
-//! Each shard searches itself (`build.rs` the open shard with hnsw_rs, `shard.rs` a sealed one over its frozen graph);
-//! this file fans a query out over them, in parallel when there are enough points to repay it, and merges the answers.
+//! Each shard in memory searches itself (`build.rs` the open shard with hnsw_rs, `shard.rs` a sealed one over its
+//! frozen graph); shards in the archive tier are answered by the cold scan of the Parquet archive. This file fans a
+//! query out over them, in parallel when there are enough points to repay it, and merges the answers.
 
 use std::collections::{HashMap, HashSet};
 
@@ -120,8 +120,8 @@ impl FanOut<'_> {
     }
 }
 
-/// The first `k` of `found` by distance (ties by id), where an id found again right after itself — the same point
-/// in two shards, at the same distance — counts once, as its first candidate.
+/// The first `k` of `found` by distance (ties by id), where an id that follows itself in that order (the same point
+/// found in two shards, nothing between its two distances) counts once, as its first candidate.
 fn merge(mut found: Vec<Candidate>, k: usize) -> Vec<Candidate> {
     found.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
     found.dedup_by_key(|(id, _, _)| *id);
