@@ -329,6 +329,55 @@ impl Embedder {
 /// Turns windows into segments by running the model, in the order and batch sizes the scheduler decides.
 pub trait Embed<'scope> {
     /// Returns the segments, and the dead letters of windows the model failed on or that were shed under overload.
+    ///
+    /// # Examples
+    /// The model and ONNX Runtime are the ones `scripts/tools.sh` installs: in `$CHORUS_TOOLS`, by default the
+    /// repository's `.tools/`.
+    /// ```
+    /// use std::path::PathBuf;
+    ///
+    /// use chorus_operators::embed::{self, Embed, EmbedSettings, Embedder, ModelConfig};
+    /// use chorus_operators::metrics::Metrics;
+    /// use chorus_operators::record::{Origin, Priority, SegmentKey, Window};
+    /// use chorus_operators::schedule::SchedulingConfig;
+    /// use timely::dataflow::operators::Capture;
+    /// use timely::dataflow::operators::capture::Extract;
+    /// use timely::dataflow::operators::vec::{Map, ToStream};
+    ///
+    /// let tools = std::env::var_os("CHORUS_TOOLS")
+    ///     .map(PathBuf::from)
+    ///     .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools"));
+    /// let model = ModelConfig { path: "models/chorus-standin-v1.onnx".into(), ..Default::default() };
+    /// let model = model.build(&tools).unwrap();
+    /// let settings = EmbedSettings {
+    ///     library: tools.join("onnxruntime-1.32.0/libonnxruntime.so.1.32.0"),
+    ///     max_batch: 4,
+    ///     threads: 1,
+    ///     keep_audio: false,
+    /// };
+    /// let embedder = Embedder::open(embed::runtime(&settings.library).unwrap(), &model, &settings).unwrap();
+    /// let scheduling = SchedulingConfig::default().build(embedder.max_batch()).unwrap();
+    /// let window = |start: i64, samples: usize| Window {
+    ///     key: SegmentKey { space: "birds".into(), sensor: "s1".into(), start, sample_rate: 32_000, len: 160_000 },
+    ///     samples: (0..samples).map(|i| (i as f32 * 0.05).sin() / 2.0).collect(),
+    ///     coverage: 1.0,
+    ///     origin: Origin { topic: "audio".into(), partition: 0, offset: start },
+    ///     resumed: false,
+    ///     priority: Priority::Normal,
+    /// };
+    /// // Two windows of the model's length (5 s at 32 kHz), and one it cannot take.
+    /// let windows = vec![window(0, 160_000), window(160_000, 160_000), window(320_000, 100)];
+    /// let (segments, dead_letters) = timely::example(move |scope| {
+    ///     let (segments, dead) = windows.to_stream(scope).embed(embedder, scheduling, Metrics::unregistered());
+    ///     let segments = segments.map(|segment| (segment.key.start, segment.embedding.len()));
+    ///     (segments.capture(), dead.map(|letter| letter.reason).capture())
+    /// });
+    /// let segments: Vec<(i64, usize)> = segments.extract().into_iter().flat_map(|(_, s)| s).collect();
+    /// assert_eq!(segments, [(0, 1_536), (160_000, 1_536)]);
+    /// let dead_letters: Vec<String> = dead_letters.extract().into_iter().flat_map(|(_, d)| d).collect();
+    /// assert_eq!(dead_letters.len(), 1);
+    /// assert!(dead_letters[0].contains("a window has 100 samples"), "{dead_letters:?}");
+    /// ```
     fn embed(
         self,
         embedder: Embedder,

@@ -48,7 +48,7 @@ impl Ord for Distance {
 impl Graph {
     /// Freezes `hnsw`: rows are numbered in the order hnsw_rs lists its points.
     pub fn from_hnsw(hnsw: &Hnsw<'_, f32, DistDot>) -> Extracted {
-        let points: Vec<_> = super::space::hnsw_points(hnsw).collect();
+        let points: Vec<_> = super::build::hnsw_points(hnsw).collect();
         let row_of: HashMap<usize, u32> =
             points.iter().enumerate().map(|(row, p)| (p.get_origin_id(), row as u32)).collect();
         let mut ids = Vec::with_capacity(points.len());

@@ -2,11 +2,17 @@
 //! segment id, with snapshots on disk.
 //!
 //! Vectors are L2-normalised before insertion and search and compared by dot product, so distances are cosine
-//! distances in [0, 2]. See [`space`] for shards, sealing and the tier policy, [`shard`] for a sealed shard,
-//! [`graph`] for the frozen graph search and [`kernels`] for the tiers' representations.
+//! distances in [0, 2]. A space's index is a [`SpaceIndex`] ([`space`]), which ties together its open shard
+//! ([`build`]), its sealed shards ([`shard`], searched over their frozen graphs: [`graph`]; their tiers'
+//! representations: [`kernels`]), the tier policy that decides when to seal and which tier a shard belongs in
+//! ([`policy`]), the search across its shards ([`search`]) and what it is on disk ([`manifest`]).
 
+mod build;
 mod graph;
 mod kernels;
+mod manifest;
+mod policy;
+mod search;
 mod shard;
 mod space;
 
@@ -16,9 +22,10 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use kernels::Tier;
+pub use search::Request;
 use serde::Deserialize;
 pub use shard::Shard;
-pub use space::{Offered, PointInfo, Request, SpaceIndex, TierUsage};
+pub use space::{Offered, PointInfo, SpaceIndex, TierUsage};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange as ExchangePact;
@@ -165,23 +172,6 @@ pub struct IndexParams {
     pub rescore_oversample: usize,
     /// Answers that promote a shard one tier.
     pub promote_after_hits: u32,
-}
-
-impl IndexParams {
-    /// The tier a shard unused for `idle` seconds belongs in, by age alone.
-    pub fn tier_for_age(&self, idle: u64) -> Tier {
-        let [f16, int8, archive] = self.tier_ages;
-        let past = |limit: u64| limit > 0 && idle >= limit;
-        if past(archive) {
-            Tier::Archive
-        } else if past(int8) {
-            Tier::Int8
-        } else if past(f16) {
-            Tier::F16
-        } else {
-            Tier::F32
-        }
-    }
 }
 
 /// Which segments may answer a query: all when empty.
@@ -354,6 +344,54 @@ pub struct Indexed<'scope> {
 pub trait Index<'scope> {
     /// Routes each segment to the worker owning its space and inserts it unless its id is already indexed; see
     /// [`Indexed`] for what goes where. Snapshots are written every `snapshot_interval` and when the input ends.
+    ///
+    /// # Examples
+    /// ```
+    /// use chorus_operators::index::{Index, IndexConfig, Indices, Registry, read, space_dir};
+    /// use chorus_operators::metrics::Metrics;
+    /// use chorus_operators::record::{Origin, Segment, SegmentKey};
+    /// use timely::dataflow::operators::Capture;
+    /// use timely::dataflow::operators::capture::Extract;
+    /// use timely::dataflow::operators::vec::{Map, ToStream};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let params = IndexConfig::default().build(dir.path()).unwrap();
+    /// let snapshots = space_dir(&params.dir, "birds");
+    /// let registry = Registry::default();
+    /// let indices = Indices::new(params, 4, registry.clone());
+    /// let segment = |start: i64, embedding: Vec<f32>| Segment {
+    ///     key: SegmentKey { space: "birds".into(), sensor: "s1".into(), start, sample_rate: 1_000, len: 2_000 },
+    ///     coverage: 1.0,
+    ///     origin: Origin { topic: "audio".into(), partition: 0, offset: start / 1_000 },
+    ///     resumed: false,
+    ///     embedding,
+    ///     audio: Vec::new(),
+    /// };
+    /// // Two new segments, the first one again (a replay), and one whose embedding has no direction.
+    /// let segments = vec![
+    ///     segment(0, vec![1.0, 0.0, 0.0, 0.0]),
+    ///     segment(1_000, vec![0.0, 1.0, 0.0, 0.0]),
+    ///     segment(0, vec![1.0, 0.0, 0.0, 0.0]),
+    ///     segment(2_000, vec![0.0; 4]),
+    /// ];
+    /// let (archived, published, dead_letters) = timely::example(move |scope| {
+    ///     let indexed = segments.to_stream(scope).index(indices, Metrics::unregistered());
+    ///     let starts = |segment: Segment| segment.key.start;
+    ///     let archived = indexed.to_archive.map(starts).capture();
+    ///     let published = indexed.to_publish.map(starts).capture();
+    ///     (archived, published, indexed.dead_letters.map(|letter| letter.reason).capture())
+    /// });
+    /// let starts = |captured: Vec<(u64, Vec<i64>)>| captured.into_iter().flat_map(|(_, s)| s).collect::<Vec<_>>();
+    /// // The new segments go to the archive; every segment offered, the replay too, is published again.
+    /// assert_eq!(starts(archived.extract()), [0, 1_000]);
+    /// assert_eq!(starts(published.extract()), [0, 0, 1_000]);
+    /// let dead_letters: Vec<String> = dead_letters.extract().into_iter().flat_map(|(_, d)| d).collect();
+    /// assert_eq!(dead_letters.len(), 1);
+    /// assert!(dead_letters[0].contains("no direction"), "{dead_letters:?}");
+    /// // The space's index holds the two new segments, and its snapshot was written when the input ended.
+    /// assert_eq!(read(&registry.get("birds").unwrap()).len(), 2);
+    /// assert!(snapshots.join("CURRENT").is_file());
+    /// ```
     fn index(self, indices: Indices, metrics: Metrics) -> Indexed<'scope>;
 }
 
@@ -473,14 +511,19 @@ impl<'scope> Index<'scope> for StreamVec<'scope, u64, Segment> {
 
 #[cfg(test)]
 mod tests {
+    //! The tests of the configuration, and the fixtures the tests of every file of the index share.
+
+    use std::ops::Range;
+
+    use super::build::{OpenShard, prepare};
     use super::*;
     use crate::record::SegmentId;
 
-    fn params(shard_max_points: usize) -> IndexParams {
+    pub(super) fn params(shard_max_points: usize) -> IndexParams {
         IndexConfig { m: 8, ef_construction: 48, shard_max_points, ..Default::default() }.build(Path::new("/")).unwrap()
     }
 
-    fn vector(seed: u64, dim: usize) -> Vec<f32> {
+    pub(super) fn vector(seed: u64, dim: usize) -> Vec<f32> {
         let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         (0..dim)
             .map(|_| {
@@ -492,16 +535,28 @@ mod tests {
             .collect()
     }
 
-    fn info(i: u64) -> PointInfo {
+    pub(super) fn info(i: u64) -> PointInfo {
         PointInfo { sensor: format!("s{}", i % 3), start_micros: i as i64 * 5_000_000 }
     }
 
-    fn search(index: &SpaceIndex, query: &[f32], k: usize, ef: usize, filter: &Filter) -> Vec<(SegmentId, f32)> {
+    pub(super) fn search(
+        index: &SpaceIndex,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        filter: &Filter,
+    ) -> Vec<(SegmentId, f32)> {
         index.search(&Request { vector: query, k, ef, filter }, None, 0).unwrap()
     }
 
     /// Exact neighbours by brute force over `ids`.
-    fn exact(query: &[f32], ids: impl Iterator<Item = u64>, dim: usize, k: usize, filter: &Filter) -> Vec<u64> {
+    pub(super) fn exact(
+        query: &[f32],
+        ids: impl Iterator<Item = u64>,
+        dim: usize,
+        k: usize,
+        filter: &Filter,
+    ) -> Vec<u64> {
         let q = unit(query, dim).unwrap();
         let mut all: Vec<(u64, f32)> = ids
             .filter(|i| filter.admits(&info(*i).sensor, info(*i).start_micros))
@@ -511,371 +566,20 @@ mod tests {
         all.into_iter().take(k).map(|(i, _)| i).collect()
     }
 
-    #[test]
-    fn every_point_is_found_by_its_own_vector_in_open_and_sealed_shards_and_duplicates_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut index = SpaceIndex::new(dir.path(), &params(300), 16);
-        let vectors: Vec<Vec<f32>> = (0..1000).map(|i| vector(i, 16)).collect();
-        // In parallel, as a catch-up does (hnsw_rs once lost points inserted in parallel: its issue #32).
-        let points: Vec<_> = (0..1000).map(|i| (SegmentId(i), info(i), vectors[i as usize].as_slice())).collect();
-        assert_eq!(index.insert_many(&points, 0).unwrap(), 1000);
-        assert!(!index.insert(SegmentId(7), &info(7), &vector(999, 16), 0).unwrap());
-        assert_eq!((index.len(), index.points(), index.shards().len()), (1000, 1000, 3));
-        for i in 0..1000 {
-            let found = search(&index, &vectors[i as usize], 1, 64, &Filter::default());
-            assert_eq!(found[0].0, SegmentId(i), "point {i}");
-            assert!(found[0].1 < 1e-4, "self-distance {}", found[0].1);
-        }
+    /// An open shard holding `ids`, each with its [`vector`] and [`info`].
+    pub(super) fn open_shard(ids: Range<u64>, dim: usize) -> OpenShard {
+        let infos: Vec<(u64, PointInfo)> = ids.map(|i| (i, info(i))).collect();
+        let points: Vec<(u64, &PointInfo, Vec<f32>)> =
+            infos.iter().map(|(i, info)| (*i, info, prepare(&vector(*i, dim), dim).unwrap())).collect();
+        let mut open = OpenShard::new(&params(1_000));
+        open.insert(&points, 0);
+        open
     }
 
-    #[test]
-    fn fan_out_over_shards_equals_exact_neighbours_on_small_data() {
-        // Property: for random shard sizes, point counts, filters and queries, the merged answer over shards (with
-        // ef covering every point) equals brute force over all points.
-        let dim = 8;
-        let mut seed = 1u64;
-        for case in 0..12 {
-            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-            let points = 20 + (seed >> 33) as usize % 200;
-            let shard = 5 + (seed >> 40) as usize % 60;
-            let dir = tempfile::tempdir().unwrap();
-            let mut index = SpaceIndex::new(dir.path(), &params(shard), dim);
-            for i in 0..points as u64 {
-                index.insert(SegmentId(i), &info(i), &vector(i + 1000 * case, dim), 0).unwrap();
-            }
-            let filters = [
-                Filter::default(),
-                Filter { sensors: vec!["s1".into()], ..Default::default() },
-                Filter { from_micros: Some(50_000_000), to_micros: Some(400_000_000), ..Default::default() },
-            ];
-            for (q, filter) in filters.iter().enumerate() {
-                let query = vector(77_777 + case * 10 + q as u64, dim);
-                let k = 1 + (seed >> 50) as usize % 10;
-                let got: Vec<u64> = search(&index, &query, k, points, filter).into_iter().map(|(id, _)| id.0).collect();
-                let want = {
-                    let q = unit(&query, dim).unwrap();
-                    let mut all: Vec<(u64, f32)> = (0..points as u64)
-                        .filter(|i| filter.admits(&info(*i).sensor, info(*i).start_micros))
-                        .map(|i| (i, kernels::distance(&q, &unit(&vector(i + 1000 * case, dim), dim).unwrap())))
-                        .collect();
-                    all.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-                    all.into_iter().take(k).map(|(i, _)| i).collect::<Vec<_>>()
-                };
-                assert_eq!(got, want, "case {case} ({points} points, shards of {shard}), filter {filter:?}, k {k}");
-            }
-        }
-    }
-
-    #[test]
-    fn quantized_tiers_keep_recall_and_rescoring_restores_exact_order() {
-        let dim = 64;
-        let dir = tempfile::tempdir().unwrap();
-        let mut index = SpaceIndex::new(dir.path(), &params(100_000), dim);
-        for i in 0..2000 {
-            index.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
-        }
-        index.seal(0).unwrap();
-        let recall = |index: &SpaceIndex| {
-            let mut hits = 0;
-            for q in 0..50 {
-                let query = vector(50_000 + q, dim);
-                let want = exact(&query, 0..2000, dim, 10, &Filter::default());
-                let got = search(index, &query, 10, 128, &Filter::default());
-                hits += got.iter().filter(|(id, _)| want.contains(&id.0)).count();
-            }
-            hits as f64 / 500.0
-        };
-        let full = recall(&index);
-        let mut by_tier = Vec::new();
-        for tier in [Tier::F16, Tier::Int8] {
-            index.sealed[0].set_tier(tier).unwrap();
-            by_tier.push((tier, recall(&index)));
-        }
-        assert!(full > 0.9, "f32 recall {full}");
-        for (tier, r) in by_tier {
-            assert!(r >= full - 0.005, "{tier:?} recall {r} vs f32 {full}");
-        }
-        // Without rescoring, int8 distances are approximate; with it, they are exact.
-        let query = vector(123_456, dim);
-        let rescored = search(&index, &query, 5, 128, &Filter::default());
-        let q = unit(&query, dim).unwrap();
-        for (id, d) in &rescored {
-            let want = kernels::distance(&q, &unit(&vector(id.0, dim), dim).unwrap());
-            assert!((d - want).abs() < 1e-5, "{id}: {d} vs {want}");
-        }
-    }
-
-    #[test]
-    fn shards_tiers_and_open_points_survive_a_reopen_and_stale_files_are_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let dim = 8;
-        let mut index = SpaceIndex::new(dir.path(), &params(40), dim);
-        for i in 0..100 {
-            index.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
-        }
-        index.sealed[0].set_tier(Tier::Int8).unwrap();
-        index.sealed[1].set_tier(Tier::Archive).unwrap();
-        index.changed = true;
-        index.save().unwrap();
-        std::fs::create_dir(dir.path().join("shard-999999")).unwrap();
-
-        let mut reopened = SpaceIndex::open(dir.path(), &params(40), dim).unwrap();
-        assert_eq!(reopened.len(), 100);
-        let tiers: Vec<Tier> = reopened.shards().iter().map(Shard::tier).collect();
-        assert_eq!(tiers, [Tier::Int8, Tier::Archive]);
-        assert!(!dir.path().join("shard-999999").exists());
-        assert!(!reopened.insert(SegmentId(5), &info(5), &vector(5, dim), 0).unwrap());
-        assert!(reopened.insert(SegmentId(100), &info(100), &vector(100, dim), 0).unwrap());
-        // The open shard kept where and when its points were recorded.
-        let only_s2 = Filter { sensors: vec!["s2".into()], ..Default::default() };
-        let found = search(&reopened, &vector(95, dim), 3, 64, &only_s2);
-        assert!(found.iter().all(|(id, _)| id.0 % 3 == 2) && found[0].0 == SegmentId(95), "{found:?}");
-        reopened.save().unwrap();
-        assert_eq!(SpaceIndex::open(dir.path(), &params(40), dim).unwrap().len(), 101);
-        assert!(matches!(SpaceIndex::open(dir.path(), &params(40), 9), Err(Error::Index { .. })));
-    }
-
-    #[test]
-    fn archive_tier_is_answered_by_the_cold_scan() {
-        struct Archive(usize);
-        impl ColdTier for Archive {
-            fn scan(&self, filter: &Filter, visit: &mut dyn FnMut(u64, &[f32])) -> Result<(), Error> {
-                for i in 0..60u64 {
-                    if filter.admits(&info(i).sensor, info(i).start_micros) {
-                        visit(i, &vector(i, self.0));
-                    }
-                }
-                Ok(())
-            }
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let mut index = SpaceIndex::new(dir.path(), &params(30), 8);
-        for i in 0..60 {
-            index.insert(SegmentId(i), &info(i), &vector(i, 8), 0).unwrap();
-        }
-        index.sealed[0].set_tier(Tier::Archive).unwrap();
-        let request = Request { vector: &vector(3, 8), k: 1, ef: 32, filter: &Filter::default() };
-        assert_ne!(index.search(&request, None, 0).unwrap()[0].0, SegmentId(3), "skipped without the archive");
-        assert_eq!(index.search(&request, Some(&Archive(8)), 0).unwrap()[0].0, SegmentId(3));
-    }
-
-    #[test]
-    fn shards_age_down_the_tiers_fit_the_budget_and_come_back_up_when_used() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = IndexConfig {
-            m: 8,
-            ef_construction: 32,
-            shard_max_points: 50,
-            shard_max_age_seconds: 100,
-            f16_after_seconds: 1_000,
-            int8_after_seconds: 2_000,
-            archive_after_seconds: 0,
-            promote_after_hits: 2,
-            ..Default::default()
-        };
-        let params = config.build(Path::new("/")).unwrap();
-        let dim = 32;
-        let mut index = SpaceIndex::new(dir.path(), &params, dim);
-        for i in 0..120 {
-            index.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
-        }
-        let tiers = |index: &SpaceIndex| index.shards().iter().map(Shard::tier).collect::<Vec<_>>();
-        assert_eq!(tiers(&index), [Tier::F32, Tier::F32]);
-        // The open shard (20 points) seals by age; old shards age into f16, then int8.
-        assert!(index.maintain(150, None).unwrap());
-        assert_eq!(tiers(&index), [Tier::F32; 3]);
-        index.maintain(1_100, None).unwrap();
-        assert_eq!(tiers(&index), [Tier::F16, Tier::F16, Tier::F32]);
-        index.maintain(2_050, None).unwrap();
-        assert_eq!(tiers(&index), [Tier::Int8, Tier::Int8, Tier::F16]);
-        // Two answers from the first shard promote it one tier.
-        for _ in 0..2 {
-            let found = index
-                .search(&Request { vector: &vector(1, dim), k: 1, ef: 32, filter: &Filter::default() }, None, 2_060)
-                .unwrap();
-            assert_eq!(found[0].0, SegmentId(1));
-        }
-        index.maintain(2_070, None).unwrap();
-        assert_eq!(tiers(&index), [Tier::F16, Tier::Int8, Tier::F16]);
-        // A budget just below what the space holds pushes the least recently used shard down one tier; again, the
-        // next one.
-        index.maintain(2_080, Some(index.bytes() - 1)).unwrap();
-        assert_eq!(tiers(&index), [Tier::F16, Tier::Archive, Tier::F16]);
-        index.maintain(2_090, Some(index.bytes() - 1)).unwrap();
-        assert_eq!(tiers(&index), [Tier::F16, Tier::Archive, Tier::Int8]);
-        let usage: HashMap<Tier, TierUsage> = index.usage().into_iter().collect();
-        assert_eq!((usage[&Tier::F16].points, usage[&Tier::Archive].points, usage[&Tier::Int8].points), (50, 50, 20));
-        assert!(usage[&Tier::F16].bytes_per_point() > usage[&Tier::Int8].bytes_per_point());
-        assert!(usage[&Tier::Int8].bytes_per_point() > usage[&Tier::Archive].bytes_per_point());
-    }
-
-    #[test]
-    fn a_snapshot_point_missing_from_the_archive_is_passed_on_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut index = SpaceIndex::new(dir.path(), &params(1000), 4);
-        for i in 0..3 {
-            index.insert(SegmentId(i), &info(i), &vector(i, 4), 0).unwrap();
-        }
-        // The archive holds 0 and 1; 2 was in the snapshot only.
-        index.reconcile(&[0, 1].into_iter().collect());
-        assert_eq!(index.unarchived(), 1);
-        let offer = |index: &mut SpaceIndex, i| index.offer(SegmentId(i), &info(i), &vector(i, 4), 0).unwrap();
-        assert_eq!(offer(&mut index, 1), Offered::Duplicate);
-        assert_eq!(offer(&mut index, 2), Offered::Unarchived);
-        assert_eq!(offer(&mut index, 2), Offered::Duplicate);
-        assert_eq!(offer(&mut index, 3), Offered::Inserted);
-        assert_eq!(index.len(), 4);
-    }
-
-    #[test]
-    fn a_batch_offer_is_an_offer_after_another() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut index = SpaceIndex::new(dir.path(), &params(5), 4);
-        index.insert(SegmentId(0), &info(0), &vector(0, 4), 0).unwrap();
-        index.insert(SegmentId(1), &info(1), &vector(1, 4), 0).unwrap();
-        index.reconcile(&[0].into_iter().collect());
-        let (v2, v3, zero) = (vector(2, 4), vector(3, 4), [0.0f32; 4]);
-        let points: Vec<(SegmentId, PointInfo, &[f32])> = vec![
-            (SegmentId(0), info(0), &v2),
-            (SegmentId(1), info(1), &v2),
-            (SegmentId(2), info(2), &v2),
-            (SegmentId(9), info(9), &zero),
-            (SegmentId(2), info(2), &v2),
-            (SegmentId(3), info(3), &v3),
-        ];
-        let offered: Vec<_> = index.offer_many(&points, 0).into_iter().map(|r| r.map_err(|_| "error")).collect();
-        use Offered::*;
-        assert_eq!(offered, [Ok(Duplicate), Ok(Unarchived), Ok(Inserted), Err("error"), Ok(Duplicate), Ok(Inserted)]);
-        assert_eq!(index.len(), 4);
-        assert_eq!(search(&index, &v3, 1, 16, &Filter::default())[0].0, SegmentId(3));
-    }
-
-    #[test]
-    fn r13_an_empty_open_shard_can_be_walked() {
-        // hnsw_rs's own iterator panics on an empty graph: a space with no point yet (its first segments still on
-        // their way to the archive) and a space whose open shard was just sealed must both be walkable.
-        let dir = tempfile::tempdir().unwrap();
-        let empty = SpaceIndex::new(dir.path(), &params(4), 8);
-        let mut visited = 0;
-        empty.for_each_vector(|_, _| visited += 1);
-        assert_eq!(visited, 0);
-
-        let mut index = SpaceIndex::new(dir.path(), &params(4), 8);
-        for i in 0..4 {
-            index.insert(SegmentId(i), &info(i), &vector(i, 8), 0).unwrap();
-        }
-        assert_eq!(index.shards().len(), 1, "the fourth point sealed the open shard");
-        let mut ids = Vec::new();
-        index.for_each_vector(|id, v| {
-            assert_eq!(v.len(), 8);
-            ids.push(id.0);
-        });
-        ids.sort_unstable();
-        assert_eq!(ids, [0, 1, 2, 3]);
-        assert!(index.vector(SegmentId(9)).is_none());
-        index.save().unwrap();
-        let reopened = SpaceIndex::open(dir.path(), &params(4), 8).unwrap();
-        assert_eq!(reopened.len(), 4);
-    }
-
-    #[test]
-    fn r13_a_seal_that_cannot_be_written_changes_nothing_and_is_tried_again_later() {
-        let dir = tempfile::tempdir().unwrap();
-        let dim = 8;
-        let mut index = SpaceIndex::new(dir.path(), &params(4), dim);
-        // A file where the seal writes its shard makes the write fail, as a full disk would.
-        let blocker = dir.path().join(".shard-000001.tmp");
-        std::fs::write(&blocker, b"in the way").unwrap();
-        for i in 0..6 {
-            assert!(index.insert(SegmentId(i), &info(i), &vector(i, dim), 10).unwrap(), "point {i} is inserted");
-        }
-        assert_eq!(
-            (index.len(), index.points(), index.shards().len()),
-            (6, 6, 0),
-            "every point stays in the open shard"
-        );
-        let found = |index: &SpaceIndex, i: u64| search(index, &vector(i, dim), 1, 64, &Filter::default())[0].0;
-        for i in 0..6 {
-            assert_eq!(found(&index, i), SegmentId(i));
-            assert_eq!(index.point(SegmentId(i)), Some(info(i)));
-        }
-        // Within a minute of the failure no seal is tried; then one is, and succeeds once the disk has room.
-        std::fs::remove_file(&blocker).unwrap();
-        index.insert(SegmentId(6), &info(6), &vector(6, dim), 20).unwrap();
-        assert_eq!(index.shards().len(), 0);
-        index.insert(SegmentId(7), &info(7), &vector(7, dim), 80).unwrap();
-        assert_eq!((index.shards().len(), index.shards()[0].len(), index.len()), (1, 8, 8));
-        for i in 8..12 {
-            index.insert(SegmentId(i), &info(i), &vector(i, dim), 80).unwrap();
-        }
-        assert_eq!(index.shards().len(), 2);
-        for i in 0..12 {
-            assert_eq!(found(&index, i), SegmentId(i), "point {i} after the seals");
-            assert_eq!(index.point(SegmentId(i)), Some(info(i)));
-            assert!(index.vector(SegmentId(i)).is_some());
-        }
-        index.save().unwrap();
-        let reopened = SpaceIndex::open(dir.path(), &params(4), dim).unwrap();
-        assert_eq!((reopened.len(), reopened.points()), (12, 12));
-    }
-
-    #[test]
-    fn r13_a_reader_never_writes_and_reads_an_index_that_a_writer_keeps_republishing() {
-        let dir = tempfile::tempdir().unwrap();
-        let dim = 8;
-        let mut writer = SpaceIndex::new(dir.path(), &params(5), dim);
-        for i in 0..12 {
-            writer.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
-        }
-        writer.save().unwrap();
-        // A seal cut short leaves a directory no manifest names: the owner removes it, a reader leaves it.
-        std::fs::create_dir(dir.path().join(".shard-000099.tmp")).unwrap();
-        let listing = || {
-            let mut names: Vec<String> = std::fs::read_dir(dir.path())
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-            names.sort();
-            names
-        };
-        let before = listing();
-        let mut reader = SpaceIndex::open_read_only(dir.path(), &params(5), dim).unwrap();
-        assert_eq!(reader.len(), 12);
-        for i in 12..30 {
-            assert!(reader.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap());
-        }
-        reader.maintain(1_000_000, Some(1)).unwrap();
-        assert!(reader.save().is_err(), "a reader refuses to publish");
-        assert_eq!(reader.len(), 30);
-        assert_eq!(listing(), before, "the reader changed the directory");
-
-        // Readers racing a writer that seals and republishes all the time always open a consistent index.
-        let path = dir.path().to_path_buf();
-        let writing = std::thread::spawn(move || {
-            for i in 12..400 {
-                writer.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
-                writer.save().unwrap();
-            }
-        });
-        let mut opened = 0;
-        while !writing.is_finished() {
-            let index = SpaceIndex::open_read_only(&path, &params(5), dim).unwrap();
-            assert!(index.len() >= 12 && index.len() == index.points());
-            opened += 1;
-        }
-        writing.join().unwrap();
-        assert!(opened > 0);
-        assert_eq!(SpaceIndex::open(&path, &params(5), dim).unwrap().len(), 400);
-    }
-
-    #[test]
-    fn vectors_without_direction_are_rejected() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut index = SpaceIndex::new(dir.path(), &params(1000), 4);
-        assert!(index.insert(SegmentId(1), &info(1), &[0.0; 4], 0).is_err());
-        assert!(index.insert(SegmentId(1), &info(1), &[f32::NAN, 0.0, 0.0, 1.0], 0).is_err());
-        assert!(index.insert(SegmentId(1), &info(1), &[1.0; 3], 0).is_err());
-        assert!(index.is_empty());
+    /// Sealed shard `name` under `dir`, holding `ids` as [`open_shard`] does, sealed at `now`.
+    pub(super) fn sealed_shard(dir: &Path, name: &str, ids: Range<u64>, dim: usize, now: u64) -> Shard {
+        let (extracted, rows) = open_shard(ids, dim).freeze();
+        Shard::seal(dir, name, extracted, rows, dim, now).unwrap()
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //! start time per row), `graph.bin` (the frozen layers) and `vectors.f32` (full precision). In memory it holds its
 //! rows always, and its graph and vectors in the tier it is in: f32, f16 or int8 (see [`super::kernels`]), or
 //! neither (archive tier). Full-precision vectors stay on disk for rescoring quantized candidates and for promotion.
+//!
+//! A shard is sealed from the open shard (`build.rs`, [`OpenShard::freeze`](super::build::OpenShard::freeze)), named
+//! with its tier in the space's manifest (`manifest.rs`), and moved between tiers as the policy says (`policy.rs`).
 
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read, Write};

@@ -338,6 +338,51 @@ pub trait Segment<'scope> {
     /// assert_eq!(pending.extract(), vec![(0, vec![vec![(3, 7)]])]);
     /// ```
     ///
+    /// Two chunks of one sensor, the second continuing the first: with `lateness_ms = 0` each is placed as it
+    /// arrives, and the windows run across the boundary between them (the second chunk's samples are 0.2). Each
+    /// window has the model's length, the origin of its first sample, and an id that follows from its space, sensor
+    /// and first sample alone; the window at 4 s waits for more audio, as above.
+    /// ```
+    /// use chorus_operators::metrics::Metrics;
+    /// use chorus_operators::record::{AudioChunk, Origin, PartitionProgress, Priority, SegmentId, Window};
+    /// use chorus_operators::segment::{Segment, Segmenter, WindowsConfig};
+    /// use timely::dataflow::operators::Capture;
+    /// use timely::dataflow::operators::capture::Extract;
+    /// use timely::dataflow::operators::vec::{Map, ToStream};
+    ///
+    /// let spec = WindowsConfig { hop_seconds: 1.0, lateness_ms: 0, ..Default::default() };
+    /// let spec = spec.build(1_000, 2_000).unwrap();
+    /// let chunk = |offset: i64, samples: Vec<f32>| AudioChunk {
+    ///     space: "default".into(),
+    ///     sensor: "s1".into(),
+    ///     captured_at: offset * 2_500_000_000,
+    ///     sent_ms: offset * 2_500,
+    ///     priority: Priority::Normal,
+    ///     sample_rate: 1_000,
+    ///     samples,
+    ///     origin: Origin { topic: "audio".into(), partition: 0, offset },
+    /// };
+    /// let chunks = vec![chunk(0, vec![0.1; 2_500]), chunk(1, vec![0.2; 2_500])];
+    /// let windows = timely::example(move |scope| {
+    ///     let progress = Vec::<PartitionProgress>::new().to_stream(scope);
+    ///     let (windows, _dead_letters, _reports) =
+    ///         chunks.to_stream(scope).segment(progress, Segmenter::new(spec), None, Metrics::unregistered());
+    ///     let second = |w: &Window| w.samples.iter().filter(|s| **s == 0.2).count();
+    ///     windows.map(move |w| (w.key.start, w.key.id(), w.samples.len(), w.origin.offset, second(&w))).capture()
+    /// });
+    /// let windows: Vec<_> = windows.extract().into_iter().flat_map(|(_, w)| w).collect();
+    /// let id = |start: i64| SegmentId::of("default", "s1", start);
+    /// assert_eq!(
+    ///     windows,
+    ///     [
+    ///         (0, id(0), 2_000, 0, 0),
+    ///         (1_000, id(1_000), 2_000, 0, 500),
+    ///         (2_000, id(2_000), 2_000, 0, 1_500),
+    ///         (3_000, id(3_000), 2_000, 1, 2_000),
+    ///     ]
+    /// );
+    /// ```
+    ///
     /// With a store ([`Segmenter::with_store`]), quiet sensors move there and every sensor does when the input ends
     /// (see the module documentation); a sensor file whose audio is used up is removed once `durable` (the probe over
     /// the sinks) has passed the time its windows went out.
