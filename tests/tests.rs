@@ -5,6 +5,7 @@ mod adversarial;
 mod api;
 mod archive;
 mod config;
+mod docs;
 mod faults;
 mod model;
 mod page;

@@ -501,12 +501,14 @@ mod tests {
         .unwrap()
     }
 
+    /// One round of a history: the nodes added (each with what the index found) and the label operations.
+    type Round = (Vec<(usize, Vec<(u64, f32)>)>, Vec<(u64, Option<String>)>);
+
     /// One random history: nodes arrive in random rounds, labels are given, changed and retracted.
     struct History {
         params: RefineParams,
         points: Vec<Vec<f32>>,
-        /// Per round: nodes added (with what the index found) and label operations.
-        rounds: Vec<(Vec<(usize, Vec<(u64, f32)>)>, Vec<(u64, Option<String>)>)>,
+        rounds: Vec<Round>,
     }
 
     fn history(seed: u64) -> History {

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::sensors::Sensor;
+use super::sensors::{Segmenter, Sensor};
+use super::timeline::Timeline;
 
 /// Bumped whenever the layout of a stored sensor changes.
 const VERSION: u32 = 1;
@@ -131,5 +132,47 @@ impl Store {
         }
         self.present.remove(&key);
         crate::durable::sync_parent(&path)
+    }
+}
+
+const SAVEPOINT_VERSION: u32 = 1;
+
+/// The per-worker savepoint files (`segmenter-<w>-of-<W>.bin`) of earlier releases, which held every sensor's
+/// timeline after a clean stop; a job moves what they hold to the [`Store`] before it starts.
+#[derive(Default, Serialize, Deserialize)]
+pub struct Savepoint {
+    version: u32,
+    timelines: Vec<((String, String), Timeline)>,
+}
+
+impl Savepoint {
+    /// Sensors held.
+    pub fn len(&self) -> usize {
+        self.timelines.len()
+    }
+
+    /// Whether no sensor is held.
+    pub fn is_empty(&self) -> bool {
+        self.timelines.is_empty()
+    }
+
+    /// Reads one.
+    pub fn read(path: &Path) -> std::io::Result<Savepoint> {
+        let savepoint: Savepoint = bincode::deserialize(&std::fs::read(path)?).map_err(std::io::Error::other)?;
+        if savepoint.version != SAVEPOINT_VERSION {
+            return Err(std::io::Error::other(format!(
+                "savepoint version {} is not {SAVEPOINT_VERSION}",
+                savepoint.version
+            )));
+        }
+        Ok(savepoint)
+    }
+
+    /// Moves every sensor it holds to `store`.
+    pub fn into_store(self, store: &mut Store) -> std::io::Result<()> {
+        for ((space, sensor), timeline) in self.timelines {
+            Segmenter::store_timeline(store, &space, &sensor, timeline)?;
+        }
+        Ok(())
     }
 }
