@@ -7,6 +7,7 @@ mod archive;
 mod config;
 mod docs;
 mod faults;
+mod layout;
 mod model;
 mod page;
 mod pipeline;

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use hnsw_rs::hnsw::Point;
 use hnsw_rs::prelude::{DistDot, Hnsw};
 
-use super::graph::{Extracted, Graph};
+use super::config::IndexParams;
+use super::graph::{Extracted, Graph, hnsw_points};
+use super::point::{Filter, PointInfo, unit};
 use super::shard::Rows;
-use super::space::PointInfo;
-use super::{Filter, IndexParams, unit};
 use crate::Error;
 
 /// hnsw_rs only dumps graphs built with its maximum layer count.
@@ -202,16 +202,6 @@ impl OpenShard {
         let rows = Rows { ids: extracted.ids.clone(), sensor, start, sensors: self.sensors.clone() };
         (extracted, rows)
     }
-}
-
-/// Every point of an hnsw_rs graph, each once. hnsw_rs's own iterator over all points unwraps the graph's entry
-/// point, so it panics on an empty graph (an open shard just sealed, a space whose first segment is still on its way
-/// to the archive); its per-layer iterators do not, and every point lives in exactly one layer's list.
-pub(super) fn hnsw_points<'a, 'b: 'a>(
-    hnsw: &'a Hnsw<'b, f32, DistDot>,
-) -> impl Iterator<Item = Arc<Point<'b, f32>>> + 'a {
-    let indexation = hnsw.get_point_indexation();
-    (0..=usize::from(hnsw.get_max_level_observed())).flat_map(move |layer| indexation.get_layer_iterator(layer))
 }
 
 #[cfg(test)]

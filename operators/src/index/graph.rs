@@ -5,6 +5,9 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, Read, Write};
 
+use std::sync::Arc;
+
+use hnsw_rs::hnsw::Point;
 use hnsw_rs::prelude::{DistDot, Hnsw};
 
 /// Layered neighbour lists over rows `0..len`.
@@ -48,7 +51,7 @@ impl Ord for Distance {
 impl Graph {
     /// Freezes `hnsw`: rows are numbered in the order hnsw_rs lists its points.
     pub fn from_hnsw(hnsw: &Hnsw<'_, f32, DistDot>) -> Extracted {
-        let points: Vec<_> = super::build::hnsw_points(hnsw).collect();
+        let points: Vec<_> = hnsw_points(hnsw).collect();
         let row_of: HashMap<usize, u32> =
             points.iter().enumerate().map(|(row, p)| (p.get_origin_id(), row as u32)).collect();
         let mut ids = Vec::with_capacity(points.len());
@@ -239,4 +242,14 @@ impl Graph {
 
 fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+/// Every point of an hnsw_rs graph, each once. hnsw_rs's own iterator over all points unwraps the graph's entry
+/// point, so it panics on an empty graph (an open shard just sealed, a space whose first segment is still on its way
+/// to the archive); its per-layer iterators do not, and every point lives in exactly one layer's list.
+pub(super) fn hnsw_points<'a, 'b: 'a>(
+    hnsw: &'a Hnsw<'b, f32, DistDot>,
+) -> impl Iterator<Item = Arc<Point<'b, f32>>> + 'a {
+    let indexation = hnsw.get_point_indexation();
+    (0..=usize::from(hnsw.get_max_level_observed())).flat_map(move |layer| indexation.get_layer_iterator(layer))
 }

@@ -14,8 +14,9 @@ use hnsw_rs::prelude::{AnnT, DistDot, Hnsw, HnswIo};
 use serde::{Deserialize, Serialize};
 
 use super::build::OpenShard;
+use super::graph::hnsw_points;
 use super::kernels::Tier;
-use super::now_seconds;
+use super::policy::now_seconds;
 use super::shard::Shard;
 use crate::Error;
 use crate::durable::{self, write_synced};
@@ -169,7 +170,7 @@ pub(super) fn load_open(target: &Path, dim: usize) -> Result<OpenShard, Error> {
     let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(target, SNAPSHOT_BASENAME)));
     let hnsw: Hnsw<'static, f32, DistDot> = io.load_hnsw().map_err(|e| failed(format!("cannot load snapshot: {e}")))?;
     if hnsw.get_nb_point() > 0 {
-        let found = super::build::hnsw_points(&hnsw).next().map_or(dim, |p| p.get_v().len());
+        let found = hnsw_points(&hnsw).next().map_or(dim, |p| p.get_v().len());
         if found != dim {
             return Err(failed(format!(
                 "snapshot holds {found}-dimensional vectors but the model produces {dim}: it belongs to another model"

@@ -5,12 +5,17 @@
 //! distances in [0, 2]. A space's index is a [`SpaceIndex`] ([`space`]), which ties together its open shard
 //! ([`build`]), its sealed shards ([`shard`], searched over their frozen graphs: [`graph`]; their tiers'
 //! representations: [`kernels`]), the tier policy that decides when to seal and which tier a shard belongs in
-//! ([`policy`]), the search across its shards ([`search`]) and what it is on disk ([`manifest`]).
+//! ([`policy`]), the search across its shards ([`search`]) and what it is on disk ([`manifest`]). `[index]` and its
+//! validated parameters are in [`config`]; a point's sensor and time, filters and unit vectors in [`point`]. Files
+//! below this one never import it: it wires them (the registry of spaces, the operator) and re-exports what callers
+//! use.
 
 mod build;
+mod config;
 mod graph;
 mod kernels;
 mod manifest;
+mod point;
 mod policy;
 mod search;
 mod shard;
@@ -19,213 +24,26 @@ mod space;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
+pub use config::{IndexConfig, IndexParams};
 pub use kernels::Tier;
-pub use search::Request;
-use serde::Deserialize;
+pub use point::{Filter, PointInfo, unit};
+pub use policy::now_seconds;
+pub use search::{ColdTier, Request};
 pub use shard::Shard;
-pub use space::{Offered, PointInfo, SpaceIndex, TierUsage};
+pub use space::{Offered, SpaceIndex, TierUsage};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Exchange as ExchangePact;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 
+use crate::Error;
 use crate::cause::Cause;
 use crate::metrics::Metrics;
 use crate::record::{DeadLetter, Segment, SegmentId, route};
 use crate::wakeup::Wakeup;
-use crate::{Error, FieldError};
-
-const DAY: u64 = 86_400;
-
-/// `[index]`: HNSW parameters, shards, tiers and snapshots.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IndexConfig {
-    /// Directory of the snapshots (one subdirectory per space); a relative path is resolved against the directory of
-    /// the config file.
-    pub dir: PathBuf,
-    /// Links per node (M); layer 0 keeps twice as many.
-    pub m: usize,
-    /// Beam width while inserting (efConstruction).
-    pub ef_construction: usize,
-    /// Beam width while searching (efSearch), unless a query sets its own.
-    pub ef_search: usize,
-    /// Seconds between snapshots of a changed index (one is also written when the job stops).
-    pub snapshot_interval_seconds: u64,
-    /// The open shard is sealed once it holds this many points...
-    pub shard_max_points: usize,
-    /// ... or once its first point is this old (seconds).
-    pub shard_max_age_seconds: u64,
-    /// A sealed shard unused for this long (seconds since it was sealed or last answered a query) moves to f16;
-    /// 0: never by age.
-    pub f16_after_seconds: u64,
-    /// ... to int8; 0: never by age.
-    pub int8_after_seconds: u64,
-    /// ... out of memory, answered from the Parquet archive; 0: never by age.
-    pub archive_after_seconds: u64,
-    /// Memory (MiB) the index of one worker may hold; beyond it, the least recently used shards move down a tier.
-    /// 0: no budget.
-    pub memory_budget_mb: u64,
-    /// Quantized tiers fetch `k × rescore_oversample` candidates and rescore them with the full-precision vectors
-    /// kept on disk; 0 turns rescoring off.
-    pub rescore_oversample: usize,
-    /// A shard below f32 that answers this many queries moves one tier up.
-    pub promote_after_hits: u32,
-}
-
-impl Default for IndexConfig {
-    fn default() -> Self {
-        IndexConfig {
-            dir: PathBuf::from("var/index"),
-            m: 32,
-            ef_construction: 200,
-            ef_search: 128,
-            snapshot_interval_seconds: 60,
-            shard_max_points: 100_000,
-            shard_max_age_seconds: DAY,
-            f16_after_seconds: 7 * DAY,
-            int8_after_seconds: 30 * DAY,
-            archive_after_seconds: 0,
-            memory_budget_mb: 0,
-            rescore_oversample: 4,
-            promote_after_hits: 3,
-        }
-    }
-}
-
-impl IndexConfig {
-    /// Validates; `base` is the directory relative paths are resolved against.
-    pub fn build(&self, base: &Path) -> Result<IndexParams, FieldError> {
-        if self.dir.as_os_str().is_empty() {
-            return Err(FieldError::new("dir", "is empty"));
-        }
-        if !(2..=255).contains(&self.m) {
-            return Err(FieldError::new("m", format!("{} is outside 2..=255", self.m)));
-        }
-        if self.ef_construction < self.m {
-            return Err(FieldError::new(
-                "ef_construction",
-                format!("{} is below m = {}", self.ef_construction, self.m),
-            ));
-        }
-        if self.ef_search == 0 {
-            return Err(FieldError::new("ef_search", "must be at least 1"));
-        }
-        if self.shard_max_points < 2 {
-            return Err(FieldError::new("shard_max_points", format!("{} is below 2", self.shard_max_points)));
-        }
-        let ages = [
-            ("f16_after_seconds", self.f16_after_seconds),
-            ("int8_after_seconds", self.int8_after_seconds),
-            ("archive_after_seconds", self.archive_after_seconds),
-        ];
-        for pair in ages.windows(2) {
-            let ((warm, a), (cold, b)) = (pair[0], pair[1]);
-            if a > 0 && b > 0 && b < a {
-                return Err(FieldError::new(cold, format!("{b} is below {warm} = {a}: tiers age in order")));
-            }
-        }
-        if self.rescore_oversample > 64 {
-            return Err(FieldError::new("rescore_oversample", format!("{} is above 64", self.rescore_oversample)));
-        }
-        Ok(IndexParams {
-            dir: base.join(&self.dir),
-            m: self.m,
-            ef_construction: self.ef_construction,
-            ef_search: self.ef_search,
-            snapshot_interval: Duration::from_secs(self.snapshot_interval_seconds.max(1)),
-            shard_max_points: self.shard_max_points,
-            shard_max_age: Duration::from_secs(self.shard_max_age_seconds.max(1)),
-            tier_ages: [self.f16_after_seconds, self.int8_after_seconds, self.archive_after_seconds],
-            memory_budget: (self.memory_budget_mb > 0).then(|| self.memory_budget_mb as usize * (1 << 20)),
-            rescore_oversample: self.rescore_oversample,
-            promote_after_hits: self.promote_after_hits.max(1),
-        })
-    }
-}
-
-/// Validated index parameters.
-#[derive(Clone, Debug, PartialEq)]
-pub struct IndexParams {
-    /// Snapshot directory.
-    pub dir: PathBuf,
-    /// Links per node.
-    pub m: usize,
-    /// Insert beam width.
-    pub ef_construction: usize,
-    /// Default search beam width.
-    pub ef_search: usize,
-    /// Time between snapshots.
-    pub snapshot_interval: Duration,
-    /// Points that seal the open shard.
-    pub shard_max_points: usize,
-    /// Age that seals the open shard.
-    pub shard_max_age: Duration,
-    /// Seconds unused before f16, int8 and archive (0: never).
-    pub tier_ages: [u64; 3],
-    /// Bytes the index of one worker may hold.
-    pub memory_budget: Option<usize>,
-    /// Candidates per wanted neighbour rescored at full precision.
-    pub rescore_oversample: usize,
-    /// Answers that promote a shard one tier.
-    pub promote_after_hits: u32,
-}
-
-/// Which segments may answer a query: all when empty.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Filter {
-    /// Only these sensors (none: any).
-    pub sensors: Vec<String>,
-    /// Only segments starting at or after this time (microseconds since the epoch).
-    pub from_micros: Option<i64>,
-    /// Only segments starting before this time.
-    pub to_micros: Option<i64>,
-}
-
-impl Filter {
-    /// Whether it lets everything through.
-    pub fn is_empty(&self) -> bool {
-        self.sensors.is_empty() && self.from_micros.is_none() && self.to_micros.is_none()
-    }
-
-    /// Whether a segment of `sensor` starting at `start_micros` passes.
-    pub fn admits(&self, sensor: &str, start_micros: i64) -> bool {
-        self.from_micros.is_none_or(|from| start_micros >= from)
-            && self.to_micros.is_none_or(|to| start_micros < to)
-            && (self.sensors.is_empty() || self.sensors.iter().any(|s| s == sensor))
-    }
-
-    /// Whether segments starting within `[first, last]` may pass.
-    pub fn overlaps(&self, (first, last): (i64, i64)) -> bool {
-        self.from_micros.is_none_or(|from| last >= from) && self.to_micros.is_none_or(|to| first < to)
-    }
-}
-
-/// The Parquet archive as a space's coldest tier: a scan of the archived embeddings that pass a filter.
-pub trait ColdTier: Sync {
-    /// Calls `visit(id, embedding)` for each archived segment that passes `filter` (more may be visited).
-    fn scan(&self, filter: &Filter, visit: &mut dyn FnMut(u64, &[f32])) -> Result<(), Error>;
-}
-
-/// Seconds since the epoch.
-pub fn now_seconds() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// `v / |v|`; rejects vectors of the wrong length or without a direction.
-pub fn unit(v: &[f32], dim: usize) -> Result<Vec<f32>, Error> {
-    if v.len() != dim {
-        return Err(Error::Vector(format!("{} dimensions, the index holds {dim}", v.len())));
-    }
-    let norm = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
-    if !norm.is_finite() || norm < 1e-12 {
-        return Err(Error::Vector(format!("its norm is {norm}: no direction to compare")));
-    }
-    Ok(v.iter().map(|x| (f64::from(*x) / norm) as f32).collect())
-}
 
 /// A space's index, shared between the worker that inserts into it and the threads that query it.
 pub type SharedSpace = Arc<RwLock<SpaceIndex>>;
@@ -580,15 +398,5 @@ mod tests {
     pub(super) fn sealed_shard(dir: &Path, name: &str, ids: Range<u64>, dim: usize, now: u64) -> Shard {
         let (extracted, rows) = open_shard(ids, dim).freeze();
         Shard::seal(dir, name, extracted, rows, dim, now).unwrap()
-    }
-
-    #[test]
-    fn tier_ages_must_grow_colder_in_order() {
-        let config = IndexConfig { f16_after_seconds: 100, int8_after_seconds: 50, ..Default::default() };
-        assert_eq!(config.build(Path::new("/")).unwrap_err().field, "int8_after_seconds");
-        let params = IndexConfig { archive_after_seconds: 0, ..Default::default() }.build(Path::new("/")).unwrap();
-        assert_eq!(params.tier_for_age(0), Tier::F32);
-        assert_eq!(params.tier_for_age(8 * DAY), Tier::F16);
-        assert_eq!(params.tier_for_age(365 * DAY), Tier::Int8);
     }
 }

@@ -6,9 +6,15 @@
 //! hits and the memory budget, and publishes the result.
 
 use std::cmp::Reverse;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::IndexParams;
+use super::config::IndexParams;
 use super::kernels::Tier;
+
+/// Seconds since the epoch.
+pub fn now_seconds() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
 
 /// Seconds between attempts to seal a full open shard after one failed.
 pub(super) const SEAL_RETRY_SECONDS: u64 = 60;

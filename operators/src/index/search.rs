@@ -10,10 +10,16 @@ use rayon::prelude::*;
 
 use super::build::OpenShard;
 use super::kernels::{Tier, distance};
+use super::point::{Filter, unit};
 use super::shard::Shard;
-use super::{ColdTier, Filter, unit};
 use crate::Error;
 use crate::record::SegmentId;
+
+/// The Parquet archive as a space's coldest tier: a scan of the archived embeddings that pass a filter.
+pub trait ColdTier: Sync {
+    /// Calls `visit(id, embedding)` for each archived segment that passes `filter` (more may be visited).
+    fn scan(&self, filter: &Filter, visit: &mut dyn FnMut(u64, &[f32])) -> Result<(), Error>;
+}
 
 /// Below this many points in memory, one thread searches every shard.
 const PARALLEL_POINTS: usize = 20_000;

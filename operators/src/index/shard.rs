@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use super::Filter;
 use super::graph::{Extracted, Graph};
 use super::kernels::{Tier, Vectors, distance};
+use super::point::Filter;
 use crate::Error;
 
 /// Bytes per row of [`Rows`] in memory: id, sensor number and start time.

@@ -11,12 +11,13 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::build::{OpenShard, prepare};
+use super::config::IndexParams;
 use super::kernels::Tier;
 use super::manifest::{self, Manifest};
+use super::point::{PointInfo, unit};
 use super::policy::{self, SEAL_RETRY_SECONDS};
-use super::search::{FanOut, Request};
+use super::search::{ColdTier, FanOut, Request};
 use super::shard::Shard;
-use super::{ColdTier, IndexParams, unit};
 use crate::Error;
 use crate::record::SegmentId;
 
@@ -24,15 +25,6 @@ use crate::record::SegmentId;
 const OPEN: u32 = u32::MAX;
 /// Times a reader reads an index that keeps changing under it before it gives up.
 const READ_ATTEMPTS: u32 = 10;
-
-/// Where and when a segment was recorded, for filters.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PointInfo {
-    /// Sensor id.
-    pub sensor: String,
-    /// Start time, in microseconds since the epoch.
-    pub start_micros: i64,
-}
 
 /// Memory held by one tier of a space.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Inspect, Probe};
 use timely::worker::Worker;
 
-use super::RefineParams;
+use super::config::RefineParams;
 use super::knn::{Edge, KnnGraph};
 use super::rules::{self, LabelId, combine, spread};
 

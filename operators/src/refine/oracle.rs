@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::RefineParams;
+use super::config::RefineParams;
 use super::knn::Edge;
 use super::rules::{LabelId, combine, label_id, spread};
 

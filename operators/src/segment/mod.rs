@@ -41,6 +41,7 @@
 //! holds are not pending (their audio is on disk), and once the windows holding them are durable the file is removed.
 //! A job that dies leaves the files as they were, and the next one continues from them.
 
+mod savepoint;
 mod sensors;
 mod store;
 mod timeline;
@@ -57,35 +58,14 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::{ProbeHandle, StreamVec};
 
+pub use savepoint::Savepoint;
 pub use sensors::Segmenter;
-pub use store::{Savepoint, Store};
+pub use store::Store;
+pub use timeline::Pushed;
 pub use windows::{WindowSpec, WindowsConfig, clip_window_starts, clip_windows};
 
-use crate::cause::Cause;
 use crate::metrics::Metrics;
 use crate::record::{AudioChunk, DeadLetter, PartitionProgress, PendingReport, Window, route};
-
-/// What segmenting produced.
-#[derive(Debug, Default)]
-pub struct Pushed {
-    /// Windows cut.
-    pub windows: Vec<Window>,
-    /// Audio that could not be placed, with the reason.
-    pub rejected: Vec<DeadLetter>,
-    /// The space of each chunk that lay wholly within audio already received — a repeated delivery — and was dropped.
-    pub duplicates: Vec<String>,
-}
-
-pub(crate) fn rejection(chunk: &AudioChunk, cause: Cause, reason: String) -> DeadLetter {
-    DeadLetter {
-        origin: Some(chunk.origin.clone()),
-        key: Some(chunk.sensor.as_bytes().to_vec()),
-        headers: Vec::new(),
-        payload: Vec::new(),
-        reason,
-        cause,
-    }
-}
 
 /// Cuts a stream of audio chunks into model windows; see the module documentation.
 pub trait Segment<'scope> {

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::store::Store;
-use super::timeline::Timeline;
-use super::{Pushed, WindowSpec};
+use super::timeline::{Pushed, Timeline};
+use super::windows::WindowSpec;
 use crate::record::{AudioChunk, Origin, PartitionProgress, nanos_to_samples};
 
 /// A sensor: its timeline (none until its first chunk is placed) and the chunks held back, in `captured_at` order.
@@ -229,7 +229,7 @@ impl Segmenter {
     /// The sensor `key`, loaded from the store when it is there.
     fn sensor(&mut self, key: &(String, String)) -> &mut Sensor {
         if !self.sensors.contains_key(key) {
-            let loaded = match self.store.as_ref().map(|store| store.load(&key.0, &key.1)) {
+            let loaded = match self.store.as_ref().map(|store| store.load::<Sensor>(&key.0, &key.1)) {
                 Some(Ok(Some(mut sensor))) => {
                     sensor.stored = sensor.origins().cloned().collect();
                     self.held_bytes += sensor.held_bytes();

@@ -8,30 +8,28 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-
-use super::sensors::{Segmenter, Sensor};
-use super::timeline::Timeline;
 
 /// Bumped whenever the layout of a stored sensor changes.
 const VERSION: u32 = 1;
 
 /// What a sensor's file holds.
 #[derive(Deserialize)]
-struct Stored {
+struct Stored<State> {
     version: u32,
     space: String,
     sensor: String,
-    state: Sensor,
+    state: State,
 }
 
 /// [`Stored`] as it is written, borrowing the state (the same bytes).
 #[derive(Serialize)]
-struct Storing<'a> {
+struct Storing<'a, State> {
     version: u32,
     space: &'a str,
     sensor: &'a str,
-    state: &'a Sensor,
+    state: &'a State,
 }
 
 /// The sensor files of one worker: a sensor is only ever read and written by the worker that owns it (the one the
@@ -80,7 +78,7 @@ impl Store {
     }
 
     /// Writes a sensor's state, replacing its file whole.
-    pub(super) fn save(&mut self, space: &str, sensor: &str, state: &Sensor) -> io::Result<()> {
+    pub(super) fn save<State: Serialize>(&mut self, space: &str, sensor: &str, state: &State) -> io::Result<()> {
         let key = Store::key(space, sensor);
         let stored = Storing { version: VERSION, space, sensor, state };
         let bytes = bincode::serialize(&stored).map_err(io::Error::other)?;
@@ -90,7 +88,7 @@ impl Store {
     }
 
     /// A sensor's stored state, if it has one; the file stays until [`Store::remove`].
-    pub(super) fn load(&self, space: &str, sensor: &str) -> io::Result<Option<Sensor>> {
+    pub(super) fn load<State: DeserializeOwned>(&self, space: &str, sensor: &str) -> io::Result<Option<State>> {
         let key = Store::key(space, sensor);
         if !self.present.contains(&key) {
             return Ok(None);
@@ -101,7 +99,7 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let stored: Stored = bincode::deserialize(&bytes)
+        let stored: Stored<State> = bincode::deserialize(&bytes)
             .map_err(|e| io::Error::other(format!("{} is not a stored sensor: {e}", path.display())))?;
         if stored.version != VERSION {
             return Err(io::Error::other(format!(
@@ -132,47 +130,5 @@ impl Store {
         }
         self.present.remove(&key);
         crate::durable::sync_parent(&path)
-    }
-}
-
-const SAVEPOINT_VERSION: u32 = 1;
-
-/// The per-worker savepoint files (`segmenter-<w>-of-<W>.bin`) of earlier releases, which held every sensor's
-/// timeline after a clean stop; a job moves what they hold to the [`Store`] before it starts.
-#[derive(Default, Serialize, Deserialize)]
-pub struct Savepoint {
-    version: u32,
-    timelines: Vec<((String, String), Timeline)>,
-}
-
-impl Savepoint {
-    /// Sensors held.
-    pub fn len(&self) -> usize {
-        self.timelines.len()
-    }
-
-    /// Whether no sensor is held.
-    pub fn is_empty(&self) -> bool {
-        self.timelines.is_empty()
-    }
-
-    /// Reads one.
-    pub fn read(path: &Path) -> std::io::Result<Savepoint> {
-        let savepoint: Savepoint = bincode::deserialize(&std::fs::read(path)?).map_err(std::io::Error::other)?;
-        if savepoint.version != SAVEPOINT_VERSION {
-            return Err(std::io::Error::other(format!(
-                "savepoint version {} is not {SAVEPOINT_VERSION}",
-                savepoint.version
-            )));
-        }
-        Ok(savepoint)
-    }
-
-    /// Moves every sensor it holds to `store`.
-    pub fn into_store(self, store: &mut Store) -> std::io::Result<()> {
-        for ((space, sensor), timeline) in self.timelines {
-            Segmenter::store_timeline(store, &space, &sensor, timeline)?;
-        }
-        Ok(())
     }
 }

@@ -5,10 +5,10 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Pushed, WindowSpec, rejection};
+use super::windows::WindowSpec;
 use crate::cause::Cause;
 use crate::record::{
-    AudioChunk, Nanos, Origin, Priority, SegmentKey, Window, nanos_to_samples, rfc3339, samples_to_nanos,
+    AudioChunk, DeadLetter, Nanos, Origin, Priority, SegmentKey, Window, nanos_to_samples, rfc3339, samples_to_nanos,
 };
 use crate::resample::StreamResampler;
 
@@ -369,5 +369,27 @@ impl Timeline {
         while self.chunks.front().is_some_and(|c| c.end <= self.next_window) {
             self.chunks.pop_front();
         }
+    }
+}
+
+/// What segmenting produced.
+#[derive(Debug, Default)]
+pub struct Pushed {
+    /// Windows cut.
+    pub windows: Vec<Window>,
+    /// Audio that could not be placed, with the reason.
+    pub rejected: Vec<DeadLetter>,
+    /// The space of each chunk that lay wholly within audio already received — a repeated delivery — and was dropped.
+    pub duplicates: Vec<String>,
+}
+
+fn rejection(chunk: &AudioChunk, cause: Cause, reason: String) -> DeadLetter {
+    DeadLetter {
+        origin: Some(chunk.origin.clone()),
+        key: Some(chunk.sensor.as_bytes().to_vec()),
+        headers: Vec::new(),
+        payload: Vec::new(),
+        reason,
+        cause,
     }
 }
