@@ -12,4 +12,5 @@ mod model;
 mod page;
 mod pipeline;
 mod refine;
+mod season;
 mod support;

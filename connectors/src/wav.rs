@@ -209,18 +209,49 @@ fn without_padded_chunks(bytes: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// The block alignment (bytes per frame) of the `fmt ` chunk, walking the RIFF chunks.
-fn block_align(bytes: &[u8]) -> Option<u16> {
-    let mut at = 12;
+/// The `fmt ` chunk's channels, sample rate and block alignment (bytes per frame), and where the samples start (the
+/// end of the file if no `data` chunk is found), walking the RIFF chunks.
+fn format(bytes: &[u8]) -> Option<(u16, u32, u16, usize)> {
+    let (mut at, mut format, mut data) = (12, None, None);
     while at + 8 <= bytes.len() {
         let size = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().ok()?) as usize;
-        if &bytes[at..at + 4] == b"fmt " {
-            let field = bytes.get(at + 20..at + 22)?;
-            return Some(u16::from_le_bytes([field[0], field[1]]));
+        match &bytes[at..at + 4] {
+            b"fmt " => {
+                let field = bytes.get(at + 8..at + 22)?;
+                let channels = u16::from_le_bytes([field[2], field[3]]);
+                let rate = u32::from_le_bytes([field[4], field[5], field[6], field[7]]);
+                format = Some((channels, rate, u16::from_le_bytes([field[12], field[13]])));
+            }
+            b"data" => data = Some(at + 8),
+            _ => {}
+        }
+        if let (Some((channels, rate, align)), Some(data)) = (format, data) {
+            return Some((channels, rate, align, data));
         }
         at = at.checked_add(8 + size + (size & 1))?;
     }
-    None
+    format.map(|(channels, rate, align)| (channels, rate, align, data.unwrap_or(bytes.len())))
+}
+
+/// The block alignment (bytes per frame) of the `fmt ` chunk.
+fn block_align(bytes: &[u8]) -> Option<u16> {
+    format(bytes).map(|(_, _, align, _)| align)
+}
+
+/// Memory a payload costs once read and decoded, estimated from its header alone: the message as the Kafka client
+/// and the dataflow hold it (twice its bytes), its samples decoded to f32 at their own rate, and `copies` copies of
+/// them at `model_rate` (resampled, buffered by the segmenter, cut into windows — more than one copy when windows
+/// overlap). Low-rate, low-width audio costs far more per payload byte than it weighs: 8-bit 1 kHz audio for a
+/// 32 kHz model, about 400 bytes per byte. A payload that is not a readable WAV file costs eight times its bytes.
+pub fn memory_cost(bytes: &[u8], model_rate: u32, copies: usize) -> usize {
+    let fallback = bytes.len() * 8;
+    let Some((channels, rate, align, data)) = format(bytes).filter(|&(c, r, a, _)| c > 0 && r > 0 && a > 0) else {
+        return fallback;
+    };
+    let frames = bytes.len().saturating_sub(data) / usize::from(align);
+    let decoded = frames * usize::from(channels) * std::mem::size_of::<f32>();
+    let at_model_rate = (frames as u64 * u64::from(model_rate) / u64::from(rate)) as usize;
+    2 * bytes.len() + decoded + copies * at_model_rate * std::mem::size_of::<f32>()
 }
 
 fn sample_by_sample(
@@ -376,6 +407,27 @@ mod tests {
         let riff = (out.len() - 8) as u32;
         out[4..8].copy_from_slice(&riff.to_le_bytes());
         out
+    }
+
+    #[test]
+    fn r15_what_a_payload_costs_follows_its_samples_at_the_models_rate_not_its_bytes() {
+        let eight_bit = |rate: u32, frames: usize, channels: u16| {
+            let spec = WavSpec { channels, sample_rate: rate, bits_per_sample: 8, sample_format: SampleFormat::Int };
+            let samples = Samples::Int(vec![0; frames * usize::from(channels)]);
+            WavFile { spec, samples }.encode_frames(0, frames).unwrap()
+        };
+        // One second of 8-bit 1 kHz mono for a 32 kHz model, three copies at that rate.
+        let low = eight_bit(1_000, 1_000, 1);
+        assert_eq!(memory_cost(&low, 32_000, 3), 2 * low.len() + 1_000 * 4 + 3 * 32_000 * 4);
+        assert!(memory_cost(&low, 32_000, 3) / low.len() > 300);
+        // One second of 16-bit audio at the model's rate: about eight bytes per byte, as the budget long assumed.
+        let native = encode_pcm16(32_000, &vec![0; 32_000]);
+        assert_eq!(memory_cost(&native, 32_000, 2), 2 * native.len() + 32_000 * 4 + 2 * 32_000 * 4);
+        // Stereo 8-bit 192 kHz decodes both channels before the downmix.
+        let wide = eight_bit(192_000, 19_200, 2);
+        assert_eq!(memory_cost(&wide, 32_000, 2), 2 * wide.len() + 19_200 * 2 * 4 + 2 * 3_200 * 4);
+        // Not a WAV file: eight times its bytes.
+        assert_eq!(memory_cost(b"not audio", 32_000, 3), 72);
     }
 
     #[test]

@@ -1,47 +1,105 @@
-//! The job's memory budget: what the model and runtime leave of `memory_budget_mb`, split among the workers' read-ahead
-//! and archive writers.
+//! The job's memory budget: what the model and runtime leave of `memory_budget_mb`, split explicitly among the index,
+//! the refinement, the archive writers, the segmenting workers' sensors and the audio read ahead of the embedding
+//! stage. Each share is a bound its component keeps, and each is reported as `chorus_memory_budget_bytes{share}`.
+
+use chorus_operators::metrics::Metrics;
 
 use crate::Error;
-
-/// Memory allowed per payload byte in flight: the message as librdkafka and the dataflow hold it, decoded to f32,
-/// buffered by the segmenter and copied into windows cost about 5.7 bytes (measured under a burst); 8 leaves a margin.
-const MEMORY_PER_PAYLOAD_BYTE: usize = 8;
+use crate::config::Config;
 
 /// Memory per byte of audio the archive writer holds: the samples, the WAV files built from them, the Arrow array
 /// and Parquet's pages while a file is written.
 const MEMORY_PER_ARCHIVED_AUDIO_BYTE: usize = 4;
 
-/// What each worker may hold, from the memory budget.
+/// The least read-ahead a worker needs to keep the model busy.
+const MIN_READ_AHEAD: usize = 8 << 20;
+
+/// What the budget gives each share, for the whole process (per worker where the field says so).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Budget {
-    /// Payload bytes read ahead of the embedding stage.
+    /// What the model and the runtime took when the budget was split.
+    pub resident: usize,
+    /// The index's budget (`index.memory_budget_mb` per worker, for every worker).
+    pub index: usize,
+    /// Held back for the refinement's graph and arrangements.
+    pub refine: usize,
+    /// Memory of the archive writers' buffers.
+    pub writers: usize,
+    /// Memory of the segmenting workers' sensors, per worker.
+    pub sensors: usize,
+    /// Memory of the audio read ahead of the embedding stage, per worker (see `wav::memory_cost`).
     pub read_ahead: usize,
-    /// Audio bytes in the archive writer's buffer.
+    /// Audio bytes in one worker's archive writer buffer.
     pub archive_audio: usize,
 }
 
-/// Splits what the model and the runtime leave of the memory budget (measured now that they are loaded) among
-/// `workers` workers: when the archive keeps audio, a quarter goes to the archive writers' buffers, the rest to the
-/// audio read ahead of the embedding stage.
-pub fn split_budget(budget: usize, workers: usize, archive_audio: bool) -> Result<Budget, Error> {
-    let resident = resident_bytes().unwrap_or(0);
+/// Splits the memory budget among `workers` workers, from what the model and the runtime leave of it (measured
+/// now that they are loaded): first the index's own budget; of the rest, a quarter to the refinement when it runs, a
+/// quarter to the archive writers when the archive keeps audio, an eighth to the sensors, and what remains to the
+/// audio read ahead. Refuses a budget that leaves a worker less than 8 MiB to read ahead, naming what takes it.
+pub fn split_budget(config: &Config, workers: usize) -> Result<Budget, Error> {
+    split(config, workers, resident_bytes().unwrap_or(0))
+}
+
+fn split(config: &Config, workers: usize, resident: usize) -> Result<Budget, Error> {
+    let budget = config.memory_budget;
     let spare = budget.saturating_sub(resident);
-    let for_archive = if archive_audio { spare / 4 } else { 0 };
-    let per_worker = (spare - for_archive) / MEMORY_PER_PAYLOAD_BYTE / workers;
-    if per_worker < 1 << 20 {
+    let index = config.index.memory_budget.map_or(0, |per_worker| per_worker * workers);
+    let rest = spare.saturating_sub(index);
+    let refine = if config.refine.enabled { rest / 4 } else { 0 };
+    let writers = if config.archive.audio { rest / 4 } else { 0 };
+    let sensors = rest / 8;
+    let read_ahead = rest - refine - writers - sensors;
+    if read_ahead / workers < MIN_READ_AHEAD {
         return Err(Error::Job(format!(
-            "memory_budget_mb = {} leaves too little for audio in flight: the model and runtime already use {} MiB; \
-             raise memory_budget_mb",
+            "memory_budget_mb = {} leaves too little for audio in flight: the model and runtime use {} MiB, the \
+             index's budget (index.memory_budget_mb × {workers} workers) {} MiB, the refinement {} MiB, the archive \
+             writers {} MiB and the sensors {} MiB; raise memory_budget_mb or lower index.memory_budget_mb",
             budget >> 20,
-            resident >> 20
+            resident >> 20,
+            index >> 20,
+            refine >> 20,
+            writers >> 20,
+            sensors >> 20
         )));
     }
+    let split = Budget {
+        resident,
+        index,
+        refine,
+        writers,
+        sensors: sensors / workers,
+        read_ahead: read_ahead / workers,
+        archive_audio: writers / MEMORY_PER_ARCHIVED_AUDIO_BYTE / workers,
+    };
     tracing::info!(
         budget_mib = budget >> 20,
         resident_mib = resident >> 20,
-        read_ahead_mib_per_worker = per_worker >> 20,
+        index_mib = index >> 20,
+        refine_mib = refine >> 20,
+        writers_mib = writers >> 20,
+        sensors_mib_per_worker = split.sensors >> 20,
+        read_ahead_mib_per_worker = split.read_ahead >> 20,
         "Memory budget."
     );
-    Ok(Budget { read_ahead: per_worker, archive_audio: for_archive / MEMORY_PER_ARCHIVED_AUDIO_BYTE / workers })
+    Ok(split)
+}
+
+impl Budget {
+    /// Sets `chorus_memory_budget_bytes{share}`, for the whole process.
+    pub fn report(&self, metrics: &Metrics, workers: usize) {
+        let shares = [
+            ("resident", self.resident),
+            ("index", self.index),
+            ("refine", self.refine),
+            ("writers", self.writers),
+            ("sensors", self.sensors * workers),
+            ("read_ahead", self.read_ahead * workers),
+        ];
+        for (share, bytes) in shares {
+            metrics.memory_budget.with_label_values(&[share]).set(bytes as i64);
+        }
+    }
 }
 
 /// This process's resident memory, from /proc.
@@ -49,4 +107,37 @@ fn resident_bytes() -> Option<usize> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse::<usize>().ok().map(|kb| kb << 10)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(budget_mb: usize, index_mb: Option<usize>, refine: bool, audio: bool) -> Config {
+        let text = "[model]\npath = \"m.onnx\"\n[embed]\nonnxruntime = \"/opt/ort.so\"\n";
+        let mut config = Config::parse(std::path::Path::new("chorus.toml"), text).unwrap();
+        config.memory_budget = budget_mb << 20;
+        config.index.memory_budget = index_mb.map(|mb| mb << 20);
+        config.refine.enabled = refine;
+        config.archive.audio = audio;
+        config
+    }
+
+    #[test]
+    fn r15_every_share_is_taken_from_what_the_model_leaves_and_they_add_up_to_the_budget() {
+        let budget = split(&config(1_024, Some(64), true, true), 2, 300 << 20).unwrap();
+        let rest = (1_024 - 300 - 128) << 20;
+        assert_eq!((budget.index, budget.refine, budget.writers), (128 << 20, rest / 4, rest / 4));
+        assert_eq!((budget.sensors, budget.read_ahead), (rest / 8 / 2, (rest - rest / 4 - rest / 4 - rest / 8) / 2));
+        let total =
+            budget.resident + budget.index + budget.refine + budget.writers + 2 * (budget.sensors + budget.read_ahead);
+        assert!((1_024 << 20) - total < 8, "the shares leave {} bytes unassigned", (1_024 << 20) - total);
+    }
+
+    #[test]
+    fn r15_a_budget_the_index_takes_up_is_refused_naming_the_fields() {
+        let error = split(&config(512, Some(200), false, false), 2, 150 << 20).unwrap_err().to_string();
+        assert!(error.contains("memory_budget_mb = 512"), "{error}");
+        assert!(error.contains("index.memory_budget_mb × 2 workers) 400 MiB"), "{error}");
+    }
 }

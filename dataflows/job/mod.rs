@@ -101,8 +101,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     for embedder in &mut embedders {
         embedder.warm_up()?;
     }
-    let Budget { read_ahead: max_in_flight, archive_audio } =
-        split_budget(config.memory_budget, workers, config.archive.audio)?;
+    let budget = split_budget(config, workers)?;
     // The sensor store holds one process's view of every sensor: a cluster re-reads pending audio from Kafka instead.
     if options.cluster.is_none() {
         move_savepoints_to_store(config)?;
@@ -110,6 +109,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     let producer = Producer::open(&config.kafka)?;
     let registry = Registry::new();
     let metrics = Metrics::register(&registry).map_err(|e| Error::Job(format!("cannot register metrics: {e}")))?;
+    budget.report(&metrics, workers);
     let spaces = index::Registry::default();
     let refinements = SharedRefinements::default();
     let fatal = Fatal::default();
@@ -150,8 +150,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
         config: config.clone(),
         stop: options.stop.clone(),
         embedders: Mutex::new(embedders),
-        max_in_flight,
-        archive_audio,
+        budget,
         clustered: options.cluster.is_some(),
         producer,
         metrics: metrics.clone(),
@@ -293,10 +292,8 @@ struct Shared {
     config: Config,
     stop: Stop,
     embedders: Mutex<Vec<Embedder>>,
-    /// Bytes of messages each worker may read ahead of the embedding stage.
-    max_in_flight: usize,
-    /// Audio bytes each worker's archive writer may hold before it writes its files.
-    archive_audio: usize,
+    /// The memory budget's shares.
+    budget: Budget,
     /// Whether other processes run workers of this job.
     clustered: bool,
     producer: Producer,
@@ -315,7 +312,10 @@ struct Shared {
 fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BTreeMap<i32, i64>, String> {
     let config = &shared.config;
     let (index, peers) = (worker.index(), worker.peers());
-    let source = KafkaSource::open(&config.kafka, index, peers, shared.max_in_flight).map_err(|e| e.to_string())?;
+    let read_ahead = shared.budget.read_ahead;
+    let source = KafkaSource::open(&config.kafka, index, peers, read_ahead)
+        .map_err(|e| e.to_string())?
+        .costing(config.model.sample_rate, config.windows.copies());
     let store = if shared.clustered {
         None
     } else {
@@ -360,10 +360,11 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
         let chunks = chunks.container::<Vec<AudioChunk>>();
         let undecodable = undecodable.container::<Vec<DeadLetter>>();
 
-        // Chunks held back for the audio before them count twice against the read-ahead: as decoded samples while
-        // they wait, and as the windows they complete at once when placed.
+        // Chunks held back for the audio before them take at most a quarter of the read-ahead, reckoned as the source
+        // reckons them: what is held back can always be placed before the source stops reading for it.
         let mut segmenter = Segmenter::new(config.windows.clone())
-            .with_held_limit(shared.max_in_flight / 4)
+            .with_held_limit(read_ahead / 4)
+            .with_sensor_limit(shared.budget.sensors)
             .with_partitions(topic_partitions);
         if let Some(store) = store {
             segmenter = segmenter.with_store(store);
@@ -406,7 +407,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
             producer: &shared.producer,
             fatal: &shared.fatal,
             metrics: &metrics,
-            archive_audio: shared.archive_audio,
+            archive_audio: shared.budget.archive_audio,
         };
         for sink in SINKS {
             sink(&context, &outputs).probe_with(&probe);
@@ -448,6 +449,7 @@ fn step_until_done(
     let busy = shared.metrics.worker_busy.with_label_values(&[&index.to_string()]);
     let mut last_report = Instant::now();
     let mut last_position = Instant::now();
+    let (read_ahead_gauge, mut read_ahead) = (shared.metrics.memory.with_label_values(&["read_ahead"]), 0i64);
     let mut commit_warnings = Throttle::default();
     let mut stopping_since: Option<Instant> = None;
     loop {
@@ -491,6 +493,8 @@ fn step_until_done(
                 busy.inc_by(last_position.elapsed().saturating_sub(parked.replace(Duration::ZERO)).as_secs_f64());
                 last_position = Instant::now();
                 shared.broker.reading(source.next_offsets());
+                read_ahead_gauge.add(source.in_flight() as i64 - read_ahead);
+                read_ahead = source.in_flight() as i64;
             }
         }
         if index == 0 && last_report.elapsed() >= Duration::from_secs(10) {

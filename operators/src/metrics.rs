@@ -30,6 +30,14 @@ pub const DUPLICATE_CHUNKS: &str = "chorus_duplicate_chunks_total";
 /// (quiet ones, and every sensor after a clean stop).
 pub const SENSORS: &str = "chorus_sensors";
 
+/// What the job's memory budget gives each share (label `share`): `resident` (the model and runtime, measured at
+/// start), `read_ahead` (audio read ahead of the embedding stage), `sensors` (the segmenting workers' sensors),
+/// `writers` (the archive writers' audio), `index` (the index's budget), `refine` (the refinement's bound).
+pub const MEMORY_BUDGET: &str = "chorus_memory_budget_bytes";
+/// Memory a share holds now, as the job accounts it (label `share`: `read_ahead`, `sensors`); the index's is
+/// `chorus_index_bytes`, the process's `process_resident_memory_bytes`.
+pub const MEMORY: &str = "chorus_memory_bytes";
+
 /// Items waiting in a queue, per worker summed (label `queue`): `embed` windows waiting for the model, `archive` rows
 /// waiting for their file, `refine` segments waiting for a refinement round.
 pub const QUEUE_DEPTH: &str = "chorus_queue_depth";
@@ -70,6 +78,8 @@ pub const ALL: &[&str] = &[
     DUPLICATES,
     DUPLICATE_CHUNKS,
     SENSORS,
+    MEMORY_BUDGET,
+    MEMORY,
     QUEUE_DEPTH,
     STAGE_SECONDS,
     WORKER_BUSY,
@@ -105,6 +115,8 @@ pub const QUEUE: &str = "queue";
 pub const WORKER: &str = "worker";
 /// Label key: where a sensor's state is (`active`, `stored`).
 pub const STATE: &str = "state";
+/// Label key: a share of the memory budget.
+pub const SHARE: &str = "share";
 
 /// The metric handles of one job; cheap to clone and shared by every worker.
 #[derive(Clone)]
@@ -127,6 +139,10 @@ pub struct Metrics {
     pub duplicate_chunks: IntCounterVec,
     /// See [`SENSORS`].
     pub sensors: IntGaugeVec,
+    /// See [`MEMORY_BUDGET`].
+    pub memory_budget: IntGaugeVec,
+    /// See [`MEMORY`].
+    pub memory: IntGaugeVec,
     /// See [`QUEUE_DEPTH`].
     pub queue_depth: IntGaugeVec,
     /// See [`STAGE_SECONDS`].
@@ -182,6 +198,11 @@ impl Metrics {
                 Opts::new(SENSORS, "Sensors known to the segmenting workers: active in memory, stored on disk."),
                 &[STATE],
             )?,
+            memory_budget: IntGaugeVec::new(
+                Opts::new(MEMORY_BUDGET, "What the memory budget gives each share, in bytes."),
+                &[SHARE],
+            )?,
+            memory: IntGaugeVec::new(Opts::new(MEMORY, "Memory a share holds now, in bytes."), &[SHARE])?,
             queue_depth: IntGaugeVec::new(
                 Opts::new(QUEUE_DEPTH, "Items waiting in a queue: embed windows, archive rows, refine segments."),
                 &[QUEUE],
@@ -245,6 +266,8 @@ impl Metrics {
             Box::new(self.duplicates.clone()),
             Box::new(self.duplicate_chunks.clone()),
             Box::new(self.sensors.clone()),
+            Box::new(self.memory_budget.clone()),
+            Box::new(self.memory.clone()),
             Box::new(self.queue_depth.clone()),
             Box::new(self.stage_seconds.clone()),
             Box::new(self.worker_busy.clone()),

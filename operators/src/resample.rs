@@ -30,6 +30,8 @@ pub struct StreamResampler {
     to_skip: usize,
     total_in: u64,
     total_out: u64,
+    /// Memory the filter holds besides `pending` and `scratch` (see [`StreamResampler::bytes`]).
+    filter_bytes: usize,
 }
 
 impl StreamResampler {
@@ -39,7 +41,8 @@ impl StreamResampler {
         let failed = |e: rubato::ResamplerConstructionError| {
             Error::Resample(format!("cannot resample {rate_in} Hz to {rate_out} Hz: {e}"))
         };
-        let inner: Box<dyn Resampler<f32>> = if rate_in / gcd(rate_in, rate_out) <= MAX_FFT_RATIO_TERM {
+        let by_fft = rate_in / gcd(rate_in, rate_out) <= MAX_FFT_RATIO_TERM;
+        let inner: Box<dyn Resampler<f32>> = if by_fft {
             Box::new(
                 Fft::<f32>::new_custom(
                     rate_in as usize,
@@ -64,6 +67,10 @@ impl StreamResampler {
             Box::new(Async::<f32>::new_sinc(ratio, 1.0, &parameters, BLOCK, 1, FixedAsync::Input).map_err(failed)?)
         };
         let scratch = vec![0.0; inner.output_frames_max()];
+        // The FFT resampler keeps its plans, spectra and overlaps, a few copies of a block in and out; the sinc
+        // interpolator its table of 256 × 256 coefficients.
+        let frames = BLOCK + inner.output_frames_max();
+        let filter_bytes = if by_fft { 6 * frames * 4 } else { 256 * 256 * 4 + 2 * frames * 4 };
         let to_skip = inner.output_delay();
         Ok(StreamResampler {
             inner,
@@ -74,7 +81,13 @@ impl StreamResampler {
             to_skip,
             total_in: 0,
             total_out: 0,
+            filter_bytes,
         })
+    }
+
+    /// Memory it holds, estimated: its buffers and its filter's state.
+    pub fn bytes(&self) -> usize {
+        (self.pending.capacity() + self.scratch.capacity()) * std::mem::size_of::<f32>() + self.filter_bytes
     }
 
     /// Input rate in Hz.

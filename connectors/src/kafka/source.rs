@@ -22,6 +22,7 @@ use super::admin::topic_partitions;
 use super::{KafkaSettings, RawMessage, kafka};
 use crate::Error;
 use crate::stop::Stop;
+use crate::wav;
 
 /// One worker's consumer: its partitions, the offsets read per epoch, and what may be committed.
 pub struct KafkaSource {
@@ -34,11 +35,15 @@ pub struct KafkaSource {
     /// Next offsets whose derived records are all durable.
     durable: BTreeMap<i32, i64>,
     committed: BTreeMap<i32, i64>,
-    /// Bytes read per epoch that the embedding stage has not yet passed, and their sum.
+    /// Memory the messages read per epoch cost (see [`wav::memory_cost`]) until the embedding stage passes the epoch,
+    /// and their sum.
     unembedded: VecDeque<(u64, usize)>,
     in_flight: usize,
-    /// Most bytes in flight before reading pauses.
+    /// Most memory in flight before reading pauses.
     max_in_flight: usize,
+    /// The model's sample rate and the copies of audio at that rate the pipeline holds, for [`wav::memory_cost`].
+    model_rate: u32,
+    copies: usize,
     /// Pending reports received and not yet applied, by time.
     reports: BTreeMap<u64, Vec<PendingReport>>,
     /// The latest applied report of each worker: its oldest pending chunk per partition.
@@ -54,8 +59,9 @@ pub struct KafkaSource {
 }
 
 impl KafkaSource {
-    /// Opens a consumer for worker `worker` of `peers` and assigns its partitions from the committed offsets; at most
-    /// `max_in_flight` bytes of messages are read ahead of the embedding stage.
+    /// Opens a consumer for worker `worker` of `peers` and assigns its partitions from the committed offsets; messages
+    /// costing at most `max_in_flight` bytes of memory are read ahead of the embedding stage (eight times their
+    /// payload each, unless [`KafkaSource::costing`] says how to reckon audio).
     pub fn open(settings: &KafkaSettings, worker: usize, peers: usize, max_in_flight: usize) -> Result<Self, Error> {
         let consumer: BaseConsumer = settings
             .client()
@@ -66,9 +72,11 @@ impl KafkaSource {
             // The end of a partition is reported: held-back chunks need to know when no partition can hold more.
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", settings.fetch_wait.as_millis().to_string())
-            .set("max.partition.fetch.bytes", settings.max_message_bytes.max(1 << 20).to_string())
-            // librdkafka's own read-ahead counts against the budget too.
-            .set("queued.max.messages.kbytes", (max_in_flight / 4 / 1024).max(1_024).to_string())
+            // A producer's batch may hold many messages; a broker that sends no part of a batch larger than this would
+            // stall the partition, so it takes a few batches of the largest messages.
+            .set("max.partition.fetch.bytes", (4 * settings.max_message_bytes).max(8 << 20).to_string())
+            // librdkafka's own read-ahead counts against the budget too: payloads, an eighth of what they cost decoded.
+            .set("queued.max.messages.kbytes", (max_in_flight / 32 / 1024).max(1_024).to_string())
             .create()
             .map_err(kafka(format!("cannot create a consumer for {}", settings.brokers)))?;
         let topic = settings.audio_topic.clone();
@@ -120,6 +128,8 @@ impl KafkaSource {
             unembedded: VecDeque::new(),
             in_flight: 0,
             max_in_flight,
+            model_rate: 0,
+            copies: 0,
             reports: BTreeMap::new(),
             pending: BTreeMap::new(),
             progress,
@@ -131,13 +141,28 @@ impl KafkaSource {
         })
     }
 
+    /// Reckons what a message costs from its WAV header: its audio decoded, and `copies` copies of it at the
+    /// model's `model_rate` (see [`wav::memory_cost`]).
+    pub fn costing(mut self, model_rate: u32, copies: usize) -> Self {
+        (self.model_rate, self.copies) = (model_rate, copies);
+        self
+    }
+
+    /// Memory `message` costs while it is read ahead of the embedding stage.
+    fn cost(&self, message: &RawMessage) -> usize {
+        let payload = message.payload.as_deref().unwrap_or_default();
+        if self.model_rate == 0 { payload.len() * 8 } else { wav::memory_cost(payload, self.model_rate, self.copies) }
+    }
+
     /// Partitions this worker reads.
     pub fn partitions(&self) -> impl Iterator<Item = i32> + '_ {
         self.next.keys().copied()
     }
 
-    fn poll(&mut self, max: usize, out: &mut Vec<RawMessage>) {
-        while out.len() < max {
+    /// Reads up to `max` messages, and no more once they cost the read-ahead left; returns what they cost.
+    fn poll(&mut self, max: usize, out: &mut Vec<RawMessage>) -> usize {
+        let mut cost = 0;
+        while out.len() < max && self.in_flight + cost < self.max_in_flight {
             match self.consumer.poll(Duration::ZERO) {
                 None => break,
                 Some(Err(KafkaError::PartitionEOF(partition))) => {
@@ -166,16 +191,29 @@ impl KafkaSource {
                         .headers()
                         .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())).collect())
                         .unwrap_or_default();
-                    out.push(RawMessage {
+                    let message = RawMessage {
                         origin,
                         key: message.key().map(<[u8]>::to_vec),
                         payload: message.payload().map(<[u8]>::to_vec),
                         headers,
                         timestamp_ms: message.timestamp().to_millis(),
                         log_append_time: matches!(message.timestamp(), rdkafka::Timestamp::LogAppendTime(_)),
-                    });
+                    };
+                    cost += self.cost(&message);
+                    out.push(message);
                 }
             }
+        }
+        cost
+    }
+
+    /// Reading stops while the read-ahead is full: every partition then counts as having nothing left to read, so
+    /// that chunks held back for earlier audio are placed once `windows.lateness_ms` have passed since they were sent
+    /// rather than wait for a read that cannot happen until they are — their epochs hold back the embedding stage's
+    /// frontier, and with it the read-ahead. The next message read says otherwise again.
+    fn pause(&mut self) {
+        for progress in self.progress.values_mut() {
+            progress.caught_up = true;
         }
     }
 
@@ -205,9 +243,13 @@ impl KafkaSource {
         }
     }
 
-    /// Whether every assigned partition has been read up to its high watermark (checked at most once a second).
+    /// Whether every assigned partition has been read up to its high watermark (checked at most once a second, and
+    /// only once the consumer has reported the end of every partition: the broker is not asked while a partition
+    /// may still be fetched, which a worker waiting on the answer would hold up).
     fn drained(&mut self) -> bool {
-        if self.high_watermarks_checked.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+        if self.high_watermarks_checked.is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+            || !self.progress.values().all(|p| p.caught_up)
+        {
             return false;
         }
         self.high_watermarks_checked = Some(Instant::now());
@@ -389,15 +431,21 @@ pub fn source<'scope>(
             }
             source.trim_embedded(|t| embedded.less_equal(t));
             if source.in_flight >= source.max_in_flight {
+                // Nothing more is read until the model catches up: chunks held back for audio that may still come
+                // must not wait for it (see `KafkaSource::pause`).
+                source.pause();
+                let changes = source.progress_changes();
+                if !changes.is_empty() {
+                    progress_out.activate().session(&caps[1]).give_iterator(changes.into_iter());
+                }
                 activator.activate_after(Duration::from_millis(5));
                 return;
             }
-            source.poll(4_096, &mut batch);
+            let cost = source.poll(4_096, &mut batch);
             let read = !batch.is_empty();
             if read {
                 last_message = Instant::now();
-                let bytes = batch.iter().map(|m| m.payload.as_ref().map_or(0, Vec::len)).sum();
-                source.record_bytes(*caps[0].time(), bytes);
+                source.record_bytes(*caps[0].time(), cost);
                 messages_out.activate().session(&caps[0]).give_iterator(batch.drain(..));
                 source.record_epoch(*caps[0].time());
             }

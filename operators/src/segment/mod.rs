@@ -209,6 +209,7 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
             let mut revision = 0;
             let mut last_park = 0u64;
             let mut counted = (0i64, 0i64);
+            let mut sensor_bytes = 0i64;
             move |frontiers| {
                 input.for_each(|capability, chunks| {
                     let time = *capability.least().expect("chunks travel with a time");
@@ -271,6 +272,7 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
                     }
                     segmenter.release(Some(now), time, &mut pushed);
                     segmenter.fit_held_limit(time, &mut pushed);
+                    segmenter.fit_sensor_limit();
                     metrics.count("segment", received, pushed.windows.len());
                     metrics.time("segment", started);
                     // Progress alone brings no capability: the ones following the frontier give this time, so that
@@ -337,6 +339,8 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
                         }
                     }
                 }
+                metrics.memory.with_label_values(&["sensors"]).add(segmenter.sensor_bytes() as i64 - sensor_bytes);
+                sensor_bytes = segmenter.sensor_bytes() as i64;
                 let now_counted = (segmenter.active() as i64, segmenter.stored() as i64);
                 metrics.sensors.with_label_values(&["active"]).add(now_counted.0 - counted.0);
                 metrics.sensors.with_label_values(&["stored"]).add(now_counted.1 - counted.1);

@@ -42,12 +42,29 @@ impl Held {
     fn bytes(&self) -> usize {
         self.chunk.samples.len() * std::mem::size_of::<f32>()
     }
+
+    /// What it costs against the read-ahead: its samples, and the copies of them at the model's rate it turns into
+    /// once placed — as the source reckons a message (`wav::memory_cost`), so that what is held back can always be
+    /// placed before it fills the read-ahead.
+    fn cost(&self, spec: &WindowSpec) -> usize {
+        let at_model_rate =
+            self.chunk.samples.len() as u64 * u64::from(spec.sample_rate) / u64::from(self.chunk.sample_rate.max(1));
+        self.bytes() + spec.copies() * at_model_rate as usize * std::mem::size_of::<f32>()
+    }
 }
 
 impl Sensor {
-    /// Memory the chunks held back take.
-    fn held_bytes(&self) -> usize {
-        self.held.iter().map(Held::bytes).sum()
+    /// Memory it holds: its timeline, the chunks it holds back, and its entry in the segmenter.
+    fn bytes(&self, key: &(String, String)) -> usize {
+        let timeline = self.timeline.as_ref().map_or(0, Timeline::bytes);
+        let entry = std::mem::size_of::<((String, String), Sensor)>() + key.0.len() + key.1.len();
+        let held = self.held.iter().map(|h| std::mem::size_of::<Held>() + h.bytes()).sum::<usize>();
+        entry + timeline + held
+    }
+
+    /// What the chunks held back cost against the read-ahead (see [`Held::cost`]).
+    fn held_cost(&self, spec: &WindowSpec) -> usize {
+        self.held.iter().map(|h| h.cost(spec)).sum()
     }
 
     /// When its oldest chunk held back was sent.
@@ -156,9 +173,13 @@ pub struct Segmenter {
     obsolete: Vec<(u64, (String, String))>,
     /// Counts the changes that may move the pending chunks: a report is computed only when it moved.
     revision: u64,
-    /// Memory the chunks held back take, and the most they may.
+    /// What the chunks held back cost against the read-ahead, and the most they may.
     held_bytes: usize,
     max_held_bytes: usize,
+    /// Memory the sensors in memory take (held chunks included), and the most they may before the least recently
+    /// heard from move to the store.
+    sensor_bytes: usize,
+    max_sensor_bytes: usize,
     /// How far each partition of the audio topic has been read, and how many there are.
     partitions: BTreeMap<i32, PartitionProgress>,
     expected_partitions: usize,
@@ -176,6 +197,8 @@ impl Segmenter {
             revision: 0,
             held_bytes: 0,
             max_held_bytes: usize::MAX,
+            sensor_bytes: 0,
+            max_sensor_bytes: usize::MAX,
             partitions: BTreeMap::new(),
             expected_partitions: 0,
         }
@@ -214,6 +237,41 @@ impl Segmenter {
         self
     }
 
+    /// Bounds the memory of the sensors: beyond `bytes`, the sensors heard from least recently (and holding nothing
+    /// back) move to the store until a tenth of the limit is free again; their next chunk brings them back, with the
+    /// windows and ids they would have had. Without a store, nothing moves.
+    pub fn with_sensor_limit(mut self, bytes: usize) -> Self {
+        self.max_sensor_bytes = bytes;
+        self
+    }
+
+    /// Memory the sensors in memory take.
+    pub fn sensor_bytes(&self) -> usize {
+        self.sensor_bytes
+    }
+
+    /// Moves the sensors heard from least recently to the store while the sensors take more than their limit (see
+    /// [`Segmenter::with_sensor_limit`]); returns how many moved.
+    pub fn fit_sensor_limit(&mut self) -> usize {
+        if self.sensor_bytes <= self.max_sensor_bytes || self.store.is_none() {
+            return 0;
+        }
+        let target = self.max_sensor_bytes - self.max_sensor_bytes / 10;
+        let mut idle: Vec<(u64, (String, String))> =
+            self.sensors.iter().filter(|(_, s)| s.held.is_empty()).map(|(key, s)| (s.last_seen, key.clone())).collect();
+        idle.sort_unstable();
+        let mut moved = 0;
+        for (_, key) in idle {
+            if self.sensor_bytes <= target {
+                break;
+            }
+            if self.park(&key) {
+                moved += 1;
+            }
+        }
+        moved
+    }
+
     /// Whether it keeps sensor state in a store.
     pub fn stores(&self) -> bool {
         self.store.is_some()
@@ -232,7 +290,7 @@ impl Segmenter {
             let loaded = match self.store.as_ref().map(|store| store.load::<Sensor>(&key.0, &key.1)) {
                 Some(Ok(Some(mut sensor))) => {
                     sensor.stored = sensor.origins().cloned().collect();
-                    self.held_bytes += sensor.held_bytes();
+                    self.held_bytes += sensor.held_cost(&self.spec);
                     sensor
                 }
                 Some(Err(error)) => {
@@ -241,6 +299,7 @@ impl Segmenter {
                 }
                 Some(Ok(None)) | None => Sensor::default(),
             };
+            self.sensor_bytes += loaded.bytes(key);
             self.sensors.insert(key.clone(), loaded);
         }
         self.sensors.get_mut(key).expect("inserted above")
@@ -252,10 +311,11 @@ impl Segmenter {
         let key = (chunk.space.clone(), chunk.sensor.clone());
         let spec = self.spec.clone();
         let sensor = self.sensor(&key);
-        let before = sensor.held_bytes();
+        let (before, bytes_before) = (sensor.held_cost(&spec), sensor.bytes(&key));
         sensor.receive(&spec, chunk, time, now, out);
-        let after = sensor.held_bytes();
+        let (after, bytes_after) = (sensor.held_cost(&spec), sensor.bytes(&key));
         self.held_bytes = self.held_bytes + after - before;
+        self.sensor_bytes = self.sensor_bytes + bytes_after - bytes_before;
         self.revision += 1;
         self.settle(key, time);
     }
@@ -280,15 +340,16 @@ impl Segmenter {
     /// Places what sensor `key` holds back and is due at `now` (all of it with `None`); windows go out at `time`.
     fn release_sensor(&mut self, key: &(String, String), now: Option<u64>, time: u64, out: &mut Pushed) {
         let Some(mut sensor) = self.sensors.remove(key) else { return };
-        let before = sensor.held_bytes();
+        let (before, bytes_before) = (sensor.held_cost(&self.spec), sensor.bytes(key));
         match now {
             Some(now) => sensor.release(&self.spec, Some(&|sent| self.no_earlier_audio(sent, now)), out),
             None => sensor.release(&self.spec, None, out),
         }
-        if sensor.held_bytes() != before {
-            self.held_bytes -= before - sensor.held_bytes();
+        if sensor.held_cost(&self.spec) != before {
+            self.held_bytes -= before - sensor.held_cost(&self.spec);
             self.revision += 1;
         }
+        self.sensor_bytes = self.sensor_bytes + sensor.bytes(key) - bytes_before;
         self.sensors.insert(key.clone(), sensor);
         self.settle(key.clone(), time);
     }
@@ -345,6 +406,7 @@ impl Segmenter {
     fn park(&mut self, key: &(String, String)) -> bool {
         let Some(store) = self.store.as_mut() else { return false };
         let Some(mut sensor) = self.sensors.remove(key) else { return false };
+        let bytes = sensor.bytes(key);
         if let Some(timeline) = sensor.timeline.as_mut() {
             timeline.flush_resampler();
         }
@@ -352,12 +414,14 @@ impl Segmenter {
             Ok(()) => {
                 self.obsolete.retain(|(_, k)| k != key);
                 self.holding.remove(key);
-                self.held_bytes -= sensor.held_bytes();
+                self.held_bytes -= sensor.held_cost(&self.spec);
+                self.sensor_bytes -= bytes;
                 self.revision += 1;
                 true
             }
             Err(error) => {
                 tracing::error!(space = key.0, sensor = key.1, %error, "A sensor's audio cannot be stored; it stays in memory and its chunks uncommitted.");
+                self.sensor_bytes = self.sensor_bytes + sensor.bytes(key) - bytes;
                 self.sensors.insert(key.clone(), sensor);
                 false
             }

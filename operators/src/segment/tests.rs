@@ -382,8 +382,10 @@ fn r13_a_quiet_sensor_moves_to_the_store_and_its_file_goes_once_its_audio_is_dur
 #[test]
 fn r13_audio_held_back_beyond_its_limit_is_placed_at_once() {
     let spec = WindowsConfig { lateness_ms: 60_000, ..config(1.0) }.build(RATE, 2_000).unwrap();
-    // 3 000 samples may be held: the second sensor's first chunk makes the first one's wait end.
-    let mut segmenter = Segmenter::new(spec).with_held_limit(3_000 * 4);
+    // 3 000 samples may be held, each costing its f32 and three copies at the model's rate (a buffer, and two
+    // overlapping windows): the second sensor's first chunk makes the first one's wait end.
+    assert_eq!(spec.copies(), 3);
+    let mut segmenter = Segmenter::new(spec).with_held_limit(3_000 * (4 + 3 * 4));
     let mut out = Pushed::default();
     segmenter.push(chunk("a", 0, vec![1.0; 2_500], RATE, 0), 0, 0, &mut out);
     assert!(out.windows.is_empty());
@@ -393,4 +395,66 @@ fn r13_audio_held_back_beyond_its_limit_is_placed_at_once() {
     assert_eq!(out.windows.iter().map(|w| w.key.sensor.as_str()).collect::<Vec<_>>(), ["a"]);
     assert_eq!(segmenter.oldest_held(), Some(1));
     assert_eq!(segmenter.pending_offsets(), BTreeMap::from([(0, 0)]));
+}
+
+#[test]
+fn r15_a_sensor_holds_the_audio_it_sent_not_the_silence_before_it() {
+    // A hop of 4 s at 1 kHz: a sensor whose first 600 ms start 3.4 s after a grid point once held 3.4 s of zeros too.
+    let spec = spec(4.0, 4_000);
+    let mut segmenter = Segmenter::new(spec.clone());
+    let mut windows = push(&mut segmenter, chunk("s", 3_400, vec![0.5; 590], RATE, 0)).windows;
+    let bytes = segmenter.sensor_bytes();
+    assert!(bytes < 600 * 4 + 1_000, "a sensor with 590 samples holds {bytes} bytes");
+    // Its window still starts on the grid, silent before the sensor's first sample.
+    windows.extend(push(&mut segmenter, chunk("s", 3_990, vec![0.25; 10], RATE, 1)).windows);
+    assert_eq!(windows.len(), 1);
+    let window = &windows[0];
+    assert_eq!((window.key.start, window.coverage, window.samples.len()), (0, 0.15, 4_000));
+    assert_eq!((window.samples[3_399], window.samples[3_400], window.samples[3_999]), (0.0, 0.5, 0.25));
+    assert!(window.samples[..3_400].iter().all(|&x| x == 0.0));
+}
+
+#[test]
+fn r15_sensors_beyond_their_memory_limit_move_to_the_store_and_continue_as_if_never_moved() {
+    let spec = spec(1.0, 2_000);
+    let signal: Vec<f32> = (0..3_000).map(|i| (i as f32 * 0.01).sin()).collect();
+    let sensors: Vec<String> = (0..200).map(|i| format!("s{i:03}")).collect();
+    // Every sensor sends its first 500 samples, then the rest; unbounded, that is the reference.
+    let feed = |segmenter: &mut Segmenter, from: usize, to: usize, part: i64| {
+        let mut windows = Vec::new();
+        for (n, sensor) in sensors.iter().enumerate() {
+            let offset = part * 1_000 + n as i64;
+            let mut pushed = Pushed::default();
+            let time = part as u64 * 1_000 + n as u64;
+            segmenter.push(
+                chunk(sensor, from as i64, signal[from..to].to_vec(), RATE, offset),
+                time,
+                time,
+                &mut pushed,
+            );
+            segmenter.fit_sensor_limit();
+            windows.extend(pushed.windows);
+        }
+        windows
+    };
+    let mut unbounded = Segmenter::new(spec.clone());
+    let mut reference = feed(&mut unbounded, 0, 500, 0);
+    reference.extend(feed(&mut unbounded, 500, 3_000, 1));
+    let per_sensor = unbounded.sensor_bytes() / sensors.len();
+
+    let dir = tempfile::tempdir().unwrap();
+    let limit = 20 * per_sensor.max(3_000);
+    let mut bounded = Segmenter::new(spec).with_store(Store::open(dir.path(), 0, 1).unwrap()).with_sensor_limit(limit);
+    let mut windows = feed(&mut bounded, 0, 500, 0);
+    assert!(bounded.sensor_bytes() <= limit, "{} bytes of sensors over a limit of {limit}", bounded.sensor_bytes());
+    assert!(bounded.stored() > 150, "only {} sensors moved to the store", bounded.stored());
+    windows.extend(feed(&mut bounded, 500, 3_000, 1));
+    assert!(bounded.sensor_bytes() <= limit, "{} bytes of sensors over a limit of {limit}", bounded.sensor_bytes());
+    assert_eq!(windows.len(), reference.len());
+    let content = |w: &Window| (w.key.clone(), w.samples.clone(), w.coverage);
+    let mut got: Vec<_> = windows.iter().map(content).collect();
+    let mut want: Vec<_> = reference.iter().map(content).collect();
+    got.sort_by(|a, b| (&a.0.sensor, a.0.start).cmp(&(&b.0.sensor, b.0.start)));
+    want.sort_by(|a, b| (&a.0.sensor, a.0.start).cmp(&(&b.0.sensor, b.0.start)));
+    assert!(got == want, "windows differ from those of a segmenter without a limit");
 }

@@ -47,7 +47,7 @@ pub(super) struct PendingChunk {
 #[derive(Serialize, Deserialize)]
 pub(super) struct Timeline {
     run: Option<Run>,
-    /// Samples from `buf_start` to `write_pos`.
+    /// Samples from `buf_start` to `write_pos`; from `next_window` up to `buf_start`, silence that is not held.
     buf: VecDeque<f32>,
     buf_start: i64,
     write_pos: i64,
@@ -74,23 +74,22 @@ struct Fit {
 }
 
 impl Timeline {
-    /// A timeline whose first sample is at `pos`: its first window starts at the grid point at or before `pos`.
+    /// A timeline whose first sample is at `pos`: its first window starts at the grid point at or before `pos`. The
+    /// silence between the two is not held: samples before `buf_start` read as zeros (see [`Timeline::cut`]), so a
+    /// sensor that sent a few milliseconds costs those milliseconds, not a hop of zeros.
     pub(super) fn starting_at(spec: &WindowSpec, pos: i64) -> Self {
-        let start = spec.grid_floor(pos);
-        let mut timeline = Timeline {
+        Timeline {
             run: None,
             buf: VecDeque::new(),
-            buf_start: start,
-            write_pos: start,
+            buf_start: pos,
+            write_pos: pos,
             recorded: VecDeque::new(),
             received: VecDeque::new(),
             first_received: pos,
-            next_window: start,
+            next_window: spec.grid_floor(pos),
             skip: None,
             chunks: VecDeque::new(),
-        };
-        timeline.append(&vec![0.0; (pos - start) as usize], false);
-        timeline
+        }
     }
 
     /// How `chunk` relates to the audio received: whether it continues the run, and where it lies on the model clock
@@ -218,6 +217,15 @@ impl Timeline {
         }
     }
 
+    /// Memory it holds: the samples buffered, the resampler of its run, and what it remembers of chunks and spans.
+    pub(super) fn bytes(&self) -> usize {
+        let resampler = self.run.as_ref().and_then(|run| run.resampler.as_ref()).map_or(0, StreamResampler::bytes);
+        let chunks =
+            self.chunks.iter().map(|c| std::mem::size_of::<PendingChunk>() + c.origin.topic.len()).sum::<usize>();
+        let spans = (self.recorded.len() + self.received.len()) * std::mem::size_of::<(i64, i64)>();
+        std::mem::size_of::<Timeline>() + self.buf.len() * std::mem::size_of::<f32>() + resampler + chunks + spans
+    }
+
     /// Where the audio received ends, on the model clock.
     pub(super) fn write_pos(&self) -> i64 {
         self.write_pos
@@ -256,11 +264,11 @@ impl Timeline {
             debug_assert!(start <= pos, "every window before the gap was cut");
             self.buf.clear();
             self.recorded.clear();
-            self.buf_start = start;
-            self.write_pos = start;
+            // As at a timeline's start, the silence from the grid point to the new run is not held.
+            self.buf_start = pos;
+            self.write_pos = pos;
             self.next_window = start;
             self.release_before_next_window();
-            self.append(&vec![0.0; (pos - start) as usize], false);
         }
         Ok(())
     }
@@ -322,7 +330,6 @@ impl Timeline {
             if covered >= i64::from(spec.min_coverage)
                 && let Some(first) = self.chunks.iter().find(|c| c.end > start).or(self.chunks.front())
             {
-                let offset = (start - self.buf_start) as usize;
                 out.windows.push(Window {
                     key: SegmentKey {
                         space: String::new(),
@@ -331,7 +338,7 @@ impl Timeline {
                         sample_rate: spec.sample_rate,
                         len: spec.window,
                     },
-                    samples: self.buf.range(offset..offset + spec.window as usize).copied().collect(),
+                    samples: self.window_samples(start, spec.window as usize),
                     coverage: covered as f32 / window as f32,
                     origin: first.origin.clone(),
                     resumed: start < self.first_received,
@@ -341,6 +348,17 @@ impl Timeline {
             self.next_window += i64::from(spec.hop);
             self.forget_before(self.next_window.min(self.write_pos));
         }
+    }
+
+    /// The `len` samples from `start`: zeros before `buf_start` (the silence a timeline starts or restarts after),
+    /// then the buffer.
+    fn window_samples(&self, start: i64, len: usize) -> Vec<f32> {
+        let silent = ((self.buf_start - start).max(0) as usize).min(len);
+        let offset = (start - self.buf_start).max(0) as usize;
+        let mut samples = Vec::with_capacity(len);
+        samples.resize(silent, 0.0);
+        samples.extend(self.buf.range(offset..offset + (len - silent)));
+        samples
     }
 
     fn recorded_in(&self, from: i64, to: i64) -> i64 {

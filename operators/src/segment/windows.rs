@@ -130,6 +130,12 @@ impl WindowSpec {
         pos.div_euclid(i64::from(self.hop)) * i64::from(self.hop)
     }
 
+    /// Copies of a sample at the model's rate the pipeline holds: resampled into the segmenter's buffer, and once
+    /// in each window it falls in (more than one when windows overlap).
+    pub fn copies(&self) -> usize {
+        1 + self.window.div_ceil(self.hop) as usize
+    }
+
     /// A window's length in microseconds (rounded down): where the outputs that know a segment's start only (the
     /// index, the query API) place its end.
     pub fn window_micros(&self) -> i64 {
