@@ -23,6 +23,19 @@ fn segment(port: u16, id: &str) -> Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// The sample on three poles at T0, then the job: its process and the six archived segments, by sensor and time.
+fn three_poles(s: &Scenario) -> (std::process::Child, Vec<chorus_connectors::parquet::ArchivedSegment>) {
+    let sample = tools().sample.display().to_string();
+    for sensor in ["pole-1", "pole-2", "pole-3"] {
+        s.chorus(&["produce", "--sensor", sensor, "--start", T0, &sample]);
+    }
+    let job = s.spawn(&["run"]);
+    wait_for("three sensors' segments to be archived", Duration::from_secs(90), || {
+        s.archived("default", false).len() == 6
+    });
+    (job, s.archived("default", false))
+}
+
 #[test]
 fn r5_labels_spread_retract_and_reach_the_archive_and_topic_and_clusters_form() {
     let port = free_port();
@@ -40,15 +53,7 @@ fn r5_labels_spread_retract_and_reach_the_archive_and_topic_and_clusters_form() 
     producer.send(BaseRecord::to(&s.labels_topic).key("not-a-segment").payload("owl")).unwrap();
     producer.flush(Duration::from_secs(10)).unwrap();
 
-    let sample = tools().sample.display().to_string();
-    for sensor in ["pole-1", "pole-2", "pole-3"] {
-        s.chorus(&["produce", "--sensor", sensor, "--start", T0, &sample]);
-    }
-    let mut job = s.spawn(&["run"]);
-    wait_for("three sensors' segments to be archived", Duration::from_secs(90), || {
-        s.archived("default", false).len() == 6
-    });
-    let archived = s.archived("default", false);
+    let (mut job, archived) = three_poles(&s);
     let id = |sensor: &str, i: usize| archived.iter().filter(|r| r.sensor == sensor).nth(i).unwrap().id.to_string();
     let (first, twin, other) = (id("pole-1", 0), id("pole-2", 0), id("pole-1", 1));
 
@@ -182,15 +187,7 @@ fn r15_the_refinement_holds_its_horizon_and_retired_segments_keep_their_label_an
             ("refine.horizon_segments", 6.into()),
         ],
     );
-    let sample = tools().sample.display().to_string();
-    for sensor in ["pole-1", "pole-2", "pole-3"] {
-        s.chorus(&["produce", "--sensor", sensor, "--start", T0, &sample]);
-    }
-    let mut job = s.spawn(&["run"]);
-    wait_for("three sensors' segments to be archived", Duration::from_secs(90), || {
-        s.archived("default", false).len() == 6
-    });
-    let archived = s.archived("default", false);
+    let (mut job, archived) = three_poles(&s);
     let id = |sensor: &str, i: usize| archived.iter().filter(|r| r.sensor == sensor).nth(i).unwrap().id.to_string();
     let (first, twin, later) = (id("pole-1", 0), id("pole-2", 0), id("pole-1", 1));
     let later_twin = id("pole-2", 1);
@@ -203,6 +200,7 @@ fn r15_the_refinement_holds_its_horizon_and_retired_segments_keep_their_label_an
 
     // Six segments a minute later on three more poles: they are the six most recent, and the first six retire.
     let minute_later = t0_plus(60_000_000_000);
+    let sample = tools().sample.display().to_string();
     for sensor in ["pole-4", "pole-5", "pole-6"] {
         s.chorus(&["produce", "--sensor", sensor, "--start", &minute_later, &sample]);
     }
@@ -211,7 +209,10 @@ fn r15_the_refinement_holds_its_horizon_and_retired_segments_keep_their_label_an
     });
     // (a) The refinement holds exactly its horizon.
     assert_eq!(refine_metric(port, "chorus_refine_graph_nodes"), 6.0);
-    assert_eq!(s.archived("default", false).len(), 12);
+    // The archive writes its files on its own schedule, after the index.
+    wait_for("the six newer segments to be archived", Duration::from_secs(60), || {
+        s.archived("default", false).len() == 12
+    });
 
     // (b) A retired segment shows its last label and cluster in the API, the same as its latest row in the
     // refinements dataset, which `chorus archive --label` lists.
@@ -250,7 +251,8 @@ fn r15_the_refinement_holds_its_horizon_and_retired_segments_keep_their_label_an
         listed(&s, "Parus major").iter().map(|(id, _, _)| id.clone()).collect::<Vec<_>>() == [later.clone()]
     });
     std::thread::sleep(Duration::from_secs(1));
-    assert!(segment(port, &later_twin).get("label").is_none(), "{}", segment(port, &later_twin));
+    // (It may carry the label that spread to it before it retired, never the new one.)
+    assert_ne!(segment(port, &later_twin)["label"], "Parus major", "{}", segment(port, &later_twin));
     assert!(live.iter().all(|id| segment(port, id).get("label").is_none()));
     assert_eq!(refine_metric(port, "chorus_refine_graph_nodes"), 6.0);
     assert_eq!(refine_metric(port, "chorus_refine_retired_total"), 6.0);

@@ -653,6 +653,30 @@ mod tests {
         assert!(retired > 400, "{retired}");
     }
 
+    /// Feeds one round of a history to `refiner`, keeping `seeds` as the oracle must see them.
+    fn play(
+        refiner: &mut Refiner,
+        seeds: &mut BTreeMap<u64, String>,
+        points: &[Vec<f32>],
+        (added, labels, retired): &Round,
+    ) {
+        for (node, found) in added {
+            refiner.add(*node as u64, &points[*node], found);
+        }
+        for (node, label) in labels {
+            refiner.label(*node, label.clone()).unwrap();
+            match label {
+                Some(label) => seeds.insert(*node, label.clone()),
+                None => seeds.remove(node),
+            };
+        }
+        for node in retired {
+            assert!(refiner.retire(*node), "{node} was live");
+            assert!(!refiner.retire(*node));
+            seeds.remove(node);
+        }
+    }
+
     /// Runs `history` on one worker; after every round the refinements equal the oracle over the graph's nodes, and
     /// nothing is left of a retired node.
     fn equals_from_scratch_after_every_round(seed: u64, history: History) {
@@ -660,22 +684,8 @@ mod tests {
             let mut refiner = Refiner::new(worker, &history.params);
             let mut state = Refinements::default();
             let mut seeds = BTreeMap::new();
-            for (round, (added, labels, retired)) in history.rounds.iter().enumerate() {
-                for (node, found) in added {
-                    refiner.add(*node as u64, &history.points[*node], found);
-                }
-                for (node, label) in labels {
-                    refiner.label(*node, label.clone()).unwrap();
-                    match label {
-                        Some(label) => seeds.insert(*node, label.clone()),
-                        None => seeds.remove(node),
-                    };
-                }
-                for node in retired {
-                    assert!(refiner.retire(*node), "seed {seed}: {node} was live");
-                    assert!(!refiner.retire(*node));
-                    seeds.remove(node);
-                }
+            for (round, step) in history.rounds.iter().enumerate() {
+                play(&mut refiner, &mut seeds, &history.points, step);
                 let closed = refiner.advance();
                 worker.step_while(|| !refiner.settled(closed));
                 if let Some((_, _, changes)) = refiner.take() {
@@ -747,23 +757,10 @@ mod tests {
             timely::execute(timely::Config::process(2), move |worker| {
                 let mut refiner = Refiner::new(worker, &h.params);
                 let mut seeds = BTreeMap::new();
-                for (added, labels, retired) in &h.rounds {
+                for step in &h.rounds {
                     // Worker 0 indexes every node; worker 1 only takes its share of the keys downstream.
                     if worker.index() == 0 {
-                        for (node, found) in added {
-                            refiner.add(*node as u64, &h.points[*node], found);
-                        }
-                        for (node, label) in labels {
-                            refiner.label(*node, label.clone()).unwrap();
-                            match label {
-                                Some(label) => seeds.insert(*node, label.clone()),
-                                None => seeds.remove(node),
-                            };
-                        }
-                        for node in retired {
-                            refiner.retire(*node);
-                            seeds.remove(node);
-                        }
+                        play(&mut refiner, &mut seeds, &h.points, step);
                     }
                     refiner.advance();
                 }
