@@ -6,9 +6,14 @@
 //! on — nothing in the ingest dataflow waits for them. Settled changes update the refinements the query API reads,
 //! and each segment whose label, label score (to 0.01), cluster changed, or that was refined for the first time,
 //! gets a row in the refinements dataset and a record in the segments topic.
+//!
+//! Each space holds its `refine.horizon_segments` most recent segments by start time. A segment pushed out is retired
+//! once its latest state is in a written file of the dataset (a final row when that state was not published yet):
+//! it leaves the graph with its edges and given label, and the shared refinements keep a compact record of its last
+//! label and cluster for queries. A newcomer's neighbours are searched among the space's held segments only.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -22,7 +27,7 @@ use chorus_operators::metrics::Metrics;
 use chorus_operators::record::{DeadLetter, SegmentId};
 use chorus_operators::refine::flow::Refiner;
 use chorus_operators::refine::knn::KnnGraph;
-use chorus_operators::refine::{RefineParams, SharedRefinements};
+use chorus_operators::refine::{RefineParams, Refinements, SharedRefinements};
 use rayon::prelude::*;
 use timely::worker::Worker;
 
@@ -38,17 +43,24 @@ pub type Arrivals = Rc<RefCell<Vec<Arrival>>>;
 /// Label messages read per round at most.
 const LABELS_PER_ROUND: usize = 10_000;
 
-/// A new segment with its unit vector and the neighbours the index found for it.
-type Found = (u64, Vec<f32>, Vec<(u64, f32)>);
+/// A new segment of a space, its start time, its unit vector and the neighbours the index found for it.
+type Found = (String, i64, u64, Vec<f32>, Vec<(u64, f32)>);
 
 /// A label and its share.
 type Verdict = (String, f32);
 
-/// A segment whose published state changed: id, that state, its label, cluster and refined embedding.
-type Changed = (u64, Published, Option<Verdict>, Option<u64>, Option<Vec<f32>>);
-
 /// What was last published about a segment: label, score in hundredths, cluster.
 type Published = (Option<String>, i32, Option<u64>);
+
+/// A hash of a refined embedding, to tell whether a retiring segment's last one was published.
+type RefinedHash = u64;
+
+fn refined_hash(embedding: Option<&[i16]>) -> RefinedHash {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    embedding.hash(&mut hasher);
+    hasher.finish()
+}
 
 /// Whether the refinement runs. A failure in it (a full disk under `refine.dir`, the labels topic gone) pauses it on
 /// every worker with the reason, while ingestion goes on: `/readyz` says so and `chorus_refine_paused` is 1. A
@@ -89,7 +101,14 @@ pub struct Stage {
     dead_letter_topic: String,
     max_message_bytes: usize,
     metrics: Metrics,
-    published: HashMap<u64, Published>,
+    /// What was last published of each segment held, with its refined embedding's hash.
+    published: HashMap<u64, (Published, RefinedHash)>,
+    /// Per space this worker indexes, the segments it holds by (start, id): the most recent `horizon_segments`.
+    held: HashMap<String, BTreeSet<(i64, u64)>>,
+    /// Segments pushed out of their space's horizon whose latest row waits in the writer: retired after its flush.
+    retiring: Vec<(String, u64)>,
+    /// Segments with a row in the writer since its last flush.
+    unflushed: HashSet<u64>,
     next_round: Instant,
     last_flush: Instant,
     graph_path: PathBuf,
@@ -129,21 +148,56 @@ impl Stage {
             },
             Err(_) => None,
         };
+        let mut saved = saved.map(KnnGraph::restored);
         let restored = saved.as_ref().map_or(0, KnnGraph::len);
+        let (mut queued, mut dropped) = (0, 0);
+        let mut held: HashMap<String, BTreeSet<(i64, u64)>> = HashMap::new();
+        let mut restore = Vec::new();
+        for space in registry.spaces().into_iter().filter(|s| store::owns(s, index, peers)) {
+            let Some(shared) = registry.get(&space) else { continue };
+            let index = index::read(&shared);
+            // The space's most recent segments are held; the saved graph's others were retired meanwhile (or
+            // the horizon shrank).
+            let newest: HashMap<u64, i64> = index
+                .latest(params.horizon_segments)
+                .into_iter()
+                .map(|(id, point)| (id.0, point.start_micros))
+                .collect();
+            let mut retired = Vec::new();
+            index.for_each_vector(|id, vector| {
+                let in_saved = saved.as_ref().is_some_and(|graph| graph.contains(id.0));
+                match newest.get(&id.0) {
+                    Some(_) if in_saved => restore.push((id.0, vector)),
+                    Some(_) => {
+                        arrivals.borrow_mut().push((space.clone(), id.0, vector));
+                        queued += 1;
+                    }
+                    None if in_saved => retired.push(id.0),
+                    None => {}
+                }
+            });
+            if let Some(graph) = saved.as_mut() {
+                let mut discarded = Vec::new();
+                for id in retired {
+                    graph.remove(id, &mut discarded);
+                    dropped += 1;
+                }
+            }
+            let space_held = held.entry(space.clone()).or_default();
+            for (id, start) in newest {
+                if saved.as_ref().is_some_and(|graph| graph.contains(id)) {
+                    space_held.insert((start, id));
+                }
+            }
+        }
         if let Some(graph) = saved {
             refiner.restore_graph(graph);
         }
-        let mut queued = 0;
-        for space in registry.spaces().into_iter().filter(|s| store::owns(s, index, peers)) {
-            let Some(shared) = registry.get(&space) else { continue };
-            index::read(&shared).for_each_vector(|id, vector| {
-                if refiner.graph().contains(id.0) {
-                    refiner.restore_node(id.0, &vector);
-                } else {
-                    arrivals.borrow_mut().push((space.clone(), id.0, vector));
-                    queued += 1;
-                }
-            });
+        for (id, vector) in restore {
+            refiner.restore_node(id, &vector);
+        }
+        if dropped > 0 {
+            tracing::info!(worker = index, dropped, "Segments of the saved graph beyond the horizon were retired.");
         }
         metrics.queued("refine", queued as i64);
         if restored + queued > 0 {
@@ -176,6 +230,9 @@ impl Stage {
             max_message_bytes: config.kafka.max_message_bytes,
             metrics,
             published: HashMap::new(),
+            held,
+            retiring: Vec::new(),
+            unflushed: HashSet::new(),
             next_round: Instant::now() + params.round,
             last_flush: Instant::now(),
             graph_path,
@@ -214,7 +271,16 @@ impl Stage {
         let arrivals = std::mem::take(&mut *self.arrivals.borrow_mut());
         self.metrics.queued("refine", -(arrivals.len() as i64));
         let now = now_seconds();
-        let filter = Filter::default();
+        let horizon = self.params.horizon_segments;
+        // Neighbours come from the segments held: a full space's search starts at its oldest held segment.
+        let filters: HashMap<String, Filter> = arrivals
+            .iter()
+            .map(|(space, _, _)| {
+                let held = self.held.get(space);
+                let from_micros = held.filter(|held| held.len() >= horizon).and_then(|held| held.first()).map(|f| f.0);
+                (space.clone(), Filter { from_micros, ..Filter::default() })
+            })
+            .collect();
         let (k, ef, dim, registry) = (self.params.k + 1, self.params.search_ef(), self.dim, &self.registry);
         // The searches only read the index: they run in parallel, and the graph takes them in arrival order.
         let found: Vec<Option<Found>> = arrivals
@@ -222,16 +288,39 @@ impl Stage {
             .map(|(space, id, embedding)| {
                 let shared = registry.get(&space)?;
                 let vector = unit(&embedding, dim).ok()?;
-                let request = Request { vector: &vector, k, ef, filter: &filter };
-                let found = index::read(&shared).search(&request, None, now).ok()?;
-                Some((id, vector, found.into_iter().map(|(n, d)| (n.0, d)).collect()))
+                let request = Request { vector: &vector, k, ef, filter: &filters[&space] };
+                let index = index::read(&shared);
+                let start = index.point(SegmentId(id))?.start_micros;
+                let found = index.search(&request, None, now).ok()?;
+                Some((space, start, id, vector, found.into_iter().map(|(n, d)| (n.0, d)).collect()))
             })
             .collect();
-        for (id, vector, neighbours) in found.into_iter().flatten() {
-            self.refiner.add(id, &vector, &neighbours);
+        let mut pushed_out = Vec::new();
+        for (space, start, id, vector, neighbours) in found.into_iter().flatten() {
+            let held = self.held.entry(space.clone()).or_default();
+            if held.len() >= horizon && held.first().is_some_and(|oldest| (start, id) < *oldest) {
+                // Older than every segment held: it never enters.
+                self.metrics.refine_retired.with_label_values(&[&space]).inc();
+                continue;
+            }
+            if self.refiner.add(id, &vector, &neighbours) {
+                held.insert((start, id));
+                while held.len() > horizon {
+                    let (_, oldest) = held.pop_first().expect("more than the horizon");
+                    pushed_out.push((space.clone(), oldest));
+                }
+            }
+        }
+        for (space, node) in pushed_out {
+            self.retire_when_written(space, node)?;
         }
         if let Some(labels) = &mut self.labels {
             for event in labels.poll(LABELS_PER_ROUND) {
+                if let Ok(event) = &event
+                    && self.refinements.read().unwrap_or_else(|e| e.into_inner()).retired(event.segment.0).is_some()
+                {
+                    self.label_retired(event.segment.0, event.label.as_deref())?;
+                }
                 let refused_here = event.and_then(|event| {
                     let record = kafka::label_record(&event);
                     self.refiner.label(event.segment.0, event.label).map_err(|reason| DeadLetter {
@@ -269,53 +358,24 @@ impl Stage {
         };
         self.metrics.refine_seconds.observe(waited.as_secs_f64());
         let touched = self.refinements.write().unwrap_or_else(|e| e.into_inner()).apply(&changes);
-        // Only segments whose published state changed are copied out (with their refined embedding).
-        let changed: Vec<Changed> = {
+        // Only segments whose published state changed are copied out (with their refined embedding); a retired
+        // segment has no state left, and its last row stands.
+        let changed: Vec<(u64, Published)> = {
             let refinements = self.refinements.read().unwrap_or_else(|e| e.into_inner());
             touched
                 .iter()
                 .filter_map(|&node| {
-                    let state = refinements.get(node)?;
-                    let label = refinements.label(node);
-                    let now: Published = (
-                        label.as_ref().map(|(l, _)| l.clone()),
-                        label.as_ref().map_or(0, |(_, s)| (s * 100.0).round() as i32),
-                        state.cluster,
-                    );
-                    (self.published.get(&node) != Some(&now))
-                        .then(|| (node, now, label, state.cluster, state.refined()))
+                    let now = shown(&refinements, node)?;
+                    (self.published.get(&node).map(|(published, _)| published) != Some(&now)).then_some((node, now))
                 })
                 .collect()
         };
         let mut published = 0;
-        for (node, now, label, cluster, refined) in changed {
-            let Some((space, point)) = self.locate(node) else { continue };
-            self.published.insert(node, now);
-            let record = RefinementRecord {
-                segment_id: SegmentId(node).to_string(),
-                space: space.clone(),
-                label: label.as_ref().map(|(l, _)| l.clone()),
-                label_score: label.as_ref().map(|(_, s)| *s),
-                cluster: cluster.map(|c| SegmentId(c).to_string()),
-                round,
-            };
-            self.producer
-                .send(&self.segments_topic, &kafka::refinement_record(&record), &self.acks, 0)
-                .map_err(|e| e.to_string())?;
-            self.writer.add(RefinementRow {
-                id: SegmentId(node),
-                space,
-                sensor: point.sensor,
-                start_micros: point.start_micros,
-                label,
-                cluster: cluster.map(SegmentId),
-                refined,
-                round,
-            });
-            published += 1;
+        for (node, _) in changed {
+            published += usize::from(self.publish(node, round)?);
         }
         self.metrics.count("refine", touched.len(), published);
-        self.metrics.refine_nodes.set(self.refiner.graph().len() as i64);
+        self.count_held();
         if let Some(failure) = self.acks.failure() {
             return Err(format!("refinement records could not be delivered: {failure}"));
         }
@@ -323,6 +383,107 @@ impl Stage {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// Publishes what the refinement now says of `node` (a row and a record), as of `round`; false if it says
+    /// nothing or the segment is not indexed.
+    fn publish(&mut self, node: u64, round: u64) -> Result<bool, String> {
+        let (now, label, cluster, refined, hash) = {
+            let refinements = self.refinements.read().unwrap_or_else(|e| e.into_inner());
+            let Some(now) = shown(&refinements, node) else { return Ok(false) };
+            let state = refinements.get(node).expect("shown states exist");
+            let hash = refined_hash(state.embedding.as_deref());
+            (now, refinements.label(node), state.cluster, state.refined(), hash)
+        };
+        let Some((space, point)) = self.locate(node) else { return Ok(false) };
+        self.published.insert(node, (now, hash));
+        self.write(node, space, point, label, cluster, refined, round)?;
+        Ok(true)
+    }
+
+    /// Sends a refinement record and buffers its row.
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &mut self,
+        node: u64,
+        space: String,
+        point: index::PointInfo,
+        label: Option<Verdict>,
+        cluster: Option<u64>,
+        refined: Option<Vec<f32>>,
+        round: u64,
+    ) -> Result<(), String> {
+        let record = RefinementRecord {
+            segment_id: SegmentId(node).to_string(),
+            space: space.clone(),
+            label: label.as_ref().map(|(l, _)| l.clone()),
+            label_score: label.as_ref().map(|(_, s)| *s),
+            cluster: cluster.map(|c| SegmentId(c).to_string()),
+            round,
+        };
+        self.producer
+            .send(&self.segments_topic, &kafka::refinement_record(&record), &self.acks, 0)
+            .map_err(|e| e.to_string())?;
+        self.writer.add(RefinementRow {
+            id: SegmentId(node),
+            space,
+            sensor: point.sensor,
+            start_micros: point.start_micros,
+            label,
+            cluster: cluster.map(SegmentId),
+            refined,
+            round,
+        });
+        self.unflushed.insert(node);
+        Ok(())
+    }
+
+    /// `node` of `space` left its horizon: its latest state (refined embedding included) goes to the dataset if it
+    /// has not yet, and it is retired once that row is in a written file.
+    fn retire_when_written(&mut self, space: String, node: u64) -> Result<(), String> {
+        let current = {
+            let refinements = self.refinements.read().unwrap_or_else(|e| e.into_inner());
+            shown(&refinements, node)
+                .map(|now| (now, refined_hash(refinements.get(node).and_then(|state| state.embedding.as_deref()))))
+        };
+        if current.is_some() && current.as_ref() != self.published.get(&node) {
+            self.publish(node, self.refiner.round())?;
+        }
+        if self.unflushed.contains(&node) {
+            self.retiring.push((space, node));
+        } else {
+            self.retire(&space, node);
+        }
+        Ok(())
+    }
+
+    /// Retires `node` of `space` from the refinement: a record of what it shows stays for queries.
+    fn retire(&mut self, space: &str, node: u64) {
+        self.refinements.write().unwrap_or_else(|e| e.into_inner()).retire(space, node, self.params.retired_kept());
+        self.refiner.retire(node);
+        self.published.remove(&node);
+        self.metrics.refine_retired.with_label_values(&[space]).inc();
+    }
+
+    /// A label given to a retired segment: shown on it (with a share of 1) and published with its last cluster, but
+    /// not spread — the segment is not in the graph any more.
+    fn label_retired(&mut self, node: u64, label: Option<&str>) -> Result<(), String> {
+        let Some((space, point)) = self.locate(node) else { return Ok(()) };
+        let (label, cluster) = self.refinements.write().unwrap_or_else(|e| e.into_inner()).label_retired(
+            &space,
+            node,
+            label,
+            self.params.retired_kept(),
+        );
+        self.write(node, space, point, label, cluster, None, self.refiner.round())
+    }
+
+    /// Sets the gauge of segments held per space: those within the horizon and those retiring.
+    fn count_held(&self) {
+        for (space, held) in &self.held {
+            let retiring = self.retiring.iter().filter(|(s, _)| s == space).count();
+            self.metrics.refine_nodes.with_label_values(&[space]).set((held.len() + retiring) as i64);
+        }
     }
 
     /// The space and point of an indexed segment.
@@ -334,9 +495,16 @@ impl Stage {
         })
     }
 
+    /// Writes the buffered rows, then retires the segments that waited for theirs.
     fn flush(&mut self) -> Result<(), String> {
         self.last_flush = Instant::now();
-        self.writer.flush().map(drop).map_err(|e| e.to_string())
+        self.writer.flush().map_err(|e| e.to_string())?;
+        self.unflushed.clear();
+        for (space, node) in std::mem::take(&mut self.retiring) {
+            self.retire(&space, node);
+        }
+        self.count_held();
+        Ok(())
     }
 
     /// Saves the kNN graph beside the savepoints, replacing the previous one whole and durably.
@@ -350,4 +518,15 @@ impl Stage {
         }
         chorus_operators::durable::replace(&self.graph_path, &bytes).map_err(|e| failed(&e))
     }
+}
+
+/// What is published of `node`: label, score in hundredths, cluster; `None` when the refinement holds nothing of it.
+fn shown(refinements: &Refinements, node: u64) -> Option<Published> {
+    let state = refinements.get(node)?;
+    let label = refinements.label(node);
+    Some((
+        label.as_ref().map(|(l, _)| l.clone()),
+        label.as_ref().map_or(0, |(_, s)| (s * 100.0).round() as i32),
+        state.cluster,
+    ))
 }

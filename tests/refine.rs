@@ -1,6 +1,8 @@
 //! Graph refinement in a running job: labels given through the API spread to segments that sound alike, a label
 //! taken away is taken away downstream, clusters form, refined searches answer, and the refinements reach the
-//! Parquet dataset (read by DuckDB) and the segments topic; bad label messages are dead-lettered.
+//! Parquet dataset (read by DuckDB) and the segments topic; bad label messages are dead-lettered. With a horizon, the
+//! refinement holds only a space's most recent segments, and the retired ones keep showing their last label and
+//! cluster.
 
 use std::time::Duration;
 
@@ -8,7 +10,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::{Value, json};
 
-use crate::support::{Scenario, T0, free_port, http, terminate, tools, wait_for};
+use crate::support::{Scenario, T0, free_port, http, http_get, metric, t0_plus, terminate, tools, wait_for};
 
 fn post(port: u16, path: &str, body: &Value) -> (u16, Value) {
     let (status, body) =
@@ -19,6 +21,19 @@ fn post(port: u16, path: &str, body: &Value) -> (u16, Value) {
 fn segment(port: u16, id: &str) -> Value {
     let (_, body) = http(port, "GET", &format!("/v1/segments/{id}"), &[], b"").unwrap();
     serde_json::from_str(&body).unwrap()
+}
+
+/// The sample on three poles at T0, then the job: its process and the six archived segments, by sensor and time.
+fn three_poles(s: &Scenario) -> (std::process::Child, Vec<chorus_connectors::parquet::ArchivedSegment>) {
+    let sample = tools().sample.display().to_string();
+    for sensor in ["pole-1", "pole-2", "pole-3"] {
+        s.chorus(&["produce", "--sensor", sensor, "--start", T0, &sample]);
+    }
+    let job = s.spawn(&["run"]);
+    wait_for("three sensors' segments to be archived", Duration::from_secs(90), || {
+        s.archived("default", false).len() == 6
+    });
+    (job, s.archived("default", false))
 }
 
 #[test]
@@ -38,15 +53,7 @@ fn r5_labels_spread_retract_and_reach_the_archive_and_topic_and_clusters_form() 
     producer.send(BaseRecord::to(&s.labels_topic).key("not-a-segment").payload("owl")).unwrap();
     producer.flush(Duration::from_secs(10)).unwrap();
 
-    let sample = tools().sample.display().to_string();
-    for sensor in ["pole-1", "pole-2", "pole-3"] {
-        s.chorus(&["produce", "--sensor", sensor, "--start", T0, &sample]);
-    }
-    let mut job = s.spawn(&["run"]);
-    wait_for("three sensors' segments to be archived", Duration::from_secs(90), || {
-        s.archived("default", false).len() == 6
-    });
-    let archived = s.archived("default", false);
+    let (mut job, archived) = three_poles(&s);
     let id = |sensor: &str, i: usize| archived.iter().filter(|r| r.sensor == sensor).nth(i).unwrap().id.to_string();
     let (first, twin, other) = (id("pole-1", 0), id("pole-2", 0), id("pole-1", 1));
 
@@ -144,6 +151,115 @@ fn r5_labels_spread_retract_and_reach_the_archive_and_topic_and_clusters_form() 
     assert_eq!(letters[0].header("chorus.cause"), Some("label_key"), "{:?}", letters[0].headers);
 
     // The graph was saved: a restart resumes it instead of searching every segment again.
+    let log = s.run_until_idle();
+    let restored: Vec<&str> =
+        log.split("restored=").skip(1).map(|rest| rest.split_whitespace().next().unwrap()).collect();
+    assert_eq!(restored, ["6"], "{log}");
+}
+
+/// `chorus archive --label <label>` as (segment id, label, cluster) rows.
+fn listed(s: &Scenario, label: &str) -> Vec<(String, Value, Value)> {
+    let output = s.chorus(&["archive", "--label", label, "--format", "json"]);
+    let rows: Value = serde_json::from_slice(&output.stdout).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["segment_id"].as_str().unwrap().to_owned(), r["label"].clone(), r["cluster"].clone()))
+        .collect()
+}
+
+/// A refinement metric of the default space; 0 before it has a sample.
+fn refine_metric(port: u16, name: &str) -> f64 {
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
+    let series = format!("{name}{{space=\"default\"}}");
+    if metrics.lines().any(|l| l.starts_with(&format!("{series} "))) { metric(&metrics, &series) } else { 0.0 }
+}
+
+#[test]
+fn r15_the_refinement_holds_its_horizon_and_retired_segments_keep_their_label_and_cluster() {
+    let port = free_port();
+    let s = Scenario::new(
+        "r15-horizon",
+        &[
+            ("http.listen", format!("127.0.0.1:{port}").into()),
+            ("refine.round_ms", 100.into()),
+            ("refine.cluster_max_distance", 0.001.into()),
+            ("refine.horizon_segments", 6.into()),
+        ],
+    );
+    let (mut job, archived) = three_poles(&s);
+    let id = |sensor: &str, i: usize| archived.iter().filter(|r| r.sensor == sensor).nth(i).unwrap().id.to_string();
+    let (first, twin, later) = (id("pole-1", 0), id("pole-2", 0), id("pole-1", 1));
+    let later_twin = id("pole-2", 1);
+    wait_for("clusters", Duration::from_secs(30), || segment(port, &later)["cluster"].is_string());
+    let (status, _) =
+        post(port, "/v1/labels", &json!({ "labels": [{ "segment_id": first, "label": "Turdus merula" }] }));
+    assert_eq!(status, 202);
+    wait_for("the label to reach pole-2", Duration::from_secs(30), || segment(port, &twin)["label"] == "Turdus merula");
+    assert_eq!(refine_metric(port, "chorus_refine_graph_nodes"), 6.0);
+
+    // Six segments a minute later on three more poles: they are the six most recent, and the first six retire.
+    let minute_later = t0_plus(60_000_000_000);
+    let sample = tools().sample.display().to_string();
+    for sensor in ["pole-4", "pole-5", "pole-6"] {
+        s.chorus(&["produce", "--sensor", sensor, "--start", &minute_later, &sample]);
+    }
+    wait_for("the first six to retire", Duration::from_secs(60), || {
+        refine_metric(port, "chorus_refine_retired_total") == 6.0
+    });
+    // (a) The refinement holds exactly its horizon.
+    assert_eq!(refine_metric(port, "chorus_refine_graph_nodes"), 6.0);
+    // The archive writes its files on its own schedule, after the index.
+    wait_for("the six newer segments to be archived", Duration::from_secs(60), || {
+        s.archived("default", false).len() == 12
+    });
+
+    // (b) A retired segment shows its last label and cluster in the API, the same as its latest row in the
+    // refinements dataset, which `chorus archive --label` lists.
+    let shown = segment(port, &twin);
+    assert_eq!(shown["label"], "Turdus merula", "{shown}");
+    assert!(shown["cluster"].is_string(), "{shown}");
+    let rows = listed(&s, "Turdus merula");
+    let row = rows.iter().find(|(id, _, _)| *id == twin).unwrap_or_else(|| panic!("{twin} not in {rows:?}"));
+    assert_eq!((&row.1, &row.2), (&shown["label"], &shown["cluster"]), "{rows:?}");
+    assert!(rows.iter().any(|(id, _, _)| *id == first), "{rows:?}");
+    // The live segments no longer carry a label: its only seed retired with its segment.
+    let live: Vec<String> = s
+        .archived("default", false)
+        .iter()
+        .filter(|r| ["pole-4", "pole-5", "pole-6"].contains(&r.sensor.as_str()))
+        .map(|r| r.id.to_string())
+        .collect();
+    assert_eq!(live.len(), 6);
+    wait_for("the spread label to leave the live segments", Duration::from_secs(30), || {
+        live.iter().all(|id| segment(port, id).get("label").is_none())
+    });
+
+    // (c) A label given to a retired segment shows on it with a share of 1 and its cluster kept, reaches the dataset,
+    // and does not spread: the segment stays retired, its twins (retired and live) get nothing.
+    let cluster_before = segment(port, &later)["cluster"].clone();
+    assert!(cluster_before.is_string());
+    let (status, _) = post(port, "/v1/labels", &json!({ "labels": [{ "segment_id": later, "label": "Parus major" }] }));
+    assert_eq!(status, 202);
+    wait_for("the label on the retired segment", Duration::from_secs(30), || {
+        segment(port, &later)["label"] == "Parus major"
+    });
+    let shown = segment(port, &later);
+    assert_eq!(shown["label_score"].as_f64(), Some(1.0), "{shown}");
+    assert_eq!(shown["cluster"], cluster_before, "{shown}");
+    wait_for("its row in the refinements dataset", Duration::from_secs(30), || {
+        listed(&s, "Parus major").iter().map(|(id, _, _)| id.clone()).collect::<Vec<_>>() == [later.clone()]
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    // (It may carry the label that spread to it before it retired, never the new one.)
+    assert_ne!(segment(port, &later_twin)["label"], "Parus major", "{}", segment(port, &later_twin));
+    assert!(live.iter().all(|id| segment(port, id).get("label").is_none()));
+    assert_eq!(refine_metric(port, "chorus_refine_graph_nodes"), 6.0);
+    assert_eq!(refine_metric(port, "chorus_refine_retired_total"), 6.0);
+    terminate(job.id());
+    assert!(job.wait().unwrap().success(), "{}", s.job_log());
+
+    // A restart holds the same six: the saved graph's segments are the six most recent.
     let log = s.run_until_idle();
     let restored: Vec<&str> =
         log.split("restored=").skip(1).map(|rest| rest.split_whitespace().next().unwrap()).collect();

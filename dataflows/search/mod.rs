@@ -93,16 +93,19 @@ pub struct Annotation {
 }
 
 impl Annotation {
-    /// What `refinements` say of segment `id`.
+    /// What `refinements` say of segment `id`: its current state, or for a segment retired beyond the horizon, what
+    /// it showed when it left (while its record is kept; the refinements dataset keeps every one).
     pub fn of(id: SegmentId, refinements: &Refinements) -> Annotation {
         let mut annotation = Annotation::default();
-        if let Some(state) = refinements.get(id.0) {
-            if let Some((label, score)) = refinements.label(id.0) {
-                annotation.label = Some(label);
-                annotation.label_score = Some(score);
-            }
-            annotation.cluster = state.cluster.map(|c| SegmentId(c).to_string());
+        let (label, cluster) = match refinements.get(id.0) {
+            Some(state) => (refinements.label(id.0), state.cluster),
+            None => refinements.retired(id.0).unwrap_or_default(),
+        };
+        if let Some((label, score)) = label {
+            annotation.label = Some(label);
+            annotation.label_score = Some(score);
         }
+        annotation.cluster = cluster.map(|c| SegmentId(c).to_string());
         annotation
     }
 }
@@ -233,7 +236,7 @@ pub fn refined_search(
 /// Fills in each hit's label, label score and cluster from the refinements.
 pub fn annotate(hits: &mut [Hit], refinements: &SharedRefinements) {
     let refinements = refinements.read().unwrap_or_else(|e| e.into_inner());
-    if refinements.is_empty() {
+    if refinements.is_empty() && refinements.retired_len() == 0 {
         return;
     }
     for hit in hits {

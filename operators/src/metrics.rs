@@ -56,8 +56,11 @@ pub const QUERY_CACHE: &str = "chorus_query_cache_total";
 
 /// Seconds from the close of a refinement round to its outputs settling on every worker.
 pub const REFINE_SECONDS: &str = "chorus_refine_update_seconds";
-/// Nodes in the refinement's kNN graph, per worker summed.
+/// Segments the refinement holds in its kNN graph (label `space`): at most `refine.horizon_segments` per space, plus
+/// those retired whose last rows wait for their file.
 pub const REFINE_NODES: &str = "chorus_refine_graph_nodes";
+/// Segments retired from the refinement beyond its horizon, or too old to enter it (label `space`).
+pub const REFINE_RETIRED: &str = "chorus_refine_retired_total";
 /// 1 while the refinement is paused by a failure (ingestion goes on; `/readyz` gives the reason), else 0.
 pub const REFINE_PAUSED: &str = "chorus_refine_paused";
 /// Archive files that could not be read, and were set aside by a job or skipped by a reader (label `space`).
@@ -88,6 +91,7 @@ pub const ALL: &[&str] = &[
     QUERY_CACHE,
     REFINE_SECONDS,
     REFINE_NODES,
+    REFINE_RETIRED,
     REFINE_PAUSED,
     ARCHIVE_DAMAGED,
     KAFKA_LAG,
@@ -158,7 +162,9 @@ pub struct Metrics {
     /// See [`REFINE_SECONDS`].
     pub refine_seconds: Histogram,
     /// See [`REFINE_NODES`].
-    pub refine_nodes: IntGauge,
+    pub refine_nodes: IntGaugeVec,
+    /// See [`REFINE_RETIRED`].
+    pub refine_retired: IntCounterVec,
     /// See [`REFINE_PAUSED`].
     pub refine_paused: IntGauge,
     /// See [`ARCHIVE_DAMAGED`].
@@ -234,7 +240,14 @@ impl Metrics {
                 )
                 .buckets(vec![0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
             )?,
-            refine_nodes: IntGauge::new(REFINE_NODES, "Nodes in the refinement's kNN graph.")?,
+            refine_nodes: IntGaugeVec::new(
+                Opts::new(REFINE_NODES, "Segments the refinement holds in its kNN graph."),
+                &[SPACE],
+            )?,
+            refine_retired: IntCounterVec::new(
+                Opts::new(REFINE_RETIRED, "Segments retired from the refinement beyond its horizon."),
+                &[SPACE],
+            )?,
             refine_paused: IntGauge::new(REFINE_PAUSED, "1 while the refinement is paused by a failure.")?,
             archive_damaged: IntCounterVec::new(
                 Opts::new(
@@ -276,6 +289,7 @@ impl Metrics {
             Box::new(self.query_cache.clone()),
             Box::new(self.refine_seconds.clone()),
             Box::new(self.refine_nodes.clone()),
+            Box::new(self.refine_retired.clone()),
             Box::new(self.refine_paused.clone()),
             Box::new(self.archive_damaged.clone()),
             Box::new(self.kafka_lag.clone()),

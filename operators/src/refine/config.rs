@@ -36,6 +36,10 @@ pub struct RefineConfig {
     /// Milliseconds per refinement round: new segments and labels are gathered for this long, then refined
     /// together.
     pub round_ms: u64,
+    /// Segments of each space the refinement holds: the most recent ones by start time. An older segment is retired
+    /// (it leaves the graph; its last row stays in the refinements dataset), so the refinement's memory is bounded
+    /// by this count, not by the job's uptime.
+    pub horizon_segments: usize,
 }
 
 impl Default for RefineConfig {
@@ -52,6 +56,7 @@ impl Default for RefineConfig {
             label_top: 3,
             cluster_max_distance: 0.1,
             round_ms: 250,
+            horizon_segments: 5_000,
         }
     }
 }
@@ -81,6 +86,8 @@ pub struct RefineParams {
     pub cluster_max_distance: f32,
     /// Round length.
     pub round: std::time::Duration,
+    /// Segments held per space.
+    pub horizon_segments: usize,
 }
 
 impl RefineConfig {
@@ -116,6 +123,12 @@ impl RefineConfig {
         if !(10..=60_000).contains(&self.round_ms) {
             return Err(FieldError::new("round_ms", format!("{} is outside 10..=60000", self.round_ms)));
         }
+        if !(1..=100_000_000).contains(&self.horizon_segments) {
+            return Err(FieldError::new(
+                "horizon_segments",
+                format!("{} is outside 1..=100000000", self.horizon_segments),
+            ));
+        }
         Ok(RefineParams {
             enabled: self.enabled,
             dir: base.join(&self.dir),
@@ -128,6 +141,7 @@ impl RefineConfig {
             label_top: self.label_top,
             cluster_max_distance: self.cluster_max_distance,
             round: std::time::Duration::from_millis(self.round_ms),
+            horizon_segments: self.horizon_segments,
         })
     }
 }
@@ -147,6 +161,13 @@ impl RefineParams {
     /// bench, label propagation is as accurate at 12 as at 44, and the searches take a third of the time.
     pub fn search_ef(&self) -> usize {
         (3 * (self.k + 1) / 2).max(16)
+    }
+
+    /// Retired segments per space whose last label and cluster [`super::Refinements`] keeps for queries: eight
+    /// horizons' worth, at about 60 bytes each against the kilobytes of a segment held (older ones are in the
+    /// refinements dataset).
+    pub fn retired_kept(&self) -> usize {
+        self.horizon_segments.saturating_mul(8)
     }
 }
 

@@ -20,24 +20,49 @@ use timely::worker::Worker;
 
 use super::config::RefineParams;
 use super::knn::{Edge, KnnGraph};
-use super::rules::{self, LabelId, combine, spread};
+use super::rules::{self, Fixed, LabelId, combine, spread};
 
 /// One node's contributions to its next embedding, carried as a difference so that differential sums them in place:
-/// its own embedding (`own`) and `n` neighbours' embeddings summed (`sum`). Sums wrap, which is exact as long as the
-/// true total fits (see [`rules::EMBEDDING_SCALE`]).
+/// its own embedding (`own`, in the `i16` fixed point of [`rules::Fixed`]) and `n` neighbours' embeddings summed
+/// (`sum`, `i32`). Both wrap, which is exact as long as the true total fits: `own` is one node's embedding or
+/// nothing once consolidated, `sum` holds up to 131 071 neighbours (see [`rules::EMBEDDING_SCALE`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Mix {
     n: i32,
-    own: Vec<i32>,
+    own: Vec<i16>,
     sum: Vec<i32>,
 }
 
-fn add_into(into: &mut Vec<i32>, from: &[i32]) {
+/// Wrapping integer arithmetic on the components of [`Mix`].
+trait Wrapping: Copy + Default {
+    fn add(self, other: Self) -> Self;
+    fn times(self, r: i32) -> Self;
+}
+
+impl Wrapping for i16 {
+    fn add(self, other: i16) -> i16 {
+        self.wrapping_add(other)
+    }
+    fn times(self, r: i32) -> i16 {
+        self.wrapping_mul(r as i16)
+    }
+}
+
+impl Wrapping for i32 {
+    fn add(self, other: i32) -> i32 {
+        self.wrapping_add(other)
+    }
+    fn times(self, r: i32) -> i32 {
+        self.wrapping_mul(r)
+    }
+}
+
+fn add_into<T: Wrapping>(into: &mut Vec<T>, from: &[T]) {
     if into.len() < from.len() {
-        into.resize(from.len(), 0);
+        into.resize(from.len(), T::default());
     }
     for (a, b) in into.iter_mut().zip(from) {
-        *a = a.wrapping_add(*b);
+        *a = a.add(*b);
     }
 }
 
@@ -64,8 +89,8 @@ impl Monoid for Mix {
 impl Abelian for Mix {
     fn negate(&mut self) {
         self.n = self.n.wrapping_neg();
-        self.own.iter_mut().for_each(|x| *x = x.wrapping_neg());
-        self.sum.iter_mut().for_each(|x| *x = x.wrapping_neg());
+        self.own.iter_mut().for_each(|x| *x = x.times(-1));
+        self.sum.iter_mut().for_each(|x| *x = x.times(-1));
     }
 }
 
@@ -73,8 +98,11 @@ impl Multiply<isize> for Mix {
     type Output = Mix;
     fn multiply(self, rhs: &isize) -> Mix {
         let r = *rhs as i32;
-        let scale = |v: Vec<i32>| v.into_iter().map(|x| x.wrapping_mul(r)).collect();
-        Mix { n: self.n.wrapping_mul(r), own: scale(self.own), sum: scale(self.sum) }
+        Mix {
+            n: self.n.wrapping_mul(r),
+            own: self.own.into_iter().map(|x| x.times(r)).collect(),
+            sum: self.sum.into_iter().map(|x| x.times(r)).collect(),
+        }
     }
 }
 
@@ -94,7 +122,7 @@ enum LabelInput {
 /// The refinement's outputs as collections.
 pub struct Refined<'scope> {
     /// `(node, refined embedding)` in fixed point.
-    pub embeddings: VecCollection<'scope, u64, (u64, Vec<i32>), isize>,
+    pub embeddings: VecCollection<'scope, u64, (u64, Fixed), isize>,
     /// `(node, (label, score))` for every label that reached the node.
     pub labels: VecCollection<'scope, u64, (u64, (LabelId, i64)), isize>,
     /// `(label, its text)` for every seed given.
@@ -106,7 +134,7 @@ pub struct Refined<'scope> {
 /// Builds the refinement over `nodes` (id, own embedding in fixed point), `edges` and `seeds` (id, label): the
 /// same computation as [`super::oracle::refine`], incrementally. Keys spread over the workers by hash.
 pub fn refine<'scope>(
-    nodes: VecCollection<'scope, u64, (u64, Vec<i32>), isize>,
+    nodes: VecCollection<'scope, u64, (u64, Fixed), isize>,
     edges: VecCollection<'scope, u64, Edge, isize>,
     seeds: VecCollection<'scope, u64, (u64, String), isize>,
     params: &RefineParams,
@@ -122,14 +150,15 @@ pub fn refine<'scope>(
     let alpha = params.alpha;
     let mut embeddings = nodes.clone();
     for _ in 0..params.hops {
-        let neighbours = edges_by_dst
-            .clone()
-            .join_core(embeddings, |_dst, src, h| Some((*src, h.clone())))
-            .explode(|(src, h)| Some(((src, ()), Mix { n: 1, own: Vec::new(), sum: h })));
+        let neighbours = edges_by_dst.clone().join_core(embeddings, |_dst, src, h| Some((*src, h.clone()))).explode(
+            |(src, h): (u64, Fixed)| {
+                Some(((src, ()), Mix { n: 1, own: Vec::new(), sum: h.into_iter().map(i32::from).collect() }))
+            },
+        );
         embeddings = own
             .clone()
             .concat(neighbours)
-            .reduce(move |_node, input: &[(&(), Mix)], out: &mut Vec<(Vec<i32>, isize)>| {
+            .reduce(move |_node, input: &[(&(), Mix)], out: &mut Vec<(Fixed, isize)>| {
                 let mix = &input[0].1;
                 out.push((combine(&mix.own, i64::from(mix.n), &mix.sum, alpha), 1));
             })
@@ -235,7 +264,7 @@ type LabelIdScore = (u64, (LabelId, i64));
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Changes {
     /// Refined embeddings.
-    pub embeddings: Vec<((u64, Vec<i32>), isize)>,
+    pub embeddings: Vec<((u64, Fixed), isize)>,
     /// Label scores.
     pub labels: Vec<(LabelScore, isize)>,
     /// Cluster names.
@@ -270,11 +299,14 @@ fn drain_until<D: Ord + Clone>(captured: &Captured<D>, round: u64) -> Vec<(D, is
 pub struct Refiner {
     graph: KnnGraph,
     seeds: HashMap<u64, String>,
-    nodes: InputSession<u64, (u64, Vec<i32>), isize>,
+    nodes: InputSession<u64, (u64, Fixed), isize>,
+    /// Each node's own embedding as fed, to retract it exactly when the node is retired (the index may since have
+    /// moved its vector to a lossy tier).
+    own: HashMap<u64, Fixed>,
     edges: InputSession<u64, Edge, isize>,
     labels: InputSession<u64, (u64, String), isize>,
     probe: ProbeHandle<u64>,
-    embeddings: Captured<(u64, Vec<i32>)>,
+    embeddings: Captured<(u64, Fixed)>,
     scores: Captured<LabelIdScore>,
     names: Names,
     /// The text of each label id this worker was given, to refuse a second text with the same id.
@@ -305,6 +337,7 @@ impl Refiner {
             graph: KnnGraph::new(params.k, params.cluster_max_distance),
             seeds: HashMap::new(),
             nodes,
+            own: HashMap::new(),
             edges,
             labels,
             probe,
@@ -328,9 +361,35 @@ impl Refiner {
         if !self.graph.add(node, found, &mut self.changes) {
             return false;
         }
-        self.nodes.insert((node, rules::to_fixed(unit)));
+        self.feed_node(node, unit);
         for (edge, diff) in self.changes.drain(..) {
             self.edges.update(edge, diff);
+        }
+        true
+    }
+
+    fn feed_node(&mut self, node: u64, unit: &[f32]) {
+        let own = rules::to_fixed(unit);
+        self.nodes.insert((node, own.clone()));
+        if let Some(before) = self.own.insert(node, own) {
+            self.nodes.remove((node, before));
+        }
+    }
+
+    /// Retires `node`: retracts it, its edges in both directions and its given label, so that every output that
+    /// depended on it is revised and its own outputs are retracted. Returns whether it was in the graph.
+    pub fn retire(&mut self, node: u64) -> bool {
+        if !self.graph.remove(node, &mut self.changes) {
+            return false;
+        }
+        if let Some(own) = self.own.remove(&node) {
+            self.nodes.remove((node, own));
+        }
+        for (edge, diff) in self.changes.drain(..) {
+            self.edges.update(edge, diff);
+        }
+        if let Some(label) = self.seeds.remove(&node) {
+            self.labels.remove((node, label));
         }
         true
     }
@@ -338,6 +397,7 @@ impl Refiner {
     /// Takes over a saved graph: its edges go to the dataflow now; each node's embedding follows through
     /// [`Refiner::restore_node`].
     pub fn restore_graph(&mut self, saved: KnnGraph) {
+        let saved = saved.restored();
         for edge in saved.edges() {
             self.edges.insert(edge);
         }
@@ -346,7 +406,7 @@ impl Refiner {
 
     /// Gives a node of the restored graph its embedding.
     pub fn restore_node(&mut self, node: u64, unit: &[f32]) {
-        self.nodes.insert((node, rules::to_fixed(unit)));
+        self.feed_node(node, unit);
     }
 
     /// Gives `node` the label `label`, or takes its label away (`None`); a previous label is retracted. Refuses a
@@ -374,6 +434,11 @@ impl Refiner {
             self.labels.insert((node, new));
         }
         Ok(())
+    }
+
+    /// The round being gathered: what is fed now is refined when it closes.
+    pub fn round(&self) -> u64 {
+        *self.nodes.time()
     }
 
     /// Closes the current round: what was added since is refined together. Returns the round closed.
@@ -501,10 +566,12 @@ mod tests {
         .unwrap()
     }
 
-    /// One round of a history: the nodes added (each with what the index found) and the label operations.
-    type Round = (Vec<(usize, Vec<(u64, f32)>)>, Vec<(u64, Option<String>)>);
+    /// One round of a history: the nodes added (each with what the index found), the label operations, then the nodes
+    /// retired.
+    type Round = (Vec<(usize, Vec<(u64, f32)>)>, Vec<(u64, Option<String>)>, Vec<u64>);
 
-    /// One random history: nodes arrive in random rounds, labels are given, changed and retracted.
+    /// One random history: nodes arrive in random rounds, labels are given, changed and retracted, and nodes are
+    /// retired — the oldest beyond a horizon, or any at random — after which newcomers find only live ones.
     struct History {
         params: RefineParams,
         points: Vec<Vec<f32>>,
@@ -512,6 +579,11 @@ mod tests {
     }
 
     fn history(seed: u64) -> History {
+        history_within(seed, None)
+    }
+
+    /// A random history; with `horizon`, the oldest nodes beyond it are retired at the end of each round.
+    fn history_within(seed: u64, horizon: Option<usize>) -> History {
         let mut rng = Rng(seed);
         let params = random_params(&mut rng);
         let n = 20 + rng.below(50) as usize;
@@ -521,6 +593,7 @@ mod tests {
             order.swap(i, rng.below(i as u64 + 1) as usize);
         }
         let (mut present, mut rounds) = (Vec::new(), Vec::new());
+        let horizon = horizon.unwrap_or([usize::MAX, 8, 15, 30][rng.below(4) as usize]);
         let mut at = 0;
         while at < n || rounds.len() < 3 {
             let take = (1 + rng.below(8) as usize).min(n - at);
@@ -538,7 +611,16 @@ mod tests {
                     (node, label)
                 })
                 .collect();
-            rounds.push((added, labels));
+            let mut retired = Vec::new();
+            while present.len() > horizon {
+                retired.push(present.remove(0) as u64);
+            }
+            for _ in 0..rng.below(3) {
+                if !present.is_empty() && rng.below(3) == 0 {
+                    retired.push(present.remove(rng.below(present.len() as u64) as usize) as u64);
+                }
+            }
+            rounds.push((added, labels, retired));
         }
         History { params, points, rounds }
     }
@@ -556,32 +638,113 @@ mod tests {
     #[test]
     fn incremental_refinement_equals_from_scratch_after_every_round() {
         for seed in 0..24 {
-            let history = history(seed);
-            timely::execute_directly(move |worker| {
-                let mut refiner = Refiner::new(worker, &history.params);
-                let mut state = Refinements::default();
-                let mut seeds = BTreeMap::new();
-                for (round, (added, labels)) in history.rounds.iter().enumerate() {
-                    for (node, found) in added {
-                        refiner.add(*node as u64, &history.points[*node], found);
-                    }
-                    for (node, label) in labels {
-                        refiner.label(*node, label.clone()).unwrap();
-                        match label {
-                            Some(label) => seeds.insert(*node, label.clone()),
-                            None => seeds.remove(node),
-                        };
-                    }
-                    let closed = refiner.advance();
-                    worker.step_while(|| !refiner.settled(closed));
-                    if let Some((_, _, changes)) = refiner.take() {
-                        state.apply(&changes);
-                    }
-                    let want = oracle::refine(&oracle_inputs(&refiner, &history, &seeds), &history.params);
-                    assert_eq!(state.as_outputs(), want, "seed {seed}, round {round}, {:?}", history.params);
-                }
-            });
+            equals_from_scratch_after_every_round(seed, history(seed));
         }
+    }
+
+    #[test]
+    fn r15_with_segments_retired_the_outputs_equal_from_scratch_over_the_live_ones_after_every_round() {
+        let mut retired = 0;
+        for seed in 200..224 {
+            let history = history_within(seed, Some(5 + seed as usize % 20));
+            retired += history.rounds.iter().map(|(_, _, r)| r.len()).sum::<usize>();
+            equals_from_scratch_after_every_round(seed, history);
+        }
+        assert!(retired > 400, "{retired}");
+    }
+
+    /// Feeds one round of a history to `refiner`, keeping `seeds` as the oracle must see them.
+    fn play(
+        refiner: &mut Refiner,
+        seeds: &mut BTreeMap<u64, String>,
+        points: &[Vec<f32>],
+        (added, labels, retired): &Round,
+    ) {
+        for (node, found) in added {
+            refiner.add(*node as u64, &points[*node], found);
+        }
+        for (node, label) in labels {
+            refiner.label(*node, label.clone()).unwrap();
+            match label {
+                Some(label) => seeds.insert(*node, label.clone()),
+                None => seeds.remove(node),
+            };
+        }
+        for node in retired {
+            assert!(refiner.retire(*node), "{node} was live");
+            assert!(!refiner.retire(*node));
+            seeds.remove(node);
+        }
+    }
+
+    /// Runs `history` on one worker; after every round the refinements equal the oracle over the graph's nodes, and
+    /// nothing is left of a retired node.
+    fn equals_from_scratch_after_every_round(seed: u64, history: History) {
+        timely::execute_directly(move |worker| {
+            let mut refiner = Refiner::new(worker, &history.params);
+            let mut state = Refinements::default();
+            let mut seeds = BTreeMap::new();
+            for (round, step) in history.rounds.iter().enumerate() {
+                play(&mut refiner, &mut seeds, &history.points, step);
+                let closed = refiner.advance();
+                worker.step_while(|| !refiner.settled(closed));
+                if let Some((_, _, changes)) = refiner.take() {
+                    state.apply(&changes);
+                }
+                let want = oracle::refine(&oracle_inputs(&refiner, &history, &seeds), &history.params);
+                assert_eq!(state.as_outputs(), want, "seed {seed}, round {round}, {:?}", history.params);
+                assert!(state.iter().all(|(node, _)| refiner.graph().contains(node)), "seed {seed}, round {round}");
+            }
+        });
+    }
+
+    fn resident_bytes() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+        let pages: u64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+        pages * 4096
+    }
+
+    /// The refinement's memory per segment at 1536-D with the default `[refine]` (k = 10, one hop, ten label hops),
+    /// one label in fifty given: the resident memory the second half of the segments adds (the dataflow's
+    /// arrangements, the refiner's graph and copies, the shared refinements), divided by their number. Run alone:
+    /// `cargo test --release -p chorus-operators r15_bytes_per_segment -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement; prints the figure"]
+    fn r15_bytes_per_segment() {
+        const N: usize = 6_000;
+        const DIM: usize = 1536;
+        timely::execute_directly(|worker| {
+            let params = RefineParams::default();
+            let mut rng = Rng(7);
+            let mut refiner = Refiner::new(worker, &params);
+            let mut state = Refinements::default();
+            let mut half = 0;
+            for round in 0..2 {
+                for node in (round * N / 2)..((round + 1) * N / 2) {
+                    let v: Vec<f64> = (0..DIM).map(|_| rng.unit() - 0.5).collect();
+                    let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+                    let unit: Vec<f32> = v.iter().map(|x| (x / norm) as f32).collect();
+                    let found: Vec<(u64, f32)> =
+                        (0..=params.k).map(|_| (rng.below(node.max(1) as u64), rng.unit() as f32)).collect();
+                    refiner.add(node as u64, &unit, &found);
+                    if node % 50 == 0 {
+                        refiner.label(node as u64, Some(["owl", "wren", "frog"][node % 3].to_owned())).unwrap();
+                    }
+                    if node % 500 == 499 {
+                        let closed = refiner.advance();
+                        worker.step_while(|| !refiner.settled(closed));
+                        if let Some((_, _, changes)) = refiner.take() {
+                            state.apply(&changes);
+                        }
+                    }
+                }
+                if round == 0 {
+                    half = resident_bytes();
+                }
+            }
+            let added = resident_bytes().saturating_sub(half);
+            println!("refinement memory: {} bytes per segment ({N} segments, {DIM}-D)", added / (N as u64 / 2));
+        });
     }
 
     #[test]
@@ -594,19 +757,10 @@ mod tests {
             timely::execute(timely::Config::process(2), move |worker| {
                 let mut refiner = Refiner::new(worker, &h.params);
                 let mut seeds = BTreeMap::new();
-                for (added, labels) in &h.rounds {
+                for step in &h.rounds {
                     // Worker 0 indexes every node; worker 1 only takes its share of the keys downstream.
                     if worker.index() == 0 {
-                        for (node, found) in added {
-                            refiner.add(*node as u64, &h.points[*node], found);
-                        }
-                        for (node, label) in labels {
-                            refiner.label(*node, label.clone()).unwrap();
-                            match label {
-                                Some(label) => seeds.insert(*node, label.clone()),
-                                None => seeds.remove(node),
-                            };
-                        }
+                        play(&mut refiner, &mut seeds, &h.points, step);
                     }
                     refiner.advance();
                 }

@@ -1,6 +1,8 @@
 //! The directed kNN graph the refinement runs over, kept as each segment's `k` nearest earlier-or-later segments:
 //! a new segment takes the neighbours the index found for it, and enters the lists of those neighbours it is nearer
 //! to than their current farthest — so edges are also retracted, which the dataflow sees as negative differences.
+//! A segment beyond the refinement's horizon is removed with its edges in both directions; the lists that held it
+//! are one shorter until a newcomer fills them.
 
 use std::collections::HashMap;
 
@@ -16,12 +18,26 @@ pub struct KnnGraph {
     k: usize,
     max_distance: f32,
     lists: HashMap<u64, Vec<(u64, f32)>>,
+    /// For each node, the nodes whose lists hold it: what a removal must visit. Derived from `lists`, so not saved.
+    #[serde(skip)]
+    holders: HashMap<u64, Vec<u64>>,
 }
 
 impl KnnGraph {
     /// An empty graph keeping `k` neighbours per node; edges within `max_distance` are `close`.
     pub fn new(k: usize, max_distance: f32) -> Self {
-        KnnGraph { k, max_distance, lists: HashMap::new() }
+        KnnGraph { k, max_distance, lists: HashMap::new(), holders: HashMap::new() }
+    }
+
+    /// Rebuilds what a saved graph does not hold (which lists hold each node); call after deserialising.
+    pub fn restored(mut self) -> Self {
+        self.holders.clear();
+        for (src, list) in &self.lists {
+            for (dst, _) in list {
+                self.holders.entry(*dst).or_default().push(*src);
+            }
+        }
+        self
     }
 
     /// Whether the graph was built with `k` neighbours per node and this cluster threshold.
@@ -83,15 +99,53 @@ impl KnnGraph {
                 let at = theirs.iter().position(farther).unwrap_or(theirs.len());
                 theirs.insert(at, (node, d));
                 changes.push(((dst, node, close(d)), 1));
+                self.holders.entry(node).or_default().push(dst);
             } else if let Some(at) = theirs.iter().position(farther) {
                 let (out, e) = theirs.pop().expect("a full list is not empty");
                 changes.push(((dst, out, close(e)), -1));
                 theirs.insert(at, (node, d));
                 changes.push(((dst, node, close(d)), 1));
+                forget_holder(&mut self.holders, out, dst);
+                self.holders.entry(node).or_default().push(dst);
             }
+        }
+        for &(dst, _) in &list {
+            self.holders.entry(dst).or_default().push(node);
         }
         self.lists.insert(node, list);
         true
+    }
+
+    /// Removes `node` and pushes the retraction of its edges in both directions: its own list, and its entry in
+    /// every list that holds it (those lists stay one shorter until a newcomer enters them). Returns whether it was
+    /// present.
+    pub fn remove(&mut self, node: u64, changes: &mut Vec<(Edge, isize)>) -> bool {
+        let Some(list) = self.lists.remove(&node) else { return false };
+        let close = |d: f32| d <= self.max_distance;
+        for (dst, d) in list {
+            changes.push(((node, dst, close(d)), -1));
+            forget_holder(&mut self.holders, dst, node);
+        }
+        for src in self.holders.remove(&node).unwrap_or_default() {
+            let Some(theirs) = self.lists.get_mut(&src) else { continue };
+            if let Some(at) = theirs.iter().position(|(id, _)| *id == node) {
+                let (_, d) = theirs.remove(at);
+                changes.push(((src, node, close(d)), -1));
+            }
+        }
+        true
+    }
+}
+
+/// `holder`'s list no longer holds `node`.
+fn forget_holder(holders: &mut HashMap<u64, Vec<u64>>, node: u64, holder: u64) {
+    if let Some(list) = holders.get_mut(&node) {
+        if let Some(at) = list.iter().position(|h| *h == holder) {
+            list.swap_remove(at);
+        }
+        if list.is_empty() {
+            holders.remove(&node);
+        }
     }
 }
 
@@ -122,5 +176,48 @@ mod tests {
         want.sort();
         assert_eq!(edges, want);
         assert!(want.contains(&(1, 4, true)) && want.contains(&(1, 3, false)));
+    }
+
+    fn replay(changes: &[(Edge, isize)]) -> Vec<Edge> {
+        let mut replayed: HashMap<Edge, isize> = HashMap::new();
+        for (edge, diff) in changes {
+            *replayed.entry(*edge).or_default() += diff;
+        }
+        assert!(replayed.values().all(|d| *d == 0 || *d == 1), "{replayed:?}");
+        let mut edges: Vec<Edge> = replayed.into_iter().filter(|(_, d)| *d == 1).map(|(e, _)| e).collect();
+        edges.sort();
+        edges
+    }
+
+    #[test]
+    fn r15_a_removed_node_takes_its_edges_in_both_directions_and_a_restored_graph_removes_alike() {
+        let mut graph = KnnGraph::new(2, 0.15);
+        let mut changes = Vec::new();
+        graph.add(1, &[], &mut changes);
+        graph.add(2, &[(1, 0.1)], &mut changes);
+        graph.add(3, &[(1, 0.2), (2, 0.3)], &mut changes);
+        graph.add(4, &[(3, 0.05), (2, 0.4)], &mut changes);
+        let saved: KnnGraph =
+            bincode::deserialize::<KnnGraph>(&bincode::serialize(&graph).unwrap()).unwrap().restored();
+        for mut graph in [graph, saved] {
+            let mut changes: Vec<(Edge, isize)> = graph.edges().map(|e| (e, 1)).collect();
+            assert!(graph.remove(3, &mut changes));
+            assert!(!graph.remove(3, &mut changes));
+            assert!(!graph.contains(3));
+            assert!(graph.iter().all(|(_, list)| list.iter().all(|(id, _)| *id != 3)));
+            let mut want: Vec<Edge> = graph.edges().collect();
+            want.sort();
+            assert_eq!(replay(&changes), want);
+            assert_eq!(graph.neighbours(4), [(2, 0.4)], "4 keeps its other neighbour");
+            // A newcomer fills the shorter list, and a later removal still finds every holder.
+            graph.add(5, &[(4, 0.01), (1, 0.5)], &mut changes);
+            assert!(graph.remove(4, &mut changes));
+            assert!(graph.remove(1, &mut changes));
+            let mut want: Vec<Edge> = graph.edges().collect();
+            want.sort();
+            assert_eq!(replay(&changes), want);
+            assert_eq!(graph.len(), 2);
+            assert_eq!(graph.holders.values().map(Vec::len).sum::<usize>(), graph.edges().count());
+        }
     }
 }

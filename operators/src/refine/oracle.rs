@@ -4,13 +4,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::config::RefineParams;
 use super::knn::Edge;
-use super::rules::{LabelId, combine, label_id, spread};
+use super::rules::{Fixed, LabelId, combine, label_id, spread};
 
 /// Everything the refinement reads.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Inputs {
     /// Node id and its own embedding in fixed point.
-    pub nodes: BTreeMap<u64, Vec<i32>>,
+    pub nodes: BTreeMap<u64, Fixed>,
     /// The kNN edges.
     pub edges: BTreeSet<Edge>,
     /// Seed labels by node.
@@ -21,7 +21,7 @@ pub struct Inputs {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Outputs {
     /// Each node's refined embedding after `hops` hops.
-    pub embeddings: BTreeMap<u64, Vec<i32>>,
+    pub embeddings: BTreeMap<u64, Fixed>,
     /// Each reached node's label scores after `label_hops` hops, sorted by label.
     pub labels: BTreeMap<u64, Vec<(String, i64)>>,
     /// Each node's cluster: the smallest id of its component of mutual close neighbours.
@@ -45,11 +45,11 @@ pub fn refine(inputs: &Inputs, params: &RefineParams) -> Outputs {
             .nodes
             .iter()
             .map(|(node, own)| {
-                let present: Vec<&Vec<i32>> = edges_of(node).iter().filter_map(|d| h.get(d)).collect();
+                let present: Vec<&Fixed> = edges_of(node).iter().filter_map(|d| h.get(d)).collect();
                 let mut sum = vec![0i32; own.len()];
                 for v in &present {
                     for (s, x) in sum.iter_mut().zip(v.iter()) {
-                        *s = s.wrapping_add(*x);
+                        *s = s.wrapping_add(i32::from(*x));
                     }
                 }
                 (*node, combine(own, present.len() as i64, &sum, params.alpha))
