@@ -358,7 +358,7 @@ fn tenants_comparison(sensors: usize, seconds: usize, backlog: usize) {
     );
 }
 
-/// Waits until the refinement's graph holds `segments` nodes, then prints its rounds' update latency (from the
+/// Waits until the refinement has taken `segments` segments (held or retired), then prints its rounds' update latency (from the
 /// close of a round to its outputs settling) from the job's `chorus_refine_update_seconds` histogram.
 fn print_refine_latency(port: u16, segments: usize) {
     let started = Instant::now();
@@ -370,7 +370,9 @@ fn print_refine_latency(port: u16, segments: usize) {
     };
     loop {
         let text = support::http_get(port, "/metrics").map(|(_, t)| t).unwrap_or_default();
-        let nodes = metric(&text, "chorus_refine_graph_nodes").first().map_or(0.0, |(_, v)| *v) as usize;
+        // Every segment is either in a space's graph or retired beyond its horizon.
+        let sum = |name: &str| metric(&text, name).iter().map(|(_, v)| *v).sum::<f64>() as usize;
+        let nodes = sum("chorus_refine_graph_nodes") + sum("chorus_refine_retired_total");
         if nodes >= segments || started.elapsed() > Duration::from_secs(600) {
             let count = metric(&text, "chorus_refine_update_seconds_count").first().map_or(0.0, |(_, v)| *v);
             let sum = metric(&text, "chorus_refine_update_seconds_sum").first().map_or(0.0, |(_, v)| *v);

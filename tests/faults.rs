@@ -156,6 +156,9 @@ fn r3_a_burst_stays_within_the_memory_budget_and_the_lag_drains() {
             ("memory_budget_mb", (budget_mb as i64).into()),
             ("embed.threads", 1.into()),
             ("refine.enabled", false.into()),
+            // The index's own budget comes off the top; this test is about the audio in flight.
+            ("index.memory_budget_mb", 32.into()),
+            ("index.shard_max_points", 4_000.into()),
         ],
     );
     // Twenty sensors whose edge boxes upload 300 s of audio each at once — ten times real time for 30 s — 384 MB
@@ -216,9 +219,16 @@ fn r3_under_overload_critical_audio_goes_first_and_only_low_priority_is_shed() {
 
 #[test]
 fn r3_a_hot_space_cannot_starve_a_quiet_one() {
+    // The spaces take turns among the audio already read: the read-ahead here holds the whole backlog (61 MB of
+    // payload, each second in five overlapping windows: about 1 GB once cut).
     let s = Scenario::new(
         "r3-spaces",
-        &[("windows.hop_seconds", 1.0.into()), ("embed.threads", 1.into()), ("embed.max_batch", 4.into())],
+        &[
+            ("windows.hop_seconds", 1.0.into()),
+            ("embed.threads", 1.into()),
+            ("embed.max_batch", 4.into()),
+            ("memory_budget_mb", 3_072.into()),
+        ],
     );
     // A large backlog for "hot" lands first in every partition; "calm" comes after it.
     let hot = recordings(&s, "hot", 16, 60);

@@ -192,7 +192,7 @@ impl Config {
             scheduling: file.scheduling.build(embed.max_batch).map_err(invalid("scheduling"))?,
             embed,
             windows: file.windows.build(model.sample_rate, model.window).map_err(invalid("windows"))?,
-            index: file.index.build(&base).map_err(invalid("index"))?,
+            index: file.index.build(&base).and_then(|index| fits(index, model.dim)).map_err(invalid("index"))?,
             refine: file.refine.build(&base).map_err(invalid("refine"))?,
             archive: file.archive.build(&base).map_err(invalid("archive"))?,
             http: file.http.build().map_err(invalid("http"))?,
@@ -200,6 +200,25 @@ impl Config {
             model,
         })
     }
+}
+
+/// An index budget must hold at least a full open shard: the open shard cannot move down a tier, so a smaller budget
+/// would not bound the index.
+fn fits(index: IndexParams, dim: usize) -> Result<IndexParams, FieldError> {
+    let (Some(budget), open) = (index.memory_budget, index.open_shard_bytes(dim)) else { return Ok(index) };
+    if open > budget {
+        return Err(FieldError::new(
+            "memory_budget_mb",
+            format!(
+                "{} MiB cannot hold a full open shard: shard_max_points = {} points of {dim} dimensions take about {} \
+                 MiB, and the open shard never moves down a tier; raise memory_budget_mb or lower shard_max_points",
+                budget >> 20,
+                index.shard_max_points,
+                open.div_ceil(1 << 20)
+            ),
+        ));
+    }
+    Ok(index)
 }
 
 #[cfg(test)]
@@ -218,6 +237,16 @@ mod tests {
         assert_eq!(config.embed.library, Path::new("/opt/ort.so"));
         assert_eq!(config.windows.window, 160_000);
         assert_eq!(config.archive.dir, Path::new("/etc/chorus/var/archive"));
+    }
+
+    #[test]
+    fn r15_an_index_budget_that_cannot_hold_a_full_open_shard_is_refused() {
+        let base = "[model]\npath = \"m.onnx\"\n[embed]\nonnxruntime = \"/opt/ort.so\"\n[index]\nm = 32\n";
+        let error = parse(&format!("{base}memory_budget_mb = 64\nshard_max_points = 20000\n")).unwrap_err().to_string();
+        assert!(error.contains("[index] memory_budget_mb"), "{error}");
+        assert!(error.contains("shard_max_points = 20000 points of 1536 dimensions take about 139 MiB"), "{error}");
+        let fits = parse(&format!("{base}memory_budget_mb = 64\nshard_max_points = 8000\n")).unwrap();
+        assert_eq!(fits.index.open_shard_bytes(1536), 8_000 * (1536 * 4 + 32 * 2 * 16 + 96));
     }
 
     #[test]

@@ -11,6 +11,10 @@ use crate::config::Config;
 /// and Parquet's pages while a file is written.
 const MEMORY_PER_ARCHIVED_AUDIO_BYTE: usize = 4;
 
+/// Memory the refinement holds per segment of its horizon at 1536 dimensions with the default `[refine]` (measured
+/// by `refine::flow::tests::r15_bytes_per_segment`: 46 KB), rounded up; it scales with the dimension.
+const REFINE_BYTES_PER_SEGMENT_AT_1536: usize = 47 << 10;
+
 /// The least read-ahead a worker needs to keep the model busy.
 const MIN_READ_AHEAD: usize = 8 << 20;
 
@@ -21,7 +25,7 @@ pub struct Budget {
     pub resident: usize,
     /// The index's budget (`index.memory_budget_mb` per worker, for every worker).
     pub index: usize,
-    /// Held back for the refinement's graph and arrangements.
+    /// Held back for the refinement's graph and arrangements: its horizon of one space.
     pub refine: usize,
     /// Memory of the archive writers' buffers.
     pub writers: usize,
@@ -34,9 +38,10 @@ pub struct Budget {
 }
 
 /// Splits the memory budget among `workers` workers, from what the model and the runtime leave of it (measured
-/// now that they are loaded): first the index's own budget; of the rest, a quarter to the refinement when it runs, a
-/// quarter to the archive writers when the archive keeps audio, an eighth to the sensors, and what remains to the
-/// audio read ahead. Refuses a budget that leaves a worker less than 8 MiB to read ahead, naming what takes it.
+/// now that they are loaded): first the index's own budget and the refinement's horizon (for one space: each further
+/// space adds as much); of the rest, a quarter to the archive writers when the archive keeps audio, an eighth to the
+/// sensors, and what remains to the audio read ahead. Refuses a budget that leaves a worker less than 8 MiB to read
+/// ahead, naming what takes it.
 pub fn split_budget(config: &Config, workers: usize) -> Result<Budget, Error> {
     split(config, workers, resident_bytes().unwrap_or(0))
 }
@@ -45,16 +50,18 @@ fn split(config: &Config, workers: usize, resident: usize) -> Result<Budget, Err
     let budget = config.memory_budget;
     let spare = budget.saturating_sub(resident);
     let index = config.index.memory_budget.map_or(0, |per_worker| per_worker * workers);
-    let rest = spare.saturating_sub(index);
-    let refine = if config.refine.enabled { rest / 4 } else { 0 };
+    let per_segment = REFINE_BYTES_PER_SEGMENT_AT_1536 * config.model.dim.max(1) / 1536;
+    let refine = if config.refine.enabled { config.refine.horizon_segments * per_segment } else { 0 };
+    let rest = spare.saturating_sub(index).saturating_sub(refine);
     let writers = if config.archive.audio { rest / 4 } else { 0 };
     let sensors = rest / 8;
-    let read_ahead = rest - refine - writers - sensors;
+    let read_ahead = rest - writers - sensors;
     if read_ahead / workers < MIN_READ_AHEAD {
         return Err(Error::Job(format!(
             "memory_budget_mb = {} leaves too little for audio in flight: the model and runtime use {} MiB, the \
-             index's budget (index.memory_budget_mb × {workers} workers) {} MiB, the refinement {} MiB, the archive \
-             writers {} MiB and the sensors {} MiB; raise memory_budget_mb or lower index.memory_budget_mb",
+             index's budget (index.memory_budget_mb × {workers} workers) {} MiB, the refinement's horizon \
+             (refine.horizon_segments) {} MiB, the archive writers {} MiB and the sensors {} MiB; raise \
+             memory_budget_mb or lower index.memory_budget_mb or refine.horizon_segments",
             budget >> 20,
             resident >> 20,
             index >> 20,
@@ -125,10 +132,14 @@ mod tests {
 
     #[test]
     fn r15_every_share_is_taken_from_what_the_model_leaves_and_they_add_up_to_the_budget() {
-        let budget = split(&config(1_024, Some(64), true, true), 2, 300 << 20).unwrap();
-        let rest = (1_024 - 300 - 128) << 20;
-        assert_eq!((budget.index, budget.refine, budget.writers), (128 << 20, rest / 4, rest / 4));
-        assert_eq!((budget.sensors, budget.read_ahead), (rest / 8 / 2, (rest - rest / 4 - rest / 4 - rest / 8) / 2));
+        let mut config = config(1_024, Some(64), true, true);
+        config.refine.horizon_segments = 2_000;
+        let budget = split(&config, 2, 300 << 20).unwrap();
+        // The refinement's horizon at 47 KiB a segment (the stand-in model is 1536-D).
+        let refine = 2_000 * (47 << 10);
+        let rest = (724 << 20) - (128 << 20) - refine;
+        assert_eq!((budget.index, budget.refine, budget.writers), (128 << 20, refine, rest / 4));
+        assert_eq!((budget.sensors, budget.read_ahead), (rest / 8 / 2, (rest - rest / 4 - rest / 8) / 2));
         let total =
             budget.resident + budget.index + budget.refine + budget.writers + 2 * (budget.sensors + budget.read_ahead);
         assert!((1_024 << 20) - total < 8, "the shares leave {} bytes unassigned", (1_024 << 20) - total);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use hnsw_rs::hnsw::Point;
 use hnsw_rs::prelude::{DistDot, Hnsw};
 
-use super::config::IndexParams;
+use super::config::{IndexParams, open_point_bytes};
 use super::graph::{Extracted, Graph, hnsw_points};
 use super::point::{Filter, PointInfo, unit};
 use super::shard::Rows;
@@ -156,9 +156,7 @@ impl OpenShard {
 
     /// Bytes held in memory, estimated.
     pub(super) fn bytes(&self, dim: usize) -> usize {
-        // Vector, links (about m on upper layers and 2m on layer 0, with their distances) and bookkeeping per point.
-        let links = self.hnsw.get_max_nb_connection() as usize * 2 * 16;
-        self.len() * (dim * 4 + links + 96)
+        self.len() * open_point_bytes(dim, self.hnsw.get_max_nb_connection() as usize)
     }
 
     /// Inserts `points` — `(id, where and when, vector from [`prepare`])`, ids not in the shard yet — in parallel

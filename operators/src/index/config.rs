@@ -117,6 +117,12 @@ impl IndexConfig {
     }
 }
 
+/// Memory one point of the open shard takes at `dim` dimensions with `m` links per node: its vector, its links (about
+/// `m` on upper layers and `2m` on layer 0, with their distances) and bookkeeping.
+pub(super) fn open_point_bytes(dim: usize, m: usize) -> usize {
+    dim * 4 + m * 2 * 16 + 96
+}
+
 /// Validated index parameters.
 #[derive(Clone, Debug, PartialEq)]
 pub struct IndexParams {
@@ -142,6 +148,13 @@ pub struct IndexParams {
     pub rescore_oversample: usize,
     /// Answers that promote a shard one tier.
     pub promote_after_hits: u32,
+}
+
+impl IndexParams {
+    /// Memory a full open shard takes at `dim` dimensions: the least an index budget must hold.
+    pub fn open_shard_bytes(&self, dim: usize) -> usize {
+        self.shard_max_points * open_point_bytes(dim, self.m)
+    }
 }
 
 #[cfg(test)]
