@@ -24,6 +24,9 @@ use crate::Error;
 use crate::stop::Stop;
 use crate::wav;
 
+/// How long a full read-ahead may go without anything embedded before held chunks stop waiting for reads.
+const STALL: Duration = Duration::from_secs(2);
+
 /// One worker's consumer: its partitions, the offsets read per epoch, and what may be committed.
 pub struct KafkaSource {
     consumer: BaseConsumer,
@@ -44,6 +47,8 @@ pub struct KafkaSource {
     /// The model's sample rate and the copies of audio at that rate the pipeline holds, for [`wav::memory_cost`].
     model_rate: u32,
     copies: usize,
+    /// Since when the read-ahead has been full with nothing embedded (see [`KafkaSource::stalled`]).
+    full_since: Option<Instant>,
     /// Pending reports received and not yet applied, by time.
     reports: BTreeMap<u64, Vec<PendingReport>>,
     /// The latest applied report of each worker: its oldest pending chunk per partition.
@@ -72,9 +77,7 @@ impl KafkaSource {
             // The end of a partition is reported: held-back chunks need to know when no partition can hold more.
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", settings.fetch_wait.as_millis().to_string())
-            // A producer's batch may hold many messages; a broker that sends no part of a batch larger than this would
-            // stall the partition, so it takes a few batches of the largest messages.
-            .set("max.partition.fetch.bytes", (4 * settings.max_message_bytes).max(8 << 20).to_string())
+            .set("max.partition.fetch.bytes", settings.max_message_bytes.max(1 << 20).to_string())
             // librdkafka's own read-ahead counts against the budget too: payloads, an eighth of what they cost decoded.
             .set("queued.max.messages.kbytes", (max_in_flight / 32 / 1024).max(1_024).to_string())
             .create()
@@ -130,6 +133,7 @@ impl KafkaSource {
             max_in_flight,
             model_rate: 0,
             copies: 0,
+            full_since: None,
             reports: BTreeMap::new(),
             pending: BTreeMap::new(),
             progress,
@@ -207,14 +211,20 @@ impl KafkaSource {
         cost
     }
 
-    /// Reading stops while the read-ahead is full: every partition then counts as having nothing left to read, so
-    /// that chunks held back for earlier audio are placed once `windows.lateness_ms` have passed since they were sent
-    /// rather than wait for a read that cannot happen until they are — their epochs hold back the embedding stage's
-    /// frontier, and with it the read-ahead. The next message read says otherwise again.
-    fn pause(&mut self) {
+    /// Whether the read-ahead has been full for [`STALL`] with nothing embedded: then the chunks held back for
+    /// earlier audio are what holds it (their epochs hold back the embedding stage's frontier), and they would wait
+    /// for a read that cannot happen until they are placed. Every partition then counts as having nothing left to
+    /// read, so they are placed once `windows.lateness_ms` have passed since they were sent; the next message read
+    /// says otherwise again. A read-ahead that drains, however slowly, changes nothing.
+    fn stalled(&mut self) -> bool {
+        let since = *self.full_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < STALL {
+            return false;
+        }
         for progress in self.progress.values_mut() {
             progress.caught_up = true;
         }
+        true
     }
 
     /// How far each partition this worker reads has been read, for those whose progress changed since the last
@@ -274,6 +284,7 @@ impl KafkaSource {
             }
             self.unembedded.pop_front();
             self.in_flight -= bytes;
+            self.full_since = None;
         }
     }
 
@@ -431,9 +442,8 @@ pub fn source<'scope>(
             }
             source.trim_embedded(|t| embedded.less_equal(t));
             if source.in_flight >= source.max_in_flight {
-                // Nothing more is read until the model catches up: chunks held back for audio that may still come
-                // must not wait for it (see `KafkaSource::pause`).
-                source.pause();
+                // Nothing more is read until the model catches up; if it cannot, held chunks must not wait for a read.
+                source.stalled();
                 let changes = source.progress_changes();
                 if !changes.is_empty() {
                     progress_out.activate().session(&caps[1]).give_iterator(changes.into_iter());
