@@ -170,7 +170,7 @@ fn r3_a_burst_stays_within_the_memory_budget_and_the_lag_drains() {
     let expected = expected_ids("default", &sensors, 300, 5);
     let started = Instant::now();
     let mut peak = 0;
-    wait_for("the lag to drain", Duration::from_secs(300), || {
+    wait_for("the lag to drain", Duration::from_secs(480), || {
         peak = peak.max(peak_rss(job.id()));
         s.archived("default", false).len() >= expected.len()
     });

@@ -31,6 +31,9 @@ pub struct Budget {
     pub writers: usize,
     /// Memory of the segmenting workers' sensors, per worker.
     pub sensors: usize,
+    /// Left unassigned: the allocator's fragmentation and the transient copies no share counts (a batch's input
+    /// tensor, a Parquet file being encoded, a fetch response in librdkafka).
+    pub headroom: usize,
     /// Memory of the audio read ahead of the embedding stage, per worker (see `wav::memory_cost`).
     pub read_ahead: usize,
     /// Audio bytes in one worker's archive writer buffer.
@@ -40,7 +43,7 @@ pub struct Budget {
 /// Splits the memory budget among `workers` workers, from what the model and the runtime leave of it (measured
 /// now that they are loaded): first the index's own budget and the refinement's horizon (for one space: each further
 /// space adds as much); of the rest, a quarter to the archive writers when the archive keeps audio, an eighth to the
-/// sensors, and what remains to the audio read ahead. Refuses a budget that leaves a worker less than 8 MiB to read
+/// sensors, a quarter left as headroom, and what remains to the audio read ahead. Refuses a budget that leaves a worker less than 8 MiB to read
 /// ahead, naming what takes it.
 pub fn split_budget(config: &Config, workers: usize) -> Result<Budget, Error> {
     split(config, workers, resident_bytes().unwrap_or(0))
@@ -55,7 +58,8 @@ fn split(config: &Config, workers: usize, resident: usize) -> Result<Budget, Err
     let rest = spare.saturating_sub(index).saturating_sub(refine);
     let writers = if config.archive.audio { rest / 4 } else { 0 };
     let sensors = rest / 8;
-    let read_ahead = rest - writers - sensors;
+    let headroom = rest / 4;
+    let read_ahead = rest - writers - sensors - headroom;
     if read_ahead / workers < MIN_READ_AHEAD {
         return Err(Error::Job(format!(
             "memory_budget_mb = {} leaves too little for audio in flight: the model and runtime use {} MiB, the \
@@ -76,6 +80,7 @@ fn split(config: &Config, workers: usize, resident: usize) -> Result<Budget, Err
         refine,
         writers,
         sensors: sensors / workers,
+        headroom,
         read_ahead: read_ahead / workers,
         archive_audio: writers / MEMORY_PER_ARCHIVED_AUDIO_BYTE / workers,
     };
@@ -101,6 +106,7 @@ impl Budget {
             ("refine", self.refine),
             ("writers", self.writers),
             ("sensors", self.sensors * workers),
+            ("headroom", self.headroom),
             ("read_ahead", self.read_ahead * workers),
         ];
         for (share, bytes) in shares {
@@ -139,9 +145,14 @@ mod tests {
         let refine = 2_000 * (47 << 10);
         let rest = (724 << 20) - (128 << 20) - refine;
         assert_eq!((budget.index, budget.refine, budget.writers), (128 << 20, refine, rest / 4));
-        assert_eq!((budget.sensors, budget.read_ahead), (rest / 8 / 2, (rest - rest / 4 - rest / 8) / 2));
-        let total =
-            budget.resident + budget.index + budget.refine + budget.writers + 2 * (budget.sensors + budget.read_ahead);
+        assert_eq!((budget.sensors, budget.headroom), (rest / 8 / 2, rest / 4));
+        assert_eq!(budget.read_ahead, (rest - rest / 4 - rest / 8 - rest / 4) / 2);
+        let total = budget.resident
+            + budget.index
+            + budget.refine
+            + budget.writers
+            + budget.headroom
+            + 2 * (budget.sensors + budget.read_ahead);
         assert!((1_024 << 20) - total < 8, "the shares leave {} bytes unassigned", (1_024 << 20) - total);
     }
 

@@ -32,7 +32,8 @@ pub const SENSORS: &str = "chorus_sensors";
 
 /// What the job's memory budget gives each share (label `share`): `resident` (the model and runtime, measured at
 /// start), `read_ahead` (audio read ahead of the embedding stage), `sensors` (the segmenting workers' sensors),
-/// `writers` (the archive writers' audio), `index` (the index's budget), `refine` (the refinement's bound).
+/// `writers` (the archive writers' audio), `index` (the index's budget), `refine` (the refinement's bound), `headroom`
+/// (left unassigned).
 pub const MEMORY_BUDGET: &str = "chorus_memory_budget_bytes";
 /// Memory a share holds now, as the job accounts it (label `share`: `read_ahead`, `sensors`); the index's is
 /// `chorus_index_bytes`, the process's `process_resident_memory_bytes`.

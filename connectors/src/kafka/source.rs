@@ -24,8 +24,11 @@ use crate::Error;
 use crate::stop::Stop;
 use crate::wav;
 
+/// The part of the read-ahead budget librdkafka's prefetch queue takes (1 / this), in payload bytes.
+const PREFETCH_SHARE: usize = 32;
+
 /// How long a full read-ahead may go without anything embedded before held chunks stop waiting for reads.
-const STALL: Duration = Duration::from_secs(2);
+const STALL: Duration = Duration::from_secs(10);
 
 /// One worker's consumer: its partitions, the offsets read per epoch, and what may be committed.
 pub struct KafkaSource {
@@ -78,8 +81,8 @@ impl KafkaSource {
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", settings.fetch_wait.as_millis().to_string())
             .set("max.partition.fetch.bytes", settings.max_message_bytes.max(1 << 20).to_string())
-            // librdkafka's own read-ahead counts against the budget too: payloads, an eighth of what they cost decoded.
-            .set("queued.max.messages.kbytes", (max_in_flight / 32 / 1024).max(1_024).to_string())
+            // librdkafka's own read-ahead is a thirty-second of the budget, in payload bytes; the rest is the source's.
+            .set("queued.max.messages.kbytes", (max_in_flight / PREFETCH_SHARE / 1024).max(1_024).to_string())
             .create()
             .map_err(kafka(format!("cannot create a consumer for {}", settings.brokers)))?;
         let topic = settings.audio_topic.clone();
@@ -130,7 +133,7 @@ impl KafkaSource {
             committed,
             unembedded: VecDeque::new(),
             in_flight: 0,
-            max_in_flight,
+            max_in_flight: max_in_flight - max_in_flight / PREFETCH_SHARE,
             model_rate: 0,
             copies: 0,
             full_since: None,
