@@ -25,18 +25,6 @@ fn run_measuring_peak(s: &Scenario) -> (usize, String) {
     (peak, log)
 }
 
-/// `samples` as an 8-bit PCM mono WAV file.
-fn wav_u8(sample_rate: u32, samples: &[f32]) -> Vec<u8> {
-    let spec = hound::WavSpec { channels: 1, sample_rate, bits_per_sample: 8, sample_format: hound::SampleFormat::Int };
-    let mut bytes = std::io::Cursor::new(Vec::new());
-    let mut writer = hound::WavWriter::new(&mut bytes, spec).unwrap();
-    for &x in samples {
-        writer.write_sample((x.clamp(-1.0, 1.0) * 127.0) as i8).unwrap();
-    }
-    writer.finalize().unwrap();
-    bytes.into_inner()
-}
-
 #[test]
 fn r15_twenty_five_hundred_sensors_of_a_few_milliseconds_each_stay_within_the_budget_and_keep_their_audio() {
     let budget_mb: usize = 512;
@@ -103,7 +91,7 @@ fn r15_a_burst_of_8_bit_1_khz_audio_stays_within_the_budget_and_loses_nothing() 
     for (n, sensor) in sensors.iter().enumerate() {
         let audio: Vec<f32> = gaussian_noise(300_000, 100 + n as u64).iter().map(|x| 0.2 * x).collect();
         for (k, part) in audio.chunks(10_000).enumerate() {
-            chunks.push(RawChunk::new(sensor, &t0_plus(k as i64 * 10_000_000_000), wav_u8(1_000, part)));
+            chunks.push(RawChunk::new(sensor, &t0_plus(k as i64 * 10_000_000_000), wav_pcm(1_000, 1, 8, part)));
         }
     }
     s.produce_raw(&chunks);

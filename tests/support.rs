@@ -599,11 +599,18 @@ pub fn t0_plus(nanos: i64) -> String {
 
 /// `samples` (interleaved when `channels` > 1) as a 16-bit PCM WAV file in memory.
 pub fn wav_i16(sample_rate: u32, channels: u16, samples: &[f32]) -> Vec<u8> {
-    let spec = hound::WavSpec { channels, sample_rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    wav_pcm(sample_rate, channels, 16, samples)
+}
+
+/// `samples` (interleaved when `channels` > 1) as an 8- or 16-bit PCM WAV file in memory.
+pub fn wav_pcm(sample_rate: u32, channels: u16, bits: u16, samples: &[f32]) -> Vec<u8> {
+    let spec = hound::WavSpec { channels, sample_rate, bits_per_sample: bits, sample_format: hound::SampleFormat::Int };
     let mut bytes = std::io::Cursor::new(Vec::new());
     let mut writer = hound::WavWriter::new(&mut bytes, spec).unwrap();
+    let full_scale = f32::from((1u16 << (bits - 1)) - 1);
     for &x in samples {
-        writer.write_sample((x.clamp(-1.0, 1.0) * 32_767.0) as i16).unwrap();
+        let value = (x.clamp(-1.0, 1.0) * full_scale) as i16;
+        if bits == 8 { writer.write_sample(value as i8).unwrap() } else { writer.write_sample(value).unwrap() }
     }
     writer.finalize().unwrap();
     bytes.into_inner()
