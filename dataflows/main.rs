@@ -43,7 +43,7 @@ enum Command {
     /// Run the ingest job: Kafka audio chunks → windows → embeddings → index, archive, segments topic; behind the
     /// index, the graph refinement (refined embeddings, labels spread from the labels topic, clusters).
     #[command(
-        after_help = "Examples:\n  chorus run --config config/balanced.toml\n  chorus run -w 2 --until-idle 5    # two workers; stop once the topic is drained and quiet for 5 s\n  chorus run --processes 2 --process 0 --hostfile hosts.txt   # and --process 1 on the second machine\n\nSIGTERM or Ctrl-C stops reading, drains what is in flight, flushes the sinks and commits (a second one\nexits at once). Offsets are committed only after the archive, the segments topic and the dead-letter topic\nhold what was derived from them; a restart resumes there, and segment ids are deterministic, so nothing is\nlost or doubled.\n\nWhile it runs, label segments and watch the labels spread:\n  curl -s localhost:9464/v1/labels -H 'content-type: application/json' \\\n       -d '{\"labels\": [{\"segment_id\": \"3f9a0c1d2b4e5f60\", \"label\": \"Turdus merula\"}]}'\n  curl -s localhost:9464/v1/segments/<another id>      # label, label_score, cluster\n([refine] in the config; refinements also go to refine.dir as Parquet and to the segments topic.)"
+        after_help = "Examples:\n  chorus run --config config/balanced.toml\n  chorus run -w 2 --until-idle 5    # two workers; stop once the topic is drained and quiet for 5 s\n  chorus run --until-idle 5 --flush-tails   # a backfill of finished recordings: their last windows too\n  chorus run --processes 2 --process 0 --hostfile hosts.txt   # and --process 1 on the second machine\n\nSIGTERM or Ctrl-C stops reading, drains what is in flight, flushes the sinks and commits (a second one\nexits at once). Offsets are committed only after the archive, the segments topic and the dead-letter topic\nhold what was derived from them; a restart resumes there, and segment ids are deterministic, so nothing is\nlost or doubled.\n\nWhile it runs, label segments and watch the labels spread:\n  curl -s localhost:9464/v1/labels -H 'content-type: application/json' \\\n       -d '{\"labels\": [{\"segment_id\": \"3f9a0c1d2b4e5f60\", \"label\": \"Turdus merula\"}]}'\n  curl -s localhost:9464/v1/segments/<another id>      # label, label_score, cluster\n([refine] in the config; refinements also go to refine.dir as Parquet and to the segments topic.)"
     )]
     Run {
         #[command(flatten)]
@@ -63,6 +63,11 @@ enum Command {
         /// File of `host:port` lines, one per process in process order (default: 127.0.0.1:2101, :2102, ...).
         #[arg(long, value_name = "FILE")]
         hostfile: Option<PathBuf>,
+        /// The audio is finished recordings (a backfill): when the job stops, cut every sensor's last window,
+        /// padded with silence, instead of keeping it for audio that will not come. On a live network,
+        /// `windows.flush_tail_seconds` does this for each sensor that has been quiet that long.
+        #[arg(long)]
+        flush_tails: bool,
     },
     /// Produce WAV files to the audio topic as chunks with `captured_at`, `space` and `priority` headers.
     #[command(
@@ -303,7 +308,7 @@ fn load(config: &ConfigArg) -> anyhow::Result<Config> {
 
 fn execute(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { config, workers, until_idle, processes, process, hostfile } => {
+        Command::Run { config, workers, until_idle, processes, process, hostfile, flush_tails } => {
             let config = load(&config)?;
             let idle = match until_idle {
                 Some(secs) if secs >= 0.0 && secs.is_finite() => Some(Duration::from_secs_f64(secs)),
@@ -317,7 +322,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 signal_hook::flag::register(signal, stop.requested.clone())?;
             }
             let cluster = cluster(processes, process, hostfile)?;
-            let summary = job::run(&config, &RunOptions { workers, stop, cluster })?;
+            let summary = job::run(&config, &RunOptions { workers, stop, cluster, flush_tails })?;
             eprintln!(
                 "chorus run: {} chunks, {} windows, {} new segments ({} already indexed), {} dead letters; committed {}",
                 summary.chunks,

@@ -46,6 +46,9 @@ pub struct RunOptions {
     pub stop: Stop,
     /// This process's place in a timely cluster; `None` runs every worker here.
     pub cluster: Option<Cluster>,
+    /// The audio is finished recordings (a backfill): when the input ends, every sensor's tail is cut, padded with
+    /// silence, instead of waiting for audio that will not come (see `windows.flush_tail_seconds`).
+    pub flush_tails: bool,
 }
 
 /// One process of a job spread over several (each with `workers` threads, reading partition `p` on global worker
@@ -152,6 +155,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
         embedders: Mutex::new(embedders),
         budget,
         clustered: options.cluster.is_some(),
+        flush_tails: options.flush_tails,
         producer,
         metrics: metrics.clone(),
         fatal,
@@ -296,6 +300,8 @@ struct Shared {
     budget: Budget,
     /// Whether other processes run workers of this job.
     clustered: bool,
+    /// Whether every sensor's tail is cut when the input ends.
+    flush_tails: bool,
     producer: Producer,
     metrics: Metrics,
     fatal: Fatal,
@@ -365,7 +371,8 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
         let mut segmenter = Segmenter::new(config.windows.clone())
             .with_held_limit(read_ahead / 4)
             .with_sensor_limit(shared.budget.sensors)
-            .with_partitions(topic_partitions);
+            .with_partitions(topic_partitions)
+            .with_tails_cut_at_end(shared.flush_tails);
         if let Some(store) = store {
             segmenter = segmenter.with_store(store);
         }

@@ -35,6 +35,11 @@
 //! Offsets are committed up to those reports and no further, so a restart re-reads every chunk a window not yet cut
 //! still needs.
 //!
+//! **Tails.** A sensor that sent nothing for `flush_tail` has its tail cut: the windows still waiting for audio past
+//! their end that hold at least `min_coverage` of recorded audio are cut, padded with silence — the same windows a
+//! gap after the audio would give. Audio that continues the sensor later goes on into the windows after them (a
+//! window cut this way stands). With [`Segmenter::with_tails_cut_at_end`], every tail is cut when the input ends.
+//!
 //! **The store.** A sensor that sent nothing for `park_after` is moved to the [`Store`], a file per sensor: its
 //! chunks no longer pin their partition, and a decommissioned sensor costs neither memory nor commits. When the
 //! input ends (a clean stop) every sensor is moved there. A sensor's next chunk loads it back; the chunks its file
@@ -207,7 +212,7 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
             let mut stash: BTreeMap<u64, Arrived> = BTreeMap::new();
             let mut reported = BTreeMap::new();
             let mut revision = 0;
-            let mut last_park = 0u64;
+            let mut last_look = 0u64;
             let mut counted = (0i64, 0i64);
             let mut sensor_bytes = 0i64;
             move |frontiers| {
@@ -298,10 +303,16 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
                         }
                         let mut pushed = Pushed::default();
                         segmenter.release(Some(now), now, &mut pushed);
+                        // Once a second: the tails of sensors quiet for `flush_tail_seconds` are cut, then the sensors
+                        // quiet for `park_after_seconds` move to the store.
+                        let look = now >= last_look.saturating_add(1_000);
+                        if look {
+                            last_look = now;
+                            segmenter.flush_tails(Some(now), now, &mut pushed);
+                        }
                         metrics.count("segment", 0, pushed.windows.len());
                         send(pushed, &holding, caps);
-                        if stores && now >= last_park.saturating_add(1_000) {
-                            last_park = now;
+                        if stores && look {
                             segmenter.park_quiet(now);
                             if let Some(durable) = &durable {
                                 segmenter.remove_obsolete(|t| durable.less_equal(t));
@@ -328,6 +339,7 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
                                 following.iter().map(|cap| cap.delayed(&last.max(*cap.time()))).collect();
                             let mut pushed = Pushed::default();
                             segmenter.release(None, *caps[0].time(), &mut pushed);
+                            segmenter.flush_tails(None, *caps[0].time(), &mut pushed);
                             metrics.count("segment", 0, pushed.windows.len());
                             send(pushed, &holding, &caps);
                             if stores {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::store::Store;
 use super::timeline::{Pushed, Timeline};
 use super::windows::WindowSpec;
-use crate::record::{AudioChunk, Origin, PartitionProgress, nanos_to_samples};
+use crate::record::{AudioChunk, Origin, PartitionProgress, Priority, nanos_to_samples};
 
 /// A sensor: its timeline (none until its first chunk is placed) and the chunks held back, in `captured_at` order.
 #[derive(Default, Serialize, Deserialize)]
@@ -22,6 +22,10 @@ pub(super) struct Sensor {
     /// no commit, and the file is kept until they are used up.
     #[serde(skip)]
     stored: HashSet<Origin>,
+    /// The priority of its last chunk, which a tail cut by [`Segmenter::flush_tails`] keeps (`normal` for a sensor
+    /// loaded from the store).
+    #[serde(skip)]
+    priority: Priority,
 }
 
 /// A chunk waiting for the gap before it to be filled.
@@ -84,6 +88,7 @@ impl Sensor {
     /// continues the audio received (or cannot fill a gap anyway), otherwise held back in order.
     fn receive(&mut self, spec: &WindowSpec, chunk: AudioChunk, time: u64, now: u64, out: &mut Pushed) {
         self.last_seen = self.last_seen.max(now);
+        self.priority = chunk.priority;
         if self.held.is_empty() && self.placeable(spec, &chunk) {
             self.place(spec, chunk, out);
             return;
@@ -137,11 +142,16 @@ impl Sensor {
             let _ = fresh.push(spec, chunk, out);
             *timeline = fresh;
         }
-        for window in &mut out.windows[from..] {
-            window.key.space.clone_from(&space);
-            window.key.sensor.clone_from(&sensor);
-            window.priority = priority;
+        name_windows(out, from, &space, &sensor, priority);
+    }
+
+    /// Cuts its tail (see [`Timeline::flush_tail`]); the windows go to `out`.
+    fn flush_tail(&mut self, spec: &WindowSpec, key: &(String, String), out: &mut Pushed) {
+        let from = out.windows.len();
+        if let Some(timeline) = self.timeline.as_mut() {
+            timeline.flush_tail(spec, out);
         }
+        name_windows(out, from, &key.0, &key.1, self.priority);
     }
 
     /// The chunks still needed: pending on the timeline or held back.
@@ -157,6 +167,15 @@ impl Sensor {
         }
         self.stored.clear();
         true
+    }
+}
+
+/// Gives the windows cut from `from` on the sensor they belong to.
+fn name_windows(out: &mut Pushed, from: usize, space: &str, sensor: &str, priority: Priority) {
+    for window in &mut out.windows[from..] {
+        window.key.space = space.to_owned();
+        window.key.sensor = sensor.to_owned();
+        window.priority = priority;
     }
 }
 
@@ -183,6 +202,11 @@ pub struct Segmenter {
     /// How far each partition of the audio topic has been read, and how many there are.
     partitions: BTreeMap<i32, PartitionProgress>,
     expected_partitions: usize,
+    /// The sensors, in memory or in the store, whose tail may still be due a cut (see [`Segmenter::flush_tails`]),
+    /// with the time they were last heard from (`None`: before this run, which the first look replaces by its time).
+    tails: HashMap<(String, String), Option<u64>>,
+    /// Whether every tail is cut when the input ends.
+    flush_at_end: bool,
 }
 
 impl Segmenter {
@@ -201,7 +225,21 @@ impl Segmenter {
             max_sensor_bytes: usize::MAX,
             partitions: BTreeMap::new(),
             expected_partitions: 0,
+            tails: HashMap::new(),
+            flush_at_end: false,
         }
+    }
+
+    /// Cuts every sensor's tail when the input ends (see [`Segmenter::flush_tails`]): the audio is finished recordings
+    /// (a backfill), so no sensor's last window waits for audio that will not come.
+    pub fn with_tails_cut_at_end(mut self, cut: bool) -> Self {
+        self.flush_at_end = cut;
+        self
+    }
+
+    /// Whether tails are cut at all.
+    fn cuts_tails(&self) -> bool {
+        self.spec.flush_tail_ms > 0 || self.flush_at_end
     }
 
     /// Waits for reports on `partitions` partitions before any held chunk may be placed (see
@@ -280,6 +318,11 @@ impl Segmenter {
     /// Keeps sensor state in `store`: quiet sensors are moved there ([`Segmenter::park_quiet`]), and sensors found
     /// there continue where they stopped.
     pub fn with_store(mut self, store: Store) -> Self {
+        if self.cuts_tails() {
+            // What an earlier run stored may hold a tail: it is cut once the sensor has been quiet that long in this
+            // run too.
+            self.tails.extend(store.sensors().into_iter().map(|key| (key, None)));
+        }
         self.store = Some(store);
         self
     }
@@ -317,7 +360,49 @@ impl Segmenter {
         self.held_bytes = self.held_bytes + after - before;
         self.sensor_bytes = self.sensor_bytes + bytes_after - bytes_before;
         self.revision += 1;
+        if self.cuts_tails() {
+            self.tails.insert(key.clone(), Some(now));
+        }
         self.settle(key, time);
+    }
+
+    /// Cuts the tail of every sensor that sent nothing for `windows.flush_tail_seconds` at `now` (of every sensor,
+    /// with `None`: the input ended and [`Segmenter::with_tails_cut_at_end`] asked for it) and holds nothing back:
+    /// the windows waiting for audio past their end that hold at least `min_coverage` of recorded audio are cut,
+    /// padded with silence. A sensor in the store is loaded for it and stored again. Windows go out at `time`;
+    /// returns how many sensors had a window cut.
+    pub fn flush_tails(&mut self, now: Option<u64>, time: u64, out: &mut Pushed) -> usize {
+        let after = self.spec.flush_tail_ms;
+        let due: Vec<(String, String)> = match now {
+            None if self.flush_at_end => self.tails.keys().cloned().collect(),
+            Some(now) if after > 0 => self
+                .tails
+                .iter_mut()
+                .filter_map(|(key, last)| (last.get_or_insert(now).saturating_add(after) <= now).then(|| key.clone()))
+                .collect(),
+            _ => return 0,
+        };
+        let mut cut = 0;
+        for key in due {
+            let in_memory = self.sensors.contains_key(&key);
+            let spec = self.spec.clone();
+            let sensor = self.sensor(&key);
+            if !sensor.held.is_empty() {
+                continue;
+            }
+            let (bytes_before, windows_before) = (sensor.bytes(&key), out.windows.len());
+            sensor.flush_tail(&spec, &key, out);
+            let bytes_after = sensor.bytes(&key);
+            self.sensor_bytes = self.sensor_bytes + bytes_after - bytes_before;
+            self.tails.remove(&key);
+            self.revision += 1;
+            self.settle(key.clone(), time);
+            if !in_memory {
+                self.park(&key);
+            }
+            cut += usize::from(out.windows.len() > windows_before);
+        }
+        cut
     }
 
     /// Places what the sensors holding back the longest hold, until what is held back fits its limit (see

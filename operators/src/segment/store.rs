@@ -58,6 +58,27 @@ impl Store {
         Ok(Store { dir: dir.to_path_buf(), present })
     }
 
+    /// The `(space, sensor)` of every sensor with a file, read from the head of each file; a file that cannot be read
+    /// is left out (loading it says why).
+    pub(super) fn sensors(&self) -> Vec<(String, String)> {
+        #[derive(Deserialize)]
+        struct Head {
+            version: u32,
+            space: String,
+            sensor: String,
+        }
+        let Ok(entries) = fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut sensors = Vec::new();
+        for entry in entries.flatten() {
+            let Ok(file) = fs::File::open(entry.path()) else { continue };
+            let Ok(head) = bincode::deserialize_from::<_, Head>(io::BufReader::new(file)) else { continue };
+            if head.version == VERSION && self.present.contains(&Store::key(&head.space, &head.sensor)) {
+                sensors.push((head.space, head.sensor));
+            }
+        }
+        sensors
+    }
+
     /// Sensors with a file.
     pub fn len(&self) -> usize {
         self.present.len()

@@ -458,3 +458,91 @@ fn r15_sensors_beyond_their_memory_limit_move_to_the_store_and_continue_as_if_ne
     want.sort_by(|a, b| (&a.0.sensor, a.0.start).cmp(&(&b.0.sensor, b.0.start)));
     assert!(got == want, "windows differ from those of a segmenter without a limit");
 }
+
+#[test]
+fn r15_a_quiet_sensor_s_tail_is_cut_padded_and_audio_that_continues_it_goes_on_after_it() {
+    let spec = WindowsConfig { flush_tail_seconds: 2, ..config(1.0) }.build(RATE, 2_000).unwrap();
+    let signal: Vec<f32> = (0..9_000).map(|i| 0.5 + (i as f32 * 0.01).sin() / 4.0).collect();
+    let reference = segment_in_chunks(&spec, &signal, 0, &[3_700, 5_300]);
+    let mut segmenter = Segmenter::new(spec.clone());
+    let mut out = Pushed::default();
+    segmenter.push(chunk("s", 0, signal[..3_700].to_vec(), RATE, 0), 1_000, 1_000, &mut out);
+    assert_eq!(starts(&out), [0, 1_000]);
+    assert_eq!(segmenter.pending_offsets(), BTreeMap::from([(0, 0)]));
+    let mut tail = Pushed::default();
+    assert_eq!(segmenter.flush_tails(Some(2_999), 2_999, &mut tail), 0, "quiet for 1.999 s");
+    assert_eq!(segmenter.flush_tails(Some(3_000), 3_000, &mut tail), 1, "quiet for 2 s");
+    // The windows at 2 s and 3 s hold 1.7 s and 0.7 s of the 3.7 s sent (at least the 0.5 s of min_coverage); the
+    // one at 4 s would hold none.
+    let cut: Vec<(i64, f32, &str)> =
+        tail.windows.iter().map(|w| (w.key.start, w.coverage, w.key.sensor.as_str())).collect();
+    assert_eq!(cut, [(2_000, 0.85, "s"), (3_000, 0.35, "s")]);
+    assert_eq!(tail.windows[0].samples[..1_700], signal[2_000..3_700]);
+    assert!(tail.windows[0].samples[1_700..].iter().all(|&x| x == 0.0), "padded with silence");
+    // Nothing holds the partition back any more, and a second look cuts nothing.
+    assert_eq!(segmenter.pending_offsets(), BTreeMap::new());
+    assert_eq!(segmenter.flush_tails(Some(60_000), 60_000, &mut tail), 0);
+    assert_eq!(tail.windows.len(), 2);
+
+    // The sensor continues: the windows cut stand, and the next ones are those it would have had.
+    let mut later = Pushed::default();
+    segmenter.push(chunk("s", 3_700, signal[3_700..].to_vec(), RATE, 1), 70_000, 70_000, &mut later);
+    let content = |w: &Window| (w.key.clone(), w.samples.clone(), w.coverage);
+    let want: Vec<_> = reference.iter().filter(|w| w.key.start >= 4_000).map(content).collect();
+    assert_eq!(starts(&later), [4_000, 5_000, 6_000, 7_000]);
+    assert!(later.windows.iter().map(content).eq(want), "windows after the cut differ from those without it");
+}
+
+#[test]
+fn r15_a_stored_tail_is_cut_in_the_store_and_one_stored_by_an_earlier_run_after_the_same_quiet() {
+    let spec = WindowsConfig { flush_tail_seconds: 5, park_after_seconds: 1, ..config(1.0) };
+    let spec = spec.build(RATE, 2_000).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let open = || Store::open(dir.path(), 0, 1).unwrap();
+    let mut segmenter = Segmenter::new(spec.clone()).with_store(open());
+    let mut out = Pushed::default();
+    segmenter.push(chunk("a", 0, vec![1.0; 2_600], RATE, 0), 0, 0, &mut out);
+    segmenter.push(chunk("b", 0, vec![1.0; 2_600], RATE, 1), 0, 0, &mut out);
+    assert_eq!(segmenter.park_quiet(1_000), 2);
+    // Their tails are cut from the store, which keeps them cut.
+    let mut tail = Pushed::default();
+    assert_eq!(segmenter.flush_tails(Some(5_000), 5_000, &mut tail), 2);
+    let mut cut: Vec<(&str, i64, f32)> =
+        tail.windows.iter().map(|w| (w.key.sensor.as_str(), w.key.start, w.coverage)).collect();
+    cut.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    assert_eq!(cut, [("a", 1_000, 0.8), ("a", 2_000, 0.3), ("b", 1_000, 0.8), ("b", 2_000, 0.3)]);
+    assert_eq!((segmenter.active(), segmenter.stored()), (0, 2));
+
+    // A stored sensor whose tail was not cut (the job stopped first) is cut after five quiet seconds of the next run.
+    let mut segmenter = Segmenter::new(spec.clone()).with_store(open());
+    segmenter.push(chunk("c", 0, vec![1.0; 2_600], RATE, 2), 0, 0, &mut Pushed::default());
+    assert_eq!(segmenter.park_all(), 1);
+    let mut next = Segmenter::new(spec).with_store(open());
+    let mut tail = Pushed::default();
+    assert_eq!(next.flush_tails(Some(100_000), 100_000, &mut tail), 0, "the first look starts the wait");
+    assert_eq!(next.flush_tails(Some(104_999), 104_999, &mut tail), 0);
+    assert_eq!(next.flush_tails(Some(105_000), 105_000, &mut tail), 1, "a and b were cut already");
+    let cut: Vec<(&str, i64)> = tail.windows.iter().map(|w| (w.key.sensor.as_str(), w.key.start)).collect();
+    assert_eq!(cut, [("c", 1_000), ("c", 2_000)]);
+}
+
+#[test]
+fn r15_at_the_end_of_a_backfill_every_tail_is_cut_resampled_audio_included() {
+    // 3 s of 48 kHz audio for a 2 s window at 32 kHz and a 1 s hop: windows at 0 and 1 s are complete but for
+    // the resampler's last milliseconds, and the one at 2 s holds 1 s.
+    let spec = WindowsConfig { flush_tail_seconds: 0, ..config(1.0) }.build(32_000, 64_000).unwrap();
+    for cut_at_end in [false, true] {
+        let mut segmenter = Segmenter::new(spec.clone()).with_tails_cut_at_end(cut_at_end);
+        let mut out = Pushed::default();
+        segmenter.push(chunk("s", 0, vec![0.25; 144_000], 48_000, 0), 0, 0, &mut out);
+        assert_eq!(starts(&out), [0]);
+        assert_eq!(segmenter.flush_tails(Some(1_000_000), 1_000_000, &mut out), 0, "flush_tail_seconds = 0");
+        segmenter.flush_tails(None, 1_000_000, &mut out);
+        let windows: Vec<(i64, f32)> = out.windows.iter().map(|w| (w.key.start, w.coverage)).collect();
+        if cut_at_end {
+            assert_eq!(windows, [(0, 1.0), (32_000, 1.0), (64_000, 0.5)]);
+        } else {
+            assert_eq!(windows, [(0, 1.0)]);
+        }
+    }
+}

@@ -205,6 +205,15 @@ impl Timeline {
         self.chunks.clear();
     }
 
+    /// Cuts the tail: the windows holding at least `min_coverage` of the audio received that still wait for audio
+    /// past their end are cut now, padded with silence. The timeline stays as it was otherwise, so audio that
+    /// continues it later goes on into the windows after them; the audio it brings for a window already cut here is
+    /// in no window. A second flush without new audio cuts nothing.
+    pub(super) fn flush_tail(&mut self, spec: &WindowSpec, out: &mut Pushed) {
+        self.end_run(spec, out);
+        self.cut_through(spec, out, self.write_pos - i64::from(spec.min_coverage));
+    }
+
     /// Flushes a resampled run into the buffer, since a resampler cannot be stored: its tail joins the buffer and
     /// the next chunk starts a run right after it.
     pub(super) fn flush_resampler(&mut self) {
@@ -319,11 +328,16 @@ impl Timeline {
 
     /// Cuts every window whose samples are all known.
     fn cut(&mut self, spec: &WindowSpec, out: &mut Pushed) {
+        self.cut_through(spec, out, self.write_pos - i64::from(spec.window));
+    }
+
+    /// Cuts every window starting at or before `last`, silent past the audio received.
+    fn cut_through(&mut self, spec: &WindowSpec, out: &mut Pushed, last: i64) {
         let window = i64::from(spec.window);
         loop {
             self.apply_skip();
             let start = self.next_window;
-            if start + window > self.write_pos {
+            if start > last {
                 break;
             }
             let covered = self.recorded_in(start, start + window);
@@ -351,13 +365,14 @@ impl Timeline {
     }
 
     /// The `len` samples from `start`: zeros before `buf_start` (the silence a timeline starts or restarts after),
-    /// then the buffer.
+    /// then the buffer, then zeros past its end (a tail cut by [`Timeline::flush_tail`]).
     fn window_samples(&self, start: i64, len: usize) -> Vec<f32> {
         let silent = ((self.buf_start - start).max(0) as usize).min(len);
-        let offset = (start - self.buf_start).max(0) as usize;
+        let offset = ((start - self.buf_start).max(0) as usize).min(self.buf.len());
         let mut samples = Vec::with_capacity(len);
         samples.resize(silent, 0.0);
-        samples.extend(self.buf.range(offset..offset + (len - silent)));
+        samples.extend(self.buf.range(offset..(offset + (len - silent)).min(self.buf.len())));
+        samples.resize(len, 0.0);
         samples
     }
 

@@ -27,6 +27,12 @@ pub struct WindowsConfig {
     /// moved to `state_dir`: its partition's commits no longer wait for it, nor does memory hold it. Its next chunk
     /// brings it back.
     pub park_after_seconds: u64,
+    /// A sensor that sent nothing for this many seconds has its tail cut: the windows still waiting for audio past
+    /// their end that hold at least `min_coverage_seconds` of recorded audio are cut now, padded with silence (their
+    /// `coverage` says how much was recorded), so a finished recording's last window is not left waiting. Should the
+    /// sensor continue later, a window cut this way stands: its id is taken, and the audio that would have completed
+    /// it is in no window. 0 never cuts a tail.
+    pub flush_tail_seconds: u64,
     /// A chunk that starts more than this many seconds before the audio its sensor already sent (and is not a
     /// repeat) means the sensor's clock jumped back: its timeline ends and a new one starts with the chunk. Less far
     /// back, the chunk is dead-lettered as `out_of_order`.
@@ -41,6 +47,7 @@ impl Default for WindowsConfig {
             min_coverage_seconds: 1.0,
             lateness_ms: 500,
             park_after_seconds: 300,
+            flush_tail_seconds: 300,
             max_jump_back_seconds: 600,
         }
     }
@@ -85,6 +92,12 @@ impl WindowsConfig {
                 format!("{} is outside 1..=31536000 (a year)", self.park_after_seconds),
             ));
         }
+        if self.flush_tail_seconds > 31_536_000 {
+            return Err(FieldError::new(
+                "flush_tail_seconds",
+                format!("{} is more than 31536000 (a year); 0 never cuts a tail", self.flush_tail_seconds),
+            ));
+        }
         if !(1..=31_536_000).contains(&self.max_jump_back_seconds) {
             return Err(FieldError::new(
                 "max_jump_back_seconds",
@@ -99,6 +112,7 @@ impl WindowsConfig {
             min_coverage: min_coverage as u32,
             lateness_ms: self.lateness_ms,
             park_after_ms: self.park_after_seconds * 1_000,
+            flush_tail_ms: self.flush_tail_seconds * 1_000,
             max_jump_back: self.max_jump_back_seconds as i64 * i64::from(sample_rate),
         })
     }
@@ -121,6 +135,8 @@ pub struct WindowSpec {
     pub lateness_ms: u64,
     /// Milliseconds without a chunk after which a sensor is moved to the store.
     pub park_after_ms: u64,
+    /// Milliseconds without a chunk after which a sensor's tail is cut (0: never).
+    pub flush_tail_ms: u64,
     /// Samples a clock may jump back before a sensor's timeline starts again.
     pub max_jump_back: i64,
 }
