@@ -318,7 +318,11 @@ struct Shared {
 fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BTreeMap<i32, i64>, String> {
     let config = &shared.config;
     let (index, peers) = (worker.index(), worker.peers());
-    let read_ahead = shared.budget.read_ahead;
+    // Chunks held back for the audio before them take at most a quarter of the read-ahead, reckoned as the source
+    // reckons a message; the source reads with the rest. The two are apart: a held chunk holds back neither the
+    // embedding stage's progress nor the reads that end its wait.
+    let held = shared.budget.read_ahead / 4;
+    let read_ahead = shared.budget.read_ahead - held;
     let source = KafkaSource::open(&config.kafka, index, peers, read_ahead)
         .map_err(|e| e.to_string())?
         .costing(config.model.sample_rate, config.windows.copies());
@@ -366,10 +370,8 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
         let chunks = chunks.container::<Vec<AudioChunk>>();
         let undecodable = undecodable.container::<Vec<DeadLetter>>();
 
-        // Chunks held back for the audio before them take at most a quarter of the read-ahead, reckoned as the source
-        // reckons them: what is held back can always be placed before the source stops reading for it.
         let mut segmenter = Segmenter::new(config.windows.clone())
-            .with_held_limit(read_ahead / 4)
+            .with_held_limit(held)
             .with_sensor_limit(shared.budget.sensors)
             .with_partitions(topic_partitions)
             .with_tails_cut_at_end(shared.flush_tails);

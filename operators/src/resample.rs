@@ -15,6 +15,22 @@ const BLOCK: usize = 960;
 /// Largest reduced input rate (`rate_in / gcd(rate_in, rate_out)`) resampled by FFT; beyond it (odd rates such as
 /// 44 101 Hz, whose FFT would span the whole rate) a windowed-sinc interpolator takes over.
 const MAX_FFT_RATIO_TERM: u32 = 4_800;
+/// Memory of the filters a thread keeps for reuse once their stretch has ended (see [`IDLE`]).
+const IDLE_BYTES: usize = 8 << 20;
+
+std::thread_local! {
+    /// Filters whose stretch ended, reset, by rates, for the next stretch at the same rates: making one plans its
+    /// FFTs and computes its sinc table, which costs more than resampling a few seconds (a sensor recording in
+    /// bouts starts a stretch with every bout). At most [`IDLE_BYTES`] of them per thread.
+    static IDLE: std::cell::RefCell<Vec<Idle>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A filter kept for reuse: its rates, the filter, and its memory.
+struct Idle {
+    rates: (u32, u32),
+    filter: Box<dyn Resampler<f32>>,
+    bytes: usize,
+}
 
 /// Resamples one contiguous stretch of mono audio from `rate_in` to `rate_out`.
 ///
@@ -22,7 +38,8 @@ const MAX_FFT_RATIO_TERM: u32 = 4_800;
 /// The filter's start-up delay is trimmed and `finish` flushes its tail, so the output of a stretch of `n` input
 /// samples is exactly `ceil(n * rate_out / rate_in)` samples, aligned with the input's first sample.
 pub struct StreamResampler {
-    inner: Box<dyn Resampler<f32>>,
+    /// Always present but while it is dropped (it goes back to [`IDLE`]).
+    inner: Option<Box<dyn Resampler<f32>>>,
     rate_in: u64,
     rate_out: u64,
     pending: Vec<f32>,
@@ -32,12 +49,62 @@ pub struct StreamResampler {
     total_out: u64,
     /// Memory the filter holds besides `pending` and `scratch` (see [`StreamResampler::bytes`]).
     filter_bytes: usize,
+    /// Whether its filter goes back to [`IDLE`] when it is dropped.
+    pooled: bool,
 }
 
 impl StreamResampler {
     /// A resampler from `rate_in` to `rate_out` Hz: FFT-based for rational ratios with small terms, windowed sinc
     /// otherwise; Blackman-Harris anti-aliasing either way.
     pub fn new(rate_in: u32, rate_out: u32) -> Result<Self, Error> {
+        let (inner, filter_bytes) = Self::filter(rate_in, rate_out)?;
+        Ok(Self::with_filter(inner, filter_bytes, rate_in, rate_out, false))
+    }
+
+    /// Like [`StreamResampler::new`], for a thread that resamples stretch after stretch (a segmenting worker): a
+    /// filter of a stretch that ended on this thread is reused, reset — the output is the same as a new one's — and
+    /// this one's filter is kept for the next when it is dropped, while the filters kept take at most
+    /// [`IDLE_BYTES`].
+    pub fn reusing(rate_in: u32, rate_out: u32) -> Result<Self, Error> {
+        let reused = IDLE.with_borrow_mut(|idle| {
+            let at = idle.iter().position(|i| i.rates == (rate_in, rate_out))?;
+            Some(idle.swap_remove(at))
+        });
+        let (inner, filter_bytes) = match reused {
+            Some(mut idle) => {
+                idle.filter.reset();
+                (idle.filter, idle.bytes)
+            }
+            None => Self::filter(rate_in, rate_out)?,
+        };
+        Ok(Self::with_filter(inner, filter_bytes, rate_in, rate_out, true))
+    }
+
+    fn with_filter(
+        inner: Box<dyn Resampler<f32>>,
+        filter_bytes: usize,
+        rate_in: u32,
+        rate_out: u32,
+        pooled: bool,
+    ) -> Self {
+        let scratch = vec![0.0; inner.output_frames_max()];
+        let to_skip = inner.output_delay();
+        StreamResampler {
+            inner: Some(inner),
+            rate_in: u64::from(rate_in),
+            rate_out: u64::from(rate_out),
+            pending: Vec::with_capacity(2 * BLOCK),
+            scratch,
+            to_skip,
+            total_in: 0,
+            total_out: 0,
+            filter_bytes,
+            pooled,
+        }
+    }
+
+    /// A new filter from `rate_in` to `rate_out` Hz, and the memory it holds besides the stream's buffers.
+    fn filter(rate_in: u32, rate_out: u32) -> Result<(Box<dyn Resampler<f32>>, usize), Error> {
         let failed = |e: rubato::ResamplerConstructionError| {
             Error::Resample(format!("cannot resample {rate_in} Hz to {rate_out} Hz: {e}"))
         };
@@ -66,23 +133,11 @@ impl StreamResampler {
             let ratio = f64::from(rate_out) / f64::from(rate_in);
             Box::new(Async::<f32>::new_sinc(ratio, 1.0, &parameters, BLOCK, 1, FixedAsync::Input).map_err(failed)?)
         };
-        let scratch = vec![0.0; inner.output_frames_max()];
         // The FFT resampler keeps its plans, spectra and overlaps, a few copies of a block in and out; the sinc
         // interpolator its table of 256 × 256 coefficients.
         let frames = BLOCK + inner.output_frames_max();
         let filter_bytes = if by_fft { 6 * frames * 4 } else { 256 * 256 * 4 + 2 * frames * 4 };
-        let to_skip = inner.output_delay();
-        Ok(StreamResampler {
-            inner,
-            rate_in: u64::from(rate_in),
-            rate_out: u64::from(rate_out),
-            pending: Vec::with_capacity(2 * BLOCK),
-            scratch,
-            to_skip,
-            total_in: 0,
-            total_out: 0,
-            filter_bytes,
-        })
+        Ok((inner, filter_bytes))
     }
 
     /// Memory it holds, estimated: its buffers and its filter's state.
@@ -143,6 +198,8 @@ impl StreamResampler {
         let indexing = partial.map(|n| Indexing::new().partial_len(n));
         let (_, produced) = self
             .inner
+            .as_mut()
+            .expect("present until dropped")
             .process_into_buffer(&input, &mut output, indexing.as_ref())
             .map_err(|e| Error::Resample(e.to_string()))?;
         let skip = self.to_skip.min(produced);
@@ -150,6 +207,23 @@ impl StreamResampler {
         out.extend_from_slice(&self.scratch[skip..produced]);
         self.total_out += (produced - skip) as u64;
         Ok(())
+    }
+}
+
+impl Drop for StreamResampler {
+    /// Keeps the filter of one made [`StreamResampler::reusing`] for the next stretch at the same rates on this
+    /// thread, while the filters kept take at most [`IDLE_BYTES`].
+    fn drop(&mut self) {
+        let Some(filter) = self.inner.take().filter(|_| self.pooled) else { return };
+        let rates = (self.rate_in as u32, self.rate_out as u32);
+        let bytes = self.filter_bytes;
+        // A thread being torn down has no pool left: the filter is then simply dropped.
+        let _ = IDLE.try_with(|idle| {
+            let mut idle = idle.borrow_mut();
+            if idle.iter().map(|i| i.bytes).sum::<usize>() + bytes <= IDLE_BYTES {
+                idle.push(Idle { rates, filter, bytes });
+            }
+        });
     }
 }
 
@@ -174,6 +248,29 @@ mod tests {
         }
         r.finish(&mut out).unwrap();
         out
+    }
+
+    #[test]
+    fn r15_a_filter_reused_after_its_stretch_ended_gives_what_a_new_one_gives() {
+        for rate in [1_000, 44_100, 44_101] {
+            let first = tone(rate, 300.0, 1.7);
+            let second = tone(rate, 220.0, 2.3);
+            let fresh = resample_in_chunks(&second, rate, 997);
+            // The first stretch leaves its filter behind on this thread; the second takes it.
+            let reusing = |input: &[f32], chunk: usize| {
+                let mut r = StreamResampler::reusing(rate, 32_000).unwrap();
+                let mut out = Vec::new();
+                for part in input.chunks(chunk) {
+                    r.push(part, &mut out).unwrap();
+                }
+                r.finish(&mut out).unwrap();
+                out
+            };
+            let _ = reusing(&first, 1_301);
+            assert!(IDLE.with_borrow(|idle| idle.iter().any(|i| i.rates == (rate, 32_000))), "{rate} Hz kept");
+            assert_eq!(reusing(&second, 997), fresh, "{rate} Hz");
+            assert!(IDLE.with_borrow(|idle| idle.iter().map(|i| i.bytes).sum::<usize>()) <= IDLE_BYTES);
+        }
     }
 
     #[test]

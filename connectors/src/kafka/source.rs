@@ -27,9 +27,6 @@ use crate::wav;
 /// The part of the read-ahead budget librdkafka's prefetch queue takes (1 / this), in payload bytes.
 const PREFETCH_SHARE: usize = 32;
 
-/// How long a full read-ahead may go without anything embedded before held chunks stop waiting for reads.
-const STALL: Duration = Duration::from_secs(10);
-
 /// One worker's consumer: its partitions, the offsets read per epoch, and what may be committed.
 pub struct KafkaSource {
     consumer: BaseConsumer,
@@ -50,8 +47,6 @@ pub struct KafkaSource {
     /// The model's sample rate and the copies of audio at that rate the pipeline holds, for [`wav::memory_cost`].
     model_rate: u32,
     copies: usize,
-    /// Since when the read-ahead has been full with nothing embedded (see [`KafkaSource::stalled`]).
-    full_since: Option<Instant>,
     /// Pending reports received and not yet applied, by time.
     reports: BTreeMap<u64, Vec<PendingReport>>,
     /// The latest applied report of each worker: its oldest pending chunk per partition.
@@ -136,7 +131,6 @@ impl KafkaSource {
             max_in_flight: max_in_flight - max_in_flight / PREFETCH_SHARE,
             model_rate: 0,
             copies: 0,
-            full_since: None,
             reports: BTreeMap::new(),
             pending: BTreeMap::new(),
             progress,
@@ -214,22 +208,6 @@ impl KafkaSource {
         cost
     }
 
-    /// Whether the read-ahead has been full for [`STALL`] with nothing embedded: then the chunks held back for
-    /// earlier audio are what holds it (their epochs hold back the embedding stage's frontier), and they would wait
-    /// for a read that cannot happen until they are placed. Every partition then counts as having nothing left to
-    /// read, so they are placed once `windows.lateness_ms` have passed since they were sent; the next message read
-    /// says otherwise again. A read-ahead that drains, however slowly, changes nothing.
-    fn stalled(&mut self) -> bool {
-        let since = *self.full_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < STALL {
-            return false;
-        }
-        for progress in self.progress.values_mut() {
-            progress.caught_up = true;
-        }
-        true
-    }
-
     /// How far each partition this worker reads has been read, for those whose progress changed since the last
     /// call (all of them at the first).
     pub fn progress_changes(&mut self) -> Vec<PartitionProgress> {
@@ -287,7 +265,6 @@ impl KafkaSource {
             }
             self.unembedded.pop_front();
             self.in_flight -= bytes;
-            self.full_since = None;
         }
     }
 
@@ -445,12 +422,7 @@ pub fn source<'scope>(
             }
             source.trim_embedded(|t| embedded.less_equal(t));
             if source.in_flight >= source.max_in_flight {
-                // Nothing more is read until the model catches up; if it cannot, held chunks must not wait for a read.
-                source.stalled();
-                let changes = source.progress_changes();
-                if !changes.is_empty() {
-                    progress_out.activate().session(&caps[1]).give_iterator(changes.into_iter());
-                }
+                // Nothing more is read until the model catches up.
                 activator.activate_after(Duration::from_millis(5));
                 return;
             }

@@ -23,15 +23,15 @@
 //! way). The source workers say how far they have read each partition ([`PartitionProgress`]), and that applies after
 //! the chunks read before it. Sooner than that, a worker places what it holds back once it reaches its share of the
 //! memory budget ([`Segmenter::with_held_limit`]). The same audio therefore yields the same windows whatever
-//! partitions it came from and however fast each is read, within those bounds. While a chunk is held, the operator
-//! holds a capability at its arrival and sends windows at that time: the source's read-ahead counts what is held and
-//! what it releases, and commits wait.
+//! partitions it came from and however fast each is read, within those bounds. What is held is bounded by that
+//! share alone: the operator holds no capability for it, so the embedding stage's progress — which the source's
+//! read-ahead follows — never waits for a held chunk, and the source keeps reading the partitions whose progress
+//! ends the wait. Commits wait for held chunks, which are pending (below).
 //!
 //! **Pending chunks and commits.** Every chunk whose samples a future window may still need stays *pending* (held
-//! chunks too). The timely operator processes chunks in time order, sends each window at the time of the chunk that
-//! completed it (or earlier: at the oldest held chunk's arrival, while one is held) — never later than the newest
-//! chunk it holds, so the window is durable once that chunk's epoch is — and reports, whenever it changes, the offset
-//! of the oldest pending chunk per partition.
+//! chunks too). The timely operator processes chunks in time order, sends each window at the time of the processing
+//! that cut it, and reports, at that same time and whenever it changes, the offset of the oldest pending chunk per
+//! partition: a commit past a chunk waits for the windows that used it.
 //! Offsets are committed up to those reports and no further, so a restart re-reads every chunk a window not yet cut
 //! still needs.
 //!
@@ -201,10 +201,10 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
 
         builder.build(move |initial| {
             // One capability per output following the input frontier: windows placed when a held chunk's wait is over
-            // go out at the frontier (or earlier: see `holding`), as does the last report once the input has ended.
+            // go out at the frontier, as does the last report once the input has ended.
             let mut following: Option<Vec<Capability<u64>>> = Some(initial);
-            // At the arrival of the oldest chunk held back: the source's read-ahead counts it, and commits wait for it.
-            let mut holding: Option<Capability<u64>> = None;
+            // The latest time processed: what the input's end releases goes out no earlier.
+            let mut latest = 0u64;
             let stores = segmenter.stores();
             // What arrived waits here until nothing earlier can arrive: each sensor's audio is placed in time order, a
             // window goes out at the time of the chunk that completed it (never before a chunk it holds), and the
@@ -229,17 +229,16 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
                 let mut windows_session = windows_out.activate();
                 let mut dead_session = dead_out.activate();
                 let mut reports_session = reports_out.activate();
-                // While a chunk is held back, windows go out at its arrival: the embedding stage's progress, which
-                // the source's read-ahead follows, then waits for them too (an earlier time is as good for durability).
-                let mut send = |pushed: Pushed, holding: &Option<Capability<u64>>, caps: &[Capability<u64>]| {
+                // Windows and dead letters go out at the time of the processing that made them, as does the report
+                // of the chunks it released: a commit past a chunk waits for the windows that used it.
+                let mut send = |pushed: Pushed, caps: &[Capability<u64>]| {
                     for space in &pushed.duplicates {
                         metrics.duplicate_chunks.with_label_values(&[space.as_str()]).inc();
                     }
                     for letter in &pushed.rejected {
                         metrics.reject("segment", letter.cause, 1);
                     }
-                    let windows_cap = holding.as_ref().unwrap_or(&caps[0]);
-                    windows_session.session(windows_cap).give_iterator(pushed.windows.into_iter());
+                    windows_session.session(&caps[0]).give_iterator(pushed.windows.into_iter());
                     dead_session.session(&caps[1]).give_iterator(pushed.rejected.into_iter());
                 };
                 // The pending offsets are a walk over every sensor: taken again only after a change that may move them.
@@ -263,6 +262,7 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
                         break;
                     }
                     let time = *entry.key();
+                    latest = latest.max(time);
                     let arrived = entry.remove();
                     let now = frontier.unwrap_or(time);
                     let started = Instant::now();
@@ -287,10 +287,7 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
                         [0, 1, 2].map(|port| following[port].delayed(&time))
                     });
                     let caps = &capabilities[..];
-                    send(pushed, &holding, caps);
-                    if holding.is_none() && segmenter.oldest_held().is_some() {
-                        holding = Some(caps[0].delayed(&time));
-                    }
+                    send(pushed, caps);
                     report(&segmenter, &caps[2]);
                 }
                 match frontier {
@@ -311,7 +308,7 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
                             segmenter.flush_tails(Some(now), now, &mut pushed);
                         }
                         metrics.count("segment", 0, pushed.windows.len());
-                        send(pushed, &holding, caps);
+                        send(pushed, caps);
                         if stores && look {
                             segmenter.park_quiet(now);
                             if let Some(durable) = &durable {
@@ -319,35 +316,23 @@ impl<'scope> Segment<'scope> for StreamVec<'scope, u64, AudioChunk> {
                             }
                         }
                         report(&segmenter, &caps[2]);
-                        match segmenter.oldest_held() {
-                            Some(oldest) => {
-                                if let Some(cap) = holding.as_mut()
-                                    && *cap.time() < oldest
-                                {
-                                    cap.downgrade(&oldest);
-                                }
-                            }
-                            None => holding = None,
-                        }
                     }
                     None => {
                         if let Some(following) = following.take() {
                             // The chunks still held may have arrived after the frontier last moved: what they complete
                             // and the report that releases them go out no earlier than they arrived.
-                            let last = holding.as_ref().map_or(*following[0].time(), |h| *h.time());
                             let caps: Vec<Capability<u64>> =
-                                following.iter().map(|cap| cap.delayed(&last.max(*cap.time()))).collect();
+                                following.iter().map(|cap| cap.delayed(&latest.max(*cap.time()))).collect();
                             let mut pushed = Pushed::default();
                             segmenter.release(None, *caps[0].time(), &mut pushed);
                             segmenter.flush_tails(None, *caps[0].time(), &mut pushed);
                             metrics.count("segment", 0, pushed.windows.len());
-                            send(pushed, &holding, &caps);
+                            send(pushed, &caps);
                             if stores {
                                 let parked = segmenter.park_all();
                                 tracing::info!(worker, sensors = parked, "Sensors' unfinished audio stored.");
                             }
                             report(&segmenter, &caps[2]);
-                            holding = None;
                         }
                     }
                 }

@@ -546,3 +546,53 @@ fn r15_at_the_end_of_a_backfill_every_tail_is_cut_resampled_audio_included() {
         }
     }
 }
+
+#[test]
+fn r15_a_held_chunk_holds_back_neither_the_windows_progress_nor_the_reads_that_end_its_wait() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use timely::dataflow::operators::core::{Inspect, Probe};
+    use timely::dataflow::operators::vec::Input;
+
+    use crate::metrics::Metrics;
+
+    let spec = WindowsConfig { lateness_ms: 60_000, ..config(1.0) }.build(RATE, 2_000).unwrap();
+    timely::execute_directly(move |worker| {
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let into = seen.clone();
+        let (mut chunks, mut reads, probe) = worker.dataflow::<u64, _, _>(|scope| {
+            let (chunks_in, chunks) = scope.new_input::<AudioChunk>();
+            let (reads_in, reads) = scope.new_input::<PartitionProgress>();
+            let segmenter = Segmenter::new(spec).with_partitions(2);
+            let (windows, _, _) = chunks.segment(reads, segmenter, None, Metrics::unregistered());
+            let windows = windows.inspect_core(move |event| {
+                if let Ok((time, windows)) = event {
+                    let time = *time.least().expect("data travel with a time");
+                    into.borrow_mut().extend(windows.iter().map(|w: &Window| (time, w.key.start)));
+                }
+            });
+            let (probe, _) = windows.probe();
+            (chunks_in, reads_in, probe)
+        });
+        // A sensor's first chunk, read at time 1 from partition 0, waits for partition 1, which nothing has read.
+        chunks.advance_to(1);
+        reads.advance_to(1);
+        chunks.send(chunk("a", 0, vec![1.0; 2_500], RATE, 0));
+        reads.send(progress(0, Some(10_000), false));
+        chunks.advance_to(9);
+        reads.advance_to(9);
+        for _ in 0..20 {
+            worker.step();
+        }
+        assert!(seen.borrow().is_empty(), "the chunk waits for partition 1");
+        // Meanwhile the windows' progress follows the input's. (It once stayed at the held chunk's arrival, and the
+        // source's read-ahead, which follows it, stopped the reads that would end the wait.)
+        assert!(!probe.less_than(&9), "the windows' progress waits for the held chunk");
+        // Partition 1 is read past the chunk: its window goes out at that time.
+        reads.send(progress(1, Some(10_000), false));
+        chunks.advance_to(12);
+        reads.advance_to(12);
+        worker.step_while(|| probe.less_than(&12));
+        assert_eq!(*seen.borrow(), [(9, 0)]);
+    });
+}

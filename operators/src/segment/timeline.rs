@@ -251,7 +251,7 @@ impl Timeline {
         let resampler = if rate_in == spec.sample_rate {
             None
         } else {
-            Some(StreamResampler::new(rate_in, spec.sample_rate).map_err(|e| e.to_string())?)
+            Some(StreamResampler::reusing(rate_in, spec.sample_rate).map_err(|e| e.to_string())?)
         };
         let previous_end = self.write_pos;
         if pos > previous_end {
