@@ -3,6 +3,7 @@
 //!     cargo bench --bench refine -- [--dim 1536] [--species 20] [--quality-points 20000] [--per-class 100]
 //!                                    [--points 100000] [--new 1000] [--labels-per-species 5]
 //!                                    [--skip-quality] [--skip-embeddings] [--skip-audio] [--skip-latency]
+//!                                    [--skip-memory]
 //!                                    [--workers N] [--search-ef N] [--label-hops N] [--label-restart F] [--label-top N] [--min-label-score F]
 //!
 //! The labelled set: `--species` species, each a few call types around a species centre on a 32-dimensional latent
@@ -21,6 +22,11 @@
 //! Latency (`--points`, `--new`): a graph of `--points` segments is built and refined, then `--new` segments arrive:
 //! the time to insert them into the index, find their neighbours, and the time until the dataflow has settled every
 //! refined output they change — in one round, and in ten rounds of a tenth each. Peak memory at the end.
+//!
+//! Memory per segment: 6 000 random `--dim` segments with the default `[refine]` (k = 10, one hop, ten label hops),
+//! one in fifty labelled, fed in rounds of 500; the resident memory the second 3 000 add (the dataflow's
+//! arrangements, the refiner's graph and copies of its embeddings, the shared refinements), per segment. Run it alone
+//! (`--skip-quality --skip-audio --skip-latency`): what ran before it leaves memory the allocator reuses.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -432,6 +438,50 @@ fn latency(generator: &Species, n: usize, new: usize) {
     println!("  peak memory: {:.0} MiB", peak_rss_mib());
 }
 
+/// The process's resident memory in bytes.
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+/// The refinement's memory per segment (see the module documentation).
+fn memory_per_segment(dim: usize) {
+    const N: usize = 6_000;
+    timely::execute_directly(move |worker| {
+        let params = RefineParams::default();
+        let mut rng = Rng(7);
+        let mut refiner = Refiner::new(worker, &params);
+        let mut state = Refinements::default();
+        let mut half = 0;
+        for round in 0..2 {
+            for node in (round * N / 2)..((round + 1) * N / 2) {
+                let v: Vec<f32> = (0..dim).map(|_| rng.uniform() - 0.5).collect();
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                let unit: Vec<f32> = v.iter().map(|x| x / norm).collect();
+                let found: Vec<(u64, f32)> =
+                    (0..=params.k).map(|_| (rng.next() % node.max(1) as u64, rng.uniform())).collect();
+                refiner.add(node as u64, &unit, &found);
+                if node % 50 == 0 {
+                    refiner.label(node as u64, Some(["owl", "wren", "frog"][node % 3].to_owned())).unwrap();
+                }
+                if node % 500 == 499 {
+                    let closed = refiner.advance();
+                    worker.step_while(|| !refiner.settled(closed));
+                    if let Some((_, _, changes)) = refiner.take() {
+                        state.apply(&changes);
+                    }
+                }
+            }
+            if round == 0 {
+                half = resident_bytes();
+            }
+        }
+        let added = resident_bytes().saturating_sub(half);
+        println!("memory: {} bytes per segment held by the refinement ({N} segments, {dim}-D)", added / (N as u64 / 2));
+    });
+}
+
 fn main() {
     let dim = arg("--dim", 1536usize);
     let species = arg("--species", 20usize);
@@ -444,5 +494,8 @@ fn main() {
     }
     if !flag("--skip-latency") {
         latency(&generator, arg("--points", 100_000usize), arg("--new", 1_000usize));
+    }
+    if !flag("--skip-memory") {
+        memory_per_segment(dim);
     }
 }

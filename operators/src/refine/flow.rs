@@ -698,55 +698,6 @@ mod tests {
         });
     }
 
-    fn resident_bytes() -> u64 {
-        let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-        let pages: u64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
-        pages * 4096
-    }
-
-    /// The refinement's memory per segment at 1536-D with the default `[refine]` (k = 10, one hop, ten label hops),
-    /// one label in fifty given: the resident memory the second half of the segments adds (the dataflow's
-    /// arrangements, the refiner's graph and copies, the shared refinements), divided by their number. Run alone:
-    /// `cargo test --release -p chorus-operators r15_bytes_per_segment -- --ignored --nocapture`.
-    #[test]
-    #[ignore = "a measurement; prints the figure"]
-    fn r15_bytes_per_segment() {
-        const N: usize = 6_000;
-        const DIM: usize = 1536;
-        timely::execute_directly(|worker| {
-            let params = RefineParams::default();
-            let mut rng = Rng(7);
-            let mut refiner = Refiner::new(worker, &params);
-            let mut state = Refinements::default();
-            let mut half = 0;
-            for round in 0..2 {
-                for node in (round * N / 2)..((round + 1) * N / 2) {
-                    let v: Vec<f64> = (0..DIM).map(|_| rng.unit() - 0.5).collect();
-                    let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-                    let unit: Vec<f32> = v.iter().map(|x| (x / norm) as f32).collect();
-                    let found: Vec<(u64, f32)> =
-                        (0..=params.k).map(|_| (rng.below(node.max(1) as u64), rng.unit() as f32)).collect();
-                    refiner.add(node as u64, &unit, &found);
-                    if node % 50 == 0 {
-                        refiner.label(node as u64, Some(["owl", "wren", "frog"][node % 3].to_owned())).unwrap();
-                    }
-                    if node % 500 == 499 {
-                        let closed = refiner.advance();
-                        worker.step_while(|| !refiner.settled(closed));
-                        if let Some((_, _, changes)) = refiner.take() {
-                            state.apply(&changes);
-                        }
-                    }
-                }
-                if round == 0 {
-                    half = resident_bytes();
-                }
-            }
-            let added = resident_bytes().saturating_sub(half);
-            println!("refinement memory: {} bytes per segment ({N} segments, {DIM}-D)", added / (N as u64 / 2));
-        });
-    }
-
     #[test]
     fn two_workers_together_equal_from_scratch() {
         for seed in 100..104 {

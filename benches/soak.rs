@@ -1,0 +1,433 @@
+//! The soak: a simulated network of many sensors over a simulated day, time-compressed, against one `chorus run`
+//! process per profile, with the refinement on and searches by segment id during ingest.
+//!
+//!     cargo bench --bench soak -- [--profiles balanced,memory-constrained] [--sensors 1000] [--hours 24]
+//!                                  [--every-minutes 20] [--ahead 1500] [--qps 5] [--no-refine]
+//!
+//! Each sensor records a 5.99 s bout every `--every-minutes` simulated minutes (staggered over the sensors, on the
+//! 5 s window grid: one window per bout, its last second too short to make another), as 1 kHz 8-bit mono —
+//! low-rate audio keeps the bundled broker from being the bottleneck, and costs chorus the most memory per payload
+//! byte (it is resampled to the model's 32 kHz). Each bout is one of twenty call types (a tone of its own pitch and
+//! tremolo) over noise. A producer thread keeps `--ahead` bouts ahead of what the job has indexed, so the job runs at
+//! its own pace all along (the simulated day passes as fast as the job can take it), and the broker holds the whole
+//! day's audio by the end. A search thread asks `POST /v1/search` for the neighbours of a segment indexed earlier,
+//! `--qps` times a second.
+//!
+//! Every wall minute it prints the job's resident memory (VmRSS), the segments indexed, the segments the index holds
+//! and its memory, the segments the refinement holds, windows/s over the minute and the searches' p99. At the end:
+//! the peak resident memory (VmHWM) against `memory_budget_mb`; the slope of resident memory per 100 000 segments
+//! once the refinement holds its horizon and the index has filled its budget (or, when it never does, over the
+//! second half, less the index's own memory); windows/s over the last simulated hour against the first; the
+//! searches' p99 against `api.sla_p99_ms`.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chorus::config::Config;
+use chorus_operators::record::SegmentId;
+
+#[allow(dead_code)]
+#[path = "../tests/support.rs"]
+mod support;
+
+#[path = "args.rs"]
+mod args;
+
+#[path = "rng.rs"]
+mod rng;
+
+use args::arg;
+use rng::Rng;
+use support::{RawChunk, Scenario};
+
+/// The bouts' sample rate, and their length in samples: 5.99 s, so that the resampler's 0.96 s blocks complete the
+/// window of the bout's first 5 s at once, and the rest is too short for a window of its own (`min_coverage_seconds`
+/// is 1 s).
+const RATE: u32 = 1_000;
+const BOUT: usize = 5_990;
+/// The model's rate: segment ids count samples at it.
+const MODEL_RATE: i64 = 32_000;
+
+/// The simulated network: who records when.
+#[derive(Clone, Copy)]
+struct Network {
+    sensors: usize,
+    /// Seconds between a sensor's bouts.
+    every: i64,
+    /// Bouts in the whole run.
+    bouts: usize,
+}
+
+impl Network {
+    fn new(sensors: usize, hours: usize, every_minutes: usize) -> Network {
+        let every = every_minutes as i64 * 60;
+        let rounds = hours * 3_600 / every as usize;
+        Network { sensors, every, bouts: rounds * sensors }
+    }
+
+    fn sensor_name(i: usize) -> String {
+        format!("pole-{i:05}")
+    }
+
+    /// Bout `n`: its sensor and its start, in seconds after T0. Bouts come in time order: round by round, each
+    /// sensor at its own offset in the round, on the 5 s grid.
+    fn bout(&self, n: usize) -> (usize, i64) {
+        let (round, sensor) = (n / self.sensors, n % self.sensors);
+        let offset = (sensor as i64 * self.every / self.sensors as i64) / 5 * 5;
+        (sensor, round as i64 * self.every + offset)
+    }
+
+    /// Bouts per simulated hour.
+    fn per_hour(&self) -> usize {
+        self.sensors * 3_600 / self.every as usize
+    }
+
+    /// The segment bout `n` makes.
+    fn id(&self, n: usize) -> SegmentId {
+        let (sensor, at) = self.bout(n);
+        SegmentId::of("default", &Network::sensor_name(sensor), (support::T0_SECONDS + at) * MODEL_RATE)
+    }
+
+    /// Bout `n` as a message: one of twenty call types over noise, 1 kHz 8-bit.
+    fn message(&self, n: usize) -> RawChunk {
+        let (sensor, at) = self.bout(n);
+        let call = (sensor * 7 + n / self.sensors * 3) % 20;
+        let (pitch, tremolo) = (40.0 + 20.0 * call as f32, 1.0 + (call % 5) as f32);
+        let mut rng = Rng(n as u64 + 1);
+        let samples: Vec<f32> = (0..BOUT)
+            .map(|i| {
+                let t = i as f32 / RATE as f32;
+                let envelope = 0.5 + 0.5 * (std::f32::consts::TAU * tremolo * t).sin();
+                0.3 * envelope * (std::f32::consts::TAU * pitch * t).sin() + 0.02 * rng.normal()
+            })
+            .collect();
+        RawChunk::new(
+            &Network::sensor_name(sensor),
+            &support::t0_plus(at * 1_000_000_000),
+            support::wav_pcm(RATE, 1, 8, &samples),
+        )
+    }
+}
+
+/// One look at the job.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    /// Seconds since the first segment was indexed.
+    at: f64,
+    segments: f64,
+    rss_mib: f64,
+    index_points: f64,
+    index_mib: f64,
+    refine_nodes: f64,
+}
+
+/// The sum of a metric's series in Prometheus text, with the labels `filter` holds.
+fn metric_sum(text: &str, name: &str, filter: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1));
+    kb.and_then(|kb| kb.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+}
+
+/// Searches by the ids of segments indexed earlier, `qps` a second; keeps each answer's latency (ms) with the
+/// second it was asked in, and counts failures.
+struct Searcher {
+    latencies: Arc<Mutex<Vec<(f64, f64)>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Searcher {
+    fn start(port: u16, network: Network, indexed: Arc<AtomicUsize>, started: Instant, qps: f64) -> Searcher {
+        let latencies = Arc::new(Mutex::new(Vec::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let done = Arc::new(AtomicBool::new(false));
+        let (into, failed, stop) = (latencies.clone(), failures.clone(), done.clone());
+        let thread = std::thread::spawn(move || {
+            let mut rng = Rng(0x50a4);
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs_f64(1.0 / qps));
+                // A segment well inside what is indexed: bouts are indexed roughly in the order they were produced.
+                let known = indexed.load(Ordering::Relaxed) * 9 / 10;
+                if known == 0 {
+                    continue;
+                }
+                let id = network.id((rng.next() % known as u64) as usize);
+                let body = format!("{{\"segment_id\":\"{id}\",\"k\":10}}");
+                let asked = Instant::now();
+                let answer =
+                    support::http(port, "POST", "/v1/search", &[("content-type", "application/json")], body.as_bytes());
+                let ms = asked.elapsed().as_secs_f64() * 1e3;
+                match answer {
+                    Some((200, _)) => into.lock().unwrap().push((started.elapsed().as_secs_f64(), ms)),
+                    Some((status, text)) => failed.lock().unwrap().push(format!("{id}: HTTP {status} {text}")),
+                    None => failed.lock().unwrap().push(format!("{id}: no answer")),
+                }
+            }
+        });
+        Searcher { latencies, failures, done, thread: Some(thread) }
+    }
+
+    /// The p99 of the answers asked from second `from` on, and how many.
+    fn p99_since(&self, from: f64) -> (f64, usize) {
+        let mut ms: Vec<f64> =
+            self.latencies.lock().unwrap().iter().filter(|(at, _)| *at >= from).map(|(_, ms)| *ms).collect();
+        ms.sort_by(f64::total_cmp);
+        let n = ms.len();
+        (if n == 0 { f64::NAN } else { ms[((n as f64 * 0.99).ceil() as usize).clamp(1, n) - 1] }, n)
+    }
+}
+
+impl Drop for Searcher {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Least-squares slope of `y` over `x`.
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    let (mx, my) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
+    let sxy: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    let sxx: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
+    sxy / sxx
+}
+
+/// The time at which `segments` were indexed, from the samples (linear between two).
+fn time_at(samples: &[Sample], segments: f64) -> f64 {
+    let after = samples.partition_point(|s| s.segments < segments).min(samples.len() - 1);
+    let Some(before) = after.checked_sub(1) else { return samples[after].at };
+    let (a, b) = (samples[before], samples[after]);
+    if b.segments <= a.segments {
+        return b.at;
+    }
+    a.at + (b.at - a.at) * (segments - a.segments) / (b.segments - a.segments)
+}
+
+/// What a profile's run measured, for the summary table.
+struct Outcome {
+    profile: String,
+    budget_mib: f64,
+    peak_mib: f64,
+    slope_mib: f64,
+    slope_over: String,
+    first_hour: f64,
+    last_hour: f64,
+    p99: f64,
+    sla: f64,
+    searches: usize,
+    wall_minutes: f64,
+}
+
+fn soak(profile: &str, network: Network, ahead: usize, qps: f64, refine: bool) -> Outcome {
+    let broker = support::PrivateBroker::start();
+    let port = support::free_port();
+    let mut overrides: Vec<(&str, toml::Value)> =
+        vec![("refine.enabled", refine.into()), ("http.listen", format!("127.0.0.1:{port}").into())];
+    if profile == "memory-constrained" && refine {
+        // The profile ships without the refinement: with it, a horizon whose state fits its 512 MiB.
+        overrides.push(("refine.horizon_segments", 2_000.into()));
+    }
+    let scenario = Scenario::from_profile(&format!("{profile}.toml"), &broker.address(), "soak", &overrides);
+    let config = Config::load(&scenario.config).unwrap();
+    let budget_mib = (config.memory_budget >> 20) as f64;
+    let index_budget_mib = ((config.index.memory_budget.unwrap_or(0) * config.workers) >> 20) as f64;
+    let horizon = if refine { config.refine.horizon_segments as f64 } else { 0.0 };
+    println!(
+        "\n{profile}: memory_budget_mb {budget_mib}, index {index_budget_mib} MiB, refinement horizon {horizon} \
+         segments, {} worker(s); {} bouts",
+        config.workers, network.bouts
+    );
+
+    let indexed = Arc::new(AtomicUsize::new(0));
+    let produced = Arc::new(AtomicUsize::new(0));
+    let stop_feeding = Arc::new(AtomicBool::new(false));
+    let scenario = Arc::new(scenario);
+    let feeder = {
+        let (scenario, indexed, produced, stop) =
+            (scenario.clone(), indexed.clone(), produced.clone(), stop_feeding.clone());
+        std::thread::spawn(move || {
+            let mut next = 0;
+            while next < network.bouts && !stop.load(Ordering::Relaxed) {
+                if next >= indexed.load(Ordering::Relaxed) + ahead {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+                let end = (next + 250).min(network.bouts);
+                scenario.produce_raw(&(next..end).map(|n| network.message(n)).collect::<Vec<_>>());
+                next = end;
+                produced.store(next, Ordering::Relaxed);
+            }
+        })
+    };
+
+    let mut job = scenario.spawn(&["run"]);
+    let pid = job.id();
+    let metrics = || support::http_get(port, "/metrics").map(|(_, text)| text).unwrap_or_default();
+    let segments_of = |text: &str| metric_sum(text, "chorus_records_out_total", "stage=\"index\"");
+    // The clock starts with the first segment indexed: the model's load and warm-up do not count.
+    let waited = Instant::now();
+    while segments_of(&metrics()) < 1.0 {
+        assert!(job.try_wait().unwrap().is_none(), "the job ended:\n{}", scenario.job_log());
+        assert!(waited.elapsed() < Duration::from_secs(300), "no segment indexed:\n{}", scenario.job_log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let started = Instant::now();
+    let searcher = Searcher::start(port, network, indexed.clone(), started, qps);
+    println!(
+        "{:>6} {:>9} {:>9} {:>7} {:>9} {:>8} {:>11} {:>10} {:>12} {:>10} {:>11}",
+        "minute",
+        "sim hour",
+        "produced",
+        "lag",
+        "segments",
+        "RSS MiB",
+        "index segs",
+        "index MiB",
+        "refine segs",
+        "windows/s",
+        "search p99"
+    );
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut minute_start = (0.0, 0.0);
+    let mut minute = 1;
+    loop {
+        std::thread::sleep(Duration::from_secs(2));
+        if let Some(status) = job.try_wait().unwrap() {
+            panic!("the job ended ({status}):\n{}", scenario.job_log());
+        }
+        let text = metrics();
+        let sample = Sample {
+            at: started.elapsed().as_secs_f64(),
+            segments: segments_of(&text),
+            rss_mib: rss_mib(pid),
+            index_points: metric_sum(&text, "chorus_index_points", ""),
+            index_mib: metric_sum(&text, "chorus_index_bytes", "") / f64::from(1 << 20),
+            refine_nodes: metric_sum(&text, "chorus_refine_graph_nodes", ""),
+        };
+        indexed.store(sample.segments as usize, Ordering::Relaxed);
+        samples.push(sample);
+        let finished = sample.segments as usize >= network.bouts;
+        if sample.at >= 60.0 * minute as f64 || finished {
+            let rate = (sample.segments - minute_start.1) / (sample.at - minute_start.0).max(1e-3);
+            let (p99, _) = searcher.p99_since(minute_start.0);
+            let sim_hour = sample.segments / network.per_hour() as f64;
+            println!(
+                "{minute:>6} {sim_hour:>9.1} {:>9} {:>7} {:>9} {:>8.0} {:>11} {:>10.0} {:>12} {rate:>10.1} {p99:>9.1}ms",
+                produced.load(Ordering::Relaxed),
+                metric_sum(&text, "chorus_kafka_consumer_lag", ""),
+                sample.segments,
+                sample.rss_mib,
+                sample.index_points,
+                sample.index_mib,
+                sample.refine_nodes
+            );
+            minute_start = (sample.at, sample.segments);
+            minute += 1;
+        }
+        if finished {
+            break;
+        }
+    }
+    let wall_minutes = started.elapsed().as_secs_f64() / 60.0;
+    stop_feeding.store(true, Ordering::Relaxed);
+    feeder.join().unwrap();
+    let peak_mib = support::peak_rss(pid) as f64 / f64::from(1 << 20);
+    let failures = searcher.failures.lock().unwrap().clone();
+    support::terminate(pid);
+    let status = job.wait().unwrap();
+    assert!(status.success(), "the job failed ({status}):\n{}", scenario.job_log());
+
+    // Warm-up ends once the refinement holds its horizon and the index has filled its budget.
+    let warm = samples.iter().position(|s| s.refine_nodes >= horizon && s.index_mib >= 0.9 * index_budget_mib);
+    let (from, slope_over, less_index) = match warm {
+        Some(at) if samples.len() - at >= 10 => (at, format!("from {:.0} segments", samples[at].segments), false),
+        _ => (samples.len() / 2, "second half, less the index's memory".to_owned(), true),
+    };
+    let points: Vec<(f64, f64)> =
+        samples[from..].iter().map(|s| (s.segments, s.rss_mib - if less_index { s.index_mib } else { 0.0 })).collect();
+    let slope_mib = slope(&points) * 100_000.0;
+    let hour = network.per_hour() as f64;
+    let hours = (network.bouts as f64 / hour).floor();
+    let rate_of = |h: f64| hour / (time_at(&samples, (h + 1.0) * hour) - time_at(&samples, h * hour)).max(1e-3);
+    let (first_hour, last_hour) = (rate_of(0.0), rate_of(hours - 1.0));
+    let (p99, searches) = searcher.p99_since(samples[from].at);
+    println!(
+        "{profile}: peak RSS {peak_mib:.0} MiB of {budget_mib:.0}; RSS slope {slope_mib:+.2} MiB per 100 000 segments \
+         ({slope_over}); windows/s first simulated hour {first_hour:.1}, last {last_hour:.1} ({:.0} %); search p99 \
+         {p99:.1} ms over {searches} searches after warm-up (api.sla_p99_ms {}); {} failed searches{}",
+        100.0 * last_hour / first_hour,
+        config.api.sla_p99_ms,
+        failures.len(),
+        failures.first().map(|f| format!(", e.g. {f}")).unwrap_or_default()
+    );
+    Outcome {
+        profile: profile.to_owned(),
+        budget_mib,
+        peak_mib,
+        slope_mib,
+        slope_over,
+        first_hour,
+        last_hour,
+        p99,
+        sla: config.api.sla_p99_ms,
+        searches,
+        wall_minutes,
+    }
+}
+
+fn main() {
+    let sensors = arg("--sensors", 1_000);
+    let hours = arg("--hours", 24);
+    let every = arg("--every-minutes", 20);
+    let ahead = arg("--ahead", 1_500);
+    let qps = arg("--qps", 5.0);
+    let profiles: String = arg("--profiles", "balanced,memory-constrained".to_owned());
+    // For comparison: what the refinement costs over a run.
+    let refine = !args::flag("--no-refine");
+    tracing_subscriber::fmt().with_env_filter("warn,hnsw_rs=error").with_writer(std::io::stderr).init();
+    let network = Network::new(sensors, hours, every);
+    println!(
+        "chorus soak: {sensors} sensors, a 5.99 s bout of 1 kHz 8-bit audio each every {every} simulated minutes, \
+         {hours} simulated hours ({} windows), refinement {}, {qps} searches/s by segment id",
+        network.bouts,
+        if refine { "on" } else { "off" }
+    );
+    let outcomes: Vec<Outcome> = profiles.split(',').map(|p| soak(p.trim(), network, ahead, qps, refine)).collect();
+    println!(
+        "\n{:<20} {:>11} {:>16} {:>22} {:>22} {:>16} {:>10}",
+        "profile", "peak RSS", "RSS slope", "windows/s first→last h", "search p99 (SLA)", "wall minutes", "searches"
+    );
+    for o in &outcomes {
+        println!(
+            "{:<20} {:>5.0}/{:<5.0} {:>+9.2} MiB/100k {:>10.1} → {:<5.1} ({:>3.0} %) {:>9.1} ms ({:.0} ms) {:>16.1} {:>10}",
+            o.profile,
+            o.peak_mib,
+            o.budget_mib,
+            o.slope_mib,
+            o.first_hour,
+            o.last_hour,
+            100.0 * o.last_hour / o.first_hour,
+            o.p99,
+            o.sla,
+            o.wall_minutes,
+            o.searches
+        );
+        println!("{:<20} slope over: {}", "", o.slope_over);
+    }
+    println!(
+        "reproduce: cargo bench --bench soak -- --profiles {profiles} --sensors {sensors} --hours {hours} \
+         --every-minutes {every} --ahead {ahead} --qps {qps}"
+    );
+}
