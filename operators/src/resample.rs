@@ -241,7 +241,11 @@ mod tests {
     }
 
     fn resample_in_chunks(input: &[f32], rate_in: u32, chunk: usize) -> Vec<f32> {
-        let mut r = StreamResampler::new(rate_in, 32_000).unwrap();
+        feed(StreamResampler::new(rate_in, 32_000).unwrap(), input, chunk)
+    }
+
+    /// What `r` makes of `input` fed in chunks of `chunk` samples.
+    fn feed(mut r: StreamResampler, input: &[f32], chunk: usize) -> Vec<f32> {
         let mut out = Vec::new();
         for part in input.chunks(chunk) {
             r.push(part, &mut out).unwrap();
@@ -257,15 +261,8 @@ mod tests {
             let second = tone(rate, 220.0, 2.3);
             let fresh = resample_in_chunks(&second, rate, 997);
             // The first stretch leaves its filter behind on this thread; the second takes it.
-            let reusing = |input: &[f32], chunk: usize| {
-                let mut r = StreamResampler::reusing(rate, 32_000).unwrap();
-                let mut out = Vec::new();
-                for part in input.chunks(chunk) {
-                    r.push(part, &mut out).unwrap();
-                }
-                r.finish(&mut out).unwrap();
-                out
-            };
+            let reusing =
+                |input: &[f32], chunk: usize| feed(StreamResampler::reusing(rate, 32_000).unwrap(), input, chunk);
             let _ = reusing(&first, 1_301);
             assert!(IDLE.with_borrow(|idle| idle.iter().any(|i| i.rates == (rate, 32_000))), "{rate} Hz kept");
             assert_eq!(reusing(&second, 997), fresh, "{rate} Hz");
