@@ -361,7 +361,13 @@ impl Segmenter {
         self.sensor_bytes = self.sensor_bytes + bytes_after - bytes_before;
         self.revision += 1;
         if self.cuts_tails() {
-            self.tails.insert(key.clone(), Some(now));
+            // Every chunk passes here: the key is cloned only for a sensor not yet tracked.
+            match self.tails.get_mut(&key) {
+                Some(last) => *last = Some(now),
+                None => {
+                    self.tails.insert(key.clone(), Some(now));
+                }
+            }
         }
         self.settle(key, time);
     }
