@@ -34,9 +34,10 @@ use std::time::Instant;
 use chorus_operators::index::{Filter, IndexConfig, PointInfo, Request, SpaceIndex};
 use chorus_operators::record::SegmentId;
 use chorus_operators::refine::flow::Refiner;
+use chorus_operators::refine::knn;
 use chorus_operators::refine::{RefineConfig, RefineParams, Refinements};
 use rayon::prelude::*;
-use simsimd::SpatialSimilarity;
+use simsimd::{SpatialSimilarity, f16};
 
 #[path = "args.rs"]
 mod args;
@@ -497,5 +498,33 @@ fn main() {
     }
     if !flag("--skip-memory") {
         memory_per_segment(dim);
+    }
+    if !flag("--skip-search") {
+        exact_search(&generator);
+    }
+}
+
+/// What the job's neighbour search costs per new segment: an exact search over the segments the refinement holds,
+/// for a round of 100 newcomers at several horizons.
+fn exact_search(generator: &Species) {
+    println!("\nneighbour search: exact over the segments held, {} dimensions, rounds of 100 newcomers", generator.dim);
+    let largest = 50_000;
+    let halves: Vec<Vec<f16>> =
+        (0..largest + 100).into_par_iter().map(|i| knn::half(&generator.segment(i).1)).collect();
+    for horizon in [2_000, 5_000, 20_000, 50_000] {
+        let held: Vec<(u64, &[f16])> = (0..horizon).map(|i| (i as u64, halves[i].as_slice())).collect();
+        let queries: Vec<(u64, &[f16])> = (largest..largest + 100).map(|i| (i as u64, halves[i].as_slice())).collect();
+        let started = Instant::now();
+        let rounds = 5;
+        for _ in 0..rounds {
+            std::hint::black_box(knn::nearest(&held, &queries, 10));
+        }
+        let per = started.elapsed().as_secs_f64() / (rounds * queries.len()) as f64;
+        println!(
+            "  horizon {horizon:>6}: {:.3} ms per newcomer on {} threads ({:.2} ns per comparison)",
+            per * 1e3,
+            rayon::current_num_threads(),
+            per * 1e9 / horizon as f64
+        );
     }
 }

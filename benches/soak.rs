@@ -14,7 +14,8 @@
 //! `--qps` times a second.
 //!
 //! Every wall minute it prints the job's resident memory (VmRSS), the segments indexed, the segments the index holds
-//! and its memory, the segments the refinement holds, windows/s over the minute and the searches' p99. At the end:
+//! and its memory, the segments the refinement holds and the records it has published, windows/s over the minute,
+//! the searches' p99, and the cores the job and the broker kept busy over the minute. At the end:
 //! the peak resident memory (VmHWM) against `memory_budget_mb`; the slope of resident memory per 100 000 segments
 //! once the refinement holds its horizon and the index has filled its budget (or, when it never does, over the
 //! second half, less the index's own memory); windows/s over the last simulated hour against the first; the
@@ -128,6 +129,16 @@ fn metric_sum(text: &str, name: &str, filter: &str) -> f64 {
         .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])) && l.contains(filter))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// CPU seconds `pid` has used (user and system), from /proc (at 100 clock ticks a second).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which may hold spaces, closed by the last ')'.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -286,7 +297,7 @@ fn soak(profile: &str, network: Network, ahead: usize, qps: f64, refine: bool) -
     let started = Instant::now();
     let searcher = Searcher::start(port, network, indexed.clone(), started, qps);
     println!(
-        "{:>6} {:>9} {:>9} {:>7} {:>9} {:>8} {:>11} {:>10} {:>12} {:>10} {:>11}",
+        "{:>6} {:>9} {:>9} {:>7} {:>9} {:>8} {:>11} {:>10} {:>12} {:>11} {:>10} {:>11} {:>8} {:>11}",
         "minute",
         "sim hour",
         "produced",
@@ -296,11 +307,17 @@ fn soak(profile: &str, network: Network, ahead: usize, qps: f64, refine: bool) -
         "index segs",
         "index MiB",
         "refine segs",
+        "refine recs",
         "windows/s",
-        "search p99"
+        "search p99",
+        "job CPU",
+        "broker CPU"
     );
+    let broker_pid = broker.pid().expect("the broker runs");
+    let cpu = || (cpu_seconds(pid), cpu_seconds(broker_pid));
     let mut samples: Vec<Sample> = Vec::new();
     let mut minute_start = (0.0, 0.0);
+    let mut minute_cpu = cpu();
     let mut minute = 1;
     loop {
         std::thread::sleep(Duration::from_secs(2));
@@ -323,17 +340,23 @@ fn soak(profile: &str, network: Network, ahead: usize, qps: f64, refine: bool) -
             let rate = (sample.segments - minute_start.1) / (sample.at - minute_start.0).max(1e-3);
             let (p99, _) = searcher.p99_since(minute_start.0);
             let sim_hour = sample.segments / network.per_hour() as f64;
+            // Cores busy over the minute: the job's process and the broker's.
+            let (now_cpu, seconds) = (cpu(), (sample.at - minute_start.0).max(1e-3));
+            let (job_cpu, broker_cpu) = ((now_cpu.0 - minute_cpu.0) / seconds, (now_cpu.1 - minute_cpu.1) / seconds);
             println!(
-                "{minute:>6} {sim_hour:>9.1} {:>9} {:>7} {:>9} {:>8.0} {:>11} {:>10.0} {:>12} {rate:>10.1} {p99:>9.1}ms",
+                "{minute:>6} {sim_hour:>9.1} {:>9} {:>7} {:>9} {:>8.0} {:>11} {:>10.0} {:>12} {:>11} {rate:>10.1} \
+                 {p99:>9.1}ms {job_cpu:>8.2} {broker_cpu:>11.2}",
                 produced.load(Ordering::Relaxed),
                 metric_sum(&text, "chorus_kafka_consumer_lag", ""),
                 sample.segments,
                 sample.rss_mib,
                 sample.index_points,
                 sample.index_mib,
-                sample.refine_nodes
+                sample.refine_nodes,
+                metric_sum(&text, "chorus_records_out_total", "stage=\"refine\"")
             );
             minute_start = (sample.at, sample.segments);
+            minute_cpu = now_cpu;
             minute += 1;
         }
         if finished {

@@ -1,7 +1,7 @@
 //! The refinement inside a job: a second dataflow on the same workers, fed in rounds, behind the index.
 //!
 //! The index operator leaves each new segment in a worker-local queue; every `refine.round_ms` the worker finds the
-//! queued segments' neighbours in their space's index, feeds nodes, kNN edge changes and the labels read from the
+//! queued segments' neighbours, feeds nodes, kNN edge changes and the labels read from the
 //! labels topic (worker 0) to the differential computation, and closes the round. Rounds settle while ingestion goes
 //! on — nothing in the ingest dataflow waits for them. Settled changes update the refinements the query API reads,
 //! and each segment whose label, label score (to 0.01), cluster changed, or that was refined for the first time,
@@ -10,10 +10,12 @@
 //! Each space holds its `refine.horizon_segments` most recent segments by start time. A segment pushed out is retired
 //! once its latest state is in a written file of the dataset (a final row when that state was not published yet):
 //! it leaves the graph with its edges and given label, and the shared refinements keep a compact record of its last
-//! label and cluster for queries. A newcomer's neighbours are searched among the space's held segments only.
+//! label and cluster for queries. A newcomer's neighbours are found among the space's held segments (and the newcomers
+//! before it) by an exact search over the embeddings the refinement holds: its cost is bounded by the horizon, not by
+//! the space's index, which grows with the uptime.
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -22,13 +24,12 @@ use std::time::{Duration, Instant};
 use chorus_connectors::kafka::{self, Acks, LabelsSource, Producer, RefinementRecord};
 use chorus_connectors::parquet::{RefinementRow, RefinementWriter};
 use chorus_operators::cause::Cause;
-use chorus_operators::index::{self, Filter, Request, now_seconds, unit};
+use chorus_operators::index::{self, unit};
 use chorus_operators::metrics::Metrics;
 use chorus_operators::record::{DeadLetter, SegmentId};
 use chorus_operators::refine::flow::Refiner;
 use chorus_operators::refine::knn::KnnGraph;
 use chorus_operators::refine::{RefineParams, Refinements, SharedRefinements};
-use rayon::prelude::*;
 use timely::worker::Worker;
 
 use crate::config::Config;
@@ -42,9 +43,6 @@ pub type Arrivals = Rc<RefCell<Vec<Arrival>>>;
 
 /// Label messages read per round at most.
 const LABELS_PER_ROUND: usize = 10_000;
-
-/// A new segment of a space, its start time, its unit vector and the neighbours the index found for it.
-type Found = (String, i64, u64, Vec<f32>, Vec<(u64, f32)>);
 
 /// A label and its share.
 type Verdict = (String, f32);
@@ -270,44 +268,33 @@ impl Stage {
     fn feed(&mut self) -> Result<(), String> {
         let arrivals = std::mem::take(&mut *self.arrivals.borrow_mut());
         self.metrics.queued("refine", -(arrivals.len() as i64));
-        let now = now_seconds();
         let horizon = self.params.horizon_segments;
-        // Neighbours come from the segments held: a full space's search starts at its oldest held segment.
-        let filters: HashMap<String, Filter> = arrivals
-            .iter()
-            .map(|(space, _, _)| {
-                let held = self.held.get(space);
-                let from_micros = held.filter(|held| held.len() >= horizon).and_then(|held| held.first()).map(|f| f.0);
-                (space.clone(), Filter { from_micros, ..Filter::default() })
-            })
-            .collect();
-        let (k, ef, dim, registry) = (self.params.k + 1, self.params.search_ef(), self.dim, &self.registry);
-        // The searches only read the index: they run in parallel, and the graph takes them in arrival order.
-        let found: Vec<Option<Found>> = arrivals
-            .into_par_iter()
-            .map(|(space, id, embedding)| {
-                let shared = registry.get(&space)?;
-                let vector = unit(&embedding, dim).ok()?;
-                let request = Request { vector: &vector, k, ef, filter: &filters[&space] };
-                let index = index::read(&shared);
-                let start = index.point(SegmentId(id))?.start_micros;
-                let found = index.search(&request, None, now).ok()?;
-                Some((space, start, id, vector, found.into_iter().map(|(n, d)| (n.0, d)).collect()))
-            })
-            .collect();
+        // Each space's newcomers in arrival order, with their start times.
+        let mut newcomers: BTreeMap<String, Vec<(i64, u64, Vec<f32>)>> = BTreeMap::new();
+        for (space, id, embedding) in arrivals {
+            let Some(shared) = self.registry.get(&space) else { continue };
+            let Ok(vector) = unit(&embedding, self.dim) else { continue };
+            let Some(point) = index::read(&shared).point(SegmentId(id)) else { continue };
+            newcomers.entry(space).or_default().push((point.start_micros, id, vector));
+        }
         let mut pushed_out = Vec::new();
-        for (space, start, id, vector, neighbours) in found.into_iter().flatten() {
+        for (space, arrived) in newcomers {
             let held = self.held.entry(space.clone()).or_default();
-            if held.len() >= horizon && held.first().is_some_and(|oldest| (start, id) < *oldest) {
-                // Older than every segment held: it never enters.
-                self.metrics.refine_retired.with_label_values(&[&space]).inc();
-                continue;
-            }
-            if self.refiner.add(id, &vector, &neighbours) {
-                held.insert((start, id));
-                while held.len() > horizon {
-                    let (_, oldest) = held.pop_first().expect("more than the horizon");
-                    pushed_out.push((space.clone(), oldest));
+            let queries: Vec<(u64, &[f32])> = arrived.iter().map(|(_, id, v)| (*id, v.as_slice())).collect();
+            // Neighbours among the segments held and the newcomers before: exact, and bounded by the horizon.
+            let found = self.refiner.nearest(held.iter().map(|(_, id)| *id), &queries, self.params.k);
+            for ((start, id, vector), neighbours) in arrived.into_iter().zip(found) {
+                if held.len() >= horizon && held.first().is_some_and(|oldest| (start, id) < *oldest) {
+                    // Older than every segment held: it never enters.
+                    self.metrics.refine_retired.with_label_values(&[&space]).inc();
+                    continue;
+                }
+                if self.refiner.add(id, &vector, &neighbours) {
+                    held.insert((start, id));
+                    while held.len() > horizon {
+                        let (_, oldest) = held.pop_first().expect("more than the horizon");
+                        pushed_out.push((space.clone(), oldest));
+                    }
                 }
             }
         }

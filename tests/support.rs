@@ -463,6 +463,12 @@ impl PrivateBroker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Its process id while it runs (the soak bench reads its CPU time).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     /// Stops it (SIGTERM), keeping its data.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -490,6 +496,12 @@ impl PrivateBroker {
             let client: Result<BaseConsumer, _> = ClientConfig::new().set("bootstrap.servers", &address).create();
             client.is_ok_and(|c| c.fetch_metadata(None, Duration::from_secs(1)).is_ok())
         });
+        // The index the bundled broker's fetches need, as scripts/broker.sh gives it.
+        let status = Command::new(root().join("scripts/broker.sh"))
+            .args(["index", &self.dir.path().join("tansu.db").to_string_lossy()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "scripts/broker.sh index failed ({status})");
     }
 }
 

@@ -66,6 +66,9 @@ impl KafkaSource {
     /// costing at most `max_in_flight` bytes of memory are read ahead of the embedding stage (eight times their
     /// payload each, unless [`KafkaSource::costing`] says how to reckon audio).
     pub fn open(settings: &KafkaSettings, worker: usize, peers: usize, max_in_flight: usize) -> Result<Self, Error> {
+        let prefetch = max_in_flight / PREFETCH_SHARE;
+        // Below librdkafka's limit on a response (receive.message.max.bytes, 100 MB).
+        let fetch = prefetch.clamp(1 << 20, 64 << 20).max(settings.max_message_bytes);
         let consumer: BaseConsumer = settings
             .client()
             .set("group.id", &settings.group_id)
@@ -75,9 +78,13 @@ impl KafkaSource {
             // The end of a partition is reported: held-back chunks need to know when no partition can hold more.
             .set("enable.partition.eof", "true")
             .set("fetch.wait.max.ms", settings.fetch_wait.as_millis().to_string())
-            .set("max.partition.fetch.bytes", settings.max_message_bytes.max(1 << 20).to_string())
+            // A fetch takes up to librdkafka's whole read-ahead (and at least one message): the bundled broker reads
+            // everything from the fetch offset to the end of the partition for every fetch, so that fewer, larger
+            // fetches serve a backlog many times faster.
+            .set("max.partition.fetch.bytes", fetch.to_string())
+            .set("fetch.max.bytes", fetch.to_string())
             // librdkafka's own read-ahead is a thirty-second of the budget, in payload bytes; the rest is the source's.
-            .set("queued.max.messages.kbytes", (max_in_flight / PREFETCH_SHARE / 1024).max(1_024).to_string())
+            .set("queued.max.messages.kbytes", (prefetch / 1024).max(1_024).to_string())
             .create()
             .map_err(kafka(format!("cannot create a consumer for {}", settings.brokers)))?;
         let topic = settings.audio_topic.clone();

@@ -12,6 +12,7 @@ use differential_dataflow::input::InputSession;
 use differential_dataflow::operators::Iterate;
 use differential_dataflow::{ExchangeData, VecCollection};
 use serde::{Deserialize, Serialize};
+use simsimd::f16;
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::Scope;
 use timely::dataflow::operators::vec::Broadcast;
@@ -19,8 +20,13 @@ use timely::dataflow::operators::{Inspect, Probe};
 use timely::worker::Worker;
 
 use super::config::RefineParams;
-use super::knn::{Edge, KnnGraph};
+use super::knn::{self, Edge, KnnGraph};
 use super::rules::{self, Fixed, LabelId, combine, spread};
+
+/// The fixed-point embedding fed for a node whose embedding is held in half precision.
+fn fixed_of(half: &[f16]) -> Fixed {
+    rules::to_fixed(&half.iter().map(|x| x.to_f32()).collect::<Vec<_>>())
+}
 
 /// One node's contributions to its next embedding, carried as a difference so that differential sums them in place:
 /// its own embedding (`own`, in the `i16` fixed point of [`rules::Fixed`]) and `n` neighbours' embeddings summed
@@ -300,9 +306,10 @@ pub struct Refiner {
     graph: KnnGraph,
     seeds: HashMap<u64, String>,
     nodes: InputSession<u64, (u64, Fixed), isize>,
-    /// Each node's own embedding as fed, to retract it exactly when the node is retired (the index may since have
-    /// moved its vector to a lossy tier).
-    own: HashMap<u64, Fixed>,
+    /// Each node's own embedding in half precision: what its neighbour searches compare, and what its fixed-point
+    /// embedding is made from, so that a retirement retracts exactly what was fed (the index may since have moved its
+    /// vector to a lossy tier).
+    own: HashMap<u64, Vec<f16>>,
     edges: InputSession<u64, Edge, isize>,
     labels: InputSession<u64, (u64, String), isize>,
     probe: ProbeHandle<u64>,
@@ -356,7 +363,24 @@ impl Refiner {
         &self.graph
     }
 
-    /// Adds a node with its unit embedding and the neighbours the index found for it; false if it was present.
+    /// For each query `(node, unit embedding)`, in order, its `k` nearest among the nodes `held` (those of them this
+    /// refiner holds) and the queries before it: an exact search over half-precision embeddings (see
+    /// [`knn::nearest`]).
+    pub fn nearest(
+        &self,
+        held: impl IntoIterator<Item = u64>,
+        queries: &[(u64, &[f32])],
+        k: usize,
+    ) -> Vec<Vec<(u64, f32)>> {
+        let held: Vec<(u64, &[f16])> =
+            held.into_iter().filter_map(|node| Some((node, self.own.get(&node)?.as_slice()))).collect();
+        let halves: Vec<Vec<f16>> = queries.iter().map(|(_, unit)| knn::half(unit)).collect();
+        let queries: Vec<(u64, &[f16])> =
+            queries.iter().zip(&halves).map(|((node, _), half)| (*node, half.as_slice())).collect();
+        knn::nearest(&held, &queries, k)
+    }
+
+    /// Adds a node with its unit embedding and the neighbours found for it; false if it was present.
     pub fn add(&mut self, node: u64, unit: &[f32], found: &[(u64, f32)]) -> bool {
         if !self.graph.add(node, found, &mut self.changes) {
             return false;
@@ -369,10 +393,10 @@ impl Refiner {
     }
 
     fn feed_node(&mut self, node: u64, unit: &[f32]) {
-        let own = rules::to_fixed(unit);
-        self.nodes.insert((node, own.clone()));
-        if let Some(before) = self.own.insert(node, own) {
-            self.nodes.remove((node, before));
+        let half = knn::half(unit);
+        self.nodes.insert((node, fixed_of(&half)));
+        if let Some(before) = self.own.insert(node, half) {
+            self.nodes.remove((node, fixed_of(&before)));
         }
     }
 
@@ -383,7 +407,7 @@ impl Refiner {
             return false;
         }
         if let Some(own) = self.own.remove(&node) {
-            self.nodes.remove((node, own));
+            self.nodes.remove((node, fixed_of(&own)));
         }
         for (edge, diff) in self.changes.drain(..) {
             self.edges.update(edge, diff);
@@ -628,7 +652,7 @@ mod tests {
     fn oracle_inputs(refiner: &Refiner, history: &History, seeds: &BTreeMap<u64, String>) -> oracle::Inputs {
         oracle::Inputs {
             nodes: (refiner.graph().iter())
-                .map(|(node, _)| (node, rules::to_fixed(&history.points[node as usize])))
+                .map(|(node, _)| (node, fixed_of(&knn::half(&history.points[node as usize]))))
                 .collect(),
             edges: refiner.graph().edges().collect::<BTreeSet<_>>(),
             seeds: seeds.clone(),

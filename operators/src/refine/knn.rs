@@ -3,10 +3,15 @@
 //! to than their current farthest — so edges are also retracted, which the dataflow sees as negative differences.
 //! A segment beyond the refinement's horizon is removed with its edges in both directions; the lists that held it
 //! are one shorter until a newcomer fills them.
+//!
+//! A newcomer's neighbours are found by [`nearest`]: an exact search over the half-precision embeddings of the segments
+//! the refinement holds, so its cost is bounded by the horizon, whatever the size of the space's index.
 
 use std::collections::HashMap;
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use simsimd::{SpatialSimilarity, f16};
 
 /// A directed edge `src → dst` (`dst` is among the nearest neighbours of `src`); `close` when their cosine distance
 /// is within the cluster threshold.
@@ -149,6 +154,52 @@ fn forget_holder(holders: &mut HashMap<u64, Vec<u64>>, node: u64, holder: u64) {
     }
 }
 
+/// Queries compared together with each candidate, so that a candidate is read from memory once per group.
+const QUERY_GROUP: usize = 16;
+
+/// A unit vector in half precision, as the refinement holds and searches it.
+pub fn half(unit: &[f32]) -> Vec<f16> {
+    unit.iter().map(|x| f16::from_f32(*x)).collect()
+}
+
+/// For each query `(node, unit embedding)`, in order, its `k` nearest among `held` and the queries before it, nearest
+/// first (ties by id), with cosine distances; exact over the half-precision embeddings. Queries are compared with
+/// the candidates in groups spread over rayon's threads.
+pub fn nearest(held: &[(u64, &[f16])], queries: &[(u64, &[f16])], k: usize) -> Vec<Vec<(u64, f32)>> {
+    let candidates: Vec<(u64, &[f16])> = held.iter().chain(queries).copied().collect();
+    queries
+        .par_chunks(QUERY_GROUP)
+        .enumerate()
+        .flat_map_iter(|(group, chunk)| {
+            let first = group * QUERY_GROUP;
+            // The queries of this group see the held candidates and the queries before their own.
+            let seen = &candidates[..held.len() + first + chunk.len()];
+            let mut best: Vec<Vec<(u64, f32)>> = vec![Vec::with_capacity(k + 1); chunk.len()];
+            for (at, &(id, vector)) in seen.iter().enumerate() {
+                for (q, &(node, query)) in chunk.iter().enumerate() {
+                    if at >= held.len() + first + q || id == node {
+                        continue;
+                    }
+                    let dot = f16::dot(query, vector).unwrap_or(0.0);
+                    keep(&mut best[q], (id, (1.0 - dot).max(0.0) as f32), k);
+                }
+            }
+            best
+        })
+        .collect()
+}
+
+/// Inserts `found` into `best` (nearest first, ties by id) if it is among the `k` nearest.
+fn keep(best: &mut Vec<(u64, f32)>, found: (u64, f32), k: usize) {
+    let farther = |&(id, d): &(u64, f32)| d.total_cmp(&found.1).then(id.cmp(&found.0)).is_gt();
+    if best.len() == k && !best.last().is_some_and(farther) {
+        return;
+    }
+    let at = best.iter().position(farther).unwrap_or(best.len());
+    best.insert(at, found);
+    best.truncate(k);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,5 +270,62 @@ mod tests {
             assert_eq!(graph.len(), 2);
             assert_eq!(graph.holders.values().map(Vec::len).sum::<usize>(), graph.edges().count());
         }
+    }
+
+    fn unit(seed: u64, dim: usize) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let raw: Vec<f32> = (0..dim)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % 2_001) as f32 / 1_000.0 - 1.0
+            })
+            .collect();
+        let norm = raw.iter().map(|x| x * x).sum::<f32>().sqrt();
+        raw.iter().map(|x| x / norm).collect()
+    }
+
+    #[test]
+    fn r15_nearest_is_exact_over_the_held_and_the_earlier_queries_only() {
+        let dim = 64;
+        let vectors: Vec<Vec<f32>> = (0..120).map(|i| unit(i, dim)).collect();
+        let halves: Vec<Vec<f16>> = vectors.iter().map(|v| half(v)).collect();
+        let held: Vec<(u64, &[f16])> = (0..80).map(|i| (i as u64, halves[i].as_slice())).collect();
+        // 40 queries: more than two groups, so that the rule holds across groups.
+        let queries: Vec<(u64, &[f16])> = (80..120).map(|i| (i as u64, halves[i].as_slice())).collect();
+        let found = nearest(&held, &queries, 7);
+        assert_eq!(found.len(), 40);
+        for (q, found) in found.iter().enumerate() {
+            let node = 80 + q;
+            // By brute force in f64 over the full-precision vectors: every held segment and the queries before.
+            let mut want: Vec<(u64, f64)> = (0..node)
+                .map(|i| {
+                    let dot: f64 =
+                        vectors[node].iter().zip(&vectors[i]).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+                    (i as u64, 1.0 - dot)
+                })
+                .collect();
+            want.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+            let ids: Vec<u64> = found.iter().map(|(id, _)| *id).collect();
+            let want_ids: Vec<u64> = want[..7].iter().map(|(id, _)| *id).collect();
+            assert_eq!(ids, want_ids, "query {node}");
+            for ((_, d), (_, w)) in found.iter().zip(&want) {
+                assert!((f64::from(*d) - w).abs() < 1e-3, "query {node}: {d} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn r15_nearest_skips_the_query_itself_breaks_ties_by_id_and_answers_an_empty_space() {
+        let (v, w) = (half(&unit(1, 16)), half(&unit(2, 16)));
+        // Three copies of v at the same distance: the smaller ids first; the query's own id never answers.
+        let held: Vec<(u64, &[f16])> = vec![(9, &v), (4, &w), (3, &v), (5, &v)];
+        let found = nearest(&held, &[(5, &v)], 2);
+        assert_eq!(found[0].iter().map(|(id, _)| *id).collect::<Vec<_>>(), [3, 9]);
+        assert!(found[0][0].1 < 1e-3);
+        let found = nearest(&[], &[(1, &v), (2, &v)], 3);
+        assert_eq!(found.iter().map(Vec::len).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(found[1][0].0, 1);
     }
 }
