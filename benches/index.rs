@@ -2,6 +2,10 @@
 //!
 //!     cargo bench --bench index -- [--points 100000] [--queries 1000] [--dim 1536] [--million] [--no-hnswlib]
 //!                                   [--set clustered|hard]
+//!     cargo bench --bench index -- --open-memory 20000 [--m 32] [--dim 1536]
+//!
+//! The second form measures only what a point of the open shard costs in resident memory, against what the index
+//! counts for it.
 //!
 //! Two data sets, generated with a fixed seed and L2-normalised: `clustered`, a mixture of 200 clusters on a
 //! 24-dimensional latent space mapped into `--dim` dimensions with a little isotropic noise (embeddings of calls of
@@ -425,7 +429,52 @@ fn bench(generator: &Generator, points: usize, n_queries: usize, compare: bool) 
     }
 }
 
+/// Resident memory of this process, in bytes.
+fn resident() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1));
+    kb.and_then(|kb| kb.parse::<f64>().ok()).unwrap_or(0.0) * 1024.0
+}
+
+/// What an open shard's point costs in resident memory, against what the index counts for it
+/// (`chorus_index_bytes`): `points` vectors inserted in the job's batches of 64 into one open shard.
+fn open_shard_memory(generator: &Generator, points: usize, m: usize) {
+    let data = generator.rows(3, points);
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        IndexConfig { m, ef_construction: EF_CONSTRUCTION, shard_max_points: points + 1, ..Default::default() };
+    let params = config.build(dir.path()).unwrap();
+    let before = resident();
+    let mut index = SpaceIndex::new(&dir.path().join("space=memory"), &params, generator.dim);
+    let info = |i: usize| PointInfo { sensor: format!("s{}", i % 1_000), start_micros: i as i64 * 5_000_000 };
+    for (c, chunk) in data.chunks(64).enumerate() {
+        let batch: Vec<(SegmentId, PointInfo, &[f32])> = (chunk.iter().enumerate())
+            .map(|(i, v)| (SegmentId((c * 64 + i) as u64), info(c * 64 + i), v.as_slice()))
+            .collect();
+        index.insert_many(&batch, 0).unwrap();
+    }
+    let held = resident() - before;
+    let counted = index.bytes() as f64;
+    drop(index);
+    let after = resident() - before;
+    println!(
+        "
+open shard memory, {points} points of {} dimensions, M {m}: {:.0} bytes per point resident, {:.0} counted \
+         ({:.2}×); {:.0} MiB still resident after the shard is dropped",
+        generator.dim,
+        held / points as f64,
+        counted / points as f64,
+        held / counted,
+        after / f64::from(1 << 20)
+    );
+}
+
 fn main() {
+    if let Some(points) = std::env::args().skip_while(|a| a != "--open-memory").nth(1) {
+        let points = points.parse().expect("--open-memory POINTS");
+        open_shard_memory(&Generator::clustered(arg("--dim", 1536)), points, arg("--m", M));
+        return;
+    }
     let points = if flag("--million") { 1_000_000 } else { arg("--points", 100_000) };
     let queries = arg("--queries", 1_000);
     let dim = arg("--dim", 1536);
