@@ -120,10 +120,12 @@ fn index_with_neighbours(dir: &std::path::Path, vectors: &[Vec<f32>], k: usize) 
     (index, found, built, started.elapsed().as_secs_f64())
 }
 
-/// What the job finds for each new segment: its `k` nearest others, at the refinement's search beam width.
+/// Each new segment's `k` nearest others by the index, at a beam of one and a half times the neighbours wanted (at
+/// least 16): an approximation of the job's exact search among the segments its refinement holds
+/// (`refine::knn::nearest`, measured by `exact_search`), which keeps this bench's graphs of 100 000 segments quick.
 fn neighbours(index: &SpaceIndex, vectors: &[Vec<f32>], first_id: usize, k: usize) -> Vec<Vec<(u64, f32)>> {
     let filter = Filter::default();
-    let ef = arg("--search-ef", RefineParams { k, ..RefineParams::default() }.search_ef());
+    let ef = arg("--search-ef", (3 * (k + 1) / 2).max(16));
     vectors
         .par_iter()
         .enumerate()

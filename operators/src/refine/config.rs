@@ -156,13 +156,6 @@ impl RefineParams {
         }
     }
 
-    /// The beam width of the searches that find a new segment's neighbours: one and a half times the neighbours
-    /// wanted (at least 16). A kNN graph tolerates the odd missed neighbour better than a slow round: on the refine
-    /// bench, label propagation is as accurate at 12 as at 44, and the searches take a third of the time.
-    pub fn search_ef(&self) -> usize {
-        (3 * (self.k + 1) / 2).max(16)
-    }
-
     /// Retired segments per space whose last label and cluster [`super::Refinements`] keeps for queries: eight
     /// horizons' worth, at about 60 bytes each against the kilobytes of a segment held (older ones are in the
     /// refinements dataset).
