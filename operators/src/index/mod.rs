@@ -328,8 +328,9 @@ impl<'scope> Index<'scope> for StreamVec<'scope, u64, Segment> {
 }
 
 #[cfg(test)]
-mod tests {
-    //! The tests of the configuration, and the fixtures the tests of every file of the index share.
+pub(crate) mod tests {
+    //! The tests of the configuration, and the fixtures the tests of every file of the index (and the refinement's
+    //! kNN) share.
 
     use std::ops::Range;
 
@@ -341,7 +342,8 @@ mod tests {
         IndexConfig { m: 8, ef_construction: 48, shard_max_points, ..Default::default() }.build(Path::new("/")).unwrap()
     }
 
-    pub(super) fn vector(seed: u64, dim: usize) -> Vec<f32> {
+    /// A pseudo-random vector with components in [-1, 1], the same for the same seed.
+    pub(crate) fn vector(seed: u64, dim: usize) -> Vec<f32> {
         let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         (0..dim)
             .map(|_| {

@@ -273,17 +273,7 @@ mod tests {
     }
 
     fn unit(seed: u64, dim: usize) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        let raw: Vec<f32> = (0..dim)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state % 2_001) as f32 / 1_000.0 - 1.0
-            })
-            .collect();
-        let norm = raw.iter().map(|x| x * x).sum::<f32>().sqrt();
-        raw.iter().map(|x| x / norm).collect()
+        crate::index::unit(&crate::index::tests::vector(seed, dim), dim).unwrap()
     }
 
     #[test]
