@@ -33,6 +33,9 @@ use simsimd::SpatialSimilarity;
 mod args;
 #[path = "rng.rs"]
 mod rng;
+#[allow(dead_code)]
+#[path = "../tests/support.rs"]
+mod support;
 
 use args::arg;
 use args::flag;
@@ -431,9 +434,7 @@ fn bench(generator: &Generator, points: usize, n_queries: usize, compare: bool) 
 
 /// Resident memory of this process, in bytes.
 fn resident() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1));
-    kb.and_then(|kb| kb.parse::<f64>().ok()).unwrap_or(0.0) * 1024.0
+    support::proc_status_bytes(None, "VmRSS") as f64
 }
 
 /// What an open shard's point costs in resident memory, against what the index counts for it
@@ -489,8 +490,7 @@ fn main() {
         }
         bench(&generator, points, queries, compare);
     }
-    let rss = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let peak = rss.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or("VmHWM: ?").to_owned();
-    println!("\npeak memory of this process: {}", peak.trim_start_matches("VmHWM:").trim());
+    let peak = support::proc_status_bytes(None, "VmHWM") >> 10;
+    println!("\npeak memory of this process: {peak} kB");
     println!("reproduce: cargo bench --bench index -- --points {points} --queries {queries} --dim {dim}");
 }

@@ -186,14 +186,7 @@ fn knn_accuracy(vectors: &[Vec<f32>], species: &[usize], reference: &[usize], te
 }
 
 fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
+    support::proc_status_bytes(None, "VmHWM") as f64 / 1024.0 / 1024.0
 }
 
 fn quality(generator: &Species, n: usize, species_count: usize) {
@@ -443,9 +436,7 @@ fn latency(generator: &Species, n: usize, new: usize) {
 
 /// The process's resident memory in bytes.
 fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
-    pages * 4096
+    support::proc_status_bytes(None, "VmRSS") as u64
 }
 
 /// The refinement's memory per segment (see the module documentation).

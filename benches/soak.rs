@@ -142,9 +142,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1));
-    kb.and_then(|kb| kb.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+    support::proc_status_bytes(Some(pid), "VmRSS") as f64 / f64::from(1 << 20)
 }
 
 /// Searches by the ids of segments indexed earlier, `qps` a second; keeps each answer's latency (ms) with the

@@ -413,10 +413,17 @@ pub fn free_port() -> u16 {
 
 /// Peak resident memory of process `pid` so far, in bytes (VmHWM).
 pub fn peak_rss(pid: u32) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    proc_status_bytes(Some(pid), "VmHWM")
+}
+
+/// A memory figure of the /proc status of `pid` (this process for `None`) in bytes: `VmRSS`, `VmHWM`, …; 0 when it
+/// cannot be read.
+pub fn proc_status_bytes(pid: Option<u32>, field: &str) -> usize {
+    let path = pid.map_or_else(|| "/proc/self/status".to_owned(), |pid| format!("/proc/{pid}/status"));
+    let status = std::fs::read_to_string(path).unwrap_or_default();
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<usize>().ok())
         .map_or(0, |kb| kb << 10)
