@@ -133,10 +133,12 @@ impl StreamResampler {
             let ratio = f64::from(rate_out) / f64::from(rate_in);
             Box::new(Async::<f32>::new_sinc(ratio, 1.0, &parameters, BLOCK, 1, FixedAsync::Input).map_err(failed)?)
         };
-        // The FFT resampler keeps its plans, spectra and overlaps, a few copies of a block in and out; the sinc
-        // interpolator its table of 256 × 256 coefficients.
-        let frames = BLOCK + inner.output_frames_max();
-        let filter_bytes = if by_fft { 6 * frames * 4 } else { 256 * 256 * 4 + 2 * frames * 4 };
+        let filter_bytes = if by_fft {
+            fft_filter_bytes(rate_in, rate_out)
+        } else {
+            // Its table of 256 × 256 coefficients, a few blocks in and out, and what any filter takes besides.
+            256 * 256 * 4 + 2 * (BLOCK + inner.output_frames_max()) * 4 + FILTER_FIXED_BYTES
+        };
         Ok((inner, filter_bytes))
     }
 
@@ -227,6 +229,21 @@ impl Drop for StreamResampler {
     }
 }
 
+/// Memory of an FFT filter from `rate_in` to `rate_out` Hz, from the transform sizes rubato picks for [`BLOCK`]: per
+/// point of the input and of the output transform, its buffers, spectra and FFT plans (60 and 40 bytes), and what
+/// any filter takes besides (80 KiB), as measured in resident memory
+/// (`tests::r15_a_filter_costs_in_resident_memory_what_it_counts`). 1 kHz to 32 kHz: 960 and 30 720 points, 1.4 MB.
+fn fft_filter_bytes(rate_in: u32, rate_out: u32) -> usize {
+    let g = gcd(rate_in, rate_out) as usize;
+    let (reduced_in, reduced_out) = (rate_in as usize / g, rate_out as usize / g);
+    let chunks = BLOCK.div_ceil(reduced_in).max(1);
+    let (points_in, points_out) = (chunks * reduced_in, chunks * reduced_out);
+    60 * points_in + 40 * points_out + FILTER_FIXED_BYTES
+}
+
+/// What a filter takes besides its transforms or its table: allocations rubato and rustfft make per filter.
+const FILTER_FIXED_BYTES: usize = 80 << 10;
+
 fn gcd(a: u32, b: u32) -> u32 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
@@ -267,6 +284,59 @@ mod tests {
             assert!(IDLE.with_borrow(|idle| idle.iter().any(|i| i.rates == (rate, 32_000))), "{rate} Hz kept");
             assert_eq!(reusing(&second, 997), fresh, "{rate} Hz");
             assert!(IDLE.with_borrow(|idle| idle.iter().map(|i| i.bytes).sum::<usize>()) <= IDLE_BYTES);
+        }
+    }
+
+    /// The rates the child measures, from the parent below; the child runs alone in a process of its own.
+    const MEASURE_RATES: &str = "CHORUS_TEST_FILTER_RATES";
+
+    fn resident_bytes() -> usize {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<usize>().unwrap() << 10
+    }
+
+    /// Not a test on its own: in the process `r15_a_filter_costs_in_resident_memory_what_it_counts` starts, makes
+    /// filters at the rates it is given, each fed a few blocks, and prints the resident memory each one added.
+    #[test]
+    fn r15_measure_filters_in_a_process_of_their_own() {
+        let Ok(rates) = std::env::var(MEASURE_RATES) else { return };
+        let (rate_in, rate_out) = rates.split_once(':').unwrap();
+        let (rate_in, rate_out): (u32, u32) = (rate_in.parse().unwrap(), rate_out.parse().unwrap());
+        let input = tone(rate_in, 300.0, 3.5 * BLOCK as f32 / rate_in as f32);
+        let n = 48;
+        let before = resident_bytes();
+        let mut kept = Vec::with_capacity(n);
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let mut r = StreamResampler::new(rate_in, rate_out).unwrap();
+            r.push(&input, &mut out).unwrap();
+            out.clear();
+            kept.push(r);
+        }
+        println!("resident bytes per filter: {}", (resident_bytes() - before) / n);
+        drop(kept);
+    }
+
+    #[test]
+    fn r15_a_filter_costs_in_resident_memory_what_it_counts() {
+        for (rate_in, rate_out) in [(1_000, 32_000), (8_000, 32_000), (16_000, 32_000), (48_000, 32_000), (44_101, 32_000)] {
+            let child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "resample::tests::r15_measure_filters_in_a_process_of_their_own", "--nocapture"])
+                .env(MEASURE_RATES, format!("{rate_in}:{rate_out}"))
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8(child.stdout).unwrap();
+            let measured: usize = stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("resident bytes per filter: "))
+                .unwrap_or_else(|| panic!("no measurement: {stdout}"))
+                .parse()
+                .unwrap();
+            let counted = StreamResampler::new(rate_in, rate_out).unwrap().bytes();
+            let ratio = counted as f64 / measured as f64;
+            println!("{rate_in} -> {rate_out} Hz: counted {counted}, resident {measured} ({ratio:.2})");
+            assert!((0.85..=1.2).contains(&ratio), "{rate_in} -> {rate_out} Hz: counted {counted}, resident {measured}");
         }
     }
 

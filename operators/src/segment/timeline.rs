@@ -43,6 +43,9 @@ pub(super) struct PendingChunk {
     pub(super) origin: Origin,
 }
 
+/// Samples below which a buffer's capacity is not given back (see [`Timeline::forget_before`]).
+const MIN_SHRINK: usize = 1 << 14;
+
 /// The layout is that of a savepoint of earlier releases, which a job still reads: fields are never added here.
 #[derive(Serialize, Deserialize)]
 pub(super) struct Timeline {
@@ -226,13 +229,13 @@ impl Timeline {
         }
     }
 
-    /// Memory it holds: the samples buffered, the resampler of its run, and what it remembers of chunks and spans.
+    /// Memory it holds: the buffer's capacity, the resampler of its run, and what it remembers of chunks and spans.
     pub(super) fn bytes(&self) -> usize {
         let resampler = self.run.as_ref().and_then(|run| run.resampler.as_ref()).map_or(0, StreamResampler::bytes);
         let chunks =
             self.chunks.iter().map(|c| std::mem::size_of::<PendingChunk>() + c.origin.topic.len()).sum::<usize>();
         let spans = (self.recorded.len() + self.received.len()) * std::mem::size_of::<(i64, i64)>();
-        std::mem::size_of::<Timeline>() + self.buf.len() * std::mem::size_of::<f32>() + resampler + chunks + spans
+        std::mem::size_of::<Timeline>() + self.buf.capacity() * std::mem::size_of::<f32>() + resampler + chunks + spans
     }
 
     /// Where the audio received ends, on the model clock.
@@ -271,7 +274,8 @@ impl Timeline {
             self.apply_skip();
             let start = spec.grid_floor(pos).max(self.next_window);
             debug_assert!(start <= pos, "every window before the gap was cut");
-            self.buf.clear();
+            // A sensor heard from in bouts restarts here with every bout: the buffer sized for the last one goes.
+            self.buf = VecDeque::new();
             self.recorded.clear();
             // As at a timeline's start, the silence from the grid point to the new run is not held.
             self.buf_start = pos;
@@ -386,6 +390,10 @@ impl Timeline {
             let n = ((pos - self.buf_start) as usize).min(self.buf.len());
             self.buf.drain(..n);
             self.buf_start = pos;
+            // What a burst made the buffer grow to is given back once it is mostly drained.
+            if self.buf.capacity() > 4 * self.buf.len().max(MIN_SHRINK) {
+                self.buf.shrink_to(2 * self.buf.len());
+            }
         }
         while let Some(first) = self.recorded.front_mut() {
             if first.1 <= pos {
@@ -424,5 +432,44 @@ fn rejection(chunk: &AudioChunk, cause: Cause, reason: String) -> DeadLetter {
         payload: Vec::new(),
         reason,
         cause,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::WindowsConfig;
+
+    #[test]
+    fn r15_a_burst_gives_its_buffer_back_once_its_windows_are_cut_and_what_is_kept_is_counted() {
+        let (rate, window) = (1_000, 2_000);
+        let spec = WindowsConfig { hop_seconds: 1.0, min_coverage_seconds: 0.5, ..Default::default() }
+            .build(rate, window)
+            .unwrap();
+        let mut timeline = Timeline::starting_at(&spec, 0);
+        let mut out = Pushed::default();
+        let at = |sample: i64| samples_to_nanos(sample, rate);
+        let burst = 600_000;
+        let chunk = |start: i64, n: usize| AudioChunk {
+            space: "default".into(),
+            sensor: "s".into(),
+            captured_at: at(start),
+            sent_ms: at(start) / 1_000_000,
+            priority: Priority::Normal,
+            sample_rate: rate,
+            samples: vec![0.25; n],
+            origin: Origin { topic: "audio".into(), partition: 0, offset: start },
+        };
+        assert!(timeline.push(&spec, chunk(0, burst), &mut out).is_ok());
+        assert_eq!(out.windows.len(), burst / 1_000 - 1);
+        // The last window waits for one more second: 1 000 samples are left of the 600 000.
+        assert_eq!(timeline.buf.len(), 1_000);
+        assert!(timeline.buf.capacity() <= 4 * MIN_SHRINK, "{} samples of capacity kept", timeline.buf.capacity());
+        // What the buffer keeps is what is counted, not the samples it holds.
+        timeline.buf.reserve(50_000);
+        assert!(timeline.bytes() >= timeline.buf.capacity() * 4);
+        // A bout after a long gap starts a buffer of its own.
+        assert!(timeline.push(&spec, chunk(burst as i64 + 100_000, 3_000), &mut out).is_ok());
+        assert!(timeline.buf.capacity() < 50_000, "{}", timeline.buf.capacity());
     }
 }
