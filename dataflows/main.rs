@@ -15,7 +15,9 @@ use chorus_operators::record::{Priority, SegmentId};
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 /// mimalloc returns what a long run frees: with the system allocator, audio buffers that grow and are freed by the
-/// thousand left a third more resident memory than the heap held (README, "A season, time-compressed").
+/// thousand left a third more resident memory than the heap held (README, "A season, time-compressed"). Built
+/// without the `mimalloc` feature, the job uses the system's allocator (for heaptrack, say).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -38,6 +38,9 @@ pub struct Budget {
     pub read_ahead: usize,
     /// Audio bytes in one worker's archive writer buffer.
     pub archive_audio: usize,
+    /// The resident memory the job keeps to: the budget less the headroom. Beyond it the read-ahead shrinks by as much
+    /// (see [`Budget::pressure`]); the headroom is left for what comes and goes faster than that.
+    pub target: usize,
 }
 
 /// Splits the memory budget among `workers` workers, from what the model and the runtime leave of it (measured
@@ -83,6 +86,7 @@ fn split(config: &Config, workers: usize, resident: usize) -> Result<Budget, Err
         headroom,
         read_ahead: read_ahead / workers,
         archive_audio: writers / MEMORY_PER_ARCHIVED_AUDIO_BYTE / workers,
+        target: budget - headroom,
     };
     tracing::info!(
         budget_mib = budget >> 20,
@@ -115,8 +119,17 @@ impl Budget {
     }
 }
 
+impl Budget {
+    /// What each of `workers` workers' read-ahead gives up while the process's resident memory is `resident`: its part
+    /// of what the process is over [`Budget::target`]. The budget's shares are reckoned; this is measured, so that
+    /// memory no share sees (the allocator's, the refinement's merges, the model's arena) is made room for.
+    pub fn pressure(&self, resident: usize, workers: usize) -> usize {
+        resident.saturating_sub(self.target) / workers.max(1)
+    }
+}
+
 /// This process's resident memory, from /proc.
-fn resident_bytes() -> Option<usize> {
+pub fn resident_bytes() -> Option<usize> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse::<usize>().ok().map(|kb| kb << 10)
@@ -134,6 +147,15 @@ mod tests {
         config.refine.enabled = refine;
         config.archive.audio = audio;
         config
+    }
+
+    #[test]
+    fn r15_the_read_ahead_gives_up_what_resident_memory_is_over_the_budget_less_the_headroom() {
+        let budget = split(&config(1024, Some(192), true, true), 2, 100 << 20).unwrap();
+        assert_eq!(budget.target, (1024 << 20) - budget.headroom);
+        assert_eq!(budget.pressure(budget.target, 2), 0);
+        assert_eq!(budget.pressure(900 << 20, 2), 0);
+        assert_eq!(budget.pressure(budget.target + (30 << 20), 2), 15 << 20);
     }
 
     #[test]

@@ -315,6 +315,9 @@ struct Shared {
     refine_pause: Pause,
 }
 
+/// How often a worker measures the process's resident memory against the budget's target.
+const PRESSURE_EVERY: Duration = Duration::from_millis(250);
+
 fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BTreeMap<i32, i64>, String> {
     let config = &shared.config;
     let (index, peers) = (worker.index(), worker.peers());
@@ -459,6 +462,8 @@ fn step_until_done(
     let mut last_report = Instant::now();
     let mut last_position = Instant::now();
     let (read_ahead_gauge, mut read_ahead) = (shared.metrics.memory.with_label_values(&["read_ahead"]), 0i64);
+    let process_gauge = shared.metrics.memory.with_label_values(&["process"]);
+    let mut last_pressure = Instant::now();
     let mut commit_warnings = Throttle::default();
     let mut stopping_since: Option<Instant> = None;
     loop {
@@ -497,6 +502,13 @@ fn step_until_done(
                 && commit_warnings.ready(Duration::from_secs(10))
             {
                 tracing::warn!(%error, "Offset commit failed; it is retried.");
+            }
+            if last_pressure.elapsed() >= PRESSURE_EVERY
+                && let Some(resident) = budget::resident_bytes()
+            {
+                last_pressure = Instant::now();
+                source.relieve(shared.budget.pressure(resident, worker.peers()));
+                process_gauge.set(resident as i64);
             }
             if last_position.elapsed() >= Duration::from_secs(1) {
                 busy.inc_by(last_position.elapsed().saturating_sub(parked.replace(Duration::ZERO)).as_secs_f64());

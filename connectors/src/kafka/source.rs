@@ -46,6 +46,9 @@ pub struct KafkaSource {
     in_flight: usize,
     /// Most memory in flight before reading pauses.
     max_in_flight: usize,
+    /// What the process's resident memory is over its target, this worker's part: the read-ahead gives it up (see
+    /// [`KafkaSource::relieve`]).
+    pressure: usize,
     /// The model's sample rate and the copies of audio at that rate the pipeline holds, for [`wav::memory_cost`].
     model_rate: u32,
     copies: usize,
@@ -139,6 +142,7 @@ impl KafkaSource {
             unembedded: VecDeque::new(),
             in_flight: 0,
             max_in_flight: max_in_flight - max_in_flight / PREFETCH_SHARE,
+            pressure: 0,
             model_rate: 0,
             copies: 0,
             reports: BTreeMap::new(),
@@ -173,7 +177,8 @@ impl KafkaSource {
     /// Reads up to `max` messages, and no more once they cost the read-ahead left; returns what they cost.
     fn poll(&mut self, max: usize, out: &mut Vec<RawMessage>) -> usize {
         let mut cost = 0;
-        while out.len() < max && self.in_flight + cost < self.max_in_flight {
+        let limit = self.limit();
+        while out.len() < max && self.in_flight + cost < limit {
             match self.consumer.poll(Duration::ZERO) {
                 None => break,
                 Some(Err(KafkaError::PartitionEOF(partition))) => {
@@ -297,6 +302,17 @@ impl KafkaSource {
         self.in_flight
     }
 
+    /// Says how far the process's resident memory is over its target, for this worker (0 when it is not): the
+    /// read-ahead shrinks by as much, down to an eighth of itself, so that memory no share reckons (the allocator's,
+    /// a merge in the refinement, a model's arena) is made room for by reading less — the lag grows in Kafka.
+    pub fn relieve(&mut self, over: usize) {
+        self.pressure = over;
+    }
+
+    fn limit(&self) -> usize {
+        read_ahead_limit(self.max_in_flight, self.pressure)
+    }
+
     fn record_epoch(&mut self, epoch: u64) {
         match self.epochs.back_mut() {
             Some((last, offsets)) if *last == epoch => offsets.clone_from(&self.next),
@@ -384,6 +400,12 @@ fn partitions(consumer: &BaseConsumer, settings: &KafkaSettings) -> Result<Topic
     topic_partitions(consumer, settings, &settings.audio_topic)
 }
 
+/// What may be read ahead under `pressure`: the `share`, less the pressure, and never less than an eighth of it, so
+/// that reading goes on.
+fn read_ahead_limit(share: usize, pressure: usize) -> usize {
+    share.saturating_sub(pressure).max(share / 8)
+}
+
 /// The job's clock: nanoseconds since the Unix epoch.
 pub fn now_nanos() -> Nanos {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as Nanos)
@@ -431,7 +453,7 @@ pub fn source<'scope>(
                 }
             }
             source.trim_embedded(|t| embedded.less_equal(t));
-            if source.in_flight >= source.max_in_flight {
+            if source.in_flight >= source.limit() {
                 // Nothing more is read until the model catches up.
                 activator.activate_after(Duration::from_millis(5));
                 return;
@@ -463,4 +485,18 @@ pub fn source<'scope>(
         }
     });
     (messages, progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn r15_the_read_ahead_gives_up_what_the_process_is_over_its_target_down_to_an_eighth() {
+        let share = 64 << 20;
+        assert_eq!(read_ahead_limit(share, 0), share);
+        assert_eq!(read_ahead_limit(share, 10 << 20), 54 << 20);
+        assert_eq!(read_ahead_limit(share, 56 << 20), 8 << 20);
+        assert_eq!(read_ahead_limit(share, 1 << 40), 8 << 20);
+    }
 }
