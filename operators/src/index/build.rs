@@ -12,7 +12,7 @@ use hnsw_rs::hnsw::Point;
 use hnsw_rs::prelude::{DistDot, Hnsw};
 
 use super::config::{IndexParams, open_point_bytes};
-use super::graph::{Extracted, Graph, hnsw_points};
+use super::graph::{Graph, hnsw_points};
 use super::point::{Filter, PointInfo, unit};
 use super::shard::Rows;
 use crate::Error;
@@ -190,8 +190,22 @@ impl OpenShard {
         found.into_iter().map(|n| (n.d_id as u64, (1.0 - (1.0 - n.distance) / (SHRINK * SHRINK)).max(0.0))).collect()
     }
 
-    /// Freezes the shard for sealing: its graph with the vectors normalised again (the shrink undone), and its rows.
-    pub(super) fn freeze(&self) -> (Extracted, Rows) {
+    /// Freezes the shard for sealing without copying its vectors: each goes to `out` as it is reached, normalised
+    /// again (the shrink undone), as little-endian f32; returns the graph and the rows.
+    pub(super) fn freeze_into(&self, out: &mut dyn std::io::Write) -> std::io::Result<(Graph, Rows)> {
+        let mut bytes = Vec::new();
+        let (graph, ids) = Graph::from_hnsw_with(&self.hnsw, &mut |v| {
+            bytes.clear();
+            bytes.extend(v.iter().flat_map(|x| (x / SHRINK).to_le_bytes()));
+            out.write_all(&bytes)
+        })?;
+        let (sensor, start) = ids.iter().map(|id| self.info[id]).unzip();
+        Ok((graph, Rows { ids, sensor, start, sensors: self.sensors.clone() }))
+    }
+
+    /// Freezes the shard with its vectors in memory, normalised again (the shrink undone), and its rows.
+    #[cfg(test)]
+    pub(super) fn freeze(&self) -> (super::graph::Extracted, Rows) {
         let mut extracted = Graph::from_hnsw(&self.hnsw);
         for x in &mut extracted.vectors {
             *x /= SHRINK;

@@ -51,12 +51,25 @@ impl Ord for Distance {
 impl Graph {
     /// Freezes `hnsw`: rows are numbered in the order hnsw_rs lists its points.
     pub fn from_hnsw(hnsw: &Hnsw<'_, f32, DistDot>) -> Extracted {
+        let mut vectors = Vec::new();
+        let (graph, ids) = Graph::from_hnsw_with(hnsw, &mut |v| {
+            vectors.extend_from_slice(v);
+            Ok(())
+        })
+        .expect("collecting in memory cannot fail");
+        Extracted { graph, ids, vectors }
+    }
+
+    /// Freezes `hnsw` as [`Graph::from_hnsw`] does, handing each row's vector to `vector` in row order instead of
+    /// keeping them: a shard being sealed streams them to its file rather than copying them all first.
+    pub fn from_hnsw_with(
+        hnsw: &Hnsw<'_, f32, DistDot>,
+        vector: &mut dyn FnMut(&[f32]) -> io::Result<()>,
+    ) -> io::Result<(Graph, Vec<u64>)> {
         let points: Vec<_> = hnsw_points(hnsw).collect();
         let row_of: HashMap<usize, u32> =
             points.iter().enumerate().map(|(row, p)| (p.get_origin_id(), row as u32)).collect();
         let mut ids = Vec::with_capacity(points.len());
-        let dim = points.first().map_or(0, |p| p.get_v().len());
-        let mut vectors = Vec::with_capacity(points.len() * dim);
         let mut offsets = Vec::with_capacity(points.len() + 1);
         let mut links = Vec::new();
         let mut upper: Vec<HashMap<u32, Vec<u32>>> = Vec::new();
@@ -64,7 +77,7 @@ impl Graph {
         offsets.push(0);
         for (row, point) in points.iter().enumerate() {
             ids.push(point.get_origin_id() as u64);
-            vectors.extend_from_slice(point.get_v());
+            vector(point.get_v())?;
             let level = usize::from(point.get_point_id().0);
             if level > entry_level || row == 0 {
                 (entry, entry_level) = (row as u32, level);
@@ -83,7 +96,7 @@ impl Graph {
             offsets.push(links.len() as u32);
         }
         upper.truncate(entry_level);
-        Extracted { graph: Graph { entry, offsets, links, upper }, ids, vectors }
+        Ok((Graph { entry, offsets, links, upper }, ids))
     }
 
     /// Number of rows.

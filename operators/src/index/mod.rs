@@ -398,7 +398,10 @@ pub(crate) mod tests {
 
     /// Sealed shard `name` under `dir`, holding `ids` as [`open_shard`] does, sealed at `now`.
     pub(super) fn sealed_shard(dir: &Path, name: &str, ids: Range<u64>, dim: usize, now: u64) -> Shard {
-        let (extracted, rows) = open_shard(ids, dim).freeze();
-        Shard::seal(dir, name, extracted, rows, dim, now).unwrap()
+        let open = open_shard(ids, dim);
+        let mut shard = Shard::seal(dir, name, |out| open.freeze_into(out), dim, now).unwrap();
+        drop(open);
+        shard.set_tier(Tier::F32).unwrap();
+        shard
     }
 }

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use super::graph::{Extracted, Graph};
+use super::graph::Graph;
 use super::kernels::{Tier, Vectors, distance};
 use super::point::Filter;
 use crate::Error;
@@ -78,13 +78,14 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// Writes `extracted` (vectors normalised) as shard `name` under `space_dir` and returns it in the f32 tier.
-    /// The directory appears complete or not at all.
+    /// Writes shard `name` under `space_dir`: `freeze` writes the vectors (normalised, little-endian f32, row after
+    /// row) and gives the graph and the rows. Returns it in the archive tier with its graph: the vectors are read
+    /// back by [`Shard::set_tier`] once what they were frozen from is gone, so that a seal never holds two copies of
+    /// them. The directory appears complete or not at all.
     pub fn seal(
         space_dir: &Path,
         name: &str,
-        extracted: Extracted,
-        rows: Rows,
+        freeze: impl FnOnce(&mut dyn Write) -> std::io::Result<(Graph, Rows)>,
         dim: usize,
         now: u64,
     ) -> Result<Shard, Error> {
@@ -96,6 +97,13 @@ impl Shard {
         };
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).map_err(failed)?;
+        let (graph, rows) = (|| {
+            let mut out = BufWriter::new(File::create(tmp.join("vectors.f32"))?);
+            let frozen = freeze(&mut out)?;
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            Ok(frozen)
+        })()
+        .map_err(failed)?;
         let range = rows.range();
         let description = Description {
             points: rows.ids.len(),
@@ -120,9 +128,14 @@ impl Shard {
             Ok(())
         })
         .map_err(failed)?;
-        write("graph.bin", &|out| extracted.graph.write(out)).map_err(failed)?;
-        write("vectors.f32", &|out| extracted.vectors.iter().try_for_each(|x| out.write_all(&x.to_le_bytes())))
-            .map_err(failed)?;
+        write("graph.bin", &|out| graph.write(out)).map_err(failed)?;
+        let file_bytes = fs::metadata(tmp.join("vectors.f32")).map_err(failed)?.len();
+        if file_bytes != (rows.ids.len() * dim * 4) as u64 {
+            return Err(Error::Index {
+                path: tmp.display().to_string(),
+                message: format!("cannot seal shard: {file_bytes} bytes of vectors for {} of {dim}", rows.ids.len()),
+            });
+        }
         let _ = fs::remove_dir_all(&dir);
         fs::rename(&tmp, &dir).map_err(failed)?;
         File::open(space_dir).and_then(|d| d.sync_all()).map_err(failed)?;
@@ -133,8 +146,8 @@ impl Shard {
             dim,
             range,
             rows,
-            graph: Some(extracted.graph),
-            vectors: Vectors::F32(extracted.vectors),
+            graph: Some(graph),
+            vectors: Vectors::Archive,
             full,
             sealed_at: now,
             last_access: AtomicU64::new(now),
@@ -252,12 +265,23 @@ impl Shard {
     fn read_full(&self) -> Result<Vec<f32>, Error> {
         let path = self.dir.join("vectors.f32");
         let failed = |message: String| Error::Index { path: path.display().to_string(), message };
-        let mut bytes = Vec::new();
-        File::open(&path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(|e| failed(e.to_string()))?;
-        if bytes.len() != self.len() * self.dim * 4 {
-            return Err(failed(format!("{} bytes, not {} vectors of {}", bytes.len(), self.len(), self.dim)));
+        // Read block by block into the vectors: the file's bytes are never all in memory beside them.
+        let mut file = File::open(&path).map_err(|e| failed(e.to_string()))?;
+        let expected = self.len() * self.dim * 4;
+        let found = file.metadata().map_err(|e| failed(e.to_string()))?.len();
+        if found != expected as u64 {
+            return Err(failed(format!("{found} bytes, not {} vectors of {}", self.len(), self.dim)));
         }
-        Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        let mut vectors = Vec::with_capacity(self.len() * self.dim);
+        let mut block = vec![0u8; 1 << 20];
+        let mut left = expected;
+        while left > 0 {
+            let n = left.min(block.len());
+            file.read_exact(&mut block[..n]).map_err(|e| failed(e.to_string()))?;
+            vectors.extend(block[..n].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+            left -= n;
+        }
+        Ok(vectors)
     }
 
     /// Full-precision vector of `row`, read from disk.

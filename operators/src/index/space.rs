@@ -343,17 +343,21 @@ impl SpaceIndex {
             return Ok(());
         }
         self.writable()?;
-        let (extracted, rows) = self.open.freeze();
         let name = format!("shard-{:06}", self.next_shard);
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| Error::Index { path: self.dir.display().to_string(), message: e.to_string() })?;
-        let shard = Shard::seal(&self.dir, &name, extracted, rows, self.dim, now)?;
+        let open = &self.open;
+        let mut shard = Shard::seal(&self.dir, &name, |out| open.freeze_into(out), self.dim, now)?;
         tracing::debug!(dir = %self.dir.display(), shard = name, points = shard.len(), "Shard sealed.");
         let number = self.sealed.len() as u32;
         for (row, id) in shard.rows().ids.iter().enumerate() {
             self.ids.insert(*id, (number, row as u32));
         }
+        // The open shard goes before its vectors come back from the file: a seal holds one copy of them.
         self.open = OpenShard::new(&self.params);
+        if let Err(error) = shard.set_tier(Tier::F32) {
+            tracing::warn!(shard = name, %error, "A sealed shard's vectors cannot be read back; it answers from disk.");
+        }
         self.sealed.push(shard);
         self.next_shard += 1;
         self.seal_failed_at = None;
