@@ -320,7 +320,9 @@ mod tests {
 
     #[test]
     fn r15_a_filter_costs_in_resident_memory_what_it_counts() {
-        for (rate_in, rate_out) in [(1_000, 32_000), (8_000, 32_000), (16_000, 32_000), (48_000, 32_000), (44_101, 32_000)] {
+        for (rate_in, rate_out) in
+            [(1_000, 32_000), (8_000, 32_000), (16_000, 32_000), (48_000, 32_000), (44_101, 32_000)]
+        {
             let child = std::process::Command::new(std::env::current_exe().unwrap())
                 .args(["--exact", "resample::tests::r15_measure_filters_in_a_process_of_their_own", "--nocapture"])
                 .env(MEASURE_RATES, format!("{rate_in}:{rate_out}"))
@@ -336,7 +338,10 @@ mod tests {
             let counted = StreamResampler::new(rate_in, rate_out).unwrap().bytes();
             let ratio = counted as f64 / measured as f64;
             println!("{rate_in} -> {rate_out} Hz: counted {counted}, resident {measured} ({ratio:.2})");
-            assert!((0.85..=1.2).contains(&ratio), "{rate_in} -> {rate_out} Hz: counted {counted}, resident {measured}");
+            assert!(
+                (0.85..=1.2).contains(&ratio),
+                "{rate_in} -> {rate_out} Hz: counted {counted}, resident {measured}"
+            );
         }
     }
 
