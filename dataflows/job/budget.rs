@@ -102,6 +102,13 @@ fn split(config: &Config, workers: usize, resident: usize) -> Result<Budget, Err
 }
 
 impl Budget {
+    /// What each of `workers` workers' read-ahead gives up while the process's resident memory is `resident`: its part
+    /// of what the process is over [`Budget::target`]. The budget's shares are reckoned; this is measured, so that
+    /// memory no share sees (the allocator's, the refinement's merges, the model's arena) is made room for.
+    pub fn pressure(&self, resident: usize, workers: usize) -> usize {
+        resident.saturating_sub(self.target) / workers.max(1)
+    }
+
     /// Sets `chorus_memory_budget_bytes{share}`, for the whole process.
     pub fn report(&self, metrics: &Metrics, workers: usize) {
         let shares = [
@@ -116,15 +123,6 @@ impl Budget {
         for (share, bytes) in shares {
             metrics.memory_budget.with_label_values(&[share]).set(bytes as i64);
         }
-    }
-}
-
-impl Budget {
-    /// What each of `workers` workers' read-ahead gives up while the process's resident memory is `resident`: its part
-    /// of what the process is over [`Budget::target`]. The budget's shares are reckoned; this is measured, so that
-    /// memory no share sees (the allocator's, the refinement's merges, the model's arena) is made room for.
-    pub fn pressure(&self, resident: usize, workers: usize) -> usize {
-        resident.saturating_sub(self.target) / workers.max(1)
     }
 }
 
