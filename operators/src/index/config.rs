@@ -36,7 +36,8 @@ pub struct IndexConfig {
     pub int8_after_seconds: u64,
     /// ... out of memory, answered from the Parquet archive; 0: never by age.
     pub archive_after_seconds: u64,
-    /// Memory (MiB) the index of one worker may hold; beyond it, the least recently used shards move down a tier.
+    /// Memory (MiB) the index of one worker may hold; beyond it, the least recently used shards move down a tier
+    /// (f16, int8, disk — the graph alone in memory — then archive), and a shard moves up only where it fits.
     /// 0: no budget.
     pub memory_budget_mb: u64,
     /// Quantized tiers fetch `k × rescore_oversample` candidates and rescore them with the full-precision vectors

@@ -18,20 +18,23 @@ pub enum Tier {
     F16,
     /// One byte per dimension in memory.
     Int8,
+    /// The graph in memory, the vectors on disk: each distance reads its row from the shard's full-precision file.
+    Disk,
     /// Nothing in memory: found by a scan of the Parquet archive.
     Archive,
 }
 
 impl Tier {
     /// Every tier, warmest first.
-    pub const ALL: [Tier; 4] = [Tier::F32, Tier::F16, Tier::Int8, Tier::Archive];
+    pub const ALL: [Tier; 5] = [Tier::F32, Tier::F16, Tier::Int8, Tier::Disk, Tier::Archive];
 
     /// The next tier down, if any.
     pub fn colder(self) -> Option<Tier> {
         match self {
             Tier::F32 => Some(Tier::F16),
             Tier::F16 => Some(Tier::Int8),
-            Tier::Int8 => Some(Tier::Archive),
+            Tier::Int8 => Some(Tier::Disk),
+            Tier::Disk => Some(Tier::Archive),
             Tier::Archive => None,
         }
     }
@@ -42,7 +45,8 @@ impl Tier {
             Tier::F32 => None,
             Tier::F16 => Some(Tier::F32),
             Tier::Int8 => Some(Tier::F16),
-            Tier::Archive => Some(Tier::Int8),
+            Tier::Disk => Some(Tier::Int8),
+            Tier::Archive => Some(Tier::Disk),
         }
     }
 
@@ -52,6 +56,7 @@ impl Tier {
             Tier::F32 => "f32",
             Tier::F16 => "f16",
             Tier::Int8 => "int8",
+            Tier::Disk => "disk",
             Tier::Archive => "archive",
         }
     }
@@ -70,7 +75,9 @@ pub enum Vectors {
         /// One scale per dimension.
         scales: Vec<f32>,
     },
-    /// None held.
+    /// None held: read from disk when compared (the shard keeps its graph).
+    Disk,
+    /// None held, nor the graph.
     Archive,
 }
 
@@ -94,27 +101,58 @@ pub enum Query {
 impl Vectors {
     /// `data` (rows of `dim`) in `tier`'s representation.
     pub fn from_f32(data: Vec<f32>, dim: usize, tier: Tier) -> Vectors {
-        match tier {
-            Tier::F32 => Vectors::F32(data),
-            Tier::F16 => Vectors::F16(data.iter().map(|x| f16::from_f32(*x)).collect()),
+        if tier == Tier::F32 {
+            return Vectors::F32(data);
+        }
+        Vectors::from_blocks(data.len(), dim, tier, |block| {
+            block(&data);
+            Ok(())
+        })
+        .expect("vectors in memory cannot fail to be read")
+    }
+
+    /// `values` values (rows of `dim`) in `tier`'s representation, built as they stream by: `pass` hands every value
+    /// to its sink, in blocks of whole rows, each time it is called (once, or twice for int8, whose scales come from
+    /// every row). Only the representation is held, never the full-precision rows.
+    pub fn from_blocks(
+        values: usize,
+        dim: usize,
+        tier: Tier,
+        mut pass: impl FnMut(&mut dyn FnMut(&[f32])) -> std::io::Result<()>,
+    ) -> std::io::Result<Vectors> {
+        Ok(match tier {
+            Tier::F32 => {
+                let mut data = Vec::with_capacity(values);
+                pass(&mut |block| data.extend_from_slice(block))?;
+                Vectors::F32(data)
+            }
+            Tier::F16 => {
+                let mut data = Vec::with_capacity(values);
+                pass(&mut |block| data.extend(block.iter().map(|x| f16::from_f32(*x))))?;
+                Vectors::F16(data)
+            }
             Tier::Int8 => {
                 let mut scales = vec![0.0f32; dim];
-                for row in data.chunks_exact(dim) {
-                    for (scale, x) in scales.iter_mut().zip(row) {
-                        *scale = scale.max(x.abs());
+                pass(&mut |block| {
+                    for row in block.chunks_exact(dim) {
+                        for (scale, x) in scales.iter_mut().zip(row) {
+                            *scale = scale.max(x.abs());
+                        }
                     }
-                }
+                })?;
                 for scale in &mut scales {
                     *scale = if *scale > 0.0 { *scale / 127.0 } else { 1.0 };
                 }
-                let codes = data
-                    .chunks_exact(dim)
-                    .flat_map(|row| row.iter().zip(&scales).map(|(x, s)| quantize(x / s)))
-                    .collect();
+                let mut codes = Vec::with_capacity(values);
+                pass(&mut |block| {
+                    let rows = block.chunks_exact(dim);
+                    codes.extend(rows.flat_map(|row| row.iter().zip(&scales).map(|(x, s)| quantize(x / s))));
+                })?;
                 Vectors::Int8 { codes, scales }
             }
+            Tier::Disk => Vectors::Disk,
             Tier::Archive => Vectors::Archive,
-        }
+        })
     }
 
     /// The tier this representation belongs to.
@@ -123,6 +161,7 @@ impl Vectors {
             Vectors::F32(_) => Tier::F32,
             Vectors::F16(_) => Tier::F16,
             Vectors::Int8 { .. } => Tier::Int8,
+            Vectors::Disk => Tier::Disk,
             Vectors::Archive => Tier::Archive,
         }
     }
@@ -133,7 +172,7 @@ impl Vectors {
             Vectors::F32(v) => v.len() * 4,
             Vectors::F16(v) => v.len() * 2,
             Vectors::Int8 { codes, scales } => codes.len() + scales.len() * 4,
-            Vectors::Archive => 0,
+            Vectors::Disk | Vectors::Archive => 0,
         }
     }
 
@@ -148,7 +187,7 @@ impl Vectors {
                 let factor = if peak > 0.0 { peak / 127.0 } else { 1.0 };
                 Query::Int8 { codes: folded.iter().map(|x| quantize(x / factor)).collect(), factor }
             }
-            Vectors::Archive => Query::Archive,
+            Vectors::Disk | Vectors::Archive => Query::Archive,
         }
     }
 

@@ -109,6 +109,11 @@ impl Indices {
         let shared = Arc::new(RwLock::new(index));
         self.mine.insert(space.clone(), shared.clone());
         self.registry.insert(space, shared.clone());
+        // One more space: each space's share of the budget shrinks.
+        let budget = self.budget();
+        for index in self.mine.values() {
+            write(index).set_budget(budget);
+        }
         shared
     }
 

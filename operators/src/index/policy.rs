@@ -53,11 +53,20 @@ impl IndexParams {
     }
 
     /// Where a sealed shard now in `tier` belongs at `now`, having answered `hits` queries since it last moved up
-    /// and been last used at `last_used`: one tier up once `promote_after_hits` answers drew on it, otherwise the tier
-    /// its age calls for — never a warmer one than it is in.
-    pub(super) fn placement(&self, tier: Tier, hits: u32, last_used: u64, now: u64) -> Placement {
-        if hits >= self.promote_after_hits {
-            Placement { tier: tier.warmer().unwrap_or(Tier::F32), promoted: true }
+    /// and been last used at `last_used`: one tier up once `promote_after_hits` answers drew on it and the space
+    /// `fits` it there (within its memory budget: a promotion the budget would undo at once is not made), otherwise
+    /// the tier its age calls for — never a warmer one than it is in.
+    pub(super) fn placement(
+        &self,
+        tier: Tier,
+        hits: u32,
+        last_used: u64,
+        now: u64,
+        fits: impl FnOnce(Tier) -> bool,
+    ) -> Placement {
+        let up = tier.warmer().unwrap_or(Tier::F32);
+        if hits >= self.promote_after_hits && (up == tier || fits(up)) {
+            Placement { tier: up, promoted: true }
         } else {
             Placement { tier: self.tier_for_age(now.saturating_sub(last_used)).max(tier), promoted: false }
         }
@@ -79,13 +88,18 @@ pub(super) fn seal_deferred(failed_at: Option<u64>, now: u64) -> bool {
 }
 
 /// Which of `shards`, given as `(tier, last used)`, a space over its memory budget moves one tier down next: the
-/// least recently used of those still in memory and, among those last used together, the coldest (the first listed
-/// of equals). `None` when every shard is in the archive tier.
-pub(super) fn next_to_demote(shards: impl IntoIterator<Item = (Tier, u64)>) -> Option<usize> {
-    (shards.into_iter().enumerate())
-        .filter(|(_, (tier, _))| *tier != Tier::Archive)
-        .min_by_key(|(_, (tier, last_used))| (*last_used, Reverse(*tier)))
-        .map(|(i, _)| i)
+/// least recently used of those holding vectors in memory and, among those last used together, the coldest (the
+/// first listed of equals); once none holds vectors, the least recently used in the disk tier, whose graph leaves
+/// memory too. A graph is a tenth of its vectors or less, and a shard without one is answered by a scan of the
+/// Parquet archive, tens of times slower. `None` when every shard is in the archive tier.
+pub(super) fn next_to_demote(shards: impl IntoIterator<Item = (Tier, u64)> + Clone) -> Option<usize> {
+    let least_recent = |holding: fn(Tier) -> bool| {
+        (shards.clone().into_iter().enumerate())
+            .filter(|(_, (tier, _))| holding(*tier))
+            .min_by_key(|(_, (tier, last_used))| (*last_used, Reverse(*tier)))
+            .map(|(i, _)| i)
+    };
+    least_recent(|tier| tier < Tier::Disk).or_else(|| least_recent(|tier| tier == Tier::Disk))
 }
 
 #[cfg(test)]
@@ -127,7 +141,7 @@ mod tests {
             ..Default::default()
         };
         let params = config.build(Path::new("/")).unwrap();
-        let place = |tier, hits, last_used, now| params.placement(tier, hits, last_used, now);
+        let place = |tier, hits, last_used, now| params.placement(tier, hits, last_used, now, |_| true);
         let aged = |tier| Placement { tier, promoted: false };
         let promoted = |tier| Placement { tier, promoted: true };
         // By the time since its last use (or its sealing).
@@ -139,13 +153,20 @@ mod tests {
         assert_eq!(place(Tier::Int8, 0, 1_000, 1_000), aged(Tier::Int8));
         assert_eq!(place(Tier::F16, 0, 2_000, 1_000), aged(Tier::F16));
         // promote_after_hits answers move it one tier up, whatever its age; a shard in f32 stays there.
-        assert_eq!(place(Tier::Archive, 2, 0, 5_000), promoted(Tier::Int8));
+        assert_eq!(place(Tier::Archive, 2, 0, 5_000), promoted(Tier::Disk));
+        assert_eq!(place(Tier::Disk, 2, 0, 5_000), promoted(Tier::Int8));
         assert_eq!(place(Tier::Int8, 3, 0, 5_000), promoted(Tier::F16));
         assert_eq!(place(Tier::F32, 2, 0, 5_000), promoted(Tier::F32));
         // An age of 0 is never reached.
         let only_f16 = IndexConfig { int8_after_seconds: 0, archive_after_seconds: 0, ..config };
         let only_f16 = only_f16.build(Path::new("/")).unwrap();
-        assert_eq!(only_f16.placement(Tier::F32, 0, 0, u64::MAX), aged(Tier::F16));
+        assert_eq!(only_f16.placement(Tier::F32, 0, 0, u64::MAX, |_| true), aged(Tier::F16));
+        // A promotion the space has no room for is not made: the shard stays where its age puts it.
+        assert_eq!(params.placement(Tier::Archive, 2, 0, 5_000, |to| to != Tier::Disk), aged(Tier::Archive));
+        assert_eq!(params.placement(Tier::Int8, 2, 1_000, 1_050, |to| to != Tier::F16), aged(Tier::Int8));
+        assert_eq!(params.placement(Tier::Int8, 2, 1_000, 1_050, |to| to == Tier::F16), promoted(Tier::F16));
+        // Staying in f32 needs no room.
+        assert_eq!(params.placement(Tier::F32, 2, 0, 5_000, |_| false), promoted(Tier::F32));
     }
 
     #[test]
@@ -159,6 +180,9 @@ mod tests {
         assert_eq!(next_to_demote([(Archive, 0), (F32, 10)]), Some(1));
         assert_eq!(next_to_demote([(Archive, 0), (Archive, 5)]), None);
         assert_eq!(next_to_demote(Vec::new()), None);
+        // Vectors leave memory before any graph does, however recently their shard was used.
+        assert_eq!(next_to_demote([(Disk, 0), (F32, 10), (Int8, 20)]), Some(1));
+        assert_eq!(next_to_demote([(Disk, 5), (Archive, 0), (Disk, 3)]), Some(2));
     }
 
     #[test]
@@ -202,13 +226,63 @@ mod tests {
         // A budget just below what the space holds pushes the least recently used shard down one tier; again, the
         // next one.
         index.maintain(2_080, Some(index.bytes() - 1)).unwrap();
-        assert_eq!(tiers(&index), [Tier::F16, Tier::Archive, Tier::F16]);
+        assert_eq!(tiers(&index), [Tier::F16, Tier::Disk, Tier::F16]);
         index.maintain(2_090, Some(index.bytes() - 1)).unwrap();
-        assert_eq!(tiers(&index), [Tier::F16, Tier::Archive, Tier::Int8]);
+        assert_eq!(tiers(&index), [Tier::F16, Tier::Disk, Tier::Int8]);
         let usage: HashMap<Tier, TierUsage> = index.usage().into_iter().collect();
-        assert_eq!((usage[&Tier::F16].points, usage[&Tier::Archive].points, usage[&Tier::Int8].points), (50, 50, 20));
+        assert_eq!((usage[&Tier::F16].points, usage[&Tier::Disk].points, usage[&Tier::Int8].points), (50, 50, 20));
         assert!(usage[&Tier::F16].bytes_per_point() > usage[&Tier::Int8].bytes_per_point());
-        assert!(usage[&Tier::Int8].bytes_per_point() > usage[&Tier::Archive].bytes_per_point());
+        assert!(usage[&Tier::Int8].bytes_per_point() > usage[&Tier::Disk].bytes_per_point());
+        // A shard answering every query stays where the budget put it when the budget has no room for it one tier
+        // up: a promotion the budget would undo at the same maintenance is not made (it would only churn).
+        let budget = index.bytes();
+        for now in 2_100..2_110 {
+            let request = Request { vector: &vector(110, dim), k: 1, ef: 32, filter: &Filter::default() };
+            assert_eq!(index.search(&request, None, now).unwrap()[0].0, SegmentId(110));
+        }
+        assert_eq!(index.shards()[2].hits(), 10);
+        assert!(!index.maintain(2_120, Some(budget)).unwrap(), "nothing moves");
+        assert_eq!(tiers(&index), [Tier::F16, Tier::Disk, Tier::Int8]);
+        // Given the room, it moves up.
+        index.maintain(2_130, Some(budget + index.shards()[2].bytes_in(Tier::F16))).unwrap();
+        assert_eq!(tiers(&index), [Tier::F16, Tier::Disk, Tier::F16]);
+        // A budget for the graphs alone: every shard's vectors leave memory, and no graph does.
+        let graphs = index.bytes() - index.shards().iter().map(|s| s.bytes() - s.bytes_in(Tier::Disk)).sum::<usize>();
+        index.maintain(2_140, Some(graphs)).unwrap();
+        assert_eq!(tiers(&index), [Tier::Disk; 3]);
+        // Below that, the least recently used graph goes: that shard is answered by the archive.
+        index.maintain(2_150, Some(graphs - 1)).unwrap();
+        assert_eq!(tiers(&index), [Tier::Disk, Tier::Archive, Tier::Disk]);
+    }
+
+    #[test]
+    fn r15_a_sealed_shard_starts_in_the_warmest_tier_its_space_has_room_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 64;
+        let mut index = SpaceIndex::new(dir.path(), &params(50), dim);
+        let fill = |index: &mut SpaceIndex, from: u64| {
+            for i in from..from + 50 {
+                index.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
+            }
+        };
+        // No budget: f32.
+        fill(&mut index, 0);
+        let tiers = |index: &SpaceIndex| index.shards().iter().map(Shard::tier).collect::<Vec<_>>();
+        assert_eq!(tiers(&index), [Tier::F32]);
+        // A margin well under the 3.2 KB between tiers, for the next shard's graph differing from the first's.
+        let (first, margin) = (&index.shards()[0], 50 * dim / 2);
+        let (room_for_f16, room_for_graph) = (first.bytes_in(Tier::F16) + margin, first.bytes_in(Tier::Disk) + margin);
+        // Room for half-precision vectors but not full ones: f16.
+        index.set_budget(Some(index.bytes() + room_for_f16));
+        fill(&mut index, 50);
+        assert_eq!(tiers(&index), [Tier::F32, Tier::F16]);
+        // Room for the graph alone: the disk tier.
+        index.set_budget(Some(index.bytes() + room_for_graph));
+        fill(&mut index, 100);
+        assert_eq!(tiers(&index), [Tier::F32, Tier::F16, Tier::Disk]);
+        for i in [0, 75, 149] {
+            assert_eq!(search(&index, &vector(i, dim), 1, 64, &Filter::default())[0].0, SegmentId(i));
+        }
     }
 
     #[test]

@@ -316,6 +316,18 @@ mod tests {
         for (tier, r) in by_tier {
             assert!(r >= full - 0.005, "{tier:?} recall {r} vs f32 {full}");
         }
+        // The disk tier holds no vectors, only the graph: it answers exactly as f32 does, each row read from disk.
+        let answers = |index: &SpaceIndex| -> Vec<_> {
+            (0..20).map(|q| search(index, &vector(70_000 + q, dim), 10, 128, &Filter::default())).collect()
+        };
+        index.sealed[0].set_tier(Tier::F32).unwrap();
+        let (in_memory, f32_bytes) = (answers(&index), index.sealed[0].bytes());
+        index.sealed[0].set_tier(Tier::Disk).unwrap();
+        assert_eq!(answers(&index), in_memory);
+        assert_eq!(f32_bytes - index.sealed[0].bytes(), 2000 * dim * 4, "the vectors are out of memory");
+        assert_eq!(index.sealed[0].bytes_in(Tier::F32), f32_bytes);
+        assert_eq!(index.sealed[0].bytes_in(Tier::Disk), index.sealed[0].bytes());
+        index.sealed[0].set_tier(Tier::Int8).unwrap();
         // Without rescoring, int8 distances are approximate; with it, they are exact.
         let query = vector(123_456, dim);
         let rescored = search(&index, &query, 5, 128, &Filter::default());

@@ -2,14 +2,16 @@
 //!
 //! On disk a shard is a directory written once: `shard.json` (size, time range, sensors), `rows.bin` (id, sensor and
 //! start time per row), `graph.bin` (the frozen layers) and `vectors.f32` (full precision). In memory it holds its
-//! rows always, and its graph and vectors in the tier it is in: f32, f16 or int8 (see [`super::kernels`]), or
-//! neither (archive tier). Full-precision vectors stay on disk for rescoring quantized candidates and for promotion.
+//! rows always, and its graph and vectors in the tier it is in: f32, f16 or int8 (see [`super::kernels`]), the graph
+//! alone (disk tier: each distance reads its row from `vectors.f32`), or neither (archive tier). Full-precision
+//! vectors stay on disk for rescoring quantized candidates, for the disk tier and for promotion.
 //!
 //! A shard is sealed from the open shard (`build.rs`, [`OpenShard::freeze`](super::build::OpenShard::freeze)), named
 //! with its tier in the space's manifest (`manifest.rs`), and moved between tiers as the policy says (`policy.rs`).
 
+use std::cell::RefCell;
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -79,9 +81,8 @@ pub struct Shard {
 
 impl Shard {
     /// Writes shard `name` under `space_dir`: `freeze` writes the vectors (normalised, little-endian f32, row after
-    /// row) and gives the graph and the rows. Returns it in the archive tier with its graph: the vectors are read
-    /// back by [`Shard::set_tier`] once what they were frozen from is gone, so that a seal never holds two copies of
-    /// them. The directory appears complete or not at all.
+    /// row) and gives the graph and the rows. Returns it in the disk tier: the vectors are read back by
+    /// [`Shard::set_tier`] once what they were frozen from is gone, so that a seal never holds two copies of them. The directory appears complete or not at all.
     pub fn seal(
         space_dir: &Path,
         name: &str,
@@ -147,7 +148,7 @@ impl Shard {
             range,
             rows,
             graph: Some(graph),
-            vectors: Vectors::Archive,
+            vectors: Vectors::Disk,
             full,
             sealed_at: now,
             last_access: AtomicU64::new(now),
@@ -232,6 +233,24 @@ impl Shard {
         self.len() * ROW_BYTES + sensors + self.graph.as_ref().map_or(0, Graph::bytes) + self.vectors.bytes()
     }
 
+    /// Bytes it would hold in memory in `tier` (the graph's as written when it is not loaded).
+    pub fn bytes_in(&self, tier: Tier) -> usize {
+        let sensors: usize = self.rows.sensors.iter().map(|s| s.len() + 24).sum();
+        let graph = match (&self.graph, tier) {
+            (_, Tier::Archive) => 0,
+            (Some(graph), _) => graph.bytes(),
+            (None, _) => fs::metadata(self.dir.join("graph.bin")).map_or(0, |m| m.len() as usize),
+        };
+        let values = self.len() * self.dim;
+        let vectors = match tier {
+            Tier::F32 => values * 4,
+            Tier::F16 => values * 2,
+            Tier::Int8 => values + self.dim * 4,
+            Tier::Disk | Tier::Archive => 0,
+        };
+        self.len() * ROW_BYTES + sensors + graph + vectors
+    }
+
     /// Moves the shard to `tier`: down by converting what it holds, up (or to f32) by reading its vectors back.
     pub fn set_tier(&mut self, tier: Tier) -> Result<(), Error> {
         if tier == self.tier() {
@@ -241,10 +260,6 @@ impl Shard {
             (self.graph, self.vectors) = (None, Vectors::Archive);
             return Ok(());
         }
-        let full = match std::mem::replace(&mut self.vectors, Vectors::Archive) {
-            Vectors::F32(v) => v,
-            _ => self.read_full()?,
-        };
         if self.graph.is_none() {
             let path = self.dir.join("graph.bin");
             let graph = File::open(&path)
@@ -258,37 +273,61 @@ impl Shard {
             }
             self.graph = Some(graph);
         }
-        self.vectors = Vectors::from_f32(full, self.dim, tier);
+        // What it holds goes first, and the new tier is built from the file as it is read: a move never holds two
+        // representations of the vectors, nor the full-precision rows beside a quantized one.
+        self.vectors = Vectors::Disk;
+        if tier != Tier::Disk {
+            self.vectors = self.read_vectors(tier)?;
+        }
         Ok(())
     }
 
-    fn read_full(&self) -> Result<Vec<f32>, Error> {
+    /// The vectors in `tier`'s representation, read from `vectors.f32` block by block.
+    fn read_vectors(&self, tier: Tier) -> Result<Vectors, Error> {
         let path = self.dir.join("vectors.f32");
         let failed = |message: String| Error::Index { path: path.display().to_string(), message };
-        // Read block by block into the vectors: the file's bytes are never all in memory beside them.
-        let mut file = File::open(&path).map_err(|e| failed(e.to_string()))?;
         let expected = self.len() * self.dim * 4;
-        let found = file.metadata().map_err(|e| failed(e.to_string()))?.len();
+        let found = self.full.metadata().map_err(|e| failed(e.to_string()))?.len();
         if found != expected as u64 {
             return Err(failed(format!("{found} bytes, not {} vectors of {}", self.len(), self.dim)));
         }
-        let mut vectors = Vec::with_capacity(self.len() * self.dim);
-        let mut block = vec![0u8; 1 << 20];
-        let mut left = expected;
-        while left > 0 {
-            let n = left.min(block.len());
-            file.read_exact(&mut block[..n]).map_err(|e| failed(e.to_string()))?;
-            vectors.extend(block[..n].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
-            left -= n;
-        }
-        Ok(vectors)
+        // Blocks of whole rows, about 1 MiB.
+        let block_rows = ((1 << 20) / (self.dim * 4)).max(1);
+        let mut bytes = vec![0u8; block_rows * self.dim * 4];
+        let mut values = vec![0.0f32; block_rows * self.dim];
+        let pass = |sink: &mut dyn FnMut(&[f32])| -> std::io::Result<()> {
+            let mut at = 0;
+            while at < expected {
+                let n = (expected - at).min(bytes.len());
+                self.full.read_exact_at(&mut bytes[..n], at as u64)?;
+                for (x, b) in values.iter_mut().zip(bytes[..n].chunks_exact(4)) {
+                    *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+                sink(&values[..n / 4]);
+                at += n;
+            }
+            Ok(())
+        };
+        Vectors::from_blocks(self.len() * self.dim, self.dim, tier, pass).map_err(|e| failed(e.to_string()))
     }
 
     /// Full-precision vector of `row`, read from disk.
     pub fn full_row(&self, row: usize) -> Option<Vec<f32>> {
         let mut bytes = vec![0u8; self.dim * 4];
-        self.full.read_exact_at(&mut bytes, (row * self.dim * 4) as u64).ok()?;
-        Some(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        let mut vector = vec![0.0f32; self.dim];
+        self.read_row(row, &mut bytes, &mut vector).then_some(vector)
+    }
+
+    /// Reads `row`'s full-precision vector from disk into `vector` (`dim` long) through `bytes` (`4 · dim` long);
+    /// false when it cannot be read.
+    fn read_row(&self, row: usize, bytes: &mut [u8], vector: &mut [f32]) -> bool {
+        if self.full.read_exact_at(bytes, (row * self.dim * 4) as u64).is_err() {
+            return false;
+        }
+        for (x, b) in vector.iter_mut().zip(bytes.chunks_exact(4)) {
+            *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        true
     }
 
     /// Whether any row could pass `filter` (by time range and sensors).
@@ -298,17 +337,26 @@ impl Shard {
     }
 
     /// The `k` nearest rows to `query` (normalised) that pass `filter`: `(id, distance)`, nearest first. Quantized
-    /// tiers find `k · oversample` candidates and rescore them at full precision (`oversample` 0: no rescoring).
-    /// Nothing in the archive tier.
+    /// tiers find `k · oversample` candidates and rescore them at full precision (`oversample` 0: no rescoring); the
+    /// disk tier compares at full precision, each row read from disk. Nothing in the archive tier.
     pub fn search(&self, query: &[f32], k: usize, ef: usize, oversample: usize, filter: &Filter) -> Vec<(u64, f32)> {
         let Some(graph) = &self.graph else { return Vec::new() };
         if !self.may_admit(filter) {
             return Vec::new();
         }
-        let rescore = self.tier() != Tier::F32 && oversample > 0;
+        let on_disk = self.tier() == Tier::Disk;
+        let rescore = !matches!(self.tier(), Tier::F32 | Tier::Disk) && oversample > 0;
         let want = if rescore { k * oversample } else { k };
         let prepared = self.vectors.prepare(query);
-        let distance_to = |row: u32| self.vectors.distance(&prepared, row as usize, self.dim);
+        let row_buffers = RefCell::new((vec![0u8; self.dim * 4], vec![0.0f32; self.dim]));
+        let distance_to = |row: u32| {
+            if on_disk {
+                let (bytes, vector) = &mut *row_buffers.borrow_mut();
+                if self.read_row(row as usize, bytes, vector) { distance(query, vector) } else { f32::MAX }
+            } else {
+                self.vectors.distance(&prepared, row as usize, self.dim)
+            }
+        };
         let found = if filter.is_empty() {
             graph.search(distance_to, want, ef.max(want), None)
         } else {

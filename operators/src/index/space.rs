@@ -68,6 +68,8 @@ pub struct SpaceIndex {
     seal_failed_at: Option<u64>,
     /// Opened by a reader beside the job that owns the files: nothing is ever written.
     read_only: bool,
+    /// Bytes the space may hold (the last budget given), which picks the tier a sealed shard starts in.
+    budget: Option<usize>,
 }
 
 /// What [`SpaceIndex::offer`] did with a segment.
@@ -98,6 +100,7 @@ impl SpaceIndex {
             generation: 0,
             seal_failed_at: None,
             read_only: false,
+            budget: None,
         }
     }
 
@@ -353,10 +356,14 @@ impl SpaceIndex {
         for (row, id) in shard.rows().ids.iter().enumerate() {
             self.ids.insert(*id, (number, row as u32));
         }
-        // The open shard goes before its vectors come back from the file: a seal holds one copy of them.
+        // The open shard goes before its vectors come back from the file: a seal holds one copy of them. They come
+        // back in the warmest tier the space's budget has room for (the disk tier if none has).
         self.open = OpenShard::new(&self.params);
-        if let Err(error) = shard.set_tier(Tier::F32) {
-            tracing::warn!(shard = name, %error, "A sealed shard's vectors cannot be read back; it answers from disk.");
+        let held = self.bytes();
+        let fits = |tier: &Tier| self.budget.is_none_or(|b| held + shard.bytes_in(*tier) <= b);
+        let tier = [Tier::F32, Tier::F16, Tier::Int8].into_iter().find(fits).unwrap_or(Tier::Disk);
+        if let Err(error) = shard.set_tier(tier) {
+            tracing::warn!(shard = name, %error, "A sealed shard's vectors cannot be read back; it stays in the disk tier.");
         }
         self.sealed.push(shard);
         self.next_shard += 1;
@@ -432,16 +439,23 @@ impl SpaceIndex {
             .collect()
     }
 
+    /// Sets the bytes the space may hold, until the next [`SpaceIndex::maintain`] gives it again: a shard sealed in
+    /// between starts in the warmest tier that fits.
+    pub fn set_budget(&mut self, budget: Option<usize>) {
+        self.budget = budget;
+    }
+
     /// Bytes held in memory.
     pub fn bytes(&self) -> usize {
         self.open.bytes(self.dim) + self.sealed.iter().map(Shard::bytes).sum::<usize>()
     }
 
     /// Applies the tier policy at `now` (seconds since the epoch) within `budget` bytes (for this space): seals an
-    /// open shard past its age; promotes a shard one tier after `promote_after_hits` answers; demotes shards whose
-    /// last use is older than a tier's age; then demotes the least recently used shards, one tier at a time, until
-    /// the space fits the budget. Publishes any change; returns whether there was one.
+    /// open shard past its age; promotes a shard one tier after `promote_after_hits` answers when the space has room
+    /// for it within `budget`; demotes shards whose last use is older than a tier's age; then demotes the least
+    /// recently used shards, one tier at a time, until the space fits the budget. Publishes any change; returns whether there was one.
     pub fn maintain(&mut self, now: u64, budget: Option<usize>) -> Result<bool, Error> {
+        self.budget = budget;
         let mut changed = false;
         let deferred = policy::seal_deferred(self.seal_failed_at, now);
         if self.params.is_due_by_age(self.open.opened_at(), now) && !deferred && !self.read_only {
@@ -453,8 +467,12 @@ impl SpaceIndex {
                 }
             }
         }
-        for shard in &mut self.sealed {
-            let placement = self.params.placement(shard.tier(), shard.hits(), shard.last_used(), now);
+        for i in 0..self.sealed.len() {
+            let held = self.bytes();
+            let shard = &self.sealed[i];
+            let fits = |to: Tier| budget.is_none_or(|b| held - shard.bytes() + shard.bytes_in(to) <= b);
+            let placement = self.params.placement(shard.tier(), shard.hits(), shard.last_used(), now, fits);
+            let shard = &mut self.sealed[i];
             if placement.promoted {
                 shard.reset_hits();
                 shard.used(now);
