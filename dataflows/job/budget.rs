@@ -2,6 +2,9 @@
 //! the refinement, the archive writers, the segmenting workers' sensors and the audio read ahead of the embedding
 //! stage. Each share is a bound its component keeps, and each is reported as `chorus_memory_budget_bytes{share}`.
 
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
 use chorus_operators::metrics::Metrics;
 
 use crate::Error;
@@ -126,6 +129,33 @@ impl Budget {
     }
 }
 
+/// How long a measure of resident memory counts towards the pressure (see [`RecentPeak`]).
+pub const PEAK_WINDOW: Duration = Duration::from_secs(5);
+
+/// The highest resident memory measured over the last [`PEAK_WINDOW`]. Resident memory comes and goes by a hundred
+/// MiB within a second (audio stretches starting and ending, the refinement's merges, the allocator returning what
+/// was freed): held to the target sample by sample, its peaks passed the budget by as much; held to the target by
+/// its recent peak, its peaks stay near it.
+#[derive(Debug, Default)]
+pub struct RecentPeak {
+    /// Measures that may still be the peak: later ones are lower, so each is the peak once those before it expire.
+    candidates: VecDeque<(Instant, usize)>,
+}
+
+impl RecentPeak {
+    /// Takes `resident`, measured at `now`; returns the highest measured over the last [`PEAK_WINDOW`].
+    pub fn observe(&mut self, now: Instant, resident: usize) -> usize {
+        while self.candidates.front().is_some_and(|(at, _)| now.saturating_duration_since(*at) >= PEAK_WINDOW) {
+            self.candidates.pop_front();
+        }
+        while self.candidates.back().is_some_and(|(_, r)| *r <= resident) {
+            self.candidates.pop_back();
+        }
+        self.candidates.push_back((now, resident));
+        self.candidates.front().map_or(resident, |(_, r)| *r)
+    }
+}
+
 /// This process's resident memory, from /proc.
 pub fn resident_bytes() -> Option<usize> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -154,6 +184,25 @@ mod tests {
         assert_eq!(budget.pressure(budget.target, 2), 0);
         assert_eq!(budget.pressure(900 << 20, 2), 0);
         assert_eq!(budget.pressure(budget.target + (30 << 20), 2), 15 << 20);
+    }
+
+    #[test]
+    fn r15_the_pressure_follows_the_peak_of_the_last_seconds_not_the_last_sample() {
+        let (mut peak, t0) = (RecentPeak::default(), Instant::now());
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(peak.observe(at(0), 400), 400);
+        assert_eq!(peak.observe(at(250), 520), 520);
+        // A drop right after a peak: the peak still counts.
+        assert_eq!(peak.observe(at(500), 410), 520);
+        assert_eq!(peak.observe(at(4_000), 450), 520);
+        // Once the peak is PEAK_WINDOW old, the highest since.
+        assert_eq!(peak.observe(at(5_250), 430), 450);
+        assert_eq!(peak.observe(at(8_999), 300), 450);
+        assert_eq!(peak.observe(at(9_001), 200), 430);
+        assert_eq!(peak.observe(at(10_250), 250), 300);
+        // A new high is the peak at once.
+        assert_eq!(peak.observe(at(9_002), 700), 700);
+        assert_eq!(peak.candidates.len(), 1);
     }
 
     #[test]

@@ -315,7 +315,8 @@ struct Shared {
     refine_pause: Pause,
 }
 
-/// How often a worker measures the process's resident memory against the budget's target.
+/// How often a worker measures the process's resident memory; its peak over [`budget::PEAK_WINDOW`] is held to the
+/// budget's target.
 const PRESSURE_EVERY: Duration = Duration::from_millis(250);
 
 fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BTreeMap<i32, i64>, String> {
@@ -463,7 +464,7 @@ fn step_until_done(
     let mut last_position = Instant::now();
     let (read_ahead_gauge, mut read_ahead) = (shared.metrics.memory.with_label_values(&["read_ahead"]), 0i64);
     let process_gauge = shared.metrics.memory.with_label_values(&["process"]);
-    let mut last_pressure = Instant::now();
+    let (mut last_pressure, mut recent_peak) = (Instant::now(), budget::RecentPeak::default());
     let mut commit_warnings = Throttle::default();
     let mut stopping_since: Option<Instant> = None;
     loop {
@@ -507,7 +508,8 @@ fn step_until_done(
                 && let Some(resident) = budget::resident_bytes()
             {
                 last_pressure = Instant::now();
-                source.relieve(shared.budget.pressure(resident, worker.peers()));
+                let peak = recent_peak.observe(last_pressure, resident);
+                source.relieve(shared.budget.pressure(peak, worker.peers()));
                 process_gauge.set(resident as i64);
             }
             if last_position.elapsed() >= Duration::from_secs(1) {

@@ -159,6 +159,11 @@ impl OpenShard {
         self.len() * open_point_bytes(dim, self.hnsw.get_max_nb_connection() as usize)
     }
 
+    /// Bytes it will hold once it has `points` points, estimated.
+    pub(super) fn bytes_at(&self, dim: usize, points: usize) -> usize {
+        points.max(self.len()) * open_point_bytes(dim, self.hnsw.get_max_nb_connection() as usize)
+    }
+
     /// Inserts `points` — `(id, where and when, vector from [`prepare`])`, ids not in the shard yet — in parallel
     /// when there are several. The first point inserted marks when the shard opened.
     pub(super) fn insert(&mut self, points: &[(u64, &PointInfo, Vec<f32>)], now: u64) {

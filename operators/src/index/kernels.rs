@@ -100,6 +100,7 @@ pub enum Query {
 
 impl Vectors {
     /// `data` (rows of `dim`) in `tier`'s representation.
+    #[cfg(test)]
     pub fn from_f32(data: Vec<f32>, dim: usize, tier: Tier) -> Vectors {
         if tier == Tier::F32 {
             return Vectors::F32(data);

@@ -225,9 +225,9 @@ mod tests {
         assert_eq!(tiers(&index), [Tier::F16, Tier::Int8, Tier::F16]);
         // A budget just below what the space holds pushes the least recently used shard down one tier; again, the
         // next one.
-        index.maintain(2_080, Some(index.bytes() - 1)).unwrap();
+        index.maintain(2_080, Some(index.reckoned_bytes() - 1)).unwrap();
         assert_eq!(tiers(&index), [Tier::F16, Tier::Disk, Tier::F16]);
-        index.maintain(2_090, Some(index.bytes() - 1)).unwrap();
+        index.maintain(2_090, Some(index.reckoned_bytes() - 1)).unwrap();
         assert_eq!(tiers(&index), [Tier::F16, Tier::Disk, Tier::Int8]);
         let usage: HashMap<Tier, TierUsage> = index.usage().into_iter().collect();
         assert_eq!((usage[&Tier::F16].points, usage[&Tier::Disk].points, usage[&Tier::Int8].points), (50, 50, 20));
@@ -235,7 +235,7 @@ mod tests {
         assert!(usage[&Tier::Int8].bytes_per_point() > usage[&Tier::Disk].bytes_per_point());
         // A shard answering every query stays where the budget put it when the budget has no room for it one tier
         // up: a promotion the budget would undo at the same maintenance is not made (it would only churn).
-        let budget = index.bytes();
+        let budget = index.reckoned_bytes();
         for now in 2_100..2_110 {
             let request = Request { vector: &vector(110, dim), k: 1, ef: 32, filter: &Filter::default() };
             assert_eq!(index.search(&request, None, now).unwrap()[0].0, SegmentId(110));
@@ -247,7 +247,7 @@ mod tests {
         index.maintain(2_130, Some(budget + index.shards()[2].bytes_in(Tier::F16))).unwrap();
         assert_eq!(tiers(&index), [Tier::F16, Tier::Disk, Tier::F16]);
         // A budget for the graphs alone: every shard's vectors leave memory, and no graph does.
-        let graphs = index.bytes() - index.shards().iter().map(|s| s.bytes() - s.bytes_in(Tier::Disk)).sum::<usize>();
+        let graphs = index.reckoned_bytes() - index.shards().iter().map(|s| s.bytes() - s.bytes_in(Tier::Disk)).sum::<usize>();
         index.maintain(2_140, Some(graphs)).unwrap();
         assert_eq!(tiers(&index), [Tier::Disk; 3]);
         // Below that, the least recently used graph goes: that shard is answered by the archive.
@@ -273,11 +273,11 @@ mod tests {
         let (first, margin) = (&index.shards()[0], 50 * dim / 2);
         let (room_for_f16, room_for_graph) = (first.bytes_in(Tier::F16) + margin, first.bytes_in(Tier::Disk) + margin);
         // Room for half-precision vectors but not full ones: f16.
-        index.set_budget(Some(index.bytes() + room_for_f16));
+        index.set_budget(Some(index.reckoned_bytes() + room_for_f16));
         fill(&mut index, 50);
         assert_eq!(tiers(&index), [Tier::F32, Tier::F16]);
         // Room for the graph alone: the disk tier.
-        index.set_budget(Some(index.bytes() + room_for_graph));
+        index.set_budget(Some(index.reckoned_bytes() + room_for_graph));
         fill(&mut index, 100);
         assert_eq!(tiers(&index), [Tier::F32, Tier::F16, Tier::Disk]);
         for i in [0, 75, 149] {

@@ -359,7 +359,7 @@ impl SpaceIndex {
         // The open shard goes before its vectors come back from the file: a seal holds one copy of them. They come
         // back in the warmest tier the space's budget has room for (the disk tier if none has).
         self.open = OpenShard::new(&self.params);
-        let held = self.bytes();
+        let held = self.reckoned_bytes();
         let fits = |tier: &Tier| self.budget.is_none_or(|b| held + shard.bytes_in(*tier) <= b);
         let tier = [Tier::F32, Tier::F16, Tier::Int8].into_iter().find(fits).unwrap_or(Tier::Disk);
         if let Err(error) = shard.set_tier(tier) {
@@ -450,6 +450,12 @@ impl SpaceIndex {
         self.open.bytes(self.dim) + self.sealed.iter().map(Shard::bytes).sum::<usize>()
     }
 
+    /// Bytes held in memory with the open shard counted full, as the budget reckons them: the open shard grows
+    /// between two maintenances and never moves down a tier, so the sealed shards keep to what its full size leaves.
+    pub fn reckoned_bytes(&self) -> usize {
+        self.open.bytes_at(self.dim, self.params.shard_max_points) + self.sealed.iter().map(Shard::bytes).sum::<usize>()
+    }
+
     /// Applies the tier policy at `now` (seconds since the epoch) within `budget` bytes (for this space): seals an
     /// open shard past its age; promotes a shard one tier after `promote_after_hits` answers when the space has room
     /// for it within `budget`; demotes shards whose last use is older than a tier's age; then demotes the least
@@ -468,7 +474,7 @@ impl SpaceIndex {
             }
         }
         for i in 0..self.sealed.len() {
-            let held = self.bytes();
+            let held = self.reckoned_bytes();
             let shard = &self.sealed[i];
             let fits = |to: Tier| budget.is_none_or(|b| held - shard.bytes() + shard.bytes_in(to) <= b);
             let placement = self.params.placement(shard.tier(), shard.hits(), shard.last_used(), now, fits);
@@ -489,7 +495,7 @@ impl SpaceIndex {
             }
         }
         if let Some(budget) = budget {
-            while self.bytes() > budget {
+            while self.reckoned_bytes() > budget {
                 let Some(i) = policy::next_to_demote(self.sealed.iter().map(|s| (s.tier(), s.last_used()))) else {
                     break;
                 };
