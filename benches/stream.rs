@@ -169,10 +169,16 @@ impl Arrivals {
         self.seen.lock().unwrap().len()
     }
 
-    fn wait_for(&self, n: usize, timeout: Duration) {
+    /// Waits until `n` segments arrived; fails the bench with the job's log after `timeout`.
+    fn wait_for(&self, n: usize, timeout: Duration, scenario: &Scenario) {
         let deadline = Instant::now() + timeout;
         while self.count() < n {
-            assert!(Instant::now() < deadline, "only {} of {n} segments arrived", self.count());
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} segments arrived; the job's log:\n{}",
+                self.count(),
+                scenario.job_log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -223,7 +229,7 @@ fn latency(profile: &str, sensors: usize, seconds: usize, refine: bool) -> (f64,
         sender.send(sensors, k);
     }
     sender.flush();
-    arrivals.wait_for(1, Duration::from_secs(120));
+    arrivals.wait_for(1, Duration::from_secs(120), &scenario);
     let mut sent = HashMap::new();
     let started = Instant::now();
     for k in 0..seconds {
@@ -238,7 +244,7 @@ fn latency(profile: &str, sensors: usize, seconds: usize, refine: bool) -> (f64,
     sender.flush();
     // 5 s windows at a 5 s hop: window `g` is completed by the chunk of second g + 4.
     let windows = seconds / 5;
-    arrivals.wait_for(sensors * windows + 1, Duration::from_secs(120));
+    arrivals.wait_for(sensors * windows + 1, Duration::from_secs(120), &scenario);
     if let Some(port) = port {
         print_refine_latency(port, sensors * windows + 1);
     }
@@ -269,10 +275,10 @@ fn throughput(profile: &str, workers: Option<usize>, sensors: usize, seconds: us
     let arrivals = Arrivals::watch(&config);
     let job = start_job(&scenario, workers);
     // From the first segment out, so the model's load and warm-up do not count.
-    arrivals.wait_for(1, Duration::from_secs(120));
+    arrivals.wait_for(1, Duration::from_secs(120), &scenario);
     let started = Instant::now();
     let windows = sensors * (seconds / 5);
-    arrivals.wait_for(windows, Duration::from_secs(1_800));
+    arrivals.wait_for(windows, Duration::from_secs(1_800), &scenario);
     let elapsed = started.elapsed().as_secs_f64();
     if let Some(port) = port {
         print_refine_latency(port, windows);
@@ -296,7 +302,7 @@ fn tenants(profile: &str, hot_sensors: usize, backlog: usize, seconds: usize) ->
     sender.flush();
     let arrivals = Arrivals::watch(&config);
     let job = start_job(&scenario, None);
-    arrivals.wait_for(1, Duration::from_secs(120));
+    arrivals.wait_for(1, Duration::from_secs(120), &scenario);
     let quiet = [(HEADER_SPACE, "quiet")];
     let mut sent = HashMap::new();
     let started = Instant::now();

@@ -18,8 +18,15 @@ const MEMORY_PER_ARCHIVED_AUDIO_BYTE: usize = 4;
 /// by `refine::flow::tests::r15_bytes_per_segment`: 46 KB), rounded up; it scales with the dimension.
 const REFINE_BYTES_PER_SEGMENT_AT_1536: usize = 47 << 10;
 
-/// The least read-ahead a worker needs to keep the model busy.
+/// The least read-ahead a worker needs to keep the model busy, whatever its batches.
 const MIN_READ_AHEAD: usize = 8 << 20;
+
+/// The read-ahead a worker needs to fill its largest batch: `embed.max_batch` windows of decoded audio (f32), and at
+/// least [`MIN_READ_AHEAD`]. With less, batches stay small whatever the backlog (the high-throughput profile, whose
+/// model took 584 MiB for batches of 64, read 9 MiB ahead: batches of 3 windows, 10.6 windows/s).
+fn min_read_ahead(config: &Config) -> usize {
+    MIN_READ_AHEAD.max(config.embed.max_batch * config.model.window as usize * std::mem::size_of::<f32>())
+}
 
 /// What the budget gives each share, for the whole process (per worker where the field says so).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -66,13 +73,18 @@ fn split(config: &Config, workers: usize, resident: usize) -> Result<Budget, Err
     let sensors = rest / 8;
     let headroom = rest / 4;
     let read_ahead = rest - writers - sensors - headroom;
-    if read_ahead / workers < MIN_READ_AHEAD {
+    let needed = min_read_ahead(config);
+    if read_ahead / workers < needed {
         return Err(Error::Job(format!(
-            "memory_budget_mb = {} leaves too little for audio in flight: the model and runtime use {} MiB, the \
+            "memory_budget_mb = {} leaves too little for audio in flight: a worker needs {} MiB to fill a batch of \
+             embed.max_batch = {} windows, and gets {} MiB; the model and runtime use {} MiB, the \
              index's budget (index.memory_budget_mb × {workers} workers) {} MiB, the refinement's horizon \
              (refine.horizon_segments) {} MiB, the archive writers {} MiB and the sensors {} MiB; raise \
-             memory_budget_mb or lower index.memory_budget_mb or refine.horizon_segments",
+             memory_budget_mb or lower embed.max_batch, index.memory_budget_mb or refine.horizon_segments",
             budget >> 20,
+            needed.div_ceil(1 << 20),
+            config.embed.max_batch,
+            (read_ahead / workers) >> 20,
             resident >> 20,
             index >> 20,
             refine >> 20,
@@ -223,6 +235,25 @@ mod tests {
             + budget.headroom
             + 2 * (budget.sensors + budget.read_ahead);
         assert!((1_024 << 20) - total < 8, "the shares leave {} bytes unassigned", (1_024 << 20) - total);
+    }
+
+    #[test]
+    fn a_budget_that_cannot_fill_the_largest_batch_is_refused_naming_it() {
+        // 160 000-sample windows (5 s at 32 kHz) in batches of 64: 39 MiB of decoded audio per worker.
+        let mut config = config(1_024, Some(96), true, true);
+        config.embed.max_batch = 64;
+        let error = split(&config, 2, 584 << 20).unwrap_err().to_string();
+        assert!(
+            error.contains("needs 40 MiB to fill a batch of embed.max_batch = 64 windows, and gets 3 MiB"),
+            "{error}"
+        );
+        assert!(error.contains("the model and runtime use 584 MiB"), "{error}");
+        // With the room, accepted: 56 MiB each.
+        assert_eq!(split(&config, 2, 300 << 20).unwrap().read_ahead >> 20, 56);
+        // 37 MiB each holds a batch of 4 windows (8 MiB at least), not one of 64.
+        assert!(split(&config, 2, 400 << 20).is_err());
+        config.embed.max_batch = 4;
+        assert_eq!(split(&config, 2, 400 << 20).unwrap().read_ahead >> 20, 37);
     }
 
     #[test]

@@ -247,7 +247,8 @@ mod tests {
         index.maintain(2_130, Some(budget + index.shards()[2].bytes_in(Tier::F16))).unwrap();
         assert_eq!(tiers(&index), [Tier::F16, Tier::Disk, Tier::F16]);
         // A budget for the graphs alone: every shard's vectors leave memory, and no graph does.
-        let graphs = index.reckoned_bytes() - index.shards().iter().map(|s| s.bytes() - s.bytes_in(Tier::Disk)).sum::<usize>();
+        let graphs =
+            index.reckoned_bytes() - index.shards().iter().map(|s| s.bytes() - s.bytes_in(Tier::Disk)).sum::<usize>();
         index.maintain(2_140, Some(graphs)).unwrap();
         assert_eq!(tiers(&index), [Tier::Disk; 3]);
         // Below that, the least recently used graph goes: that shard is answered by the archive.
