@@ -213,7 +213,7 @@ mod tests {
         assert_eq!(peak.observe(at(9_001), 200), 430);
         assert_eq!(peak.observe(at(10_250), 250), 300);
         // A new high is the peak at once.
-        assert_eq!(peak.observe(at(9_002), 700), 700);
+        assert_eq!(peak.observe(at(10_251), 700), 700);
         assert_eq!(peak.candidates.len(), 1);
     }
 
