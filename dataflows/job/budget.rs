@@ -10,8 +10,8 @@ use chorus_operators::metrics::Metrics;
 use crate::Error;
 use crate::config::Config;
 
-/// Memory per byte of audio the archive writer holds: the samples, the WAV files built from them, the Arrow array
-/// and Parquet's pages while a file is written.
+/// Memory per byte of audio the archive writer holds: the samples, and while a file is written the Arrow array of
+/// WAV files built from them (each row's samples are given up as its WAV file is made) and Parquet's pages; a bound.
 const MEMORY_PER_ARCHIVED_AUDIO_BYTE: usize = 4;
 
 /// Memory the refinement holds per segment of its horizon at 1536 dimensions with the default `[refine]` (measured

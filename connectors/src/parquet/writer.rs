@@ -94,7 +94,7 @@ impl ArchiveWriter {
             // Sorted by sensor and time, a file's row groups have narrow `sensor` and `start_time` statistics, which
             // scans filtering on either use to skip them.
             segments.sort_unstable_by(|a, b| (&a.key.sensor, a.key.start).cmp(&(&b.key.sensor, b.key.start)));
-            for part in segments.chunks(self.settings.max_rows_per_file) {
+            for part in segments.chunks_mut(self.settings.max_rows_per_file) {
                 written.push(self.write_file(&space, &date, part)?);
             }
         }
@@ -103,7 +103,8 @@ impl ArchiveWriter {
         Ok(written)
     }
 
-    fn write_file(&self, space: &str, date: &str, segments: &[Segment]) -> Result<PathBuf, Error> {
+    /// Writes `segments` as one file; their audio is taken (the file holds it).
+    fn write_file(&self, space: &str, date: &str, segments: &mut [Segment]) -> Result<PathBuf, Error> {
         let dir = partition_dir(&self.settings.dir, space, date);
         let batch = self.batch(segments).map_err(|e| Error::Archive {
             path: dir.display().to_string(),
@@ -119,12 +120,14 @@ impl ArchiveWriter {
         )
     }
 
-    fn batch(&self, segments: &[Segment]) -> Result<RecordBatch, arrow_schema::ArrowError> {
+    /// The rows of `segments`, taking each one's audio as its WAV file is made: the samples and the WAV files are
+    /// never all held at once.
+    fn batch(&self, segments: &mut [Segment]) -> Result<RecordBatch, arrow_schema::ArrowError> {
         let micros = |t: Nanos| t.div_euclid(1_000);
         let mut space = StringDictionaryBuilder::<Int32Type>::new();
         let mut embedding = FixedSizeBinaryBuilder::with_capacity(segments.len(), self.dim as i32);
         let mut scales = Vec::with_capacity(segments.len());
-        for segment in segments {
+        for segment in segments.iter() {
             space.append_value(&segment.key.space);
             let (scale, q) = quantize(&segment.embedding);
             scales.push(scale);
@@ -150,11 +153,10 @@ impl ArchiveWriter {
             Arc::new(Int64Array::from_iter_values(segments.iter().map(|s| s.origin.offset))),
             Arc::new(Float32Array::from(scales)),
             Arc::new(embedding.finish()),
-            Arc::new(BinaryArray::from_iter(
-                segments
-                    .iter()
-                    .map(|s| (!s.audio.is_empty()).then(|| crate::wav::encode_pcm16(s.key.sample_rate, &s.audio))),
-            )),
+            Arc::new(BinaryArray::from_iter(segments.iter_mut().map(|s| {
+                let audio = std::mem::take(&mut s.audio);
+                (!audio.is_empty()).then(|| crate::wav::encode_pcm16(s.key.sample_rate, &audio))
+            }))),
         ];
         RecordBatch::try_new(self.schema.clone(), columns)
     }
