@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use arrow_array::builder::{FixedSizeBinaryBuilder, StringDictionaryBuilder};
+use arrow_array::builder::{BinaryBuilder, FixedSizeBinaryBuilder, StringDictionaryBuilder};
 use arrow_array::types::Int32Type;
 use arrow_array::{
     ArrayRef, BinaryArray, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
@@ -153,13 +153,30 @@ impl ArchiveWriter {
             Arc::new(Int64Array::from_iter_values(segments.iter().map(|s| s.origin.offset))),
             Arc::new(Float32Array::from(scales)),
             Arc::new(embedding.finish()),
-            Arc::new(BinaryArray::from_iter(segments.iter_mut().map(|s| {
-                let audio = std::mem::take(&mut s.audio);
-                (!audio.is_empty()).then(|| crate::wav::encode_pcm16(s.key.sample_rate, &audio))
-            }))),
+            Arc::new(audio_column(segments)),
         ];
         RecordBatch::try_new(self.schema.clone(), columns)
     }
+}
+
+/// Bytes of a 16-bit mono WAV file's header.
+const WAV_HEADER_BYTES: usize = 44;
+
+/// The `audio` column: each segment's samples as a 16-bit WAV file (null without audio), taken from the segment as
+/// its file is made, into a column sized for them all at once (grown by doubling, its buffer held up to twice the
+/// audio and copied it at each step).
+fn audio_column(segments: &mut [Segment]) -> BinaryArray {
+    let bytes = segments.iter().filter(|s| !s.audio.is_empty()).map(|s| WAV_HEADER_BYTES + 2 * s.audio.len()).sum();
+    let mut column = BinaryBuilder::with_capacity(segments.len(), bytes);
+    for segment in segments {
+        let samples = std::mem::take(&mut segment.audio);
+        if samples.is_empty() {
+            column.append_null();
+        } else {
+            column.append_value(crate::wav::encode_pcm16(segment.key.sample_rate, &samples));
+        }
+    }
+    column.finish()
 }
 
 #[cfg(test)]
@@ -167,6 +184,8 @@ pub(super) mod tests {
     use std::path::Path;
 
     use chorus_operators::record::{Origin, SegmentId, SegmentKey};
+
+    use arrow_array::Array;
 
     use super::*;
     use crate::parquet::{ArchiveConfig, read_space, spaces};
@@ -215,6 +234,19 @@ pub(super) mod tests {
         let mut light = Vec::new();
         read_space(dir.path(), "forest", false, |s| light.push(s)).unwrap();
         assert_eq!((light.len(), light[0].embedding.is_none(), light[0].space.as_str()), (1, true, "forest"));
+    }
+
+    #[test]
+    fn the_audio_column_takes_each_rows_samples_into_a_buffer_sized_once() {
+        let mut segments: Vec<Segment> = (0..3).map(|i| seg("default", "s1", i * 160_000, 1.0 + i as f32)).collect();
+        segments[1].audio = vec![7; 16_000];
+        segments[2].audio.clear();
+        let wavs: Vec<Vec<u8>> = segments[..2].iter().map(|s| crate::wav::encode_pcm16(32_000, &s.audio)).collect();
+        let column = audio_column(&mut segments);
+        assert_eq!((column.value(0), column.value(1), column.is_null(2)), (&wavs[0][..], &wavs[1][..], true));
+        assert!(segments.iter().all(|s| s.audio.is_empty()), "the samples are taken");
+        // The headers are as reckoned, so the values' buffer was sized once, to the byte.
+        assert_eq!(column.value_data().len(), 2 * WAV_HEADER_BYTES + 2 * (8 + 16_000));
     }
 
     #[test]
