@@ -28,6 +28,16 @@ impl Tier {
     /// Every tier, warmest first.
     pub const ALL: [Tier; 5] = [Tier::F32, Tier::F16, Tier::Int8, Tier::Disk, Tier::Archive];
 
+    /// Bytes that `rows` vectors of `dim` take in memory in this tier.
+    pub fn vector_bytes(self, rows: usize, dim: usize) -> usize {
+        match self {
+            Tier::F32 => rows * dim * 4,
+            Tier::F16 => rows * dim * 2,
+            Tier::Int8 => rows * dim + dim * 4,
+            Tier::Disk | Tier::Archive => 0,
+        }
+    }
+
     /// The next tier down, if any.
     pub fn colder(self) -> Option<Tier> {
         match self {
@@ -168,6 +178,7 @@ impl Vectors {
     }
 
     /// Bytes held.
+    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         match self {
             Vectors::F32(v) => v.len() * 4,
@@ -242,6 +253,9 @@ mod tests {
         let bytes = |tier| Vectors::from_f32(data.clone(), dim, tier).bytes();
         assert_eq!((bytes(Tier::F32), bytes(Tier::F16)), (50 * dim * 4, 50 * dim * 2));
         assert_eq!(bytes(Tier::Int8), 50 * dim + dim * 4);
+        for tier in Tier::ALL {
+            assert_eq!(tier.vector_bytes(50, dim), bytes(tier), "{tier:?}");
+        }
         assert_eq!(Vectors::from_f32(data, dim, Tier::Archive).distance(&Query::Archive, 0, dim), f32::MAX);
     }
 

@@ -229,8 +229,7 @@ impl Shard {
 
     /// Bytes held in memory.
     pub fn bytes(&self) -> usize {
-        let sensors: usize = self.rows.sensors.iter().map(|s| s.len() + 24).sum();
-        self.len() * ROW_BYTES + sensors + self.graph.as_ref().map_or(0, Graph::bytes) + self.vectors.bytes()
+        self.bytes_in(self.tier())
     }
 
     /// Bytes it would hold in memory in `tier` (the graph's as written when it is not loaded).
@@ -241,14 +240,7 @@ impl Shard {
             (Some(graph), _) => graph.bytes(),
             (None, _) => fs::metadata(self.dir.join("graph.bin")).map_or(0, |m| m.len() as usize),
         };
-        let values = self.len() * self.dim;
-        let vectors = match tier {
-            Tier::F32 => values * 4,
-            Tier::F16 => values * 2,
-            Tier::Int8 => values + self.dim * 4,
-            Tier::Disk | Tier::Archive => 0,
-        };
-        self.len() * ROW_BYTES + sensors + graph + vectors
+        self.len() * ROW_BYTES + sensors + graph + tier.vector_bytes(self.len(), self.dim)
     }
 
     /// Moves the shard to `tier`: down by converting what it holds, up (or to f32) by reading its vectors back.
@@ -300,9 +292,7 @@ impl Shard {
             while at < expected {
                 let n = (expected - at).min(bytes.len());
                 self.full.read_exact_at(&mut bytes[..n], at as u64)?;
-                for (x, b) in values.iter_mut().zip(bytes[..n].chunks_exact(4)) {
-                    *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                }
+                decode_f32(&bytes[..n], &mut values[..n / 4]);
                 sink(&values[..n / 4]);
                 at += n;
             }
@@ -324,9 +314,7 @@ impl Shard {
         if self.full.read_exact_at(bytes, (row * self.dim * 4) as u64).is_err() {
             return false;
         }
-        for (x, b) in vector.iter_mut().zip(bytes.chunks_exact(4)) {
-            *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
+        decode_f32(bytes, vector);
         true
     }
 
@@ -348,7 +336,9 @@ impl Shard {
         let rescore = !matches!(self.tier(), Tier::F32 | Tier::Disk) && oversample > 0;
         let want = if rescore { k * oversample } else { k };
         let prepared = self.vectors.prepare(query);
-        let row_buffers = RefCell::new((vec![0u8; self.dim * 4], vec![0.0f32; self.dim]));
+        // Buffers for the rows read from disk, made only for the disk tier.
+        let row_buffers =
+            RefCell::new(if on_disk { (vec![0u8; self.dim * 4], vec![0.0f32; self.dim]) } else { Default::default() });
         let distance_to = |row: u32| {
             if on_disk {
                 let (bytes, vector) = &mut *row_buffers.borrow_mut();
@@ -413,5 +403,12 @@ impl Shard {
     /// Marks it used at `now` (a promotion).
     pub fn used(&self, now: u64) {
         self.last_access.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+/// Decodes little-endian f32s from `bytes` into `values` (a quarter as long).
+fn decode_f32(bytes: &[u8], values: &mut [f32]) {
+    for (x, b) in values.iter_mut().zip(bytes.chunks_exact(4)) {
+        *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     }
 }

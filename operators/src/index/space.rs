@@ -360,8 +360,10 @@ impl SpaceIndex {
         // back in the warmest tier the space's budget has room for (the disk tier if none has).
         self.open = OpenShard::new(&self.params);
         let held = self.reckoned_bytes();
-        let fits = |tier: &Tier| self.budget.is_none_or(|b| held + shard.bytes_in(*tier) <= b);
-        let tier = [Tier::F32, Tier::F16, Tier::Int8].into_iter().find(fits).unwrap_or(Tier::Disk);
+        let tier = [Tier::F32, Tier::F16, Tier::Int8]
+            .into_iter()
+            .find(|tier| fits(self.budget, held, &shard, *tier))
+            .unwrap_or(Tier::Disk);
         if let Err(error) = shard.set_tier(tier) {
             tracing::warn!(shard = name, %error, "A sealed shard's vectors cannot be read back; it stays in the disk tier.");
         }
@@ -474,10 +476,11 @@ impl SpaceIndex {
             }
         }
         for i in 0..self.sealed.len() {
-            let held = self.reckoned_bytes();
             let shard = &self.sealed[i];
-            let fits = |to: Tier| budget.is_none_or(|b| held - shard.bytes() + shard.bytes_in(to) <= b);
-            let placement = self.params.placement(shard.tier(), shard.hits(), shard.last_used(), now, fits);
+            let others = self.reckoned_bytes() - shard.bytes();
+            let placement = self
+                .params
+                .placement(shard.tier(), shard.hits(), shard.last_used(), now, |to| fits(budget, others, shard, to));
             let shard = &mut self.sealed[i];
             if placement.promoted {
                 shard.reset_hits();
@@ -548,6 +551,12 @@ impl SpaceIndex {
         self.changed = false;
         Ok(())
     }
+}
+
+/// Whether `shard` in `tier` fits `budget` beside `others` bytes (everything else the space holds); always without a
+/// budget.
+fn fits(budget: Option<usize>, others: usize, shard: &Shard, tier: Tier) -> bool {
+    budget.is_none_or(|b| others + shard.bytes_in(tier) <= b)
 }
 
 #[cfg(test)]
