@@ -3,8 +3,10 @@
 //!     cargo bench --bench refine -- [--dim 1536] [--species 20] [--quality-points 20000] [--per-class 100]
 //!                                    [--points 100000] [--new 1000] [--labels-per-species 5]
 //!                                    [--skip-quality] [--skip-embeddings] [--skip-audio] [--skip-latency]
-//!                                    [--skip-memory]
+//!                                    [--skip-memory] [--skip-search] [--skip-sliding]
 //!                                    [--workers N] [--search-ef N] [--label-hops N] [--label-restart F] [--label-top N] [--min-label-score F]
+//!                                    [--horizon 2000] [--per-round 25] [--hops N] [--cluster-max-distance F]
+//!                                    [--noise 1.2] [--recording 1.0]
 //!
 //! The labelled set: `--species` species, each a few call types around a species centre on a 32-dimensional latent
 //! space, with recording conditions (a per-recording offset shared across species) and isotropic noise, mapped into
@@ -27,6 +29,15 @@
 //! one in fifty labelled, fed in rounds of 500; the resident memory the second 3 000 add (the dataflow's
 //! arrangements, the refiner's graph and copies of its embeddings, the shared refinements), per segment. Run it alone
 //! (`--skip-quality --skip-audio --skip-latency`): what ran before it leaves memory the allocator reuses.
+//!
+//! Neighbour search: the exact search over the segments the refinement holds, per newcomer, at several horizons.
+//!
+//! Sliding horizon (`--horizon`, `--per-round`): three horizons' worth of segments arrive in rounds, their neighbours
+//! found exactly among those held, as in the job; once the horizon is full each newcomer retires the oldest segment.
+//! The dataflow's time per newcomer while the horizon fills and once it is full — what the job's refinement costs
+//! as it reaches its bound. Tighter species (`--noise 0.3 --recording 0.2`) put most edges within the cluster
+//! threshold, as repeated calls of one kind do; `--cluster-max-distance 0` and `--hops 0` take clusters and embedding
+//! propagation out, to see what each costs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
@@ -494,6 +505,71 @@ fn main() {
     }
     if !flag("--skip-search") {
         exact_search(&generator);
+    }
+    if !flag("--skip-sliding") {
+        sliding(&generator, arg("--horizon", 2_000usize), arg("--per-round", 25usize));
+    }
+}
+
+/// What the refinement costs per newcomer as the horizon fills and once it is full (each newcomer then retires the
+/// oldest segment): segments arrive in rounds of `per_round`, their neighbours found exactly among those held (as
+/// the job does), and each round is settled before the next. Prints the differential's time per newcomer over
+/// each horizon's worth of arrivals.
+fn sliding(generator: &Species, horizon: usize, per_round: usize) {
+    let phases = 3;
+    let total = horizon * phases;
+    println!(
+        "\nsliding horizon: {total} segments in rounds of {per_round} through a horizon of {horizon}, {} dimensions",
+        generator.dim
+    );
+    let vectors: Vec<Vec<f32>> = (0..total).into_par_iter().map(|i| generator.segment(i).1).collect();
+    let defaults = RefineConfig::default();
+    let params = RefineConfig {
+        cluster_max_distance: arg("--cluster-max-distance", defaults.cluster_max_distance),
+        hops: arg("--hops", defaults.hops),
+        ..defaults
+    }
+    .build(std::path::Path::new("."))
+    .unwrap();
+    let per_phase = timely::execute_directly(move |worker| {
+        let mut refiner = Refiner::new(worker, &params);
+        let mut state = Refinements::default();
+        let mut held: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
+        // Per phase: seconds searching, seconds in the dataflow, outputs changed.
+        let mut phases = vec![(0.0, 0.0, 0usize); phases];
+        for first in (0..total).step_by(per_round) {
+            let phase = &mut phases[first / horizon];
+            let ids = first..(first + per_round).min(total);
+            let queries: Vec<(u64, &[f32])> = ids.clone().map(|i| (i as u64, vectors[i].as_slice())).collect();
+            let t = Instant::now();
+            let found = refiner.nearest(held.iter().copied(), &queries, params.k);
+            phase.0 += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            for ((node, unit), neighbours) in queries.iter().zip(&found) {
+                refiner.add(*node, unit, neighbours);
+                held.push_back(*node);
+                if held.len() > horizon {
+                    refiner.retire(held.pop_front().expect("held"));
+                }
+            }
+            let round = refiner.advance();
+            worker.step_while(|| !refiner.settled(round));
+            phase.2 += refiner.take().map_or(0, |(_, _, changes)| state.apply(&changes).len());
+            phase.1 += t.elapsed().as_secs_f64();
+        }
+        phases
+    });
+    for (phase, (searching, refining, touched)) in per_phase.into_iter().enumerate() {
+        let what = if phase == 0 { "filling the horizon" } else { "horizon full, each retires one" };
+        println!(
+            "  segments {:>6}..{:<6} ({what}): {:.2} ms per newcomer in the dataflow, {:.2} ms searching; \
+             {:.1} outputs changed per newcomer",
+            phase * horizon,
+            (phase + 1) * horizon,
+            refining * 1e3 / horizon as f64,
+            searching * 1e3 / horizon as f64,
+            touched as f64 / horizon as f64
+        );
     }
 }
 

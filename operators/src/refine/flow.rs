@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Instant;
 
-use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
 use differential_dataflow::input::InputSession;
 use differential_dataflow::operators::Iterate;
 use differential_dataflow::{ExchangeData, VecCollection};
@@ -28,88 +27,14 @@ fn fixed_of(half: &[f16]) -> Fixed {
     rules::to_fixed(&half.iter().map(|x| x.to_f32()).collect::<Vec<_>>())
 }
 
-/// One node's contributions to its next embedding, carried as a difference so that differential sums them in place:
-/// its own embedding (`own`, in the `i16` fixed point of [`rules::Fixed`]) and `n` neighbours' embeddings summed
-/// (`sum`, `i32`). Both wrap, which is exact as long as the true total fits: `own` is one node's embedding or
-/// nothing once consolidated, `sum` holds up to 131 071 neighbours (see [`rules::EMBEDDING_SCALE`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Mix {
-    n: i32,
-    own: Vec<i16>,
-    sum: Vec<i32>,
-}
-
-/// Wrapping integer arithmetic on the components of [`Mix`].
-trait Wrapping: Copy + Default {
-    fn add(self, other: Self) -> Self;
-    fn times(self, r: i32) -> Self;
-}
-
-impl Wrapping for i16 {
-    fn add(self, other: i16) -> i16 {
-        self.wrapping_add(other)
-    }
-    fn times(self, r: i32) -> i16 {
-        self.wrapping_mul(r as i16)
-    }
-}
-
-impl Wrapping for i32 {
-    fn add(self, other: i32) -> i32 {
-        self.wrapping_add(other)
-    }
-    fn times(self, r: i32) -> i32 {
-        self.wrapping_mul(r)
-    }
-}
-
-fn add_into<T: Wrapping>(into: &mut Vec<T>, from: &[T]) {
-    if into.len() < from.len() {
-        into.resize(from.len(), T::default());
-    }
-    for (a, b) in into.iter_mut().zip(from) {
-        *a = a.add(*b);
-    }
-}
-
-impl IsZero for Mix {
-    fn is_zero(&self) -> bool {
-        self.n == 0 && self.own.iter().all(|x| *x == 0) && self.sum.iter().all(|x| *x == 0)
-    }
-}
-
-impl Semigroup for Mix {
-    fn plus_equals(&mut self, rhs: &Self) {
-        self.n = self.n.wrapping_add(rhs.n);
-        add_into(&mut self.own, &rhs.own);
-        add_into(&mut self.sum, &rhs.sum);
-    }
-}
-
-impl Monoid for Mix {
-    fn zero() -> Self {
-        Mix::default()
-    }
-}
-
-impl Abelian for Mix {
-    fn negate(&mut self) {
-        self.n = self.n.wrapping_neg();
-        self.own.iter_mut().for_each(|x| *x = x.times(-1));
-        self.sum.iter_mut().for_each(|x| *x = x.times(-1));
-    }
-}
-
-impl Multiply<isize> for Mix {
-    type Output = Mix;
-    fn multiply(self, rhs: &isize) -> Mix {
-        let r = *rhs as i32;
-        Mix {
-            n: self.n.wrapping_mul(r),
-            own: self.own.into_iter().map(|x| x.times(r)).collect(),
-            sum: self.sum.into_iter().map(|x| x.times(r)).collect(),
-        }
-    }
+/// What a node's refined embedding is made from at one hop: its own embedding, and each neighbour's embedding of the
+/// hop before (with the neighbour's id, so that values stay distinct and order by it). The embeddings are shared
+/// ([`Fixed`]): a value costs a pointer in the records and arrangements that hold it, and a node holds one per
+/// neighbour.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+enum HopInput {
+    Own(Fixed),
+    Neighbour(u64, Fixed),
 }
 
 /// What a node's label scores are computed from at one hop, each with a difference that differential sums in place
@@ -148,25 +73,35 @@ pub fn refine<'scope>(
     let nodes = nodes.arrange_by_key();
     let edges_by_dst = edges.clone().map(|(src, dst, _)| (dst, src)).arrange_by_key();
 
-    // Embedding propagation: each hop sums the neighbours' previous embeddings into the node's `Mix`, then mixes.
-    let own = nodes
-        .clone()
-        .as_collection(|node, h| (*node, h.clone()))
-        .explode(|(node, h)| Some(((node, ()), Mix { n: 0, own: h, sum: Vec::new() })));
+    // Embedding propagation: each hop takes the node's own embedding and its neighbours' of the hop before, and mixes.
+    let own = nodes.clone().as_collection(|node, h| (*node, HopInput::Own(h.clone())));
     let alpha = params.alpha;
     let mut embeddings = nodes.clone();
     for _ in 0..params.hops {
-        let neighbours = edges_by_dst.clone().join_core(embeddings, |_dst, src, h| Some((*src, h.clone()))).explode(
-            |(src, h): (u64, Fixed)| {
-                Some(((src, ()), Mix { n: 1, own: Vec::new(), sum: h.into_iter().map(i32::from).collect() }))
-            },
-        );
+        let neighbours = edges_by_dst
+            .clone()
+            .join_core(embeddings, |dst, src, h| Some((*src, HopInput::Neighbour(*dst, h.clone()))));
         embeddings = own
             .clone()
             .concat(neighbours)
-            .reduce(move |_node, input: &[(&(), Mix)], out: &mut Vec<(Fixed, isize)>| {
-                let mix = &input[0].1;
-                out.push((combine(&mix.own, i64::from(mix.n), &mix.sum, alpha), 1));
+            .reduce(move |_node, input: &[(&HopInput, isize)], out: &mut Vec<(Fixed, isize)>| {
+                let (mut own, mut n, mut sum) = (None, 0i64, Vec::<i32>::new());
+                for (value, diff) in input {
+                    match value {
+                        HopInput::Own(h) => own = Some(h),
+                        HopInput::Neighbour(_, h) => {
+                            n += *diff as i64;
+                            sum.resize(sum.len().max(h.len()), 0);
+                            for (s, x) in sum.iter_mut().zip(h.iter()) {
+                                *s = s.wrapping_add(i32::from(*x).wrapping_mul(*diff as i32));
+                            }
+                        }
+                    }
+                }
+                // A node is refined from its own embedding: edges of a node not (or no longer) fed make nothing.
+                if let Some(own) = own {
+                    out.push((combine(own, n, &sum, alpha), 1));
+                }
             })
             .arrange_by_key();
     }

@@ -231,7 +231,7 @@ mod tests {
 
     fn changes(node: u64, diff: isize) -> flow::Changes {
         flow::Changes {
-            embeddings: vec![((node, vec![16_384, 0]), diff)],
+            embeddings: vec![((node, [16_384i16, 0].into_iter().collect()), diff)],
             labels: vec![((node, ("owl".to_owned(), rules::SCORE_ONE / 2)), diff)],
             clusters: vec![((node, 1), diff)],
         }
