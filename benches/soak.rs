@@ -19,7 +19,9 @@
 //! the peak resident memory (VmHWM) against `memory_budget_mb`; the slope of resident memory less the index's own
 //! (which its budget bounds) per 100 000 segments, once the refinement holds its horizon and the index has sealed a
 //! shard (or, when it never does, over the second half); windows/s over the last simulated hour against the first;
-//! the searches' p99 against `api.sla_p99_ms`.
+//! the searches' p99 against `api.sla_p99_ms`; and where the workers' time per window went in the first simulated
+//! hour and the last (each stage's `chorus_stage_seconds`, and their busy time outside the stages), with the model's
+//! mean batch.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -111,6 +113,15 @@ impl Network {
     }
 }
 
+/// The job's stages with a timer (`chorus_stage_seconds`).
+const STAGES: [&str; 5] = ["decode", "segment", "embed", "index", "archive"];
+
+/// Counters read at every look besides the stages' seconds: the workers' busy seconds, and the model's batches
+/// (windows, and calls).
+const BUSY: usize = STAGES.len();
+const BATCHED: usize = STAGES.len() + 1;
+const BATCHES: usize = STAGES.len() + 2;
+
 /// One look at the job.
 #[derive(Clone, Copy, Default)]
 struct Sample {
@@ -121,6 +132,38 @@ struct Sample {
     index_points: f64,
     index_mib: f64,
     refine_nodes: f64,
+    /// Seconds each of [`STAGES`] took so far, then [`BUSY`], [`BATCHED`] and [`BATCHES`], summed over the workers.
+    counters: [f64; STAGES.len() + 3],
+}
+
+impl Sample {
+    /// The counters at `segments`, linear between the samples on either side.
+    fn counters_at(samples: &[Sample], segments: f64) -> Vec<f64> {
+        let after = samples.partition_point(|s| s.segments < segments).min(samples.len() - 1);
+        let Some(before) = after.checked_sub(1) else { return samples[after].counters.to_vec() };
+        let (a, b) = (&samples[before], &samples[after]);
+        let share = if b.segments > a.segments { (segments - a.segments) / (b.segments - a.segments) } else { 1.0 };
+        a.counters.iter().zip(b.counters).map(|(x, y)| x + (y - x) * share.clamp(0.0, 1.0)).collect()
+    }
+}
+
+/// Milliseconds per window each stage took between `from` and `to` segments, then the workers' busy time outside
+/// the stages (the refinement's dataflow, the index's maintenance, the workers' scheduling) and in all; and the
+/// model's mean batch.
+fn breakdown(samples: &[Sample], from: f64, to: f64) -> String {
+    let (a, b) = (Sample::counters_at(samples, from), Sample::counters_at(samples, to));
+    let delta: Vec<f64> = a.iter().zip(&b).map(|(x, y)| y - x).collect();
+    let per_window = |seconds: f64| seconds * 1e3 / (to - from).max(1.0);
+    let stages = &delta[..STAGES.len()];
+    let outside = per_window(delta[BUSY] - stages.iter().sum::<f64>());
+    let named: Vec<String> =
+        STAGES.iter().zip(stages).map(|(name, seconds)| format!("{name} {:.2}", per_window(*seconds))).collect();
+    format!(
+        "{}, outside the stages {outside:.2}, busy {:.2}; model batches of {:.2} windows",
+        named.join(", "),
+        per_window(delta[BUSY]),
+        delta[BATCHED] / delta[BATCHES].max(1.0)
+    )
 }
 
 /// The sum of a metric's series in Prometheus text, with the labels `filter` holds.
@@ -330,6 +373,16 @@ fn soak(profile: &str, network: Network, ahead: usize, qps: f64, refine: bool) -
             index_points: metric_sum(&text, "chorus_index_points", ""),
             index_mib: metric_sum(&text, "chorus_index_bytes", "") / f64::from(1 << 20),
             refine_nodes: metric_sum(&text, "chorus_refine_graph_nodes", ""),
+            counters: {
+                let mut counters = [0.0; STAGES.len() + 3];
+                for (counter, stage) in counters.iter_mut().zip(STAGES) {
+                    *counter = metric_sum(&text, "chorus_stage_seconds_sum", &format!("stage=\"{stage}\""));
+                }
+                counters[BUSY] = metric_sum(&text, "chorus_worker_busy_seconds_total", "");
+                counters[BATCHED] = metric_sum(&text, "chorus_embed_batch_size_sum", "");
+                counters[BATCHES] = metric_sum(&text, "chorus_embed_batch_size_count", "");
+                counters
+            },
         };
         indexed.store(sample.segments as usize, Ordering::Relaxed);
         samples.push(sample);
@@ -387,6 +440,13 @@ fn soak(profile: &str, network: Network, ahead: usize, qps: f64, refine: bool) -
     let rate_of = |h: f64| hour / (time_at(&samples, (h + 1.0) * hour) - time_at(&samples, h * hour)).max(1e-3);
     let (first_hour, last_hour) = (rate_of(0.0), rate_of(hours - 1.0));
     let (p99, searches) = searcher.p99_since(samples[from].at);
+    // Where the time per window went, in the first simulated hour and the last.
+    for (name, h) in [("first", 0.0), ("last", hours - 1.0)] {
+        println!(
+            "{profile}: ms per window, {name} simulated hour: {}",
+            breakdown(&samples, h * hour, (h + 1.0) * hour)
+        );
+    }
     println!(
         "{profile}: peak RSS {peak_mib:.0} MiB of {budget_mib:.0}; RSS slope {slope_mib:+.2} MiB per 100 000 segments \
          less the index's memory ({slope_over}); windows/s first simulated hour {first_hour:.1}, last {last_hour:.1} ({:.0} %); search p99 \

@@ -10,6 +10,10 @@ use super::timeline::{Pushed, Timeline};
 use super::windows::WindowSpec;
 use crate::record::{AudioChunk, Origin, PartitionProgress, Priority, nanos_to_samples};
 
+/// Sensors moved to the store in one durable batch: their files share the disk's syncs, and what a batch holds in
+/// memory while it is written stays small (a quiet sensor holds at most a window's audio).
+const PARK_BATCH: usize = 64;
+
 /// A sensor: its timeline (none until its first chunk is placed) and the chunks held back, in `captured_at` order.
 #[derive(Default, Serialize, Deserialize)]
 pub(super) struct Sensor {
@@ -298,16 +302,18 @@ impl Segmenter {
         let mut idle: Vec<(u64, (String, String))> =
             self.sensors.iter().filter(|(_, s)| s.held.is_empty()).map(|(key, s)| (s.last_seen, key.clone())).collect();
         idle.sort_unstable();
-        let mut moved = 0;
-        for (_, key) in idle {
-            if self.sensor_bytes <= target {
-                break;
-            }
-            if self.park(&key) {
-                moved += 1;
-            }
-        }
-        moved
+        // The least recently heard, until what they take brings the sensors down to the target, go together.
+        let mut over = self.sensor_bytes.saturating_sub(target);
+        let chosen: Vec<(String, String)> = idle
+            .into_iter()
+            .map(|(_, key)| key)
+            .take_while(|key| {
+                let take = over > 0;
+                over = over.saturating_sub(self.sensors.get(key).map_or(0, |s| s.bytes(key)));
+                take
+            })
+            .collect();
+        self.park_many(&chosen)
     }
 
     /// Whether it keeps sensor state in a store.
@@ -485,52 +491,72 @@ impl Segmenter {
             .filter(|(_, s)| s.held.is_empty() && s.last_seen.saturating_add(after) <= now)
             .map(|(key, _)| key.clone())
             .collect();
-        quiet.into_iter().filter(|key| self.park(key)).count()
+        self.park_many(&quiet)
     }
 
     /// Moves every sensor to the store (the input has ended: nothing is held back any more); returns how many moved.
     pub fn park_all(&mut self) -> usize {
         let all: Vec<(String, String)> = self.sensors.keys().cloned().collect();
-        all.into_iter().filter(|key| self.park(key)).count()
+        self.park_many(&all)
     }
 
     fn park(&mut self, key: &(String, String)) -> bool {
-        let Some(store) = self.store.as_mut() else { return false };
-        let Some(mut sensor) = self.sensors.remove(key) else { return false };
-        let bytes = sensor.bytes(key);
-        if let Some(timeline) = sensor.timeline.as_mut() {
-            timeline.flush_resampler();
-        }
-        match store.save(&key.0, &key.1, &sensor) {
-            Ok(()) => {
-                self.obsolete.retain(|(_, k)| k != key);
-                self.holding.remove(key);
-                self.held_bytes -= sensor.held_cost(&self.spec);
-                self.sensor_bytes -= bytes;
-                self.revision += 1;
-                true
+        self.park_many(std::slice::from_ref(key)) == 1
+    }
+
+    /// Moves `keys` to the store, [`PARK_BATCH`] sensors to a durable batch; returns how many moved. A sensor whose
+    /// state cannot be stored stays in memory.
+    fn park_many(&mut self, keys: &[(String, String)]) -> usize {
+        let mut moved = 0;
+        for batch in keys.chunks(PARK_BATCH) {
+            let Some(store) = self.store.as_mut() else { return moved };
+            let mut leaving: Vec<((String, String), Sensor, usize)> = batch
+                .iter()
+                .filter_map(|key| {
+                    let mut sensor = self.sensors.remove(key)?;
+                    let bytes = sensor.bytes(key);
+                    if let Some(timeline) = sensor.timeline.as_mut() {
+                        timeline.flush_resampler();
+                    }
+                    Some((key.clone(), sensor, bytes))
+                })
+                .collect();
+            let states: Vec<(&str, &str, &Sensor)> =
+                leaving.iter().map(|(key, sensor, _)| (key.0.as_str(), key.1.as_str(), sensor)).collect();
+            let saved = store.save_many(&states);
+            for ((key, sensor, bytes), saved) in leaving.drain(..).zip(saved) {
+                match saved {
+                    Ok(()) => {
+                        self.obsolete.retain(|(_, k)| *k != key);
+                        self.holding.remove(&key);
+                        self.held_bytes -= sensor.held_cost(&self.spec);
+                        self.sensor_bytes -= bytes;
+                        self.revision += 1;
+                        moved += 1;
+                    }
+                    Err(error) => {
+                        tracing::error!(space = key.0, sensor = key.1, %error, "A sensor's audio cannot be stored; it stays in memory and its chunks uncommitted.");
+                        self.sensor_bytes = self.sensor_bytes + sensor.bytes(&key) - bytes;
+                        self.sensors.insert(key, sensor);
+                    }
+                }
             }
-            Err(error) => {
-                tracing::error!(space = key.0, sensor = key.1, %error, "A sensor's audio cannot be stored; it stays in memory and its chunks uncommitted.");
-                self.sensor_bytes = self.sensor_bytes + sensor.bytes(key) - bytes;
-                self.sensors.insert(key.clone(), sensor);
-                false
-            }
         }
+        moved
     }
 
     /// Removes the files of sensors whose stored audio was used up at a time that `unsettled` says is durable now.
     pub fn remove_obsolete(&mut self, unsettled: impl Fn(&u64) -> bool) {
         let Some(store) = self.store.as_mut() else { return };
-        self.obsolete.retain(|(time, key)| {
-            if unsettled(time) {
-                return true;
+        let (settled, unsettled): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.obsolete).into_iter().partition(|(time, _)| !unsettled(time));
+        self.obsolete = unsettled;
+        let keys: Vec<(&str, &str)> = settled.iter().map(|(_, key)| (key.0.as_str(), key.1.as_str())).collect();
+        for ((space, sensor), removed) in keys.iter().zip(store.remove_many(&keys)) {
+            if let Err(error) = removed {
+                tracing::warn!(space, sensor, %error, "A used-up sensor file cannot be removed.");
             }
-            if let Err(error) = store.remove(&key.0, &key.1) {
-                tracing::warn!(space = key.0, sensor = key.1, %error, "A used-up sensor file cannot be removed.");
-            }
-            false
-        });
+        }
     }
 
     /// The oldest chunk still needed per partition of the audio topic: where a restart must resume to lose nothing.

@@ -1,7 +1,8 @@
 //! Sensor state on disk: one file per sensor under `state_dir/sensors/`, holding the audio it sent that no window has
 //! used up yet. A sensor gone quiet is moved there (so that it holds back neither its partition's commits nor
 //! memory), every sensor is moved there when the job stops cleanly, and a sensor's next chunk brings it back. Files
-//! are replaced whole and durably ([`crate::durable::replace`]); a job that dies leaves them as they were.
+//! are replaced whole and durably ([`crate::durable::replace_many`], sensors parked together in one batch); a job that
+//! dies leaves them as they were.
 
 use std::collections::HashSet;
 use std::fs;
@@ -100,12 +101,35 @@ impl Store {
 
     /// Writes a sensor's state, replacing its file whole.
     pub(super) fn save<State: Serialize>(&mut self, space: &str, sensor: &str, state: &State) -> io::Result<()> {
-        let key = Store::key(space, sensor);
-        let stored = Storing { version: VERSION, space, sensor, state };
-        let bytes = bincode::serialize(&stored).map_err(io::Error::other)?;
-        crate::durable::replace(&self.path(space, sensor), &bytes)?;
-        self.present.insert(key);
-        Ok(())
+        self.save_many(&[(space, sensor, state)]).pop().expect("one outcome per sensor")
+    }
+
+    /// Writes several sensors' states `(space, sensor, state)`, each replacing its file whole, in one durable batch
+    /// ([`crate::durable::replace_many`]); one outcome per sensor, in order.
+    pub(super) fn save_many<State: Serialize>(&mut self, sensors: &[(&str, &str, &State)]) -> Vec<io::Result<()>> {
+        let encoded: Vec<io::Result<(PathBuf, Vec<u8>)>> = sensors
+            .iter()
+            .map(|(space, sensor, state)| {
+                let stored = Storing { version: VERSION, space, sensor, state: *state };
+                let bytes = bincode::serialize(&stored).map_err(io::Error::other)?;
+                Ok((self.path(space, sensor), bytes))
+            })
+            .collect();
+        let files: Vec<(&Path, &[u8])> =
+            encoded.iter().flatten().map(|(path, bytes)| (path.as_path(), bytes.as_slice())).collect();
+        let mut replaced = crate::durable::replace_many(&files).into_iter();
+        encoded
+            .iter()
+            .zip(sensors)
+            .map(|(encoded, (space, sensor, _))| {
+                let Err(error) = encoded else {
+                    replaced.next().expect("one outcome per file")?;
+                    self.present.insert(Store::key(space, sensor));
+                    return Ok(());
+                };
+                Err(io::Error::new(error.kind(), error.to_string()))
+            })
+            .collect()
     }
 
     /// A sensor's stored state, if it has one; the file stays until [`Store::remove`].
@@ -141,15 +165,28 @@ impl Store {
         Ok(Some(stored.state))
     }
 
-    /// Removes a sensor's file (once what it held is durable elsewhere).
-    pub(super) fn remove(&mut self, space: &str, sensor: &str) -> io::Result<()> {
-        let (key, path) = (Store::key(space, sensor), self.path(space, sensor));
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+    /// Removes the files of `sensors` `(space, sensor)` (once what they held is durable elsewhere), syncing the
+    /// directory once for them all; one outcome per sensor, in order.
+    pub(super) fn remove_many(&mut self, sensors: &[(&str, &str)]) -> Vec<io::Result<()>> {
+        let mut removed: Vec<io::Result<()>> = sensors
+            .iter()
+            .map(|(space, sensor)| {
+                match fs::remove_file(self.path(space, sensor)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+                self.present.remove(&Store::key(space, sensor));
+                Ok(())
+            })
+            .collect();
+        if removed.iter().any(Result::is_ok)
+            && let Err(error) = crate::durable::sync_dir(&self.dir)
+        {
+            for outcome in removed.iter_mut().filter(|o| o.is_ok()) {
+                *outcome = Err(io::Error::new(error.kind(), error.to_string()));
+            }
         }
-        self.present.remove(&key);
-        crate::durable::sync_parent(&path)
+        removed
     }
 }
