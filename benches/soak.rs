@@ -207,8 +207,10 @@ impl Searcher {
             let mut rng = Rng(0x50a4);
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_secs_f64(1.0 / qps));
-                // A segment well inside what is indexed: bouts are indexed roughly in the order they were produced.
-                let known = indexed.load(Ordering::Relaxed) * 9 / 10;
+                // A segment well inside what is indexed: bouts are indexed roughly in the order they were produced,
+                // a tenth of them or one bout a sensor (whichever is more) behind.
+                let indexed = indexed.load(Ordering::Relaxed);
+                let known = indexed.saturating_sub((indexed / 10).max(network.sensors));
                 if known == 0 {
                     continue;
                 }

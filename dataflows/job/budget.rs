@@ -15,8 +15,9 @@ use crate::config::Config;
 const MEMORY_PER_ARCHIVED_AUDIO_BYTE: usize = 4;
 
 /// Memory the refinement holds per segment of its horizon at 1536 dimensions with the default `[refine]` (measured
-/// by `refine::flow::tests::r15_bytes_per_segment`: 46 KB), rounded up; it scales with the dimension.
-const REFINE_BYTES_PER_SEGMENT_AT_1536: usize = 47 << 10;
+/// by `cargo bench --bench refine -- --skip-quality --skip-audio --skip-latency --skip-search --skip-sliding`:
+/// 23 KB), rounded up; it scales with the dimension.
+const REFINE_BYTES_PER_SEGMENT_AT_1536: usize = 24 << 10;
 
 /// The least read-ahead a worker needs to keep the model busy, whatever its batches.
 const MIN_READ_AHEAD: usize = 8 << 20;
@@ -222,8 +223,8 @@ mod tests {
         let mut config = config(1_024, Some(64), true, true);
         config.refine.horizon_segments = 2_000;
         let budget = split(&config, 2, 300 << 20).unwrap();
-        // The refinement's horizon at 47 KiB a segment (the stand-in model is 1536-D).
-        let refine = 2_000 * (47 << 10);
+        // The refinement's horizon at 24 KiB a segment (the stand-in model is 1536-D).
+        let refine = 2_000 * (24 << 10);
         let rest = (724 << 20) - (128 << 20) - refine;
         assert_eq!((budget.index, budget.refine, budget.writers), (128 << 20, refine, rest / 4));
         assert_eq!((budget.sensors, budget.headroom), (rest / 8 / 2, rest / 4));
@@ -244,16 +245,16 @@ mod tests {
         config.embed.max_batch = 64;
         let error = split(&config, 2, 584 << 20).unwrap_err().to_string();
         assert!(
-            error.contains("needs 40 MiB to fill a batch of embed.max_batch = 64 windows, and gets 3 MiB"),
+            error.contains("needs 40 MiB to fill a batch of embed.max_batch = 64 windows, and gets 24 MiB"),
             "{error}"
         );
         assert!(error.contains("the model and runtime use 584 MiB"), "{error}");
-        // With the room, accepted: 56 MiB each.
-        assert_eq!(split(&config, 2, 300 << 20).unwrap().read_ahead >> 20, 56);
-        // 37 MiB each holds a batch of 4 windows (8 MiB at least), not one of 64.
-        assert!(split(&config, 2, 400 << 20).is_err());
+        // With the room, accepted: 77 MiB each.
+        assert_eq!(split(&config, 2, 300 << 20).unwrap().read_ahead >> 20, 77);
+        // 36 MiB each holds a batch of 4 windows (8 MiB at least), not one of 64.
+        assert!(split(&config, 2, 520 << 20).is_err());
         config.embed.max_batch = 4;
-        assert_eq!(split(&config, 2, 400 << 20).unwrap().read_ahead >> 20, 37);
+        assert_eq!(split(&config, 2, 520 << 20).unwrap().read_ahead >> 20, 36);
     }
 
     #[test]
