@@ -15,3 +15,10 @@ pub fn arg<T: std::str::FromStr>(name: &str, default: T) -> T {
 pub fn flag(name: &str) -> bool {
     std::env::args().any(|a| a == name)
 }
+
+/// Every value given after `name` (the option may be repeated).
+#[allow(dead_code)]
+pub fn all(name: &str) -> Vec<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2).filter(|pair| pair[0] == name).map(|pair| pair[1].clone()).collect()
+}

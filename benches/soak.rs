@@ -3,6 +3,7 @@
 //!
 //!     cargo bench --bench soak -- [--profiles balanced,memory-constrained] [--sensors 1000] [--hours 24]
 //!                                  [--every-minutes 20] [--ahead 1500] [--qps 5] [--no-refine]
+//!                                  [--set KEY=VALUE]...
 //!
 //! Each sensor records a 5.99 s bout every `--every-minutes` simulated minutes (staggered over the sensors, on the
 //! 5 s window grid: one window per bout, its last second too short to make another), as 1 kHz 8-bit mono —
@@ -11,14 +12,15 @@
 //! tremolo) over noise. A producer thread keeps `--ahead` bouts ahead of what the job has indexed, so the job runs at
 //! its own pace all along (the simulated day passes as fast as the job can take it), and the broker holds the whole
 //! day's audio by the end. A search thread asks `POST /v1/search` for the neighbours of a segment indexed earlier,
-//! `--qps` times a second.
+//! `--qps` times a second (0: none). `--set` overrides a setting of every profile's config for the run, the value
+//! in TOML (`--set memory_budget_mb=2048 --set index.shard_max_points=4000`).
 //!
 //! Every wall minute it prints the job's resident memory (VmRSS), the segments indexed, the segments the index holds
 //! and its memory, the segments the refinement holds and the records it has published, windows/s over the minute,
 //! the searches' p99, and the cores the job and the broker kept busy over the minute. At the end:
 //! the peak resident memory (VmHWM) against `memory_budget_mb`; the slope of resident memory less the index's own
 //! (which its budget bounds) per 100 000 segments, once the refinement holds its horizon and the index has sealed a
-//! shard (or, when it never does, over the second half); windows/s over the last simulated hour against the first;
+//! shard (or, when it never does, over the second half); windows/s in every simulated hour, and over the last against the first;
 //! the searches' p99 against `api.sla_p99_ms`; and where the workers' time per window went in the first simulated
 //! hour and the last (each stage's `chorus_stage_seconds`, and their busy time outside the stages), with the model's
 //! mean batch.
@@ -205,7 +207,7 @@ impl Searcher {
         let (into, failed, stop) = (latencies.clone(), failures.clone(), done.clone());
         let thread = std::thread::spawn(move || {
             let mut rng = Rng(0x50a4);
-            while !stop.load(Ordering::Relaxed) {
+            while qps > 0.0 && !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_secs_f64(1.0 / qps));
                 // A segment well inside what is indexed: bouts are indexed roughly in the order they were produced,
                 // a tenth of them or one bout a sensor (whichever is more) behind.
@@ -284,7 +286,7 @@ struct Outcome {
     wall_minutes: f64,
 }
 
-fn soak(profile: &str, network: Network, ahead: usize, qps: f64, refine: bool) -> Outcome {
+fn soak(profile: &str, network: Network, ahead: usize, qps: f64, refine: bool, sets: &[(String, toml::Value)]) -> Outcome {
     let broker = support::PrivateBroker::start();
     let port = support::free_port();
     let mut overrides: Vec<(&str, toml::Value)> =
@@ -293,6 +295,7 @@ fn soak(profile: &str, network: Network, ahead: usize, qps: f64, refine: bool) -
         // The profile ships without the refinement: with it, a horizon whose state fits its 512 MiB.
         overrides.push(("refine.horizon_segments", 2_000.into()));
     }
+    overrides.extend(sets.iter().map(|(key, value)| (key.as_str(), value.clone())));
     let scenario = Scenario::from_profile(&format!("{profile}.toml"), &broker.address(), "soak", &overrides);
     let config = Config::load(&scenario.config).unwrap();
     let budget_mib = (config.memory_budget >> 20) as f64;
@@ -441,6 +444,8 @@ fn soak(profile: &str, network: Network, ahead: usize, qps: f64, refine: bool) -
     let hours = (network.bouts as f64 / hour).floor();
     let rate_of = |h: f64| hour / (time_at(&samples, (h + 1.0) * hour) - time_at(&samples, h * hour)).max(1e-3);
     let (first_hour, last_hour) = (rate_of(0.0), rate_of(hours - 1.0));
+    let every_hour: Vec<String> = (0..hours as usize).map(|h| format!("{:.0}", rate_of(h as f64))).collect();
+    println!("{profile}: windows/s per simulated hour: {}", every_hour.join(" "));
     let (p99, searches) = searcher.p99_since(samples[from].at);
     // Where the time per window went, in the first simulated hour and the last.
     for (name, h) in [("first", 0.0), ("last", hours - 1.0)] {
@@ -482,6 +487,15 @@ fn main() {
     let profiles: String = arg("--profiles", "balanced,memory-constrained".to_owned());
     // For comparison: what the refinement costs over a run.
     let refine = !args::flag("--no-refine");
+    let sets: Vec<(String, toml::Value)> = args::all("--set")
+        .iter()
+        .map(|set| {
+            let (key, value) = set.split_once('=').unwrap_or_else(|| panic!("--set takes KEY=VALUE, not {set}"));
+            let parsed: toml::Table = toml::from_str(&format!("v = {value}"))
+                .unwrap_or_else(|e| panic!("--set {set}: the value is not TOML: {e}"));
+            (key.to_owned(), parsed["v"].clone())
+        })
+        .collect();
     tracing_subscriber::fmt().with_env_filter("warn,hnsw_rs=error").with_writer(std::io::stderr).init();
     let network = Network::new(sensors, hours, every);
     println!(
@@ -490,7 +504,7 @@ fn main() {
         network.bouts,
         if refine { "on" } else { "off" }
     );
-    let outcomes: Vec<Outcome> = profiles.split(',').map(|p| soak(p.trim(), network, ahead, qps, refine)).collect();
+    let outcomes: Vec<Outcome> = profiles.split(',').map(|p| soak(p.trim(), network, ahead, qps, refine, &sets)).collect();
     println!(
         "\n{:<20} {:>11} {:>16} {:>22} {:>22} {:>16} {:>10}",
         "profile", "peak RSS", "RSS slope", "windows/s first→last h", "search p99 (SLA)", "wall minutes", "searches"
@@ -514,6 +528,8 @@ fn main() {
     }
     println!(
         "reproduce: cargo bench --bench soak -- --profiles {profiles} --sensors {sensors} --hours {hours} \
-         --every-minutes {every} --ahead {ahead} --qps {qps}"
+         --every-minutes {every} --ahead {ahead} --qps {qps}{}{}",
+        if refine { "" } else { " --no-refine" },
+        args::all("--set").iter().map(|set| format!(" --set {set}")).collect::<String>()
     );
 }
