@@ -10,8 +10,8 @@
 //! low-rate audio keeps the bundled broker from being the bottleneck, and costs chorus the most memory per payload
 //! byte (it is resampled to the model's 32 kHz). Each bout is one of twenty call types (a tone of its own pitch and
 //! tremolo) over noise. A producer thread keeps `--ahead` bouts ahead of what the job has indexed, so the job runs at
-//! its own pace all along (the simulated day passes as fast as the job can take it), and the broker holds the whole
-//! day's audio by the end. A search thread asks `POST /v1/search` for the neighbours of a segment indexed earlier,
+//! its own pace all along (the simulated day passes as fast as the job can take it) — to the end of the day, when
+//! the next day's first bouts are already waiting — and the broker holds the whole day's audio by the end. A search thread asks `POST /v1/search` for the neighbours of a segment indexed earlier,
 //! `--qps` times a second (0: none). `--set` overrides a setting of every profile's config for the run, the value
 //! in TOML (`--set memory_budget_mb=2048 --set index.shard_max_points=4000`).
 //!
@@ -20,10 +20,10 @@
 //! the searches' p99, and the cores the job and the broker kept busy over the minute. At the end:
 //! the peak resident memory (VmHWM) against `memory_budget_mb`; the slope of resident memory less the index's own
 //! (which its budget bounds) per 100 000 segments, once the refinement holds its horizon and the index has sealed a
-//! shard (or, when it never does, over the second half); windows/s in every simulated hour, and over the last against the first;
-//! the searches' p99 against `api.sla_p99_ms`; and where the workers' time per window went in the first simulated
-//! hour and the last (each stage's `chorus_stage_seconds`, and their busy time outside the stages), with the model's
-//! mean batch.
+//! shard (or, when it never does, over the second half); windows/s in every simulated hour, and over the last
+//! against the first; the searches' p99 against `api.sla_p99_ms`; and where the workers' time per window went in the
+//! first simulated hour and the last (each stage's `chorus_stage_seconds`, and their busy time outside the stages),
+//! with the model's mean batch.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -315,13 +315,15 @@ fn soak(profile: &str, network: Network, ahead: usize, qps: f64, refine: bool, s
         let (scenario, indexed, produced, stop) =
             (scenario.clone(), indexed.clone(), produced.clone(), stop_feeding.clone());
         std::thread::spawn(move || {
-            let mut next = 0;
-            while next < network.bouts && !stop.load(Ordering::Relaxed) {
+            // Past the measured day too (the next round's bouts), so that its last hour is not the input's drain:
+            // a network does not stop recording when the measurement does.
+            let (mut next, last) = (0, network.bouts + ahead);
+            while next < last && !stop.load(Ordering::Relaxed) {
                 if next >= indexed.load(Ordering::Relaxed) + ahead {
                     std::thread::sleep(Duration::from_millis(50));
                     continue;
                 }
-                let end = (next + 250).min(network.bouts);
+                let end = (next + 250).min(last);
                 scenario.produce_raw(&(next..end).map(|n| network.message(n)).collect::<Vec<_>>());
                 next = end;
                 produced.store(next, Ordering::Relaxed);
@@ -440,6 +442,13 @@ fn soak(profile: &str, network: Network, ahead: usize, qps: f64, refine: bool, s
     };
     let points: Vec<(f64, f64)> = samples[from..].iter().map(|s| (s.segments, s.rss_mib - s.index_mib)).collect();
     let slope_mib = slope(&points) * 100_000.0;
+    // Resident memory swings by a hundred MiB between samples (memory freed and not yet returned, audio stretches
+    // starting and ending): the slope of its floor — the least of each eighth of the run after warm-up — is steadier.
+    let floors: Vec<(f64, f64)> = points
+        .chunks(points.len().div_ceil(8).max(1))
+        .filter_map(|bucket| bucket.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1)))
+        .collect();
+    let floor_slope_mib = if floors.len() >= 3 { slope(&floors) * 100_000.0 } else { f64::NAN };
     let hour = network.per_hour() as f64;
     let hours = (network.bouts as f64 / hour).floor();
     let rate_of = |h: f64| hour / (time_at(&samples, (h + 1.0) * hour) - time_at(&samples, h * hour)).max(1e-3);
@@ -456,7 +465,7 @@ fn soak(profile: &str, network: Network, ahead: usize, qps: f64, refine: bool, s
     }
     println!(
         "{profile}: peak RSS {peak_mib:.0} MiB of {budget_mib:.0}; RSS slope {slope_mib:+.2} MiB per 100 000 segments \
-         less the index's memory ({slope_over}); windows/s first simulated hour {first_hour:.1}, last {last_hour:.1} ({:.0} %); search p99 \
+         less the index's memory ({slope_over}), of its floor {floor_slope_mib:+.2}; windows/s first simulated hour {first_hour:.1}, last {last_hour:.1} ({:.0} %); search p99 \
          {p99:.1} ms over {searches} searches after warm-up (api.sla_p99_ms {}); {} failed searches{}",
         100.0 * last_hour / first_hour,
         config.api.sla_p99_ms,

@@ -426,7 +426,7 @@ mod tests {
         assert_eq!((da.block_in, da.block_out), (256, 8_192));
         // A 1 kHz stream holds 32 KiB of overlap (and no input yet).
         assert_eq!(a.bytes(), 8_192 * 4 + STREAM_FIXED_BYTES);
-        let (Filter::Fft { design, .. }) = &StreamResampler::new(48_000, 32_000).unwrap().filter else { panic!() };
+        let Filter::Fft { design, .. } = &StreamResampler::new(48_000, 32_000).unwrap().filter else { panic!() };
         assert_eq!((design.block_in, design.block_out), (960, 640));
     }
 
