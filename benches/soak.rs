@@ -11,8 +11,8 @@
 //! byte (it is resampled to the model's 32 kHz). Each bout is one of twenty call types (a tone of its own pitch and
 //! tremolo) over noise. A producer thread keeps `--ahead` bouts ahead of what the job has indexed, so the job runs at
 //! its own pace all along (the simulated day passes as fast as the job can take it) — to the end of the day, when
-//! the next day's first bouts are already waiting — and the broker holds the whole day's audio by the end. A search thread asks `POST /v1/search` for the neighbours of a segment indexed earlier,
-//! `--qps` times a second (0: none). `--set` overrides a setting of every profile's config for the run, the value
+//! the next day's first bouts are already waiting — and the broker holds the whole day's audio by the end. A search
+//! thread asks `POST /v1/search` for the neighbours of a segment indexed earlier, `--qps` times a second (0: none). `--set` overrides a setting of every profile's config for the run, the value
 //! in TOML (`--set memory_budget_mb=2048 --set index.shard_max_points=4000`).
 //!
 //! Every wall minute it prints the job's resident memory (VmRSS), the segments indexed, the segments the index holds
@@ -286,7 +286,14 @@ struct Outcome {
     wall_minutes: f64,
 }
 
-fn soak(profile: &str, network: Network, ahead: usize, qps: f64, refine: bool, sets: &[(String, toml::Value)]) -> Outcome {
+fn soak(
+    profile: &str,
+    network: Network,
+    ahead: usize,
+    qps: f64,
+    refine: bool,
+    sets: &[(String, toml::Value)],
+) -> Outcome {
     let broker = support::PrivateBroker::start();
     let port = support::free_port();
     let mut overrides: Vec<(&str, toml::Value)> =
@@ -465,8 +472,8 @@ fn soak(profile: &str, network: Network, ahead: usize, qps: f64, refine: bool, s
     }
     println!(
         "{profile}: peak RSS {peak_mib:.0} MiB of {budget_mib:.0}; RSS slope {slope_mib:+.2} MiB per 100 000 segments \
-         less the index's memory ({slope_over}), of its floor {floor_slope_mib:+.2}; windows/s first simulated hour {first_hour:.1}, last {last_hour:.1} ({:.0} %); search p99 \
-         {p99:.1} ms over {searches} searches after warm-up (api.sla_p99_ms {}); {} failed searches{}",
+         less the index's memory ({slope_over}), of its floor {floor_slope_mib:+.2}; windows/s first simulated \
+         hour {first_hour:.1}, last {last_hour:.1} ({:.0} %); search p99 {p99:.1} ms over {searches} searches after warm-up (api.sla_p99_ms {}); {} failed searches{}",
         100.0 * last_hour / first_hour,
         config.api.sla_p99_ms,
         failures.len(),
@@ -513,7 +520,8 @@ fn main() {
         network.bouts,
         if refine { "on" } else { "off" }
     );
-    let outcomes: Vec<Outcome> = profiles.split(',').map(|p| soak(p.trim(), network, ahead, qps, refine, &sets)).collect();
+    let outcomes: Vec<Outcome> =
+        profiles.split(',').map(|p| soak(p.trim(), network, ahead, qps, refine, &sets)).collect();
     println!(
         "\n{:<20} {:>11} {:>16} {:>22} {:>22} {:>16} {:>10}",
         "profile", "peak RSS", "RSS slope", "windows/s first→last h", "search p99 (SLA)", "wall minutes", "searches"

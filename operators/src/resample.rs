@@ -17,7 +17,9 @@ use std::sync::Arc;
 use realfft::num_complex::Complex;
 use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
-use rubato::{Async, FixedAsync, Indexing, Resampler, SincInterpolationParameters, SincInterpolationType, WindowFunction};
+use rubato::{
+    Async, FixedAsync, Indexing, Resampler, SincInterpolationParameters, SincInterpolationType, WindowFunction,
+};
 
 use crate::Error;
 
@@ -253,9 +255,8 @@ impl StreamResampler {
             window: WindowFunction::BlackmanHarris2,
         };
         let ratio = f64::from(rate_out) / f64::from(rate_in);
-        let inner = Async::<f32>::new_sinc(ratio, 1.0, &parameters, BLOCK, 1, FixedAsync::Input).map_err(|e| {
-            Error::Resample(format!("cannot resample {rate_in} Hz to {rate_out} Hz: {e}"))
-        })?;
+        let inner = Async::<f32>::new_sinc(ratio, 1.0, &parameters, BLOCK, 1, FixedAsync::Input)
+            .map_err(|e| Error::Resample(format!("cannot resample {rate_in} Hz to {rate_out} Hz: {e}")))?;
         // Its table of 256 × 256 coefficients, a few blocks in and out, and what rubato and rustfft allocate besides.
         let bytes = 256 * 256 * 4 + 2 * (BLOCK + inner.output_frames_max()) * 4 + SINC_FIXED_BYTES;
         Ok((Box::new(inner), bytes))
