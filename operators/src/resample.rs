@@ -30,7 +30,8 @@ use crate::Error;
 const BLOCK: usize = 960;
 /// Largest output block of an FFT filter: an upsampling filter takes fewer input frames per block instead (1 → 32
 /// kHz: 256 frames, 8 192 out, a 256-tap filter — a quarter of a second at 1 kHz, still a sharp cut at 484 Hz), so a
-/// stream's overlap stays at 32 KiB.
+/// stream's overlap stays at 32 KiB — unless the filter would then be too short for its band (see [`Design::new`]:
+/// 1 → 768 kHz takes 64 frames, 49 152 out).
 const MAX_FFT_OUT: usize = 8_192;
 /// Largest reduced input rate (`rate_in / gcd(rate_in, rate_out)`) resampled by FFT; beyond it (odd rates such as
 /// 44 101 Hz, whose FFT would span the whole rate) a windowed-sinc interpolator takes over.
@@ -99,13 +100,18 @@ impl Design {
     fn new(rate_in: u32, rate_out: u32) -> Design {
         let g = gcd(rate_in, rate_out) as usize;
         let (reduced_in, reduced_out) = (rate_in as usize / g, rate_out as usize / g);
-        let blocks = BLOCK.div_ceil(reduced_in).min(MAX_FFT_OUT / reduced_out).max(1);
+        // The filter has `block_in` taps; its window's main lobe (4 / taps of the input rate either side) must be
+        // narrow beside the band kept, half the lower rate: at least a tenth of it, and 64 taps.
+        let band = f64::from(rate_in.min(rate_out)) / f64::from(rate_in) / 2.0;
+        let fewest_taps = ((4.0 / (0.1 * band)).ceil() as usize).max(64);
+        let blocks =
+            BLOCK.div_ceil(reduced_in).min(MAX_FFT_OUT / reduced_out).max(fewest_taps.div_ceil(reduced_in)).max(1);
         let (block_in, block_out) = (blocks * reduced_in, blocks * reduced_out);
-        // A windowed sinc of `block_in` taps, centred so that the delay is a whole number of output frames
-        // (`block_out / 2`), cut just below the lower rate's Nyquist frequency by the window's main lobe.
+        // A windowed sinc centred so that the delay is a whole number of output frames (`block_out / 2`), cut just
+        // below the lower rate's Nyquist frequency by the window's main lobe.
         let centre = (block_out / 2) as f64 * block_in as f64 / block_out as f64;
         let lobe = 4.0 / block_in as f64;
-        let cutoff = (f64::from(rate_in.min(rate_out)) / f64::from(rate_in) / 2.0 - lobe).max(lobe);
+        let cutoff = band - lobe;
         let mut taps: Vec<f64> = (0..block_in)
             .map(|n| {
                 let t = n as f64 - centre;
@@ -447,6 +453,36 @@ mod tests {
         let out = resample_in_chunks(&tone(48_000, 20_000.0, 1.0), 48_000, 4_800);
         let rms = (out[4_000..28_000].iter().map(|x| x * x).sum::<f32>() / 24_000.0).sqrt();
         assert!(rms < 1e-3, "a 20 kHz tone resampled to 32 kHz leaves {rms} RMS");
+        // The extremes of the rates chorus accepts keep a filter long enough for their band: 96 kHz to a 1 kHz model
+        // keeps a 200 Hz tone and removes a 10 kHz one; 1 kHz to 768 kHz keeps a 300 Hz tone.
+        let down = |hz: f32| {
+            let mut r = StreamResampler::new(96_000, 1_000).unwrap();
+            let mut out = Vec::new();
+            r.push(&tone(96_000, hz, 4.0), &mut out).unwrap();
+            r.finish(&mut out).unwrap();
+            out
+        };
+        let kept = down(200.0);
+        let worst = kept[1_000..3_000]
+            .iter()
+            .zip(&tone(1_000, 200.0, 4.0)[1_000..3_000])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 0.01, "96 kHz to 1 kHz, a 200 Hz tone: largest deviation {worst}");
+        let gone = down(10_000.0);
+        let rms = (gone[1_000..3_000].iter().map(|x| x * x).sum::<f32>() / 2_000.0).sqrt();
+        assert!(rms < 1e-3, "96 kHz to 1 kHz, a 10 kHz tone leaves {rms} RMS");
+        let mut up = StreamResampler::new(1_000, 768_000).unwrap();
+        let mut out = Vec::new();
+        up.push(&tone(1_000, 300.0, 2.0), &mut out).unwrap();
+        up.finish(&mut out).unwrap();
+        let reference = tone(768_000, 300.0, 2.0);
+        let worst = out[200_000..1_300_000]
+            .iter()
+            .zip(&reference[200_000..1_300_000])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 0.01, "1 kHz to 768 kHz, a 300 Hz tone: largest deviation {worst}");
     }
 
     /// The rates the child measures, from the parent below; the child runs alone in a process of its own.
