@@ -11,7 +11,6 @@
 //! interpolator, a filter per stream kept for reuse once its stretch ends ([`IDLE`]).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use realfft::num_complex::Complex;
@@ -31,20 +30,23 @@ const BLOCK: usize = 960;
 /// Largest output block of an FFT filter: an upsampling filter takes fewer input frames per block instead (1 → 32
 /// kHz: 256 frames, 8 192 out, a 256-tap filter — a quarter of a second at 1 kHz, still a sharp cut at 484 Hz), so a
 /// stream's overlap stays at 32 KiB — unless the filter would then be too short for its band (see [`Design::new`]:
-/// 1 → 768 kHz takes 64 frames, 49 152 out).
+/// 1 → 768 kHz takes 80 frames, 61 440 out).
 const MAX_FFT_OUT: usize = 8_192;
 /// Largest reduced input rate (`rate_in / gcd(rate_in, rate_out)`) resampled by FFT; beyond it (odd rates such as
 /// 44 101 Hz, whose FFT would span the whole rate) a windowed-sinc interpolator takes over.
 const MAX_FFT_RATIO_TERM: u32 = 4_800;
 /// Memory of the sinc filters a thread keeps for reuse once their stretch has ended (see [`IDLE`]).
 const IDLE_BYTES: usize = 8 << 20;
-/// FFT filter designs a thread keeps (each a few hundred KiB at most); the least recently made goes first.
-const MAX_DESIGNS: usize = 16;
+/// Memory of the FFT filter designs a thread keeps (tens of KiB for the common rates to 32 kHz, 1.5 MB at the extreme
+/// of 768 kHz to 1 kHz); beyond it, the least recently used goes (streams using it keep it alive).
+const DESIGN_BYTES: usize = 8 << 20;
 
 std::thread_local! {
-    /// FFT filter designs by rates, shared by the streams of this thread.
-    static DESIGNS: RefCell<HashMap<(u32, u32), Arc<Design>>> = RefCell::new(HashMap::new());
-    /// The transforms' working buffers, shared by every FFT filter of this thread (a block is filtered at once).
+    /// FFT filter designs by reduced rates (48 → 32 kHz and 96 → 64 kHz share one), least recently used first,
+    /// shared by the streams of this thread. At most [`DESIGN_BYTES`] of them.
+    static DESIGNS: RefCell<Vec<((usize, usize), Arc<Design>)>> = const { RefCell::new(Vec::new()) };
+    /// The transforms' working buffers, shared by every FFT filter of this thread (a block is filtered at once): as
+    /// large as the largest design used on the thread needs (tens of KiB for the common rates, 2 MB at most).
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
     /// Sinc filters whose stretch ended, reset, by rates, for the next stretch at the same rates: making one
     /// computes its table, which costs more than resampling a few seconds. At most [`IDLE_BYTES`] of them per thread.
@@ -81,29 +83,29 @@ struct Scratch {
 }
 
 impl Design {
-    /// The design from `rate_in` to `rate_out` Hz, made on this thread once.
+    /// The design from `rate_in` to `rate_out` Hz, made on this thread once while it is in use.
     fn shared(rate_in: u32, rate_out: u32) -> Arc<Design> {
+        let key = reduced(rate_in, rate_out);
         DESIGNS.with_borrow_mut(|designs| {
-            if let Some(design) = designs.get(&(rate_in, rate_out)) {
-                return design.clone();
+            if let Some(at) = designs.iter().position(|(k, _)| *k == key) {
+                let entry = designs.remove(at);
+                designs.push(entry);
+            } else {
+                designs.push((key, Arc::new(Design::new(key))));
+                while designs.len() > 1 && designs.iter().map(|(_, d)| d.bytes()).sum::<usize>() > DESIGN_BYTES {
+                    designs.remove(0);
+                }
             }
-            if designs.len() >= MAX_DESIGNS {
-                // Streams still using an evicted design keep it alive.
-                designs.clear();
-            }
-            let design = Arc::new(Design::new(rate_in, rate_out));
-            designs.insert((rate_in, rate_out), design.clone());
-            design
+            designs.last().expect("just placed").1.clone()
         })
     }
 
-    fn new(rate_in: u32, rate_out: u32) -> Design {
-        let g = gcd(rate_in, rate_out) as usize;
-        let (reduced_in, reduced_out) = (rate_in as usize / g, rate_out as usize / g);
+    /// The design between two rates reduced by their greatest common divisor.
+    fn new((reduced_in, reduced_out): (usize, usize)) -> Design {
         // The filter has `block_in` taps; its window's main lobe (4 / taps of the input rate either side) must be
-        // narrow beside the band kept, half the lower rate: at least a tenth of it, and 64 taps.
-        let band = f64::from(rate_in.min(rate_out)) / f64::from(rate_in) / 2.0;
-        let fewest_taps = ((4.0 / (0.1 * band)).ceil() as usize).max(64);
+        // narrow beside the band kept, half the lower rate: at most a tenth of it.
+        let band = reduced_in.min(reduced_out) as f64 / reduced_in as f64 / 2.0;
+        let fewest_taps = (4.0 / (0.1 * band)).ceil() as usize;
         let blocks =
             BLOCK.div_ceil(reduced_in).min(MAX_FFT_OUT / reduced_out).max(fewest_taps.div_ceil(reduced_in)).max(1);
         let (block_in, block_out) = (blocks * reduced_in, blocks * reduced_out);
@@ -134,6 +136,11 @@ impl Design {
         let mut filter = forward.make_output_vec();
         forward.process(&mut padded, &mut filter).expect("the buffers are the plan's");
         Design { block_in, block_out, filter, forward, inverse }
+    }
+
+    /// Memory it holds: its spectrum and its plans' twiddles and buffers, about two points of each transform.
+    fn bytes(&self) -> usize {
+        (self.filter.len() + 2 * (self.block_in + self.block_out)) * std::mem::size_of::<Complex<f32>>()
     }
 
     /// Filters one block of `block_in` input frames; adds the first `block_out` output frames to `overlap` and appends
@@ -216,7 +223,7 @@ impl StreamResampler {
         if rate_in == 0 || rate_out == 0 {
             return Err(Error::Resample(format!("cannot resample {rate_in} Hz to {rate_out} Hz: a rate of 0")));
         }
-        let (filter, block, to_skip) = if rate_in / gcd(rate_in, rate_out) <= MAX_FFT_RATIO_TERM {
+        let (filter, block, to_skip) = if reduced(rate_in, rate_out).0 <= MAX_FFT_RATIO_TERM as usize {
             let design = Design::shared(rate_in, rate_out);
             let (block, to_skip) = (design.block_in, design.block_out / 2);
             (Filter::Fft { overlap: vec![0.0; design.block_out], design }, block, to_skip)
@@ -268,8 +275,8 @@ impl StreamResampler {
         Ok((Box::new(inner), bytes))
     }
 
-    /// Memory it holds, estimated: its buffers and its own filter state (an FFT filter's shared design is the
-    /// thread's, a few hundred KiB at most, see [`MAX_DESIGNS`]).
+    /// Memory it holds, estimated: its buffers and its own filter state (an FFT filter's design and scratch are the
+    /// thread's, see [`DESIGN_BYTES`]).
     pub fn bytes(&self) -> usize {
         let own = match &self.filter {
             Filter::Fft { overlap, .. } => overlap.capacity() * std::mem::size_of::<f32>(),
@@ -377,6 +384,12 @@ const STREAM_FIXED_BYTES: usize = 8 << 10;
 /// What a sinc filter takes besides its table and blocks: allocations rubato makes per filter.
 const SINC_FIXED_BYTES: usize = 80 << 10;
 
+/// `rate_in` and `rate_out` divided by their greatest common divisor.
+fn reduced(rate_in: u32, rate_out: u32) -> (usize, usize) {
+    let g = gcd(rate_in, rate_out);
+    ((rate_in / g) as usize, (rate_out / g) as usize)
+}
+
 fn gcd(a: u32, b: u32) -> u32 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
@@ -416,7 +429,7 @@ mod tests {
             // the second takes it.
             let _ = reusing(&first, 1_301);
             let kept = IDLE.with_borrow(|idle| idle.iter().any(|i| i.rates == (rate, 32_000)));
-            let shared = DESIGNS.with_borrow(|designs| designs.contains_key(&(rate, 32_000)));
+            let shared = DESIGNS.with_borrow(|designs| designs.iter().any(|(k, _)| *k == reduced(rate, 32_000)));
             assert!(kept != shared, "{rate} Hz: a sinc filter kept ({kept}) or an FFT design shared ({shared})");
             assert_eq!(reusing(&second, 997), fresh, "{rate} Hz");
             assert!(IDLE.with_borrow(|idle| idle.iter().map(|i| i.bytes).sum::<usize>()) <= IDLE_BYTES);
@@ -435,6 +448,29 @@ mod tests {
         assert_eq!(a.bytes(), 8_192 * 4 + STREAM_FIXED_BYTES);
         let Filter::Fft { design, .. } = &StreamResampler::new(48_000, 32_000).unwrap().filter else { panic!() };
         assert_eq!((design.block_in, design.block_out), (960, 640));
+    }
+
+    #[test]
+    fn r15_designs_are_shared_by_reduced_rates_and_kept_within_their_bytes() {
+        let design = |rate_in, rate_out| match &StreamResampler::new(rate_in, rate_out).unwrap().filter {
+            Filter::Fft { design, .. } => design.clone(),
+            Filter::Sinc { .. } => panic!("{rate_in} -> {rate_out} Hz is resampled by FFT"),
+        };
+        assert!(Arc::ptr_eq(&design(48_000, 32_000), &design(96_000, 64_000)));
+        // Many rate pairs, the extremes among them: the designs kept stay within their bytes, the latest kept.
+        let held = design(1_000, 32_000);
+        for rate_in in (2_000..=768_000).step_by(7_000) {
+            let _ = design(rate_in, 1_000);
+            let (bytes, latest) =
+                DESIGNS.with_borrow(|d| (d.iter().map(|(_, d)| d.bytes()).sum::<usize>(), d.last().unwrap().0));
+            assert!(bytes <= DESIGN_BYTES, "{bytes} bytes of designs");
+            assert_eq!(latest, reduced(rate_in, 1_000));
+        }
+        // A stream whose design was let go keeps it, and filters as a new one does.
+        let input = tone(1_000, 300.0, 1.0);
+        let mut r = StreamResampler::new(1_000, 32_000).unwrap();
+        r.filter = Filter::Fft { overlap: vec![0.0; held.block_out], design: held };
+        assert_eq!(feed(r, &input, 333), resample_in_chunks(&input, 1_000, 333));
     }
 
     #[test]
