@@ -44,7 +44,7 @@ const DESIGN_BYTES: usize = 8 << 20;
 std::thread_local! {
     /// FFT filter designs by reduced rates (48 → 32 kHz and 96 → 64 kHz share one), least recently used first,
     /// shared by the streams of this thread. At most [`DESIGN_BYTES`] of them.
-    static DESIGNS: RefCell<Vec<((usize, usize), Arc<Design>)>> = const { RefCell::new(Vec::new()) };
+    static DESIGNS: RefCell<Vec<(Reduced, Arc<Design>)>> = const { RefCell::new(Vec::new()) };
     /// The transforms' working buffers, shared by every FFT filter of this thread (a block is filtered at once): as
     /// large as the largest design used on the thread needs (tens of KiB for the common rates, 2 MB at most).
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
@@ -52,6 +52,9 @@ std::thread_local! {
     /// computes its table, which costs more than resampling a few seconds. At most [`IDLE_BYTES`] of them per thread.
     static IDLE: RefCell<Vec<Idle>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Two rates divided by their greatest common divisor.
+type Reduced = (usize, usize);
 
 /// A sinc filter kept for reuse: its rates, the filter, and its memory.
 struct Idle {
@@ -101,7 +104,7 @@ impl Design {
     }
 
     /// The design between two rates reduced by their greatest common divisor.
-    fn new((reduced_in, reduced_out): (usize, usize)) -> Design {
+    fn new((reduced_in, reduced_out): Reduced) -> Design {
         // The filter has `block_in` taps; its window's main lobe (4 / taps of the input rate either side) must be
         // narrow beside the band kept, half the lower rate: at most a tenth of it.
         let band = reduced_in.min(reduced_out) as f64 / reduced_in as f64 / 2.0;
@@ -385,7 +388,7 @@ const STREAM_FIXED_BYTES: usize = 8 << 10;
 const SINC_FIXED_BYTES: usize = 80 << 10;
 
 /// `rate_in` and `rate_out` divided by their greatest common divisor.
-fn reduced(rate_in: u32, rate_out: u32) -> (usize, usize) {
+fn reduced(rate_in: u32, rate_out: u32) -> Reduced {
     let g = gcd(rate_in, rate_out);
     ((rate_in / g) as usize, (rate_out / g) as usize)
 }
