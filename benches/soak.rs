@@ -12,8 +12,9 @@
 //! tremolo) over noise. A producer thread keeps `--ahead` bouts ahead of what the job has indexed, so the job runs at
 //! its own pace all along (the simulated day passes as fast as the job can take it) — to the end of the day, when
 //! the next day's first bouts are already waiting — and the broker holds the whole day's audio by the end. A search
-//! thread asks `POST /v1/search` for the neighbours of a segment indexed earlier, `--qps` times a second (0: none). `--set` overrides a setting of every profile's config for the run, the value
-//! in TOML (`--set memory_budget_mb=2048 --set index.shard_max_points=4000`).
+//! thread asks `POST /v1/search` for the neighbours of a segment indexed earlier, `--qps` times a second (0: none).
+//! `--set` overrides a setting of every profile's config for the run, the value in TOML (`--set memory_budget_mb=2048
+//! --set index.shard_max_points=4000`).
 //!
 //! Every wall minute it prints the job's resident memory (VmRSS), the segments indexed, the segments the index holds
 //! and its memory, the segments the refinement holds and the records it has published, windows/s over the minute,
@@ -473,7 +474,8 @@ fn soak(
     println!(
         "{profile}: peak RSS {peak_mib:.0} MiB of {budget_mib:.0}; RSS slope {slope_mib:+.2} MiB per 100 000 segments \
          less the index's memory ({slope_over}), of its floor {floor_slope_mib:+.2}; windows/s first simulated \
-         hour {first_hour:.1}, last {last_hour:.1} ({:.0} %); search p99 {p99:.1} ms over {searches} searches after warm-up (api.sla_p99_ms {}); {} failed searches{}",
+         hour {first_hour:.1}, last {last_hour:.1} ({:.0} %); search p99 {p99:.1} ms over {searches} searches \
+         after warm-up (api.sla_p99_ms {}); {} failed searches{}",
         100.0 * last_hour / first_hour,
         config.api.sla_p99_ms,
         failures.len(),
