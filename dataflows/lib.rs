@@ -26,6 +26,7 @@
 //!   [`retention`] doing what `chorus prune` deletes.
 
 pub mod archive;
+pub mod compact;
 pub mod config;
 pub mod job;
 pub mod loadgen;

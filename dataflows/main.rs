@@ -172,6 +172,15 @@ enum Command {
         #[arg(long)]
         apply: bool,
     },
+    /// Merge the small files of the archive's and the refinements dataset's day partitions (for an archive no job
+    /// runs on; a running job does it in the background, see [archive.compaction]).
+    #[command(
+        after_help = "Examples:\n  chorus compact                       # every day before today becomes one file, sorted by sensor and time\n  chorus compact --config config/memory-constrained.toml\n\nEach merge is published by swapping the day partition's directory for its compacted copy in one step\n(renameat2 RENAME_EXCHANGE): DuckDB, pyarrow, polars and chorus itself see every row exactly once at every\nmoment, and a crash at any point leaves either the old files or the new ones. A query that listed a partition\njust before a swap and opens its files after may fail with \"file not found\" in DuckDB or pyarrow; run it again\n(chorus's own readers keep reading the directory they listed). Files of earlier builds are rewritten in\ntoday's layout. Refuses to run while a job runs on the archive."
+    )]
+    Compact {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Draw the log-mel spectrogram of an archived segment or of a WAV clip as a PNG with time and frequency axes.
     #[command(
         after_help = "Examples:\n  chorus spectrogram --segment 3f9a0c1d2b4e5f60 -o seg.png\n  chorus spectrogram --audio call.wav -o call.png\n  chorus query --segment 3f9a0c1d2b4e5f60 -k 5 --spectrograms hits/   # one picture per neighbour\n\nFrames every 10 ms (one pixel column each), 128 mel bands from 60 Hz to half the sample rate (two pixel\nrows each, low frequencies at the bottom), 80 dB of range below the loudest cell. A segment's audio is the\nwindow the model heard, kept in the archive's audio column (archive.audio). Clips up to 60 s."
@@ -421,6 +430,27 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                     stats.row_groups_skipped,
                     stats.rows_read
                 );
+            }
+        }
+        Command::Compact { config } => {
+            let config = load(&config)?;
+            let (mut partitions, mut before, mut after) = (0, 0, 0);
+            let merged = chorus::compact::compact_offline(&config, &mut |dataset, m| {
+                println!(
+                    "{dataset} space={} date={}: {} file(s), {} bytes -> {} file(s), {} bytes; {} rows; the partition \
+                     now holds {} file(s)",
+                    m.space, m.date, m.files_in, m.bytes_in, m.files_out, m.bytes_out, m.rows, m.files_after
+                );
+            })?;
+            for m in &merged {
+                partitions += 1;
+                before += m.files_in;
+                after += m.files_out;
+            }
+            if merged.is_empty() {
+                println!("Nothing to compact.");
+            } else {
+                println!("Compacted {partitions} partition(s): {before} file(s) merged into {after}.");
             }
         }
         Command::Prune { config, older_than_days, apply } => {

@@ -37,7 +37,8 @@ fn r2_sample_in_mid_window_chunks_gives_exactly_the_expected_windows() {
     .unwrap();
     assert_eq!(expected, golden, "segment ids changed: replays would no longer deduplicate against old archives");
 
-    // pyarrow and DuckDB open the archive as it is.
+    // pyarrow, DuckDB and polars open the archive as it is, as a Hive-partitioned dataset (the `space` key of the
+    // paths and the column of the files of one type), and see what `chorus archive` lists.
     let seen: Value = serde_json::from_str(&s.python("read_archive.py", &[&s.archive.display().to_string()])).unwrap();
     let columns: Vec<&str> = seen["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
     for documented in [
@@ -59,25 +60,26 @@ fn r2_sample_in_mid_window_chunks_gives_exactly_the_expected_windows() {
     ] {
         assert!(columns.contains(&documented), "column {documented} missing from {columns:?}");
     }
-    let rows: Vec<(String, String)> = seen["rows"]
+    let listed: Value =
+        serde_json::from_slice(&s.chorus(&["archive", "--format", "json"]).stdout).expect("chorus archive's JSON");
+    let mut listed: Vec<Value> = listed
         .as_array()
         .unwrap()
         .iter()
         .map(|r| {
-            assert_eq!(
-                (r[1].as_str(), r[2].as_str(), r[4].as_str()),
-                (Some("default"), Some("pole-1"), Some("2026-05-01"))
-            );
-            (r[0].as_str().unwrap().to_owned(), r[3].as_str().unwrap().to_owned())
+            let start = r["start_time"].as_str().unwrap();
+            serde_json::json!([r["segment_id"], r["space"], r["sensor"], start, &start[..10]])
         })
         .collect();
-    let mut rows = rows;
-    rows.sort_by(|a, b| a.1.cmp(&b.1));
-    assert_eq!(rows, expected);
-    assert_eq!(seen["duckdb"], serde_json::json!([6, 6, 1536]));
-    let mut ids: Vec<String> = expected.iter().map(|(id, _)| id.clone()).collect();
-    ids.sort();
-    assert_eq!(seen["polars_ids"], serde_json::json!(ids));
+    listed.sort_by_key(|r| r.to_string());
+    let mut expected_rows: Vec<Value> =
+        expected.iter().map(|(id, start)| serde_json::json!([id, "default", "pole-1", start, "2026-05-01"])).collect();
+    expected_rows.sort_by_key(|r| r.to_string());
+    assert_eq!(listed, expected_rows, "chorus archive");
+    for reader in ["pyarrow", "duckdb", "polars"] {
+        assert_eq!(seen[reader], Value::Array(expected_rows.clone()), "{reader} reads what chorus archive lists");
+    }
+    assert_eq!(seen["embedding_bytes"], 1536);
 
     // The segments topic carries one JSON record per segment, keyed by its id.
     let records = s.consume(&s.segments_topic, 6);

@@ -4,6 +4,7 @@
 mod adversarial;
 mod api;
 mod archive;
+mod compaction;
 mod config;
 mod docs;
 mod faults;

@@ -177,6 +177,8 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
             worker: timely::WorkerConfig::default(),
         },
     };
+    // Merging the flushes' small files runs beside the workers (each process compacts the spaces no other holds).
+    let compaction = crate::compact::Background::start(config);
     let guards = timely::execute(timely_config, move |worker| {
         let index = worker.index();
         let result = catching_panics(index, || run_worker(worker, &shared));
@@ -198,6 +200,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
             Ok(Err(message)) | Err(message) => failures.push(message),
         }
     }
+    drop(compaction);
     if let Some(first) = failures.into_iter().next() {
         return Err(Error::Job(first));
     }

@@ -7,7 +7,6 @@
 //! dataset: the latest row per segment.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use chorus_connectors::parquet::{self, LatestRefinement, ScanStats};
 use chorus_operators::index::Filter;
@@ -88,7 +87,7 @@ pub fn list(
         None => parquet::spaces(root)?,
     };
     let mut stats = ScanStats::default();
-    let mut plan: Vec<(String, Vec<PathBuf>)> = Vec::new();
+    let mut plan: Vec<(String, Vec<parquet::ArchiveFile>)> = Vec::new();
     for space in &spaces {
         plan.push((space.clone(), parquet::scan_files(root, space, &query.filter, &mut stats)?));
     }

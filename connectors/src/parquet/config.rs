@@ -23,6 +23,76 @@ pub struct ArchiveConfig {
     /// Keep each segment's audio (16-bit PCM WAV at the model's rate) in the `audio` column, for listening and
     /// spectrograms: about 64 KB per second of windows at 32 kHz before compression.
     pub audio: bool,
+    /// `[archive.compaction]`: merging the small files of each day partition (the archive's and the refinements
+    /// dataset's).
+    pub compaction: CompactionConfig,
+}
+
+/// `[archive.compaction]`: how the job merges the small files its flushes write.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompactionConfig {
+    /// Whether the job compacts in the background (`chorus compact` does it for an archive without a job).
+    pub enabled: bool,
+    /// Seconds between compaction rounds.
+    pub interval_seconds: f64,
+    /// Files of one size tier merged together on a day still written; each row is rewritten about
+    /// log_fanout(day's bytes / 1 MiB) times over its day, and a day holds at most fanout - 1 files a tier.
+    pub fanout: usize,
+    /// A day before today (UTC) is closed once no file was written to it for this long: it is merged into one file
+    /// (two at most, with late rows).
+    pub close_after_seconds: f64,
+    /// Size of a merged file at most, in MiB.
+    pub max_file_mb: u64,
+    /// Memory a merge holds at most, in MiB (its inputs' batches and its output's row group).
+    pub memory_mb: usize,
+    /// Seconds a swapped-out partition directory is kept for readers that opened it before the swap.
+    pub grace_seconds: f64,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            enabled: true,
+            interval_seconds: 60.0,
+            fanout: 8,
+            close_after_seconds: 3_600.0,
+            max_file_mb: 4_096,
+            memory_mb: 64,
+            grace_seconds: 600.0,
+        }
+    }
+}
+
+impl CompactionConfig {
+    /// Validates; the merged files are written at `zstd_level`.
+    pub fn build(&self, zstd_level: i32) -> Result<super::Compaction, FieldError> {
+        let seconds = |field: &'static str, value: f64, max: f64| {
+            if value >= 0.0 && value <= max {
+                Ok(Duration::from_secs_f64(value))
+            } else {
+                Err(FieldError::new(field, format!("{value} is outside [0, {max}]")))
+            }
+        };
+        if !(2..=1_000).contains(&self.fanout) {
+            return Err(FieldError::new("compaction.fanout", format!("{} is outside 2..=1000", self.fanout)));
+        }
+        if self.max_file_mb == 0 {
+            return Err(FieldError::new("compaction.max_file_mb", "must be at least 1"));
+        }
+        if !(8..=65_536).contains(&self.memory_mb) {
+            return Err(FieldError::new("compaction.memory_mb", format!("{} is outside 8..=65536", self.memory_mb)));
+        }
+        seconds("compaction.interval_seconds", self.interval_seconds, 86_400.0)?;
+        Ok(super::Compaction {
+            fanout: self.fanout,
+            close_after: seconds("compaction.close_after_seconds", self.close_after_seconds, 30.0 * 86_400.0)?,
+            max_file_bytes: self.max_file_mb << 20,
+            memory_bytes: self.memory_mb << 20,
+            grace: seconds("compaction.grace_seconds", self.grace_seconds, 86_400.0)?,
+            zstd_level,
+        })
+    }
 }
 
 impl Default for ArchiveConfig {
@@ -33,6 +103,7 @@ impl Default for ArchiveConfig {
             flush_interval_seconds: 10.0,
             zstd_level: 3,
             audio: true,
+            compaction: CompactionConfig::default(),
         }
     }
 }
@@ -55,12 +126,21 @@ impl ArchiveConfig {
         if ZstdLevel::try_new(self.zstd_level).is_err() || self.zstd_level < 1 {
             return Err(FieldError::new("zstd_level", format!("{} is outside 1..=22", self.zstd_level)));
         }
+        let compaction = self.compaction.build(self.zstd_level)?;
+        if self.compaction.interval_seconds <= 0.0 && self.compaction.enabled {
+            return Err(FieldError::new("compaction.interval_seconds", "must be above 0 while compaction is enabled"));
+        }
         Ok(ArchiveSettings {
             dir: base.join(&self.dir),
             max_rows_per_file: self.max_rows_per_file,
             flush_interval: Duration::from_secs_f64(self.flush_interval_seconds),
             zstd_level: self.zstd_level,
             audio: self.audio,
+            compaction,
+            compaction_interval: self
+                .compaction
+                .enabled
+                .then(|| Duration::from_secs_f64(self.compaction.interval_seconds)),
         })
     }
 }
@@ -78,4 +158,8 @@ pub struct ArchiveSettings {
     pub zstd_level: i32,
     /// Whether segments' audio is kept.
     pub audio: bool,
+    /// How the job (and `chorus compact`) compacts.
+    pub compaction: super::Compaction,
+    /// Time between the job's compaction rounds (`None`: the job does not compact).
+    pub compaction_interval: Option<Duration>,
 }

@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_array::RecordBatch;
@@ -27,7 +28,26 @@ pub fn partition_dir(root: &Path, space: &str, date: &str) -> PathBuf {
 
 /// Rows per row group. A file is sorted by sensor and time, so in a large file (a backlog drained, a long flush
 /// interval) each row group holds a run of few sensors and a narrow `sensor` statistic; a small file is one group.
-const ROW_GROUP_ROWS: usize = 8_192;
+pub(super) const ROW_GROUP_ROWS: usize = 8_192;
+
+/// Holds the day partition `dir` against a swap: shared while a writer publishes a file into it, exclusive while
+/// compaction swaps it for its compacted copy (see [`super::compact`]). The lock is the file
+/// `space=<space>/.date=<day>.lock` beside the partition, so that it outlives the swap; flock(2) holds it across
+/// threads and processes alike.
+pub(super) fn lock_partition(dir: &Path, exclusive: bool) -> std::io::Result<fs::File> {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Err(std::io::Error::other("not a partition directory"));
+    };
+    fs::create_dir_all(parent)?;
+    let path = parent.join(format!(".{}.lock", name.to_string_lossy()));
+    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    if exclusive {
+        file.lock()?
+    } else {
+        file.lock_shared()?
+    }
+    Ok(file)
+}
 
 /// Writes `batch` as `part-<millis>-<name>.parquet` in `dir`: under a temporary name, synced, then renamed, so a
 /// reader never sees half a file. `blobs` names the columns left without dictionary and statistics (vectors, audio).
@@ -42,24 +62,15 @@ pub(super) fn publish(
         path: dir.display().to_string(),
         message: format!("{what}: {e}"),
     };
+    let _partition = lock_partition(dir, false).map_err(|e| failed("cannot lock the partition", &e))?;
     fs::create_dir_all(dir).map_err(|e| failed("cannot create the directory", &e))?;
     let millis = chrono::Utc::now().timestamp_millis();
     let name = format!("part-{millis}-{name}.parquet");
     let tmp = dir.join(format!(".{name}.tmp"));
     let path = dir.join(&name);
-    let mut properties = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(zstd_level).expect("validated")))
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_created_by(format!("chorus {}", env!("CARGO_PKG_VERSION")));
-    for blob in blobs {
-        properties = properties
-            .set_column_dictionary_enabled(ColumnPath::from(*blob), false)
-            .set_column_statistics_enabled(ColumnPath::from(*blob), EnabledStatistics::None);
-    }
-    let properties = properties.build();
     let written = (|| {
         let mut file = fs::File::create(&tmp).map_err(|e| failed("cannot create a file", &e))?;
-        let mut writer = ArrowWriter::try_new(&mut file, batch.schema(), Some(properties))
+        let mut writer = ArrowWriter::try_new(&mut file, batch.schema(), Some(writer_properties(zstd_level, blobs)))
             .map_err(|e| failed("cannot start a Parquet file", &e))?;
         writer.write(batch).map_err(|e| failed("cannot write rows", &e))?;
         writer.close().map_err(|e| failed("cannot finish a Parquet file", &e))?;
@@ -73,6 +84,21 @@ pub(super) fn publish(
     written?;
     fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| failed("cannot sync the directory", &e))?;
     Ok(path)
+}
+
+/// How chorus writes its Parquet files: zstd at `zstd_level`, row groups of at most [`ROW_GROUP_ROWS`] rows, and the
+/// `blobs` columns (vectors, audio) without dictionary and statistics.
+pub(super) fn writer_properties(zstd_level: i32, blobs: &[&str]) -> WriterProperties {
+    let mut properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(zstd_level).expect("validated")))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_created_by(format!("chorus {}", env!("CARGO_PKG_VERSION")));
+    for blob in blobs {
+        properties = properties
+            .set_column_dictionary_enabled(ColumnPath::from(*blob), false)
+            .set_column_statistics_enabled(ColumnPath::from(*blob), EnabledStatistics::None);
+    }
+    properties.build()
 }
 
 /// Whether `name` is a temporary file a writer publishes from (see [`publish`]).
@@ -130,14 +156,71 @@ pub fn spaces(root: &Path) -> Result<Vec<String>, Error> {
     Ok(found)
 }
 
+/// A Parquet file of a day partition, held through the directory its partition was listed from: when compaction
+/// swaps the partition for its compacted copy, the file is still opened in the directory it was listed in (kept
+/// `archive.compaction.grace_seconds` after the swap), so a reader sees each partition whole, as it was listed —
+/// never a file of both.
+#[derive(Clone, Debug)]
+pub struct ArchiveFile {
+    path: PathBuf,
+    dir: Arc<fs::File>,
+}
+
+impl ArchiveFile {
+    /// Where the file was listed.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens the file in the directory it was listed in.
+    pub fn open(&self) -> std::io::Result<fs::File> {
+        let name = self.path.file_name().ok_or_else(|| std::io::Error::other("not a file"))?;
+        let flags = rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(&*self.dir, name, flags, rustix::fs::Mode::empty())?;
+        Ok(fs::File::from(fd))
+    }
+
+    /// Opens the file for reading as Parquet.
+    pub(super) fn reader(&self) -> Result<ParquetRecordBatchReaderBuilder<fs::File>, Error> {
+        let failed = |e: &dyn std::fmt::Display| Error::Archive {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        };
+        let file = self.open().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                failed(
+                    &"it was compacted away while this read ran, after archive.compaction.grace_seconds; run it again",
+                )
+            } else {
+                failed(&e)
+            }
+        })?;
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| failed(&e))
+    }
+}
+
+impl std::ops::Deref for ArchiveFile {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for ArchiveFile {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// The Parquet files of one space, oldest day first.
-pub fn files(root: &Path, space: &str) -> Result<Vec<PathBuf>, Error> {
+pub fn files(root: &Path, space: &str) -> Result<Vec<ArchiveFile>, Error> {
     Ok(days(root, space)?.into_iter().flat_map(|(_, files)| files).collect())
 }
 
 /// The day partitions of one space, oldest first: each day (`YYYY-MM-DD`, the UTC day segments start on) with its
-/// Parquet files in name order.
-pub fn days(root: &Path, space: &str) -> Result<Vec<(String, Vec<PathBuf>)>, Error> {
+/// Parquet files in name order, each partition listed at one instant (see [`ArchiveFile`]).
+pub fn days(root: &Path, space: &str) -> Result<Vec<(String, Vec<ArchiveFile>)>, Error> {
     let space_dir = root.join(format!("space={space}"));
     let mut out = Vec::new();
     let entries = match fs::read_dir(&space_dir) {
@@ -149,21 +232,28 @@ pub fn days(root: &Path, space: &str) -> Result<Vec<(String, Vec<PathBuf>)>, Err
         let Some(date) = day.file_name().to_str().and_then(|n| n.strip_prefix("date=")).map(str::to_owned) else {
             continue;
         };
-        let mut files: Vec<PathBuf> = fs::read_dir(day.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|f| {
-                let name = f.file_name();
-                let name = name.to_string_lossy();
-                name.starts_with("part-") && name.ends_with(".parquet")
-            })
-            .map(|f| f.path())
-            .collect();
-        files.sort();
+        let path = day.path();
+        let failed =
+            |e: &dyn std::fmt::Display| Error::Archive { path: path.display().to_string(), message: e.to_string() };
+        // The directory is opened, then listed through its handle: the names and the files are of one directory
+        // even if a swap replaces the partition between the two.
+        let dir = match fs::File::open(&path) {
+            Ok(dir) => Arc::new(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(failed(&e)),
+        };
+        let mut files = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&*dir).map_err(|e| failed(&e))? {
+            let entry = entry.map_err(|e| failed(&e))?;
+            let Ok(name) = entry.file_name().to_str() else { continue };
+            if name.starts_with("part-") && name.ends_with(".parquet") {
+                files.push(ArchiveFile { path: path.join(name), dir: dir.clone() });
+            }
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
         out.push((date, files));
     }
-    out.sort();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 

@@ -1,7 +1,7 @@
 //! The Parquet archive, chorus's cold tier: one row per segment under `<dir>/space=<space>/date=<YYYY-MM-DD>/`.
 //!
 //! Columns, in order (readers project away the embedding and the audio unless they need them):
-//! `segment_id` (16 hex digits), `space` (dictionary-encoded, matching the hive partition), `sensor`, `start_time`,
+//! `segment_id` (16 hex digits), `space` (a string, as the `space=` partition key is to Hive-partitioned readers; files of earlier versions hold it dictionary-encoded, and are read alike), `sensor`, `start_time`,
 //! `end_time` (µs, UTC), `coverage` (fraction of recorded audio), `sample_rate`, `model`, lineage `topic`,
 //! `partition`, `offset`, `embedding_scale` (f32), `embedding` (`FixedSizeBinary(dim)`: int8 values; the
 //! embedding is `int8 × embedding_scale`) and `audio` (the window as a 16-bit PCM WAV file at the model's rate, null
@@ -13,6 +13,7 @@
 //! ([`ArchiveWriter`]), `sink` (the timely operator around it), `scan` (reading back, pruned by the partitions' days and
 //! the row groups' statistics) and `refinements` (the refinements dataset, laid out the same way).
 
+mod compact;
 mod config;
 mod layout;
 mod refinements;
@@ -21,8 +22,9 @@ mod schema;
 mod sink;
 mod writer;
 
-pub use config::{ArchiveConfig, ArchiveSettings};
-pub use layout::{days, files, partition_dir, remove_temporary_files, set_aside, spaces};
+pub use compact::{Candidate, Compaction, Merged, choose, compact_dataset, staging_dir};
+pub use config::{ArchiveConfig, ArchiveSettings, CompactionConfig};
+pub use layout::{ArchiveFile, days, files, partition_dir, remove_temporary_files, set_aside, spaces};
 pub use refinements::{LatestRefinement, RefinementRow, RefinementWriter, latest_refinements, refinement_schema};
 pub use scan::{
     ArchivedSegment, ScanStats, archived_segment, read_file, read_space, scan_file, scan_files, segment_audio,

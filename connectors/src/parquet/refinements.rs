@@ -6,15 +6,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use arrow_array::builder::{FixedSizeBinaryBuilder, StringDictionaryBuilder};
+use arrow_array::builder::FixedSizeBinaryBuilder;
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Float32Type, Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::types::{Float32Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, ArrayRef, Float32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chorus_operators::record::SegmentId;
 use parquet::arrow::ProjectionMask;
 
-use super::layout::{date_of, files, open_reader, partition_dir, publish};
+use super::layout::{date_of, files, partition_dir, publish};
 use super::quantize;
 use crate::Error;
 
@@ -46,7 +46,7 @@ pub fn refinement_schema(dim: usize) -> SchemaRef {
     let utc = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
     Arc::new(Schema::new(vec![
         Field::new("segment_id", DataType::Utf8, false),
-        Field::new("space", DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)), false),
+        Field::new("space", DataType::Utf8, false),
         Field::new("sensor", DataType::Utf8, false),
         Field::new("start_time", utc(), false),
         Field::new("label", DataType::Utf8, true),
@@ -98,7 +98,9 @@ impl RefinementWriter {
     pub fn flush(&mut self) -> Result<Vec<PathBuf>, Error> {
         let mut written = Vec::new();
         let updated_at = chrono::Utc::now().timestamp_micros();
-        for ((space, date), rows) in std::mem::take(&mut self.buffers) {
+        for ((space, date), mut rows) in std::mem::take(&mut self.buffers) {
+            // Sorted by sensor and time like the archive's files: row groups prune alike, and compaction merges them.
+            rows.sort_by(|a, b| (&a.sensor, a.start_micros, a.id).cmp(&(&b.sensor, b.start_micros, b.id)));
             let dir = partition_dir(&self.dir, &space, &date);
             for part in rows.chunks(65_536) {
                 let batch = self.batch(part, updated_at).map_err(|e| Error::Archive {
@@ -119,11 +121,9 @@ impl RefinementWriter {
     }
 
     fn batch(&self, rows: &[RefinementRow], updated_at: i64) -> Result<RecordBatch, arrow_schema::ArrowError> {
-        let mut space = StringDictionaryBuilder::<Int32Type>::new();
         let mut refined = FixedSizeBinaryBuilder::with_capacity(rows.len(), self.dim as i32);
         let mut scales = Vec::with_capacity(rows.len());
         for row in rows {
-            space.append_value(&row.space);
             match &row.refined {
                 Some(v) if v.len() == self.dim => {
                     let (scale, q) = quantize(v);
@@ -138,7 +138,7 @@ impl RefinementWriter {
         }
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.id.to_string()))),
-            Arc::new(space.finish()),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.space.as_str()))),
             Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.sensor.as_str()))),
             Arc::new(
                 TimestampMicrosecondArray::from_iter_values(rows.iter().map(|r| r.start_micros)).with_timezone("UTC"),
@@ -173,7 +173,7 @@ pub fn latest_refinements(root: &Path, space: &str) -> Result<HashMap<SegmentId,
     for path in files(root, space)? {
         let failed =
             |e: &dyn std::fmt::Display| Error::Archive { path: path.display().to_string(), message: e.to_string() };
-        let builder = open_reader(&path)?;
+        let builder = path.reader()?;
         let wanted = ["segment_id", "label", "label_score", "cluster", "round", "updated_at"];
         let mask = ProjectionMask::columns(builder.parquet_schema(), wanted);
         let reader = builder.with_projection(mask).with_batch_size(8_192).build().map_err(|e| failed(&e))?;

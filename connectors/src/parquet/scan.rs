@@ -16,7 +16,8 @@ use parquet::file::metadata::RowGroupMetaData;
 use parquet::file::statistics::Statistics;
 
 use super::dequantize;
-use super::layout::{days, files, open_reader};
+use super::layout::{ArchiveFile, days, files};
+use super::schema::Strings;
 use crate::Error;
 
 /// One archived segment as read back.
@@ -60,7 +61,7 @@ const METADATA_COLUMNS: [&str; 10] =
     ["segment_id", "space", "sensor", "start_time", "end_time", "coverage", "model", "topic", "partition", "offset"];
 
 /// Reads one archive file.
-pub fn read_file(path: &Path, embeddings: bool, each: &mut impl FnMut(ArchivedSegment)) -> Result<(), Error> {
+pub fn read_file(path: &ArchiveFile, embeddings: bool, each: &mut impl FnMut(ArchivedSegment)) -> Result<(), Error> {
     scan_file(path, &Filter::default(), embeddings, &mut ScanStats::default(), each)
 }
 
@@ -100,7 +101,7 @@ impl ScanStats {
 const DAY_MICROS: i64 = 86_400_000_000;
 
 /// The files of `space` a scan with `filter` must open: those of the days its time range touches.
-pub fn scan_files(root: &Path, space: &str, filter: &Filter, stats: &mut ScanStats) -> Result<Vec<PathBuf>, Error> {
+pub fn scan_files(root: &Path, space: &str, filter: &Filter, stats: &mut ScanStats) -> Result<Vec<ArchiveFile>, Error> {
     let mut out = Vec::new();
     for (date, files) in days(root, space)? {
         stats.partitions += 1;
@@ -163,13 +164,13 @@ impl Bounds {
 }
 
 /// The row groups' bounds of an archive file, read from its footer once: a published file never changes.
-fn file_bounds(path: &Path) -> Result<Arc<[Bounds]>, Error> {
+fn file_bounds(path: &ArchiveFile) -> Result<Arc<[Bounds]>, Error> {
     static CACHE: OnceLock<Mutex<HashMap<PathBuf, Arc<[Bounds]>>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Mutex::default);
-    if let Some(bounds) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
+    if let Some(bounds) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(path.path()) {
         return Ok(bounds.clone());
     }
-    let builder = open_reader(path)?;
+    let builder = path.reader()?;
     let bounds: Arc<[Bounds]> = builder.metadata().row_groups().iter().map(Bounds::of).collect();
     let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
     // Pruned files leave entries behind; a bound on the entries keeps that from growing without end.
@@ -181,7 +182,7 @@ fn file_bounds(path: &Path) -> Result<Arc<[Bounds]>, Error> {
 }
 
 /// The row groups of `path` whose statistics admit `filter` (all of them when the filter is empty).
-fn admitted_groups(path: &Path, filter: &Filter, stats: &mut ScanStats) -> Result<Vec<usize>, Error> {
+fn admitted_groups(path: &ArchiveFile, filter: &Filter, stats: &mut ScanStats) -> Result<Vec<usize>, Error> {
     let bounds = file_bounds(path)?;
     stats.files += 1;
     stats.row_groups += bounds.len();
@@ -192,7 +193,7 @@ fn admitted_groups(path: &Path, filter: &Filter, stats: &mut ScanStats) -> Resul
 
 /// Reads the rows of one archive file that pass `filter`, decoding only the row groups whose statistics admit it.
 pub fn scan_file(
-    path: &Path,
+    path: &ArchiveFile,
     filter: &Filter,
     embeddings: bool,
     stats: &mut ScanStats,
@@ -204,7 +205,7 @@ pub fn scan_file(
     if kept.is_empty() {
         return Ok(());
     }
-    let builder = open_reader(path)?;
+    let builder = path.reader()?;
     let mut wanted = METADATA_COLUMNS.to_vec();
     if embeddings {
         wanted.extend(["embedding_scale", "embedding"]);
@@ -217,8 +218,7 @@ pub fn scan_file(
         let column =
             |name: &str| batch.column_by_name(name).ok_or_else(|| failed(&format!("column {name} is missing")));
         let ids = column("segment_id")?.as_string::<i32>();
-        let space = column("space")?.as_dictionary::<Int32Type>();
-        let space_values = space.values().as_string::<i32>();
+        let space = Strings::of(column("space")?.as_ref()).ok_or_else(|| failed(&"column space holds no strings"))?;
         let sensors = column("sensor")?.as_string::<i32>();
         let starts = column("start_time")?.as_primitive::<TimestampMicrosecondType>();
         let ends = column("end_time")?.as_primitive::<TimestampMicrosecondType>();
@@ -244,7 +244,7 @@ pub fn scan_file(
             let id = ids.value(i).parse().map_err(|e: String| failed(&e))?;
             each(ArchivedSegment {
                 id,
-                space: space_values.value(space.keys().value(i) as usize).to_owned(),
+                space: space.value(i).to_owned(),
                 sensor: sensors.value(i).to_owned(),
                 start_micros: starts.value(i),
                 end_micros: ends.value(i),
@@ -306,7 +306,7 @@ pub fn segment_audio(
         if kept.is_empty() {
             continue;
         }
-        let builder = open_reader(&path)?;
+        let builder = path.reader()?;
         let has_audio = builder.parquet_schema().columns().iter().any(|c| c.name() == "audio");
         let mask = ProjectionMask::columns(builder.parquet_schema(), ["segment_id"]);
         let reader = builder.with_projection(mask).with_row_groups(kept.clone()).build().map_err(|e| failed(&e))?;
@@ -325,7 +325,7 @@ pub fn segment_audio(
         if !has_audio {
             return Ok(Some(None));
         }
-        let builder = open_reader(&path)?;
+        let builder = path.reader()?;
         let mask = ProjectionMask::columns(builder.parquet_schema(), ["audio"]);
         let selection = RowSelection::from(vec![RowSelector::skip(row), RowSelector::select(1)]);
         let reader = builder
@@ -347,7 +347,7 @@ pub fn segment_audio(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use chorus_operators::record::SegmentId;
 
     use super::*;
@@ -391,6 +391,46 @@ mod tests {
         assert_eq!(stats.files, 4, "{stats:?}");
         assert_eq!(stats.row_groups_skipped, 3, "only the file holding s2 is decoded: {stats:?}");
         assert_eq!((stats.rows_read, stats.rows_matched), (50, expected.len()), "{stats:?}");
+    }
+
+    /// The rows of `segments` as earlier builds wrote them: `space` dictionary-encoded.
+    pub(crate) fn with_dictionary_space(batch: &arrow_array::RecordBatch) -> arrow_array::RecordBatch {
+        use arrow_array::types::Int32Type;
+        use arrow_array::{ArrayRef, DictionaryArray};
+        use arrow_schema::{DataType, Field, Schema};
+        let at = batch.schema().index_of("space").unwrap();
+        let spaces: DictionaryArray<Int32Type> = batch.column(at).as_string::<i32>().iter().collect();
+        let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields[at] =
+            Field::new("space", DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)), false);
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        columns[at] = Arc::new(spaces);
+        arrow_array::RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+    }
+
+    #[test]
+    fn r16_files_of_earlier_builds_with_a_dictionary_space_read_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings =
+            ArchiveConfig { dir: dir.path().to_path_buf(), ..Default::default() }.build(Path::new("/")).unwrap();
+        let mut writer = ArchiveWriter::new(settings, "standin", 4, "w0");
+        let day = 1_777_593_600i64 * 32_000;
+        for i in 0..3 {
+            writer.add(seg("forest", "s1", day + i * 160_000, 1.0));
+        }
+        let path = writer.flush().unwrap().remove(0);
+        let mut today = Vec::new();
+        read_space(dir.path(), "forest", true, |r| today.push(r)).unwrap();
+        assert_eq!(today.len(), 3);
+        // The same rows rewritten with the earlier layout of `space` read back the same.
+        let batch = crate::parquet::layout::open_reader(&path).unwrap().build().unwrap().next().unwrap().unwrap();
+        assert_eq!(batch.schema().field_with_name("space").unwrap().data_type(), &arrow_schema::DataType::Utf8);
+        std::fs::remove_file(&path).unwrap();
+        let old = with_dictionary_space(&batch);
+        crate::parquet::layout::publish(path.parent().unwrap(), "old", &old, 3, &["embedding", "audio"]).unwrap();
+        let mut earlier = Vec::new();
+        read_space(dir.path(), "forest", true, |r| earlier.push(r)).unwrap();
+        assert_eq!(earlier, today);
     }
 
     #[test]

@@ -3,6 +3,9 @@
 
 use std::sync::Arc;
 
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int32Type;
+use arrow_array::{Array, DictionaryArray, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 /// The archive's Arrow schema for embeddings of `dim` dimensions.
@@ -10,7 +13,7 @@ pub fn schema(dim: usize) -> SchemaRef {
     let utc = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
     Arc::new(Schema::new(vec![
         Field::new("segment_id", DataType::Utf8, false),
-        Field::new("space", DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)), false),
+        Field::new("space", DataType::Utf8, false),
         Field::new("sensor", DataType::Utf8, false),
         Field::new("start_time", utc(), false),
         Field::new("end_time", utc(), false),
@@ -24,6 +27,35 @@ pub fn schema(dim: usize) -> SchemaRef {
         Field::new("embedding", DataType::FixedSizeBinary(dim as i32), false),
         Field::new("audio", DataType::Binary, true),
     ]))
+}
+
+/// A string column as any version of chorus wrote it: plain, or dictionary-encoded (the `space` column of files
+/// written before it had the type of the `space=` partition key, which Hive-partitioned readers merge it with).
+pub(super) enum Strings<'a> {
+    Plain(&'a StringArray),
+    Dictionary(&'a DictionaryArray<Int32Type>, &'a StringArray),
+}
+
+impl<'a> Strings<'a> {
+    /// The column's strings, `None` when it holds no strings.
+    pub(super) fn of(array: &'a dyn Array) -> Option<Strings<'a>> {
+        match array.data_type() {
+            DataType::Utf8 => Some(Strings::Plain(array.as_string::<i32>())),
+            DataType::Dictionary(key, value) if **key == DataType::Int32 && **value == DataType::Utf8 => {
+                let dictionary = array.as_dictionary::<Int32Type>();
+                Some(Strings::Dictionary(dictionary, dictionary.values().as_string::<i32>()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The string of row `i`.
+    pub(super) fn value(&self, i: usize) -> &'a str {
+        match self {
+            Strings::Plain(values) => values.value(i),
+            Strings::Dictionary(dictionary, values) => values.value(dictionary.keys().value(i) as usize),
+        }
+    }
 }
 
 /// Symmetric int8 quantisation with one scale per vector: `x ≈ q × scale`.

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use arrow_array::builder::{BinaryBuilder, FixedSizeBinaryBuilder, StringDictionaryBuilder};
-use arrow_array::types::Int32Type;
+use arrow_array::builder::{BinaryBuilder, FixedSizeBinaryBuilder};
 use arrow_array::{
     ArrayRef, BinaryArray, Float32Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
@@ -124,18 +123,16 @@ impl ArchiveWriter {
     /// never all held at once.
     fn batch(&self, segments: &mut [Segment]) -> Result<RecordBatch, arrow_schema::ArrowError> {
         let micros = |t: Nanos| t.div_euclid(1_000);
-        let mut space = StringDictionaryBuilder::<Int32Type>::new();
         let mut embedding = FixedSizeBinaryBuilder::with_capacity(segments.len(), self.dim as i32);
         let mut scales = Vec::with_capacity(segments.len());
         for segment in segments.iter() {
-            space.append_value(&segment.key.space);
             let (scale, q) = quantize(&segment.embedding);
             scales.push(scale);
             embedding.append_value(&q)?;
         }
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from_iter_values(segments.iter().map(|s| s.key.id().to_string()))),
-            Arc::new(space.finish()),
+            Arc::new(StringArray::from_iter_values(segments.iter().map(|s| s.key.space.as_str()))),
             Arc::new(StringArray::from_iter_values(segments.iter().map(|s| s.key.sensor.as_str()))),
             Arc::new(
                 TimestampMicrosecondArray::from_iter_values(segments.iter().map(|s| micros(s.key.start_time())))
