@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::Error;
 use crate::config::Config;
-use crate::retention::PrunePlan;
+use crate::retention::{AudioPrunePlan, PrunePlan};
 use crate::search::listing::{self, ArchiveQuery, ArchiveRow, Step};
 
 /// Lists what `query` admits (see [`listing::list`]); `progress` shows a bar over the files on stderr.
@@ -136,6 +136,35 @@ pub fn print_plan(plan: &PrunePlan, days: u32, out: &mut impl std::io::Write) ->
         writeln!(out, "Then: kNN graph {} (rebuilt from the index at the next start).", graph.display())?;
     }
     Ok(())
+}
+
+/// Prints an audio prune's `plan` for a person to check.
+pub fn print_audio_plan(plan: &AudioPrunePlan, days: u32, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    if plan.partitions.is_empty() {
+        return writeln!(out, "Nothing to prune: no partition from before {} ({days} days) holds audio.", plan.cutoff);
+    }
+    let keeping = if plan.keep_labelled { ", but that of segments carrying a given label" } else { "" };
+    writeln!(out, "Day partitions from before {} (older than {days} days) whose audio goes{keeping}:", plan.cutoff)?;
+    let space_w = plan.partitions.iter().map(|p| p.space.len()).max().unwrap_or(0);
+    for p in &plan.partitions {
+        writeln!(
+            out,
+            "  space={:<space_w$}  date={}  {:>4} file(s)  {:>10}, of which audio {:>10}",
+            p.space,
+            p.date,
+            p.files,
+            human_bytes(p.bytes),
+            human_bytes(p.audio_bytes)
+        )?;
+    }
+    let (files, bytes, audio) = plan.size();
+    writeln!(
+        out,
+        "In all: {} partition(s), {files} file(s), {}, of which audio {}; every row stays.",
+        plan.partitions.len(),
+        human_bytes(bytes),
+        human_bytes(audio)
+    )
 }
 
 fn human_bytes(bytes: u64) -> String {

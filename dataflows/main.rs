@@ -158,16 +158,22 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: chorus::archive::Format,
     },
-    /// Delete the archive's day partitions older than N days (a dry run unless --apply is given).
+    /// Delete the archive's day partitions older than N days, or only their audio (a dry run unless --apply is given).
     #[command(
-        after_help = "Examples:\n  chorus prune --older-than-days 365            # lists what would go, deletes nothing\n  chorus prune --older-than-days 365 --apply    # deletes it\n\nA day partition goes when its whole day (UTC) lies more than N days before today, in the archive and in\nthe refinements dataset. The index snapshots of the spaces that lose segments and the refinement's saved kNN\ngraph are removed too, so that the next job start rebuilds them from what the archive still holds (about\n3 s per 100 000 segments on 2 cores). --apply refuses to run while a job runs on the archive; restart a\nrunning chorus serve afterwards (it keeps the index it opened)."
+        after_help = "Examples:\n  chorus prune --older-than-days 365            # lists what would go, deletes nothing\n  chorus prune --older-than-days 365 --apply    # deletes it\n  chorus prune --audio-older-than-days 30 --keep-labelled          # lists the audio that would go\n  chorus prune --audio-older-than-days 30 --keep-labelled --apply  # removes it, keeps every row\n\nA day partition goes when its whole day (UTC) lies more than N days before today, in the archive and in\nthe refinements dataset. The index snapshots of the spaces that lose segments and the refinement's saved kNN\ngraph are removed too, so that the next job start rebuilds them from what the archive still holds (about\n3 s per 100 000 segments on 2 cores). --apply refuses to run while a job runs on the archive; restart a\nrunning chorus serve afterwards (it keeps the index it opened).\n\n--audio-older-than-days removes only the audio of those days' segments (nearly all of the archive's bytes): each\nday partition is rewritten as one file, swapped in whole as compaction does, keeping every row, embedding,\nlineage and label. --keep-labelled keeps the audio of segments that carry a label given on the labels topic\n(read to its end first, so the broker must answer). The search page and chorus spectrogram then say that a\nsegment's audio was pruned."
     )]
     Prune {
         #[command(flatten)]
         config: ConfigArg,
         /// Delete partitions whose day ended more than this many days ago.
-        #[arg(long, value_name = "DAYS")]
-        older_than_days: u32,
+        #[arg(long, value_name = "DAYS", required_unless_present = "audio_older_than_days")]
+        older_than_days: Option<u32>,
+        /// Remove the audio of the segments of days that ended more than this many days ago; keep their rows.
+        #[arg(long, value_name = "DAYS", conflicts_with = "older_than_days")]
+        audio_older_than_days: Option<u32>,
+        /// With --audio-older-than-days: keep the audio of segments that carry a given label.
+        #[arg(long, requires = "audio_older_than_days")]
+        keep_labelled: bool,
         /// Delete; without it, only list what would be deleted.
         #[arg(long)]
         apply: bool,
@@ -453,7 +459,7 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 println!("Compacted {partitions} partition(s): {before} file(s) merged into {after}.");
             }
         }
-        Command::Prune { config, older_than_days, apply } => {
+        Command::Prune { config, older_than_days: Some(older_than_days), apply, .. } => {
             let config = load(&config)?;
             let today = chrono::Utc::now().date_naive();
             let plan = chorus::retention::plan_prune(&config, older_than_days, today)?;
@@ -470,6 +476,46 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
                 println!("Dry run: nothing was deleted. Run again with --apply to delete.");
             }
         }
+        Command::Prune { config, audio_older_than_days: Some(days), keep_labelled, apply, .. } => {
+            let config = load(&config)?;
+            let today = chrono::Utc::now().date_naive();
+            let plan = chorus::retention::plan_audio_prune(&config, days, today, keep_labelled)?;
+            let mut stdout = std::io::stdout().lock();
+            chorus::archive::print_audio_plan(&plan, days, &mut stdout)?;
+            drop(stdout);
+            if plan.partitions.is_empty() {
+                return Ok(());
+            }
+            if !apply {
+                println!("Dry run: nothing was changed. Run again with --apply to remove the audio.");
+                return Ok(());
+            }
+            let labelled: std::collections::HashSet<String> = if keep_labelled {
+                let settings = config.kafka.clone();
+                let labels = chorus_connectors::kafka::given_labels(&settings, Duration::from_secs(60))?;
+                println!("{} segment(s) carry a given label: their audio stays.", labels.len());
+                labels.keys().map(ToString::to_string).collect()
+            } else {
+                Default::default()
+            };
+            let (mut before, mut after) = (0, 0);
+            chorus::retention::apply_audio_prune(&config, &plan, &labelled, &mut |partition, merged| {
+                before += merged.bytes_in;
+                after += merged.bytes_out;
+                println!(
+                    "space={} date={}: {} file(s), {} bytes -> {} file(s), {} bytes; {} rows kept",
+                    partition.space,
+                    partition.date,
+                    merged.files_in,
+                    merged.bytes_in,
+                    merged.files_out,
+                    merged.bytes_out,
+                    merged.rows
+                );
+            })?;
+            println!("Removed the audio of {} partition(s): {before} bytes -> {after} bytes.", plan.partitions.len());
+        }
+        Command::Prune { .. } => unreachable!("clap requires --older-than-days or --audio-older-than-days"),
         Command::Spectrogram { config, segment, audio, space, output } => {
             let config = load(&config)?;
             let (samples, rate) = match (segment, audio) {

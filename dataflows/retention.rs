@@ -117,3 +117,108 @@ pub fn apply_prune(config: &Config, plan: &PrunePlan) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// What `chorus prune --audio-older-than-days` writes in the files it rewrites: every row's audio gone, or all but
+/// that of segments carrying a given label.
+const AUDIO_PRUNED_ALL: &str = "all";
+const AUDIO_PRUNED_KEEPING_LABELLED: &str = "all but labelled segments";
+
+/// One day partition of the archive whose audio an audio prune removes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AudioPartition {
+    /// Tenant.
+    pub space: String,
+    /// The day, `YYYY-MM-DD` (UTC).
+    pub date: String,
+    /// Parquet files in it (rewritten as one).
+    pub files: usize,
+    /// Bytes of those files.
+    pub bytes: u64,
+    /// Bytes of their audio column (compressed): about what the prune frees.
+    pub audio_bytes: u64,
+}
+
+/// What `chorus prune --audio-older-than-days` rewrites: the archive's day partitions before `cutoff` still holding
+/// audio, each rewritten whole without it (rows, embeddings, lineage and labels kept).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AudioPrunePlan {
+    /// Partitions of days before this one lose their audio.
+    pub cutoff: chrono::NaiveDate,
+    /// Whether segments carrying a given label keep theirs.
+    pub keep_labelled: bool,
+    /// Those partitions.
+    pub partitions: Vec<AudioPartition>,
+}
+
+impl AudioPrunePlan {
+    /// Files, bytes and audio bytes the partitions hold.
+    pub fn size(&self) -> (usize, u64, u64) {
+        let p = &self.partitions;
+        (p.iter().map(|p| p.files).sum(), p.iter().map(|p| p.bytes).sum(), p.iter().map(|p| p.audio_bytes).sum())
+    }
+
+    fn marker(&self) -> &'static str {
+        if self.keep_labelled { AUDIO_PRUNED_KEEPING_LABELLED } else { AUDIO_PRUNED_ALL }
+    }
+}
+
+/// Plans the removal of the audio of every segment of a day more than `days` days before `today` (UTC). A file an
+/// earlier prune rewrote the same way (or keeping nothing) is left alone.
+pub fn plan_audio_prune(
+    config: &Config,
+    days: u32,
+    today: chrono::NaiveDate,
+    keep_labelled: bool,
+) -> Result<AudioPrunePlan, Error> {
+    let cutoff = today.checked_sub_days(chrono::Days::new(u64::from(days))).ok_or_else(|| {
+        Error::Usage(format!("--audio-older-than-days {days} reaches before the calendar's first day"))
+    })?;
+    let mut plan = AudioPrunePlan { cutoff, keep_labelled, partitions: Vec::new() };
+    let root = &config.archive.dir;
+    for space in parquet::spaces(root)? {
+        for (date, files) in parquet::days(root, &space)? {
+            if !chrono::NaiveDate::parse_from_str(&date, "%Y-%m-%d").is_ok_and(|d| d < cutoff) {
+                continue;
+            }
+            let (mut bytes, mut audio_bytes, mut prunable) = (0, 0, false);
+            for file in &files {
+                bytes += std::fs::metadata(file.path()).map(|m| m.len()).unwrap_or(0);
+                let (audio, rows, pruned) = parquet::file_audio(file)?;
+                audio_bytes += audio;
+                // A column of nulls is a few bytes a row group; a pruned file keeps at most labelled segments' audio.
+                let done = pruned.is_some_and(|p| p == plan.marker() || p == AUDIO_PRUNED_ALL);
+                prunable |= !done && audio > 16 * rows.max(1);
+            }
+            if prunable {
+                let files = files.len();
+                plan.partitions.push(AudioPartition { space: space.clone(), date, files, bytes, audio_bytes });
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// Rewrites what `plan` lists without its audio, one partition at a time, each swapped in whole as compaction does;
+/// `labelled` holds the segments whose audio stays (with `--keep-labelled`). Takes the archive's job lock first:
+/// refused under a running job. `each` hears of every partition rewritten.
+pub fn apply_audio_prune(
+    config: &Config,
+    plan: &AudioPrunePlan,
+    labelled: &std::collections::HashSet<String>,
+    each: &mut dyn FnMut(&AudioPartition, &parquet::Merged),
+) -> Result<(), Error> {
+    let _locks = crate::locks::lock_all(config)?;
+    let keep = |id: &str| plan.keep_labelled && labelled.contains(id);
+    let prune = parquet::AudioPrune { keep: &keep, marker: plan.marker() };
+    for partition in &plan.partitions {
+        let merged = parquet::prune_audio(
+            &config.archive.dir,
+            &partition.space,
+            &partition.date,
+            &config.archive.compaction,
+            &prune,
+        )?;
+        each(partition, &merged);
+    }
+    Ok(())
+}

@@ -149,3 +149,85 @@ fn r16_compaction_killed_at_random_points_loses_and_doubles_nothing() {
     assert!(interrupted.len() >= 4, "too few kills landed inside a run of {whole:?}: {interrupted:?}");
     eprintln!("kills inside a compaction of {whole:?}: {interrupted:?}");
 }
+
+#[test]
+fn r16_audio_prune_removes_the_audio_of_old_days_keeps_every_row_and_labelled_examples() {
+    let s = Scenario::new("r16-audio", &[("windows.hop_seconds", 1.0.into())]);
+    let sample = tools().sample.display().to_string();
+    for sensor in ["pole-1", "pole-2"] {
+        s.chorus(&["produce", "--sensor", sensor, "--start", crate::support::T0, &sample]);
+    }
+    s.run_until_idle();
+    let rows_before: Value = serde_json::from_slice(&s.chorus(&["archive", "--format", "json"]).stdout).unwrap();
+    let ids: Vec<String> =
+        rows_before.as_array().unwrap().iter().map(|r| r["segment_id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids.len(), 12);
+    let (labelled, other) = (&ids[0], &ids[1]);
+    // A person labels one segment.
+    let producer: rdkafka::producer::BaseProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &s.brokers).create().unwrap();
+    producer.send(rdkafka::producer::BaseRecord::to(&s.labels_topic).key(labelled).payload("wren")).unwrap();
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
+    let bytes = |archive: &Path| -> u64 {
+        parquet::files(archive, "default").unwrap().iter().map(|f| std::fs::metadata(f.path()).unwrap().len()).sum()
+    };
+    let before = bytes(&s.archive);
+
+    // A dry run lists the partition, its bytes and its audio, and changes nothing.
+    let dry =
+        String::from_utf8(s.chorus(&["prune", "--audio-older-than-days", "30", "--keep-labelled"]).stdout).unwrap();
+    assert!(dry.contains("space=default  date=2026-05-01"), "{dry}");
+    assert!(dry.contains("of which audio"), "{dry}");
+    assert!(dry.contains("Dry run: nothing was changed."), "{dry}");
+    assert_eq!(bytes(&s.archive), before);
+    let png = s.dir.path().join("other.png");
+    s.chorus(&["spectrogram", "--segment", other, "-o", &png.display().to_string()]);
+
+    let applied =
+        String::from_utf8(s.chorus(&["prune", "--audio-older-than-days", "30", "--keep-labelled", "--apply"]).stdout)
+            .unwrap();
+    assert!(applied.contains("1 segment(s) carry a given label: their audio stays."), "{applied}");
+    let after = bytes(&s.archive);
+    // Every row stays (the same listing), the audio of all but the labelled segment goes.
+    let rows_after: Value = serde_json::from_slice(&s.chorus(&["archive", "--format", "json"]).stdout).unwrap();
+    assert_eq!(rows_after, rows_before);
+    assert_eq!(files_per_day(&s.archive), vec![1]);
+    // One segment of twelve keeps its audio.
+    assert!(after * 4 < before, "{before} bytes before, {after} after");
+    let kept = s.dir.path().join("labelled.png");
+    s.chorus(&["spectrogram", "--segment", labelled, "-o", &kept.display().to_string()]);
+    let refused = s.chorus_unchecked(&["spectrogram", "--segment", other, "-o", &png.display().to_string()]);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains(&format!("the audio of segment {other} was pruned")), "{message}");
+    // The search page shows what the API says of a segment's audio and picture.
+    let port = crate::support::free_port();
+    let mut serve = s.spawn_numbered(1, &["serve", "--listen", &format!("127.0.0.1:{port}")]);
+    crate::support::wait_for("chorus serve to answer", Duration::from_secs(60), || {
+        crate::support::http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
+    });
+    for what in ["audio.wav", "spectrogram.png"] {
+        let (status, body) = crate::support::http_get(port, &format!("/v1/segments/{other}/{what}")).unwrap();
+        assert_eq!(status, 404, "{what}: {body}");
+        assert!(body.contains(&format!("the audio of segment {other} was pruned")), "{what}: {body}");
+        let (status, _) = crate::support::http_get(port, &format!("/v1/segments/{labelled}/{what}")).unwrap();
+        assert_eq!(status, 200, "{what} of the labelled segment");
+    }
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+    // The embeddings are still there: a search by the pruned segment finds its neighbours.
+    let answers: Value =
+        serde_json::from_slice(&s.chorus(&["query", "--segment", other, "-k", "3", "--json"]).stdout).unwrap();
+    assert_eq!(answers[0]["hits"].as_array().unwrap().len(), 3, "{answers}");
+    // Nothing is left to prune keeping labelled segments; without keeping them, their audio is what is left.
+    let again =
+        String::from_utf8(s.chorus(&["prune", "--audio-older-than-days", "30", "--keep-labelled"]).stdout).unwrap();
+    assert!(again.starts_with("Nothing to prune"), "{again}");
+    let all = String::from_utf8(s.chorus(&["prune", "--audio-older-than-days", "30"]).stdout).unwrap();
+    assert!(all.contains("space=default  date=2026-05-01     1 file(s)"), "{all}");
+    // pyarrow, DuckDB and polars read the rewritten archive.
+    let seen: Value = serde_json::from_str(&s.python("read_archive.py", &[&s.archive.display().to_string()])).unwrap();
+    for reader in ["pyarrow", "duckdb", "polars"] {
+        assert_eq!(seen[reader].as_array().unwrap().len(), 12, "{reader}");
+    }
+}

@@ -29,6 +29,9 @@ pub enum Error {
     /// committing, so a restart produces the record again.
     #[error("the broker did not accept a record: {0}")]
     Delivery(String),
+    /// Occurs when the broker did not give what was asked within the time allowed.
+    #[error("{0}")]
+    Timeout(String),
     /// Occurs when a topic the job needs is missing; creating it (or `kafka.create_topics`) fixes it.
     #[error("{0}")]
     Topic(String),
@@ -46,7 +49,7 @@ pub enum Error {
 impl Error {
     /// Whether retrying the same operation later can succeed without a change of configuration or data.
     pub fn retryable(&self) -> bool {
-        matches!(self, Error::Kafka { .. } | Error::Delivery(_))
+        matches!(self, Error::Kafka { .. } | Error::Delivery(_) | Error::Timeout(_))
     }
 }
 

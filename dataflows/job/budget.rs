@@ -38,6 +38,8 @@ pub struct Budget {
     pub index: usize,
     /// Held back for the refinement's graph and arrangements: its horizon of one space.
     pub refine: usize,
+    /// Held back for the background compaction's merges (`archive.compaction.memory_mb`, when the job compacts).
+    pub compaction: usize,
     /// Memory of the archive writers' buffers.
     pub writers: usize,
     /// Memory of the segmenting workers' sensors, per worker.
@@ -55,8 +57,8 @@ pub struct Budget {
 }
 
 /// Splits the memory budget among `workers` workers, from what the model and the runtime leave of it (measured
-/// now that they are loaded): first the index's own budget and the refinement's horizon (for one space: each further
-/// space adds as much); of the rest, a quarter to the archive writers when the archive keeps audio, an eighth to the
+/// now that they are loaded): first the index's own budget, the refinement's horizon (for one space: each further
+/// space adds as much) and the compaction's merges; of the rest, a quarter to the archive writers when the archive keeps audio, an eighth to the
 /// sensors, a quarter left as headroom, and what remains to the audio read ahead. Refuses a budget that leaves a worker less than 8 MiB to read
 /// ahead, naming what takes it.
 pub fn split_budget(config: &Config, workers: usize) -> Result<Budget, Error> {
@@ -69,7 +71,8 @@ fn split(config: &Config, workers: usize, resident: usize) -> Result<Budget, Err
     let index = config.index.memory_budget.map_or(0, |per_worker| per_worker * workers);
     let per_segment = REFINE_BYTES_PER_SEGMENT_AT_1536 * config.model.dim.max(1) / 1536;
     let refine = if config.refine.enabled { config.refine.horizon_segments * per_segment } else { 0 };
-    let rest = spare.saturating_sub(index).saturating_sub(refine);
+    let compaction = config.archive.compaction_interval.map_or(0, |_| config.archive.compaction.memory_bytes);
+    let rest = spare.saturating_sub(index).saturating_sub(refine).saturating_sub(compaction);
     let writers = if config.archive.audio { rest / 4 } else { 0 };
     let sensors = rest / 8;
     let headroom = rest / 4;
@@ -80,8 +83,9 @@ fn split(config: &Config, workers: usize, resident: usize) -> Result<Budget, Err
             "memory_budget_mb = {} leaves too little for audio in flight: a worker needs {} MiB to fill a batch of \
              embed.max_batch = {} windows, and gets {} MiB; the model and runtime use {} MiB, the \
              index's budget (index.memory_budget_mb × {workers} workers) {} MiB, the refinement's horizon \
-             (refine.horizon_segments) {} MiB, the archive writers {} MiB and the sensors {} MiB; raise \
-             memory_budget_mb or lower embed.max_batch, index.memory_budget_mb or refine.horizon_segments",
+             (refine.horizon_segments) {} MiB, compaction (archive.compaction.memory_mb) {} MiB, the archive \
+             writers {} MiB and the sensors {} MiB; raise memory_budget_mb or lower embed.max_batch, \
+             index.memory_budget_mb, refine.horizon_segments or archive.compaction.memory_mb",
             budget >> 20,
             needed.div_ceil(1 << 20),
             config.embed.max_batch,
@@ -89,6 +93,7 @@ fn split(config: &Config, workers: usize, resident: usize) -> Result<Budget, Err
             resident >> 20,
             index >> 20,
             refine >> 20,
+            compaction >> 20,
             writers >> 20,
             sensors >> 20
         )));
@@ -97,6 +102,7 @@ fn split(config: &Config, workers: usize, resident: usize) -> Result<Budget, Err
         resident,
         index,
         refine,
+        compaction,
         writers,
         sensors: sensors / workers,
         headroom,
@@ -109,6 +115,7 @@ fn split(config: &Config, workers: usize, resident: usize) -> Result<Budget, Err
         resident_mib = resident >> 20,
         index_mib = index >> 20,
         refine_mib = refine >> 20,
+        compaction_mib = compaction >> 20,
         writers_mib = writers >> 20,
         sensors_mib_per_worker = split.sensors >> 20,
         read_ahead_mib_per_worker = split.read_ahead >> 20,
@@ -131,6 +138,7 @@ impl Budget {
             ("resident", self.resident),
             ("index", self.index),
             ("refine", self.refine),
+            ("compaction", self.compaction),
             ("writers", self.writers),
             ("sensors", self.sensors * workers),
             ("headroom", self.headroom),
@@ -187,7 +195,19 @@ mod tests {
         config.index.memory_budget = index_mb.map(|mb| mb << 20);
         config.refine.enabled = refine;
         config.archive.audio = audio;
+        config.archive.compaction_interval = None;
         config
+    }
+
+    #[test]
+    fn r16_the_jobs_compaction_takes_its_memory_bound_before_the_rest_is_split() {
+        let mut config = config(1_024, Some(64), false, true);
+        let without = split(&config, 2, 300 << 20).unwrap();
+        config.archive.compaction_interval = Some(Duration::from_secs(60));
+        let with = split(&config, 2, 300 << 20).unwrap();
+        assert_eq!((without.compaction, with.compaction), (0, 64 << 20));
+        let rest = (724 << 20) - (128 << 20) - (64 << 20);
+        assert_eq!((with.writers, with.headroom), (rest / 4, rest / 4));
     }
 
     #[test]

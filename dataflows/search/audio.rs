@@ -47,12 +47,18 @@ pub fn segment_wav(config: &Config, id: SegmentId, whereabouts: &Whereabouts) ->
     for space in spaces {
         match parquet::segment_audio(root, &space, id, &filter)? {
             None => continue,
-            Some(None) => {
+            Some(parquet::SegmentAudio::NotKept) => {
                 return Err(Error::NotFound(format!(
                     "segment {id} was archived without its audio (written with archive.audio off, or before the archive kept audio)"
                 )));
             }
-            Some(Some(wav)) => return Ok((space, wav)),
+            Some(parquet::SegmentAudio::Pruned) => {
+                return Err(Error::NotFound(format!(
+                    "the audio of segment {id} was pruned (chorus prune --audio-older-than-days); its row, embedding \
+                     and labels are kept"
+                )));
+            }
+            Some(parquet::SegmentAudio::Wav(wav)) => return Ok((space, wav)),
         }
     }
     Err(Error::NotFound(format!("segment {id} is not in the archive {}", root.display())))

@@ -1,6 +1,7 @@
 //! The labels topic as a source: every label given to a segment, read from the start at every run, each checked or
 //! refused as a dead letter.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chorus_operators::cause::Cause;
@@ -85,6 +86,46 @@ impl LabelsSource {
         }
         out
     }
+}
+
+/// Every segment that carries a label given by a person now: the labels topic read from its start to its end as
+/// it stands (the last label of a segment holds; one taken away leaves none), within `timeout`.
+pub fn given_labels(settings: &KafkaSettings, timeout: Duration) -> Result<HashMap<SegmentId, String>, Error> {
+    let source = LabelsSource::open(settings)?;
+    let topic = settings.labels_topic.clone();
+    let mut ends = HashMap::new();
+    for element in topic_partitions(&source.consumer, settings, &topic)?.elements() {
+        let (_, high) = source
+            .consumer
+            .fetch_watermarks(&topic, element.partition(), Duration::from_secs(10))
+            .map_err(kafka(format!("cannot read the end offsets of {topic}")))?;
+        if high > 0 {
+            ends.insert(element.partition(), high);
+        }
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    let mut labels = HashMap::new();
+    while !ends.is_empty() {
+        if std::time::Instant::now() >= deadline {
+            return Err(Error::Timeout(format!(
+                "the labels topic {topic} was not read to its end within {timeout:?} (partitions left: {:?})",
+                ends.keys().collect::<Vec<_>>()
+            )));
+        }
+        let Some(result) = source.consumer.poll(Duration::from_millis(100)) else { continue };
+        let message = result.map_err(kafka(format!("cannot read {topic}")))?;
+        let origin = Origin { topic: topic.clone(), partition: message.partition(), offset: message.offset() };
+        if let Ok(event) = parse_label(origin, message.key(), message.payload()) {
+            match event.label {
+                Some(label) => labels.insert(event.segment, label),
+                None => labels.remove(&event.segment),
+            };
+        }
+        if ends.get(&message.partition()).is_some_and(|&end| message.offset() + 1 >= end) {
+            ends.remove(&message.partition());
+        }
+    }
+    Ok(labels)
 }
 
 fn parse_label(origin: Origin, key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<LabelEvent, DeadLetter> {

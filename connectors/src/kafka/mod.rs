@@ -33,7 +33,7 @@ pub use contract::{
     DEFAULT_SPACE, HEADER_CAPTURED_AT, HEADER_CAUSE, HEADER_ORIGIN, HEADER_PAYLOAD_DROPPED, HEADER_PRIORITY,
     HEADER_REASON, HEADER_RECORD, HEADER_SPACE, RawMessage, decode_message, valid_space,
 };
-pub use labels::{LabelEvent, LabelsSource, MAX_LABEL_BYTES, check_label};
+pub use labels::{LabelEvent, LabelsSource, MAX_LABEL_BYTES, check_label, given_labels};
 pub use producer::{Acks, Producer, Record};
 pub use records::{
     RefinementRecord, SegmentRecord, dead_letter_record, label_record, refinement_record, segment_record,

@@ -31,19 +31,24 @@ use std::time::{Duration, SystemTime};
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::TimestampMicrosecondType;
-use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
+use arrow_array::{Array, ArrayRef, BinaryArray, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
+use parquet::file::metadata::KeyValue;
 
 use super::layout::{ROW_GROUP_ROWS, days, lock_partition, open_reader, partition_dir, writer_properties};
 use super::schema::Strings;
 use crate::Error;
 
-/// Bytes of a merged row group at most: with audio (220 KB a row) about 150 rows, so a group holds a run of one sensor.
+/// Bytes of a merged row group at most (less when `memory_mb` is small): with audio (220 KB a row) about 150 rows, so
+/// a group holds a run of one sensor.
 const ROW_GROUP_BYTES: usize = 32 << 20;
-/// Files merged in one pass at most; more are merged in passes through the staging area.
+/// Files merged in one pass at most; more are merged in passes through the staging area. The memory bound lowers it.
 const MAX_MERGE_INPUTS: usize = 64;
+/// What an input being read holds besides its batch: a compressed and a decompressed page of each column (pages are
+/// 1 MiB at most).
+const INPUT_PAGE_BYTES: usize = 2 << 20;
 /// The smallest size tier: files below it are all of tier 0.
 const TIER_BASE_BYTES: u64 = 1 << 20;
 
@@ -77,6 +82,13 @@ impl Default for Compaction {
     }
 }
 
+impl Compaction {
+    /// Files one merge pass reads at once: as many as a quarter of the memory bound holds pages for (2 to 64).
+    pub fn inputs_per_pass(&self) -> usize {
+        (self.memory_bytes / 4 / INPUT_PAGE_BYTES).clamp(2, MAX_MERGE_INPUTS)
+    }
+}
+
 /// What one merge did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Merged {
@@ -96,6 +108,84 @@ pub struct Merged {
     pub rows: u64,
     /// Files in the partition after the swap.
     pub files_after: usize,
+}
+
+/// The key of a file's key-value metadata that says its rows' audio was pruned (`chorus prune
+/// --audio-older-than-days`); its value says which rows kept theirs.
+pub const AUDIO_PRUNED_KEY: &str = "chorus.audio_pruned";
+
+/// An audio prune: which rows keep their audio, and what the rewritten files say of it (see [`AUDIO_PRUNED_KEY`]).
+pub struct AudioPrune<'a> {
+    /// Whether the row of this segment id keeps its audio.
+    pub keep: &'a dyn Fn(&str) -> bool,
+    /// The value of [`AUDIO_PRUNED_KEY`] in the files written.
+    pub marker: &'a str,
+}
+
+/// `batch` with the audio of the rows `audio` does not keep set to null.
+fn pruned(batch: RecordBatch, audio: Option<&AudioPrune>) -> RecordBatch {
+    let Some(audio) = audio else { return batch };
+    let (Ok(at), Some(ids)) =
+        (batch.schema().index_of("audio"), batch.column_by_name("segment_id").and_then(|c| c.as_string_opt::<i32>()))
+    else {
+        return batch;
+    };
+    let Some(wavs) = batch.column(at).as_binary_opt::<i32>() else { return batch };
+    let kept: BinaryArray = (0..batch.num_rows())
+        .map(|i| if (audio.keep)(ids.value(i)) { wavs.is_valid(i).then(|| wavs.value(i)) } else { None })
+        .collect();
+    let mut columns = batch.columns().to_vec();
+    columns[at] = Arc::new(kept);
+    RecordBatch::try_new(batch.schema(), columns).expect("the same columns")
+}
+
+/// Rewrites the day partition `space`/`date` of the archive under `root` whole (as one compaction, swapped in the
+/// same way), with the audio of the rows `audio` does not keep set to null; every other column and every row stays.
+pub fn prune_audio(
+    root: &Path,
+    space: &str,
+    date: &str,
+    compaction: &Compaction,
+    audio: &AudioPrune,
+) -> Result<Merged, Error> {
+    let staged = staging_dir(root)?.join(format!("space={space}"));
+    let space_dir = root.join(format!("space={space}"));
+    let Some(_compactor) = try_lock(&space_dir.join(".compactor.lock")).map_err(|e| archive_error(&space_dir, &e))?
+    else {
+        return Err(archive_error(&space_dir, &"another compaction is working on this space; try again"));
+    };
+    clean_staging(&staged, compaction.grace)?;
+    let inputs = list_parts(&partition_dir(root, space, date))?;
+    let partition = Partition { root, space, date };
+    compact_files(partition, &inputs, &staged, compaction, &AtomicBool::new(false), Some(audio))
+}
+
+/// What a file holds of audio: the compressed bytes of its `audio` column, its rows, and what an audio prune wrote
+/// of it ([`AUDIO_PRUNED_KEY`]), if one did.
+pub fn file_audio(file: &super::ArchiveFile) -> Result<(u64, u64, Option<String>), Error> {
+    let builder = file.reader()?;
+    let metadata = builder.metadata();
+    let mut bytes = 0;
+    let mut rows = 0;
+    for group in metadata.row_groups() {
+        rows += group.num_rows() as u64;
+        for column in group.columns() {
+            if column.column_path().string() == "audio" {
+                bytes += column.compressed_size() as u64;
+            }
+        }
+    }
+    Ok((bytes, rows, audio_pruned(metadata)))
+}
+
+/// The value of [`AUDIO_PRUNED_KEY`] in a file's metadata, if it has one.
+pub fn audio_pruned(metadata: &parquet::file::metadata::ParquetMetaData) -> Option<String> {
+    metadata
+        .file_metadata()
+        .key_value_metadata()?
+        .iter()
+        .find(|kv| kv.key == AUDIO_PRUNED_KEY)
+        .and_then(|kv| kv.value.clone())
 }
 
 /// A file of a partition as [`choose`] sees it.
@@ -215,7 +305,14 @@ pub fn compact_dataset(
                     break;
                 }
                 let inputs: Vec<PathBuf> = chosen.iter().map(|&i| listed[i].clone()).collect();
-                let done = compact_files(root, &space, &date, &inputs, &staged, compaction, stop)?;
+                let done = compact_files(
+                    Partition { root, space: &space, date: &date },
+                    &inputs,
+                    &staged,
+                    compaction,
+                    stop,
+                    None,
+                )?;
                 each(&done);
                 merged.push(done);
                 if closed || layout {
@@ -304,14 +401,14 @@ fn clean_staging(staged: &Path, grace: Duration) -> Result<(), Error> {
 
 /// Merges `inputs` (files of the partition `space`/`date`) and swaps the result in.
 fn compact_files(
-    root: &Path,
-    space: &str,
-    date: &str,
+    partition: Partition,
     inputs: &[PathBuf],
     staged: &Path,
     compaction: &Compaction,
     stop: &AtomicBool,
+    audio: Option<&AudioPrune>,
 ) -> Result<Merged, Error> {
+    let Partition { root, space, date } = partition;
     let stamp = format!("{}-{}", chrono::Utc::now().timestamp_micros(), std::process::id());
     let work = staged.join(format!("merge-{date}-{stamp}"));
     fs::create_dir_all(&work).map_err(|e| archive_error(&work, &e))?;
@@ -319,14 +416,15 @@ fn compact_files(
     let mut pass = 0;
     let mut current = inputs.to_vec();
     let mut rows;
-    // More inputs than one pass takes are merged in passes, each file of a pass from at most MAX_MERGE_INPUTS.
+    // More inputs than one pass takes are merged in passes.
+    let per_pass = compaction.inputs_per_pass();
     let outputs = loop {
-        let last = current.len() <= MAX_MERGE_INPUTS;
+        let last = current.len() <= per_pass;
         let mut next = Vec::new();
         rows = 0;
-        for (group, chunk) in current.chunks(MAX_MERGE_INPUTS).enumerate() {
+        for (group, chunk) in current.chunks(per_pass).enumerate() {
             let name = format!("{stamp}-p{pass}-g{group}");
-            let (files, merged_rows) = merge(chunk, &work, &name, compaction, stop)?;
+            let (files, merged_rows) = merge(chunk, &work, &name, compaction, stop, audio)?;
             next.extend(files);
             rows += merged_rows;
         }
@@ -354,6 +452,14 @@ fn compact_files(
         rows,
         files_after,
     })
+}
+
+/// A day partition of a dataset.
+#[derive(Clone, Copy)]
+struct Partition<'a> {
+    root: &'a Path,
+    space: &'a str,
+    date: &'a str,
 }
 
 /// One input of a merge: its reader and the batch it is at.
@@ -408,6 +514,7 @@ fn merge(
     name: &str,
     compaction: &Compaction,
     stop: &AtomicBool,
+    audio: Option<&AudioPrune>,
 ) -> Result<(Vec<PathBuf>, u64), Error> {
     // Bytes per row (uncompressed) of the widest input size the batches: one per input within the memory bound.
     let mut widest = 1usize;
@@ -422,8 +529,11 @@ fn merge(
         }
         builders.push((path, builder));
     }
-    let batch_rows = (compaction.memory_bytes / (2 * inputs.len().max(1) * widest)).clamp(1, 8_192);
-    let out_rows = (compaction.memory_bytes / (2 * widest)).clamp(1, 8_192);
+    // A quarter of the memory bound for the inputs' batches, a quarter for the rows picked and not yet written, a
+    // quarter for the row group being written, a quarter for the inputs' pages (see `inputs_per_pass`).
+    let quarter = compaction.memory_bytes / 4;
+    let batch_rows = (quarter / (inputs.len().max(1) * widest)).clamp(1, 8_192);
+    let out_rows = (quarter / widest).clamp(1, 8_192);
     let mut schema: Option<SchemaRef> = None;
     let mut cursors: Vec<Option<Input>> = Vec::with_capacity(inputs.len());
     for (path, builder) in builders {
@@ -448,7 +558,7 @@ fn merge(
         .enumerate()
         .filter_map(|(i, c)| c.as_ref().map(|c| Reverse((key(&c.batch, c.row), i))))
         .collect();
-    let mut out = Output::new(work, name, schema.clone(), compaction);
+    let mut out = Output::new(work, name, schema.clone(), compaction, audio.map(|a| a.marker));
     let mut pending: Vec<(usize, usize)> = Vec::new();
     let mut rows = 0u64;
     while let Some(Reverse((_, i))) = heap.pop() {
@@ -462,7 +572,7 @@ fn merge(
                 return Err(archive_error(work, &"compaction was stopped; the next round starts it again"));
             }
             rows += pending.len() as u64;
-            out.write(&interleave(&cursors, &pending).map_err(|e| archive_error(work, &e))?)?;
+            out.write(&pruned(interleave(&cursors, &pending).map_err(|e| archive_error(work, &e))?, audio))?;
             pending.clear();
         }
         let cursor = cursors[i].as_mut().expect("a live input");
@@ -483,7 +593,7 @@ fn merge(
     }
     if !pending.is_empty() {
         rows += pending.len() as u64;
-        out.write(&interleave(&cursors, &pending).map_err(|e| archive_error(work, &e))?)?;
+        out.write(&pruned(interleave(&cursors, &pending).map_err(|e| archive_error(work, &e))?, audio))?;
     }
     Ok((out.finish()?, rows))
 }
@@ -520,13 +630,20 @@ struct Output<'a> {
     name: &'a str,
     schema: SchemaRef,
     compaction: &'a Compaction,
+    marker: Option<&'a str>,
     writer: Option<(PathBuf, ArrowWriter<fs::File>)>,
     written: Vec<PathBuf>,
 }
 
 impl<'a> Output<'a> {
-    fn new(work: &'a Path, name: &'a str, schema: SchemaRef, compaction: &'a Compaction) -> Self {
-        Output { work, name, schema, compaction, writer: None, written: Vec::new() }
+    fn new(
+        work: &'a Path,
+        name: &'a str,
+        schema: SchemaRef,
+        compaction: &'a Compaction,
+        marker: Option<&'a str>,
+    ) -> Self {
+        Output { work, name, schema, compaction, marker, writer: None, written: Vec::new() }
     }
 
     fn write(&mut self, batch: &RecordBatch) -> Result<(), Error> {
@@ -540,14 +657,19 @@ impl<'a> Output<'a> {
                 .filter(|f| matches!(f.data_type(), DataType::Binary | DataType::FixedSizeBinary(_)))
                 .map(|f| f.name().as_str())
                 .collect();
-            let properties = writer_properties(self.compaction.zstd_level, &blobs);
+            let mut properties = writer_properties(self.compaction.zstd_level, &blobs);
+            if let Some(marker) = self.marker {
+                let note = KeyValue::new(AUDIO_PRUNED_KEY.to_owned(), marker.to_owned());
+                properties = properties.into_builder().set_key_value_metadata(Some(vec![note])).build();
+            }
             let writer = ArrowWriter::try_new(file, self.schema.clone(), Some(properties))
                 .map_err(|e| archive_error(&path, &e))?;
             self.writer = Some((path, writer));
         }
         let (path, writer) = self.writer.as_mut().expect("a writer");
         writer.write(batch).map_err(|e| archive_error(path, &e))?;
-        if writer.in_progress_size() >= ROW_GROUP_BYTES || writer.in_progress_rows() >= ROW_GROUP_ROWS {
+        let group_bytes = ROW_GROUP_BYTES.min(self.compaction.memory_bytes / 4);
+        if writer.in_progress_size() >= group_bytes || writer.in_progress_rows() >= ROW_GROUP_ROWS {
             writer.flush().map_err(|e| archive_error(path, &e))?;
         }
         if writer.bytes_written() as u64 >= self.compaction.max_file_bytes {
@@ -738,11 +860,12 @@ mod tests {
     fn r16_merges_in_passes_within_their_memory_bound_and_keep_every_row() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("archive");
-        // More files than one pass merges, with a memory bound that makes batches of a few rows.
-        let expected = small_files(&root, MAX_MERGE_INPUTS + 6, 4);
-        let tight = Compaction { memory_bytes: 64 << 10, ..closed() };
+        // More files than one pass merges: passes of 4 within 32 MiB.
+        let tight = Compaction { memory_bytes: 32 << 20, ..closed() };
+        assert_eq!(tight.inputs_per_pass(), 4);
+        let expected = small_files(&root, 13, 4);
         let merged = compact(&root, &tight, after("2026-05-01"), false).unwrap();
-        assert_eq!((merged[0].files_in, merged[0].files_out), (MAX_MERGE_INPUTS + 6, 1));
+        assert_eq!((merged[0].files_in, merged[0].files_out), (13, 1));
         assert_each_row_once(&root, &expected);
         let mut keys = Vec::new();
         read_space(&root, "default", false, |r| keys.push((r.sensor, r.start_micros))).unwrap();

@@ -22,12 +22,16 @@ mod schema;
 mod sink;
 mod writer;
 
-pub use compact::{Candidate, Compaction, Merged, choose, compact_dataset, staging_dir};
+pub use compact::{
+    AUDIO_PRUNED_KEY, AudioPrune, Candidate, Compaction, Merged, audio_pruned, choose, compact_dataset, file_audio,
+    prune_audio, staging_dir,
+};
 pub use config::{ArchiveConfig, ArchiveSettings, CompactionConfig};
 pub use layout::{ArchiveFile, days, files, partition_dir, remove_temporary_files, set_aside, spaces};
 pub use refinements::{LatestRefinement, RefinementRow, RefinementWriter, latest_refinements, refinement_schema};
 pub use scan::{
-    ArchivedSegment, ScanStats, archived_segment, read_file, read_space, scan_file, scan_files, segment_audio,
+    ArchivedSegment, ScanStats, SegmentAudio, archived_segment, read_file, read_space, scan_file, scan_files,
+    segment_audio,
 };
 pub use schema::{dequantize, quantize, schema};
 pub use sink::sink;

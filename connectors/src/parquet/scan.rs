@@ -288,15 +288,21 @@ pub fn archived_segment(
     Ok(found)
 }
 
-/// The audio archived with segment `id` of `space`, as a WAV file: `None` when the segment is not archived,
-/// `Some(None)` when it was archived without audio. `filter` narrows the search: with the segment's sensor and start
-/// time it is one row group. Only the `segment_id` column is read to find the row, then only that row's audio.
-pub fn segment_audio(
-    root: &Path,
-    space: &str,
-    id: SegmentId,
-    filter: &Filter,
-) -> Result<Option<Option<Vec<u8>>>, Error> {
+/// What the archive holds of an archived segment's audio.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SegmentAudio {
+    /// The window as a WAV file.
+    Wav(Vec<u8>),
+    /// None: the segment was archived without it (`archive.audio` off).
+    NotKept,
+    /// None any more: `chorus prune --audio-older-than-days` removed it.
+    Pruned,
+}
+
+/// The audio archived with segment `id` of `space`: `None` when the segment is not archived. `filter` narrows the
+/// search: with the segment's sensor and start time it is one row group. Only the `segment_id` column is read to find
+/// the row, then only that row's audio.
+pub fn segment_audio(root: &Path, space: &str, id: SegmentId, filter: &Filter) -> Result<Option<SegmentAudio>, Error> {
     let wanted = id.to_string();
     let mut stats = ScanStats::default();
     for path in scan_files(root, space, filter, &mut stats)? {
@@ -308,6 +314,11 @@ pub fn segment_audio(
         }
         let builder = path.reader()?;
         let has_audio = builder.parquet_schema().columns().iter().any(|c| c.name() == "audio");
+        let absent = if super::compact::audio_pruned(builder.metadata()).is_some() {
+            SegmentAudio::Pruned
+        } else {
+            SegmentAudio::NotKept
+        };
         let mask = ProjectionMask::columns(builder.parquet_schema(), ["segment_id"]);
         let reader = builder.with_projection(mask).with_row_groups(kept.clone()).build().map_err(|e| failed(&e))?;
         let mut row = None;
@@ -323,7 +334,7 @@ pub fn segment_audio(
         }
         let Some(row) = row else { continue };
         if !has_audio {
-            return Ok(Some(None));
+            return Ok(Some(absent));
         }
         let builder = path.reader()?;
         let mask = ProjectionMask::columns(builder.parquet_schema(), ["audio"]);
@@ -337,11 +348,11 @@ pub fn segment_audio(
         for batch in reader {
             let batch = batch.map_err(|e| failed(&e))?;
             let audio = batch.column(0).as_binary::<i32>();
-            if !audio.is_empty() {
-                return Ok(Some((!audio.is_null(0)).then(|| audio.value(0).to_vec())));
+            if !audio.is_empty() && !audio.is_null(0) {
+                return Ok(Some(SegmentAudio::Wav(audio.value(0).to_vec())));
             }
         }
-        return Ok(Some(None));
+        return Ok(Some(absent));
     }
     Ok(None)
 }
@@ -452,11 +463,15 @@ pub(crate) mod tests {
             let filter = Filter { sensors: vec!["s3".into()], ..Default::default() };
             for filter in [Filter::default(), filter] {
                 let wav = segment_audio(dir.path(), "default", id, &filter).unwrap();
-                if !keep {
-                    assert_eq!(wav, Some(None), "archived, without audio");
-                    continue;
-                }
-                let audio = crate::wav::decode(&wav.unwrap().unwrap(), &Default::default()).unwrap();
+                let wav = match wav {
+                    Some(SegmentAudio::Wav(wav)) => wav,
+                    other => {
+                        assert!(!keep, "{other:?}");
+                        assert_eq!(other, Some(SegmentAudio::NotKept), "archived, without audio");
+                        continue;
+                    }
+                };
+                let audio = crate::wav::decode(&wav, &Default::default()).unwrap();
                 assert_eq!(audio.sample_rate, 32_000);
                 let pcm: Vec<i16> = audio.samples.iter().map(|&x| chorus_operators::record::pcm16(x)).collect();
                 assert_eq!(pcm, (300..308).collect::<Vec<i16>>());
