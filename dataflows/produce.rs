@@ -122,7 +122,10 @@ pub fn produce(config: &Config, options: &ProduceOptions) -> Result<ProduceSumma
             }
             summary.bytes += payload.len();
             let record = Record { key: Some(sensor.as_bytes().to_vec()), payload, headers };
-            producer.send_to(&config.kafka.audio_topic, Some(captured_at.div_euclid(1_000_000)), &record, &acks, 0)?;
+            // The Kafka timestamp is when the chunk is sent (the client's clock), not when it was recorded: brokers
+            // delete by it (retention.ms), and a backfill of old recordings stamped with their capture times would
+            // be deleted before the job read it. The capture time travels in its header.
+            producer.send_to(&config.kafka.audio_topic, None, &record, &acks, 0)?;
             summary.chunks += 1;
             bar.inc(1);
         }

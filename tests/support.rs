@@ -451,18 +451,33 @@ pub struct PrivateBroker {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<std::process::Child>,
+    /// Options of its storage engine, as a URL query (`maintenance_interval=1s`).
+    storage_options: String,
 }
 
 impl PrivateBroker {
     /// Starts one and waits until it answers.
     pub fn start() -> PrivateBroker {
+        PrivateBroker::start_with("")
+    }
+
+    /// Starts one whose storage engine takes `options` (a URL query: `maintenance_interval=1s` runs its retention
+    /// every second rather than every ten minutes).
+    pub fn start_with(options: &str) -> PrivateBroker {
         let mut broker = PrivateBroker {
             port: free_port(),
             dir: tempfile::Builder::new().prefix("chorus-broker-").tempdir().unwrap(),
             child: None,
+            storage_options: options.to_owned(),
         };
         broker.restart();
         broker
+    }
+
+    /// Its sqlite database.
+    #[allow(dead_code)]
+    pub fn database(&self) -> PathBuf {
+        self.dir.path().join("tansu.db")
     }
 
     /// `127.0.0.1:<port>`.
@@ -491,7 +506,7 @@ impl PrivateBroker {
         let log = std::fs::File::create(self.dir.path().join("broker.log")).unwrap();
         let child = Command::new(tools.join("tansu-0.6.0/bin/tansu"))
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(["--storage-engine", &format!("sqlite://tansu.db{}", query(&self.storage_options))])
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .stderr(log)
@@ -510,6 +525,10 @@ impl PrivateBroker {
             .unwrap();
         assert!(status.success(), "scripts/broker.sh index failed ({status})");
     }
+}
+
+fn query(options: &str) -> String {
+    if options.is_empty() { String::new() } else { format!("?{options}") }
 }
 
 impl Drop for PrivateBroker {

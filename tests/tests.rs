@@ -13,5 +13,6 @@ mod model;
 mod page;
 mod pipeline;
 mod refine;
+mod retention;
 mod season;
 mod support;

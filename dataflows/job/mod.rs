@@ -330,9 +330,13 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
     // embedding stage's progress nor the reads that end its wait.
     let held = shared.budget.read_ahead / 4;
     let read_ahead = shared.budget.read_ahead - held;
+    let skipped = shared.metrics.kafka_skipped.clone();
     let source = KafkaSource::open(&config.kafka, index, peers, read_ahead)
         .map_err(|e| e.to_string())?
-        .costing(config.model.sample_rate, config.windows.copies());
+        .costing(config.model.sample_rate, config.windows.copies())
+        .on_skipped(move |partition, count| {
+            skipped.with_label_values(&[&partition.to_string()]).inc_by(count.max(0) as u64);
+        });
     let store = if shared.clustered {
         None
     } else {

@@ -70,6 +70,9 @@ pub const ARCHIVE_DAMAGED: &str = "chorus_archive_damaged_files_total";
 /// Messages of the audio topic not read yet, per partition this process reads (label `partition`): the high
 /// watermark less the next offset to read, every 2 s.
 pub const KAFKA_LAG: &str = "chorus_kafka_consumer_lag";
+/// Offsets of the audio topic the job never received, per partition (label `partition`): records the broker deleted
+/// before the job read them (`kafka.audio_retention_hours` shorter than the job was behind), or transaction markers.
+pub const KAFKA_SKIPPED: &str = "chorus_kafka_skipped_offsets_total";
 
 /// Every metric above: the Grafana dashboard in `config/grafana/` has a panel for each (a test checks both ways).
 pub const ALL: &[&str] = &[
@@ -96,6 +99,7 @@ pub const ALL: &[&str] = &[
     REFINE_PAUSED,
     ARCHIVE_DAMAGED,
     KAFKA_LAG,
+    KAFKA_SKIPPED,
 ];
 
 /// Label key: pipeline stage (`source`, `decode`, `segment`, `embed`, `index`, `archive`, `segments_topic`, ...).
@@ -172,6 +176,8 @@ pub struct Metrics {
     pub archive_damaged: IntCounterVec,
     /// See [`KAFKA_LAG`].
     pub kafka_lag: IntGaugeVec,
+    /// See [`KAFKA_SKIPPED`].
+    pub kafka_skipped: IntCounterVec,
 }
 
 impl Metrics {
@@ -261,6 +267,14 @@ impl Metrics {
                 Opts::new(KAFKA_LAG, "Messages of the audio topic not read yet, per partition read here."),
                 &[PARTITION],
             )?,
+            kafka_skipped: IntCounterVec::new(
+                Opts::new(
+                    KAFKA_SKIPPED,
+                    "Offsets of the audio topic never received: deleted by the broker before they were read, or \
+                     transaction markers.",
+                ),
+                &[PARTITION],
+            )?,
         };
         for collector in metrics.collectors() {
             registry.register(collector)?;
@@ -294,6 +308,7 @@ impl Metrics {
             Box::new(self.refine_paused.clone()),
             Box::new(self.archive_damaged.clone()),
             Box::new(self.kafka_lag.clone()),
+            Box::new(self.kafka_skipped.clone()),
         ]
     }
 

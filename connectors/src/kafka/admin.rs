@@ -28,6 +28,15 @@ pub fn ensure_topics(settings: &KafkaSettings) -> Result<(), Error> {
         NewTopic::new(&settings.labels_topic, 1, TopicReplication::Fixed(1)),
     ]
     .map(|topic| topic.set("max.message.bytes", &max_bytes));
+    // The audio topic keeps what kafka.audio_retention_* say. The bundled broker deletes records by time only, and only
+    // on a topic with cleanup.policy = delete set, where it reads retention.ms = -1 as "delete everything": so a
+    // topic kept forever has the policy left at the broker's default.
+    let retention_ms = settings.audio_retention.map_or(-1, |d| d.as_millis() as i64).to_string();
+    let retention_bytes = settings.audio_retention_bytes.map_or(-1, |b| b as i64).to_string();
+    let [audio, segments, dead_letters, labels] = topics;
+    let audio = audio.set("retention.ms", &retention_ms).set("retention.bytes", &retention_bytes);
+    let audio = if settings.audio_retention.is_some() { audio.set("cleanup.policy", "delete") } else { audio };
+    let topics = [audio, segments, dead_letters, labels];
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = futures_executor::block_on(admin.create_topics(&topics, &options))
         .map_err(kafka(format!("cannot create topics on {}", settings.brokers)))?;

@@ -42,6 +42,14 @@ pub struct KafkaConfig {
     /// How far a chunk's `captured_at` may lie after its Kafka timestamp (audio cannot be produced before it is
     /// recorded; a sensor clock further ahead is rejected, since it would misplace the sensor's audio).
     pub max_clock_skew_seconds: u64,
+    /// How long the broker keeps audio chunks, by their Kafka timestamp (the topic's `retention.ms`, with
+    /// `cleanup.policy = delete`), set when chorus creates the audio topic; -1 keeps them forever. It must outlast the
+    /// longest outage chorus is to survive: chorus reads from its committed offsets, and audio deleted before it was
+    /// read is lost (the job says so).
+    pub audio_retention_hours: f64,
+    /// Bytes the broker keeps per partition of the audio topic (the topic's `retention.bytes`), set when chorus
+    /// creates it; -1 for no bound. The bundled broker honours only the time bound.
+    pub audio_retention_mb: i64,
 }
 
 impl Default for KafkaConfig {
@@ -60,6 +68,8 @@ impl Default for KafkaConfig {
             flush_interval_ms: 100,
             fetch_wait_ms: 100,
             max_clock_skew_seconds: 600,
+            audio_retention_hours: 168.0,
+            audio_retention_mb: -1,
         }
     }
 }
@@ -107,6 +117,19 @@ impl KafkaConfig {
         if !(1..=10_000).contains(&self.fetch_wait_ms) {
             return Err(FieldError::new("fetch_wait_ms", format!("{} is outside 1..=10000", self.fetch_wait_ms)));
         }
+        let retention = self.audio_retention_hours;
+        if !(retention == -1.0 || (retention > 0.0 && retention <= 87_600.0)) {
+            return Err(FieldError::new(
+                "audio_retention_hours",
+                format!("{retention} is neither -1 (forever) nor in (0, 87600] hours"),
+            ));
+        }
+        if self.audio_retention_mb < -1 || self.audio_retention_mb == 0 {
+            return Err(FieldError::new(
+                "audio_retention_mb",
+                format!("{} is neither -1 (no bound) nor a positive size", self.audio_retention_mb),
+            ));
+        }
         match self.compression.as_str() {
             "none" | "gzip" | "lz4" => {}
             "snappy" => {
@@ -131,6 +154,8 @@ impl KafkaConfig {
             flush_interval: Duration::from_millis(self.flush_interval_ms.max(1)),
             fetch_wait: Duration::from_millis(self.fetch_wait_ms),
             max_clock_skew: Duration::from_secs(self.max_clock_skew_seconds),
+            audio_retention: (retention > 0.0).then(|| Duration::from_secs_f64(retention * 3_600.0)),
+            audio_retention_bytes: u64::try_from(self.audio_retention_mb).ok().map(|mb| mb << 20),
         })
     }
 }
@@ -164,6 +189,10 @@ pub struct KafkaSettings {
     pub fetch_wait: Duration,
     /// Largest lead of `captured_at` over the Kafka timestamp.
     pub max_clock_skew: Duration,
+    /// The audio topic's time retention (`None`: forever).
+    pub audio_retention: Option<Duration>,
+    /// The audio topic's bytes retention per partition (`None`: no bound).
+    pub audio_retention_bytes: Option<u64>,
 }
 
 impl KafkaSettings {

@@ -64,6 +64,9 @@ pub struct KafkaSource {
     last_commit: Instant,
     high_watermarks_checked: Option<Instant>,
     consume_warnings: Throttle,
+    /// Offsets never received, per partition, not yet told to `on_skipped`.
+    skipped: Vec<(i32, i64)>,
+    on_skipped: Option<Box<dyn Fn(i32, i64)>>,
 }
 
 impl KafkaSource {
@@ -102,6 +105,7 @@ impl KafkaSource {
         let mut next = BTreeMap::new();
         // What the group has committed — the commits made from here on are compared with it.
         let mut committed = BTreeMap::new();
+        let mut skipped = Vec::new();
         if !mine.is_empty() {
             let mut wanted = TopicPartitionList::new();
             for &p in &mine {
@@ -116,7 +120,37 @@ impl KafkaSource {
                     committed.insert(element.partition(), n);
                 }
                 let (offset, start) = match element.offset() {
-                    Offset::Offset(n) => (Offset::Offset(n), n),
+                    Offset::Offset(n) => {
+                        // Audio committed past nothing the broker still has: it expired before this job read it.
+                        let (low, high) = consumer
+                            .fetch_watermarks(&topic, element.partition(), Duration::from_secs(10))
+                            .map_err(kafka(format!("cannot read the watermarks of {topic}")))?;
+                        if high < n {
+                            // The bundled broker forgets a partition's end once it has deleted all its records.
+                            tracing::warn!(
+                                topic = %topic,
+                                partition = element.partition(),
+                                committed = n,
+                                end = high,
+                                "The broker holds nothing at or after the committed offset: it deleted every record \
+                                 of the partition (its retention), or the topic was made again. Audio produced and \
+                                 deleted since the job last ran is lost; the offsets of the next records say how much."
+                            );
+                        } else if low > n {
+                            tracing::error!(
+                                topic = %topic,
+                                partition = element.partition(),
+                                committed = n,
+                                oldest_kept = low,
+                                lost = low - n,
+                                "Audio expired from the broker before the job read it: the broker's retention \
+                                 (kafka.audio_retention_hours when chorus created the topic) was shorter than the job \
+                                 was behind. Reading resumes at the oldest message kept."
+                            );
+                            skipped.push((element.partition(), low - n));
+                        }
+                        (Offset::Offset(n), n)
+                    }
                     // Nothing committed: from the oldest message still there.
                     _ => {
                         let (low, _) = consumer
@@ -152,6 +186,8 @@ impl KafkaSource {
             topic_partitions,
             last_commit: Instant::now(),
             high_watermarks_checked: None,
+            skipped,
+            on_skipped: None,
             consume_warnings: Throttle::default(),
         })
     }
@@ -177,6 +213,7 @@ impl KafkaSource {
     /// Reads up to `max` messages, and no more once they cost the read-ahead left; returns what they cost.
     fn poll(&mut self, max: usize, out: &mut Vec<RawMessage>) -> usize {
         let mut cost = 0;
+        let mut gaps = Vec::new();
         let limit = self.limit();
         while out.len() < max && self.in_flight + cost < limit {
             match self.consumer.poll(Duration::ZERO) {
@@ -198,6 +235,11 @@ impl KafkaSource {
                         partition: message.partition(),
                         offset: message.offset(),
                     };
+                    if let Some(&next) = self.next.get(&origin.partition)
+                        && origin.offset > next
+                    {
+                        gaps.push((origin.partition, next, origin.offset));
+                    }
                     self.next.insert(origin.partition, origin.offset + 1);
                     if let Some(progress) = self.progress.get_mut(&origin.partition) {
                         progress.caught_up = false;
@@ -220,7 +262,38 @@ impl KafkaSource {
                 }
             }
         }
+        for (partition, from, to) in gaps {
+            self.skip(partition, from, to);
+        }
         cost
+    }
+
+    /// Tells `on_skipped` (the job's metric) of the offsets of a partition this source never received, as they are
+    /// found: at start, those the broker deleted before the committed offset was read; while reading, any gap.
+    pub fn on_skipped(mut self, on_skipped: impl Fn(i32, i64) + 'static) -> Self {
+        for (partition, count) in self.skipped.drain(..) {
+            on_skipped(partition, count);
+        }
+        self.on_skipped = Some(Box::new(on_skipped));
+        self
+    }
+
+    /// Offsets `from..to` of `partition` were never received.
+    fn skip(&mut self, partition: i32, from: i64, to: i64) {
+        if self.consume_warnings.ready(Duration::from_secs(10)) {
+            tracing::warn!(
+                topic = %self.topic,
+                partition,
+                from,
+                to,
+                "Offsets of the audio topic were never received: the broker deleted them before the job read them \
+                 (its retention is shorter than the job was behind), or they are transaction markers."
+            );
+        }
+        match &self.on_skipped {
+            Some(on_skipped) => on_skipped(partition, to - from),
+            None => self.skipped.push((partition, to - from)),
+        }
     }
 
     /// How far each partition this worker reads has been read, for those whose progress changed since the last
