@@ -529,11 +529,13 @@ fn merge(
         }
         builders.push((path, builder));
     }
-    // A quarter of the memory bound for the inputs' batches, a quarter for the rows picked and not yet written, a
-    // quarter for the row group being written, a quarter for the inputs' pages (see `inputs_per_pass`).
-    let quarter = compaction.memory_bytes / 4;
-    let batch_rows = (quarter / (inputs.len().max(1) * widest)).clamp(1, 8_192);
-    let out_rows = (quarter / widest).clamp(1, 8_192);
+    // Of the memory bound: an eighth for the inputs' batches (and an eighth for their copies in today's layout), an
+    // eighth for the rows picked and not yet written (and an eighth for them gathered into one batch), an eighth for
+    // the row group being written, a quarter for the inputs' pages (see `inputs_per_pass`); the rest is the
+    // allocator's and the encoders'.
+    let eighth = compaction.memory_bytes / 8;
+    let batch_rows = (eighth / (inputs.len().max(1) * widest)).clamp(1, 8_192);
+    let out_rows = (eighth / widest).clamp(1, 8_192);
     let mut schema: Option<SchemaRef> = None;
     let mut cursors: Vec<Option<Input>> = Vec::with_capacity(inputs.len());
     for (path, builder) in builders {
@@ -668,7 +670,7 @@ impl<'a> Output<'a> {
         }
         let (path, writer) = self.writer.as_mut().expect("a writer");
         writer.write(batch).map_err(|e| archive_error(path, &e))?;
-        let group_bytes = ROW_GROUP_BYTES.min(self.compaction.memory_bytes / 4);
+        let group_bytes = ROW_GROUP_BYTES.min(self.compaction.memory_bytes / 8);
         if writer.in_progress_size() >= group_bytes || writer.in_progress_rows() >= ROW_GROUP_ROWS {
             writer.flush().map_err(|e| archive_error(path, &e))?;
         }
