@@ -114,6 +114,10 @@ pub fn apply_prune(config: &Config, plan: &PrunePlan) -> Result<(), Error> {
     }
     for partition in &plan.partitions {
         remove(&partition.dir, true)?;
+        // The partition's lock (see compaction) lives beside it.
+        if let (Some(parent), Some(name)) = (partition.dir.parent(), partition.dir.file_name()) {
+            remove(&parent.join(format!(".{}.lock", name.to_string_lossy())), false)?;
+        }
     }
     Ok(())
 }

@@ -231,3 +231,44 @@ fn r16_audio_prune_removes_the_audio_of_old_days_keeps_every_row_and_labelled_ex
         assert_eq!(seen[reader].as_array().unwrap().len(), 12, "{reader}");
     }
 }
+
+#[test]
+fn r16_the_job_compacts_the_archive_and_the_refinements_as_it_writes_them() {
+    // A file per row, compaction rounds every half second, a day closed at once (2026-05-01 is long past).
+    let compaction: toml::Table =
+        toml::from_str("interval_seconds = 0.5\nclose_after_seconds = 0\nfanout = 2").unwrap();
+    let s = Scenario::new(
+        "r16-job",
+        &[
+            ("windows.hop_seconds", 1.0.into()),
+            ("archive.max_rows_per_file", 1.into()),
+            ("archive.flush_interval_seconds", 0.2.into()),
+            ("archive.compaction", compaction.into()),
+        ],
+    );
+    let sample = tools().sample.display().to_string();
+    // Three runs, a sensor each: the refinement writes its file at each stop (and every 5 s).
+    let mut log = String::new();
+    for sensor in ["pole-1", "pole-2", "pole-3"] {
+        s.chorus(&["produce", "--sensor", sensor, "--start", crate::support::T0, &sample]);
+        log += &s.run_until_idle();
+    }
+    // A run with nothing to read: its compaction rounds find what the others left.
+    log += &String::from_utf8(s.chorus(&["run", "--until-idle", "3"]).stderr).unwrap();
+    let merges: Vec<&str> = log.lines().filter(|l| l.contains("Compacted a day partition.")).collect();
+    assert!(merges.iter().any(|l| l.contains("dataset=\"archive\"")), "{log}");
+    assert!(merges.iter().any(|l| l.contains("dataset=\"refinements\"")), "{log}");
+    // 18 segments, each written as a file of its own: the closed day ends as at most two files in each dataset.
+    let segments = s.archived("default", false);
+    assert_eq!(segments.len(), 18);
+    let ids: std::collections::BTreeSet<SegmentId> = segments.iter().map(|r| r.id).collect();
+    assert_eq!(ids.len(), 18, "every segment once");
+    let files = files_per_day(&s.archive);
+    assert!(files.len() == 1 && files[0] <= 2, "{files:?}");
+    let refined = s.dir.path().join("refined");
+    let files: Vec<usize> = parquet::days(&refined, "default").unwrap().iter().map(|(_, f)| f.len()).collect();
+    assert!(files.len() == 1 && files[0] <= 2, "{files:?}");
+    // The refinements dataset keeps every row: the latest per segment is read as before.
+    let latest = parquet::latest_refinements(&refined, "default").unwrap();
+    assert_eq!(latest.len(), 18);
+}
