@@ -61,6 +61,10 @@ impl Background {
         let thread = std::thread::Builder::new()
             .name("compaction".into())
             .spawn(move || {
+                // The merges take the cores only when ingestion leaves them idle.
+                if let Err(error) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
+                    tracing::debug!(%error, "The compaction thread keeps its priority.");
+                }
                 let (lock, wake) = &*stopped;
                 loop {
                     let guard = lock.lock().unwrap_or_else(|p| p.into_inner());

@@ -194,7 +194,15 @@ impl Config {
             windows: file.windows.build(model.sample_rate, model.window).map_err(invalid("windows"))?,
             index: file.index.build(&base).and_then(|index| fits(index, model.dim)).map_err(invalid("index"))?,
             refine: file.refine.build(&base).map_err(invalid("refine"))?,
-            archive: file.archive.build(&base).map_err(invalid("archive"))?,
+            archive: file
+                .archive
+                .build(&base)
+                .map(|mut archive| {
+                    archive.compaction.memory_bytes =
+                        file.archive.compaction.memory_for_budget(file.memory_budget_mb << 20);
+                    archive
+                })
+                .map_err(invalid("archive"))?,
             http: file.http.build().map_err(invalid("http"))?,
             api: file.api.build().map_err(invalid("api"))?,
             model,

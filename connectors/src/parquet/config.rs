@@ -44,8 +44,9 @@ pub struct CompactionConfig {
     pub close_after_seconds: f64,
     /// Size of a merged file at most, in MiB.
     pub max_file_mb: u64,
-    /// Memory a merge holds at most, in MiB (its inputs' batches and its output's row group).
-    pub memory_mb: usize,
+    /// Memory a merge holds at most, in MiB (its inputs' batches and pages and its output's row group); by default a
+    /// sixteenth of the job's `memory_budget_mb`, 8 to 64 MiB.
+    pub memory_mb: Option<usize>,
     /// Seconds a swapped-out partition directory is kept for readers that opened it before the swap.
     pub grace_seconds: f64,
 }
@@ -58,14 +59,21 @@ impl Default for CompactionConfig {
             fanout: 8,
             close_after_seconds: 3_600.0,
             max_file_mb: 4_096,
-            memory_mb: 64,
+            memory_mb: None,
             grace_seconds: 600.0,
         }
     }
 }
 
 impl CompactionConfig {
-    /// Validates; the merged files are written at `zstd_level`.
+    /// What a merge may hold in a job of `budget` bytes: `memory_mb` if set, else a sixteenth of the budget within
+    /// 8 to 64 MiB.
+    pub fn memory_for_budget(&self, budget: usize) -> usize {
+        self.memory_mb.map_or((budget / 16).clamp(8 << 20, 64 << 20), |mb| mb << 20)
+    }
+
+    /// Validates; the merged files are written at `zstd_level`. Without `memory_mb`, merges hold 64 MiB (the job
+    /// sets its own share, see [`CompactionConfig::memory_for_budget`]).
     pub fn build(&self, zstd_level: i32) -> Result<super::Compaction, FieldError> {
         let seconds = |field: &'static str, value: f64, max: f64| {
             if value >= 0.0 && value <= max {
@@ -80,15 +88,17 @@ impl CompactionConfig {
         if self.max_file_mb == 0 {
             return Err(FieldError::new("compaction.max_file_mb", "must be at least 1"));
         }
-        if !(8..=65_536).contains(&self.memory_mb) {
-            return Err(FieldError::new("compaction.memory_mb", format!("{} is outside 8..=65536", self.memory_mb)));
+        if let Some(mb) = self.memory_mb
+            && !(8..=65_536).contains(&mb)
+        {
+            return Err(FieldError::new("compaction.memory_mb", format!("{mb} is outside 8..=65536")));
         }
         seconds("compaction.interval_seconds", self.interval_seconds, 86_400.0)?;
         Ok(super::Compaction {
             fanout: self.fanout,
             close_after: seconds("compaction.close_after_seconds", self.close_after_seconds, 30.0 * 86_400.0)?,
             max_file_bytes: self.max_file_mb << 20,
-            memory_bytes: self.memory_mb << 20,
+            memory_bytes: self.memory_mb.unwrap_or(64) << 20,
             grace: seconds("compaction.grace_seconds", self.grace_seconds, 86_400.0)?,
             zstd_level,
         })
