@@ -49,7 +49,8 @@ with_heartbeat() {
   wait "$pid"
 }
 
-# Debian packages the build needs: a C/C++ toolchain and zlib headers for the vendored librdkafka, Python's venv.
+# Debian packages the build needs: a C/C++ toolchain, zlib and OpenSSL headers for the vendored librdkafka, the
+# openssl CLI, Python's venv.
 ensure_system() {
   command -v cargo >/dev/null || die "cargo is missing: install Rust with rustup (https://rustup.rs) first"
   local missing=()
@@ -58,6 +59,9 @@ ensure_system() {
   command -v make >/dev/null || missing+=(make)
   command -v pkg-config >/dev/null || missing+=(pkg-config)
   [ -e /usr/include/zlib.h ] || missing+=(zlib1g-dev)
+  # TLS and SASL/SCRAM in librdkafka link the system's OpenSSL; the tests make their certificates with its CLI.
+  [ -e /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+  command -v openssl >/dev/null || missing+=(openssl)
   python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
   [ ${#missing[@]} -eq 0 ] && return 0
   apt_install "${missing[@]}"

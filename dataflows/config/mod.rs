@@ -188,7 +188,7 @@ impl Config {
             memory_budget: file.memory_budget_mb << 20,
             state_dir: base.join(&file.state_dir),
             shutdown_timeout: std::time::Duration::from_secs(file.shutdown_timeout_seconds.max(1)),
-            kafka: file.kafka.build().map_err(invalid("kafka"))?,
+            kafka: file.kafka.build(&base).map_err(invalid("kafka"))?,
             scheduling: file.scheduling.build(embed.max_batch).map_err(invalid("scheduling"))?,
             embed,
             windows: file.windows.build(model.sample_rate, model.window).map_err(invalid("windows"))?,

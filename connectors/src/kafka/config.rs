@@ -1,11 +1,14 @@
 //! `[kafka]`: the broker, the topics and the message limits, as configured ([`KafkaConfig`]) and validated
 //! ([`KafkaSettings`]), and the [`ChunkLimits`] a chunk message must keep to.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chorus_operators::FieldError;
 use serde::Deserialize;
 
+use super::security::{Property, Secret, Security, SecurityConfig};
 use crate::wav::DecodeLimits;
 
 /// `[kafka]`: the broker, the topics and the message limits.
@@ -50,6 +53,26 @@ pub struct KafkaConfig {
     /// Bytes the broker keeps per partition of the audio topic (the topic's `retention.bytes`), set when chorus
     /// creates it; -1 for no bound. The bundled broker honours only the time bound.
     pub audio_retention_mb: i64,
+    /// `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub security_protocol: String,
+    /// With a SASL protocol: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub sasl_mechanism: String,
+    /// With a SASL protocol: the user.
+    pub username: String,
+    /// With a SASL protocol: the password, or `env:NAME` to read it from variable NAME.
+    pub password: Secret,
+    /// With TLS: the CA certificate(s) (PEM) the broker's certificate must chain to; empty: the system's. A relative
+    /// path is resolved against the config file's directory.
+    pub ssl_ca_location: PathBuf,
+    /// For mutual TLS: the client's certificate (PEM).
+    pub ssl_certificate_location: PathBuf,
+    /// For mutual TLS: the client's private key (PEM).
+    pub ssl_key_location: PathBuf,
+    /// The client key's password, if it has one; `env:NAME` reads it from variable NAME.
+    pub ssl_key_password: Secret,
+    /// `[kafka.properties]`: other librdkafka properties, passed as they are (`client.id`,
+    /// `socket.keepalive.enable`, timeouts, ...); those chorus sets itself are refused, naming why.
+    pub properties: BTreeMap<String, Property>,
 }
 
 impl Default for KafkaConfig {
@@ -70,13 +93,22 @@ impl Default for KafkaConfig {
             max_clock_skew_seconds: 600,
             audio_retention_hours: 168.0,
             audio_retention_mb: -1,
+            security_protocol: "plaintext".into(),
+            sasl_mechanism: String::new(),
+            username: String::new(),
+            password: Secret::default(),
+            ssl_ca_location: PathBuf::new(),
+            ssl_certificate_location: PathBuf::new(),
+            ssl_key_location: PathBuf::new(),
+            ssl_key_password: Secret::default(),
+            properties: BTreeMap::new(),
         }
     }
 }
 
 impl KafkaConfig {
-    /// Validates.
-    pub fn build(&self) -> Result<KafkaSettings, FieldError> {
+    /// Validates; `base` is the directory relative paths are resolved against.
+    pub fn build(&self, base: &Path) -> Result<KafkaSettings, FieldError> {
         if self.brokers.trim().is_empty() {
             return Err(FieldError::new("brokers", "is empty"));
         }
@@ -156,6 +188,18 @@ impl KafkaConfig {
             max_clock_skew: Duration::from_secs(self.max_clock_skew_seconds),
             audio_retention: (retention > 0.0).then(|| Duration::from_secs_f64(retention * 3_600.0)),
             audio_retention_bytes: u64::try_from(self.audio_retention_mb).ok().map(|mb| mb << 20),
+            security: SecurityConfig {
+                security_protocol: self.security_protocol.clone(),
+                sasl_mechanism: self.sasl_mechanism.clone(),
+                username: self.username.clone(),
+                password: self.password.clone(),
+                ssl_ca_location: self.ssl_ca_location.clone(),
+                ssl_certificate_location: self.ssl_certificate_location.clone(),
+                ssl_key_location: self.ssl_key_location.clone(),
+                ssl_key_password: self.ssl_key_password.clone(),
+                properties: self.properties.clone(),
+            }
+            .build(base)?,
         })
     }
 }
@@ -193,6 +237,8 @@ pub struct KafkaSettings {
     pub audio_retention: Option<Duration>,
     /// The audio topic's bytes retention per partition (`None`: no bound).
     pub audio_retention_bytes: Option<u64>,
+    /// How the clients authenticate and encrypt, and the other properties they take.
+    pub security: Security,
 }
 
 impl KafkaSettings {

@@ -24,6 +24,7 @@ mod contract;
 mod labels;
 mod producer;
 mod records;
+mod security;
 mod sink;
 mod source;
 
@@ -38,6 +39,7 @@ pub use producer::{Acks, Producer, Record};
 pub use records::{
     RefinementRecord, SegmentRecord, dead_letter_record, label_record, refinement_record, segment_record,
 };
+pub use security::{Property, Secret, Security};
 pub use sink::sink;
 pub use source::{KafkaSource, now_nanos, source};
 
@@ -45,6 +47,7 @@ impl KafkaSettings {
     /// What every consumer, producer and admin client of these settings starts from.
     fn client(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
+        self.security.apply(&mut config);
         config.set("bootstrap.servers", &self.brokers).set("log_level", "4");
         config
     }
