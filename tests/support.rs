@@ -453,6 +453,8 @@ pub struct PrivateBroker {
     child: Option<std::process::Child>,
     /// Options of its storage engine, as a URL query (`maintenance_interval=1s`).
     storage_options: String,
+    /// A SCRAM-SHA-512 user and password clients must authenticate as (`--authentication`), if any.
+    user: Option<(String, String)>,
 }
 
 impl PrivateBroker {
@@ -469,9 +471,42 @@ impl PrivateBroker {
             dir: tempfile::Builder::new().prefix("chorus-broker-").tempdir().unwrap(),
             child: None,
             storage_options: options.to_owned(),
+            user: None,
         };
         broker.restart();
         broker
+    }
+
+    /// Starts one that requires SASL/SCRAM-SHA-512 authentication as `user` with `password` (created first, while
+    /// it still takes anyone), and waits until it answers that user.
+    #[allow(dead_code)]
+    pub fn start_authenticated(user: &str, password: &str) -> PrivateBroker {
+        let mut broker = PrivateBroker::start();
+        let tools = std::env::var_os("CHORUS_TOOLS").map(PathBuf::from).unwrap_or_else(|| root().join(".tools"));
+        let status = Command::new(tools.join("tansu-0.6.0/bin/tansu"))
+            .args(["user", "create", "--broker", &format!("tcp://{}", broker.address()), user, password])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "tansu user create failed ({status})");
+        broker.stop();
+        broker.user = Some((user.to_owned(), password.to_owned()));
+        broker.restart();
+        broker
+    }
+
+    /// A client config for this broker, authenticated when it requires it.
+    pub fn client(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", self.address());
+        if let Some((user, password)) = &self.user {
+            config
+                .set("security.protocol", "sasl_plaintext")
+                .set("sasl.mechanism", "SCRAM-SHA-512")
+                .set("sasl.username", user)
+                .set("sasl.password", password);
+        }
+        config
     }
 
     /// Its sqlite database.
@@ -507,15 +542,16 @@ impl PrivateBroker {
         let child = Command::new(tools.join("tansu-0.6.0/bin/tansu"))
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", &format!("sqlite://tansu.db{}", query(&self.storage_options))])
+            .args(self.user.as_ref().map(|_| "--authentication"))
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let address = self.address();
+        let config = self.client();
         wait_for("the private broker", Duration::from_secs(30), || {
-            let client: Result<BaseConsumer, _> = ClientConfig::new().set("bootstrap.servers", &address).create();
+            let client: Result<BaseConsumer, _> = config.create();
             client.is_ok_and(|c| c.fetch_metadata(None, Duration::from_secs(1)).is_ok())
         });
         // The index the bundled broker's fetches need, as scripts/broker.sh gives it.

@@ -15,4 +15,5 @@ mod pipeline;
 mod refine;
 mod retention;
 mod season;
+mod security;
 mod support;

@@ -143,6 +143,8 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     tracing::info!(
         workers,
         topic = %config.kafka.audio_topic,
+        brokers = %config.kafka.brokers,
+        kafka_security = %config.kafka.security.describe(),
         model = %config.model.name,
         dim = config.model.dim,
         archive = %config.archive.dir.display(),
