@@ -83,6 +83,7 @@ pub fn produce(config: &Config, options: &ProduceOptions) -> Result<ProduceSumma
         .map(|(path, file)| chunk_frames(path, file, options.chunk_seconds, limit))
         .collect::<Result<Vec<_>, _>>()?;
 
+    kafka::check_connection(&config.kafka, std::time::Duration::from_secs(30))?;
     if config.kafka.create_topics {
         kafka::ensure_topics(&config.kafka)?;
     }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the pinned tools chorus needs into a git-ignored folder; every step is skipped when its result is present.
 #
-#   scripts/tools.sh [all|system|tansu|onnxruntime|sample|python|model|hnswlib|promtool|chromium|paths]...
+#   scripts/tools.sh [all|system|tansu|onnxruntime|sample|python|model|hnswlib|promtool|chromium|stunnel|paths]...
 #
 # `all` is what the job needs; the tests also need `promtool` and `chromium`; `hnswlib` (the index benchmark's point of comparison)
 # is built on request.
@@ -81,6 +81,12 @@ apt_install() {
 # not started).
 ensure_promtool() {
   command -v promtool >/dev/null || apt_install prometheus
+}
+
+# stunnel, which the tests put in front of the bundled broker to serve TLS: tansu 0.6.0's own TLS cannot be started
+# (its --cert and --key refuse each other), see README "Connecting to a production Kafka".
+ensure_stunnel() {
+  command -v stunnel4 >/dev/null || command -v stunnel >/dev/null || apt_install stunnel4
 }
 
 # Chromium, in which the tests use the search page headless (Debian package chromium, driven by Playwright from the
@@ -224,10 +230,11 @@ main() {
       hnswlib) ensure_hnswlib ;;
       promtool) ensure_promtool ;;
       chromium) ensure_chromium ;;
+      stunnel) ensure_stunnel ;;
       paths)
         printf 'TANSU=%s\nORT_DYLIB=%s\nSAMPLE_WAV=%s\nPYTHON=%s\nMODEL=%s\n' \
           "$(tansu_bin)" "$(ort_lib)" "$(sample_wav)" "$(venv_python)" "$(model_path)" ;;
-      *) die "unknown tool '$what' (expected all, system, tansu, onnxruntime, sample, python, model, hnswlib, promtool, chromium, paths)" ;;
+      *) die "unknown tool '$what' (expected all, system, tansu, onnxruntime, sample, python, model, hnswlib, promtool, chromium, stunnel, paths)" ;;
     esac
   done
 }

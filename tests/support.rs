@@ -98,6 +98,18 @@ impl Scenario {
 
     /// A scenario from `config/<profile>` as it stands (paths, topics and group made its own) with `overrides`.
     pub fn from_profile(profile: &str, brokers: &str, name: &str, overrides: &[(&str, toml::Value)]) -> Scenario {
+        Scenario::make(profile, brokers, name, overrides, true)
+    }
+
+    /// Like [`Scenario::on`], without creating the topics first: for a config the broker is expected to refuse.
+    #[allow(dead_code)]
+    pub fn config_only(brokers: &str, name: &str, overrides: &[(&str, toml::Value)]) -> Scenario {
+        let mut settings = vec![("archive.flush_interval_seconds", 1.0.into())];
+        settings.extend(overrides.iter().cloned());
+        Scenario::make("balanced.toml", brokers, name, &settings, false)
+    }
+
+    fn make(profile: &str, brokers: &str, name: &str, overrides: &[(&str, toml::Value)], topics: bool) -> Scenario {
         let tools = tools();
         let brokers = brokers.to_owned();
         let dir = tempfile::Builder::new().prefix(&format!("chorus-{name}-")).tempdir().unwrap();
@@ -142,7 +154,9 @@ impl Scenario {
         std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
         // Third-party producers expect the topics to exist: the broker does not create them on first use.
         let settings = chorus::config::Config::load(&config).unwrap();
-        chorus_connectors::kafka::ensure_topics(&settings.kafka).unwrap();
+        if topics {
+            chorus_connectors::kafka::ensure_topics(&settings.kafka).unwrap();
+        }
         Scenario { dir, config, audio_topic, segments_topic, dead_letter_topic, labels_topic, group, archive, brokers }
     }
 
@@ -455,6 +469,8 @@ pub struct PrivateBroker {
     storage_options: String,
     /// A SCRAM-SHA-512 user and password clients must authenticate as (`--authentication`), if any.
     user: Option<(String, String)>,
+    /// The port it tells clients to connect to, when something (a TLS proxy) stands in front of it.
+    advertised: Option<u16>,
 }
 
 impl PrivateBroker {
@@ -472,6 +488,7 @@ impl PrivateBroker {
             child: None,
             storage_options: options.to_owned(),
             user: None,
+            advertised: None,
         };
         broker.restart();
         broker
@@ -491,6 +508,17 @@ impl PrivateBroker {
         assert!(status.success(), "tansu user create failed ({status})");
         broker.stop();
         broker.user = Some((user.to_owned(), password.to_owned()));
+        broker.restart();
+        broker
+    }
+
+    /// Like [`PrivateBroker::start_authenticated`], telling clients to connect to `port` on 127.0.0.1, where a TLS
+    /// proxy stands in front of it.
+    #[allow(dead_code)]
+    pub fn start_authenticated_behind(user: &str, password: &str, port: u16) -> PrivateBroker {
+        let mut broker = PrivateBroker::start_authenticated(user, password);
+        broker.stop();
+        broker.advertised = Some(port);
         broker.restart();
         broker
     }
@@ -538,9 +566,10 @@ impl PrivateBroker {
     pub fn restart(&mut self) {
         let tools = std::env::var_os("CHORUS_TOOLS").map(PathBuf::from).unwrap_or_else(|| root().join(".tools"));
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised.unwrap_or(self.port));
         let log = std::fs::File::create(self.dir.path().join("broker.log")).unwrap();
         let child = Command::new(tools.join("tansu-0.6.0/bin/tansu"))
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
             .args(["--storage-engine", &format!("sqlite://tansu.db{}", query(&self.storage_options))])
             .args(self.user.as_ref().map(|_| "--authentication"))
             .current_dir(self.dir.path())

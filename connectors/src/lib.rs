@@ -29,6 +29,9 @@ pub enum Error {
     /// committing, so a restart produces the record again.
     #[error("the broker did not accept a record: {0}")]
     Delivery(String),
+    /// Occurs when the brokers refuse this client (its TLS, its credentials) or do not answer it.
+    #[error("{0}")]
+    Connection(String),
     /// Occurs when the broker did not give what was asked within the time allowed.
     #[error("{0}")]
     Timeout(String),

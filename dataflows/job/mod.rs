@@ -91,6 +91,8 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     if removed > 0 {
         tracing::info!(removed, "Removed the temporary files of writes cut short.");
     }
+    // A broker that refuses this client (TLS, credentials) fails the job now, saying what was refused.
+    kafka::check_connection(&config.kafka, Duration::from_secs(30))?;
     if config.kafka.create_topics {
         kafka::ensure_topics(&config.kafka)?;
     }

@@ -1,19 +1,124 @@
 //! Talking to the broker outside the dataflow: creating the topics, committing offsets under the job's group, reading
 //! a topic's partitions, and the thread that watches whether the broker answers and how far the readers lag.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{KafkaSettings, kafka};
 use crate::Error;
+
+/// A client context that keeps what librdkafka last reported as an error — a refused TLS handshake, a failed SASL
+/// authentication, a broker down — in librdkafka's words (which never hold a password), so that messages can say
+/// what was refused.
+#[derive(Clone, Default)]
+pub struct Reported(Arc<Mutex<VecDeque<String>>>);
+
+/// Messages a [`Reported`] keeps, the latest last.
+const REPORTED: usize = 16;
+
+impl Reported {
+    fn push(&self, text: String) {
+        let mut kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.len() == REPORTED {
+            kept.pop_front();
+        }
+        kept.push_back(text);
+    }
+
+    /// The latest error reported that says the broker refused this client, else the latest error, if any.
+    pub fn last(&self) -> Option<String> {
+        let kept = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        kept.iter().rev().find(|m| refused(m)).or_else(|| kept.back()).cloned()
+    }
+}
+
+impl ClientContext for Reported {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.push(if reason.is_empty() { error.to_string() } else { reason.to_owned() });
+    }
+
+    // librdkafka tells of a refused handshake or authentication in its log (a broker that closes the connection
+    // leaves the error itself a bare transport failure).
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        if (level as i32) <= (RDKafkaLogLevel::Warning as i32) || facility == "FAIL" {
+            tracing::debug!(facility, message, "librdkafka");
+            self.push(message.to_owned());
+        }
+    }
+}
+
+impl ConsumerContext for Reported {}
+
+/// Whether librdkafka's error text says the broker refused this client (its certificate, its credentials, its
+/// protocol), which waiting will not change.
+fn refused(reason: &str) -> bool {
+    let reason = reason.to_ascii_lowercase();
+    [
+        "ssl handshake failed",
+        "certificate verify failed",
+        "sasl authentication",
+        "authentication failed",
+        "disconnected while requesting apiversion",
+        "incorrect security.protocol",
+    ]
+    .iter()
+    .any(|needle| reason.contains(needle))
+        // Cut off before the broker said which protocol versions it speaks: a TLS listener drops a plaintext client so.
+        || (reason.contains("disconnected") && reason.contains("in state apiversion_query"))
+}
+
+/// Checks that the brokers answer a client of `settings`: a broker that refuses it (TLS, SASL, a protocol it does
+/// not speak) fails at once, one that does not answer within `timeout` fails then; either error names the brokers,
+/// how the client connects and what librdkafka reported.
+pub fn check_connection(settings: &KafkaSettings, timeout: Duration) -> Result<(), Error> {
+    let reported = Reported::default();
+    // Disconnections are logged at level 6 (info): this client hears them.
+    let client: BaseConsumer<Reported> = settings
+        .client()
+        .set("log_level", "6")
+        .set_log_level(RDKafkaLogLevel::Info)
+        .create_with_context(reported.clone())
+        .map_err(kafka(format!("cannot create a client for {}", settings.brokers)))?;
+    let started = Instant::now();
+    let failed = |what: &str, reason: String| {
+        Error::Connection(format!(
+            "the Kafka brokers {} {what} this client ({}): {reason}",
+            settings.brokers,
+            settings.security.describe()
+        ))
+    };
+    loop {
+        match client.fetch_metadata(None, Duration::from_millis(500)) {
+            Ok(_) => return Ok(()),
+            Err(error) => {
+                // Errors reach the context when the client is polled.
+                let _ = client.poll(Duration::from_millis(100));
+                let reason = reported.last().unwrap_or_else(|| error.to_string());
+                if refused(&reason) {
+                    let hint = if reason.to_ascii_lowercase().contains("apiversion_query") {
+                        " (a broker that expects TLS, or another SASL setting, drops a client so: check \
+                         kafka.security_protocol)"
+                    } else {
+                        ""
+                    };
+                    return Err(failed("refused", format!("{reason}{hint}")));
+                }
+                if started.elapsed() >= timeout {
+                    return Err(failed(&format!("did not answer within {timeout:?}"), reason));
+                }
+            }
+        }
+    }
+}
 
 /// Creates the audio, segments, dead-letter and labels topics where missing.
 pub fn ensure_topics(settings: &KafkaSettings) -> Result<(), Error> {
@@ -92,9 +197,13 @@ impl BrokerWatch {
     /// Starts watching the brokers of `settings`; `lag(partition, messages)` hears how many messages of each
     /// partition being read (see [`BrokerStatus::reading`]) are not read yet.
     pub fn start(settings: &KafkaSettings, lag: impl Fn(i32, i64) + Send + 'static) -> Result<BrokerWatch, Error> {
-        let client: BaseConsumer =
-            settings.client().create().map_err(kafka(format!("cannot create a client for {}", settings.brokers)))?;
+        let reported = Reported::default();
+        let client: BaseConsumer<Reported> = settings
+            .client()
+            .create_with_context(reported.clone())
+            .map_err(kafka(format!("cannot create a client for {}", settings.brokers)))?;
         let (status, stop) = (Arc::new(BrokerStatus::default()), Arc::new(AtomicBool::new(false)));
+        let how = format!("{} over {}", settings.brokers, settings.security.describe());
         let (watched, stopping, topic) = (status.clone(), stop.clone(), settings.audio_topic.clone());
         let thread = std::thread::Builder::new()
             .name("chorus-broker-watch".into())
@@ -105,7 +214,12 @@ impl BrokerWatch {
                     }
                     match client.fetch_metadata(Some(&topic), Duration::from_secs(1)) {
                         Ok(_) => *watched.last_ok.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now()),
-                        Err(e) => *watched.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string()),
+                        Err(e) => {
+                            let _ = client.poll(Duration::ZERO);
+                            let reason = reported.last().unwrap_or_else(|| e.to_string());
+                            *watched.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some(format!("{how}: {reason}"));
+                        }
                     }
                     if turn % 4 == 0 {
                         let reading = watched.reading.lock().unwrap_or_else(|p| p.into_inner()).clone();

@@ -28,7 +28,7 @@ mod security;
 mod sink;
 mod source;
 
-pub use admin::{BrokerStatus, BrokerWatch, commit_offsets, ensure_topics};
+pub use admin::{BrokerStatus, BrokerWatch, Reported, check_connection, commit_offsets, ensure_topics};
 pub use config::{ChunkLimits, KafkaConfig, KafkaSettings};
 pub use contract::{
     DEFAULT_SPACE, HEADER_CAPTURED_AT, HEADER_CAUSE, HEADER_ORIGIN, HEADER_PAYLOAD_DROPPED, HEADER_PRIORITY,
