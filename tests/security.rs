@@ -152,20 +152,42 @@ fn sasl_ssl(password: &str, ca: &Path) -> Vec<(&'static str, toml::Value)> {
 }
 
 #[test]
-fn r21_the_job_runs_over_sasl_ssl_and_a_wrong_password_an_untrusted_ca_and_plaintext_are_refused_at_once() {
+fn r21_the_job_runs_over_sasl_ssl_and_a_refusing_broker_is_named_at_once_and_in_readyz() {
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = certificates(dir.path(), "broker");
-    let (other_ca, _, _) = certificates(dir.path(), "other");
+    let (other_ca, other_cert, other_key) = certificates(dir.path(), "other");
     let tls_port = free_port();
     let broker = PrivateBroker::start_authenticated_behind("chorus", PASSWORD, tls_port);
-    let _tls = Tls::start(dir.path(), tls_port, broker.port, &cert, &key);
+    let tls = Tls::start(dir.path(), tls_port, broker.port, &cert, &key);
     let address = format!("127.0.0.1:{tls_port}");
 
     // End to end over TLS with SASL/SCRAM: produce, archive, search.
-    let s = Scenario::on(&address, "r21-tls", &sasl_ssl(PASSWORD, &ca));
+    let http = free_port();
+    let mut settings = sasl_ssl(PASSWORD, &ca);
+    settings.push(("http.listen", format!("127.0.0.1:{http}").into()));
+    let s = Scenario::on(&address, "r21-tls", &settings);
     let sample = tools().sample.display().to_string();
     s.chorus(&["produce", "--sensor", "pole-1", "--start", T0, &sample]);
-    s.run_until_idle();
+    let mut job = s.spawn(&["run"]);
+    wait_for("the job to archive the sample", Duration::from_secs(120), || s.archived("default", false).len() == 2);
+    let ready = || http_get(http, "/readyz").unwrap();
+    assert_eq!(ready().0, 200, "{}", ready().1);
+    // The TLS listener now shows a certificate of a CA the job does not trust: /readyz says why while it lasts.
+    drop(tls);
+    let tls = Tls::start(dir.path(), tls_port, broker.port, &other_cert, &other_key);
+    wait_for("/readyz to turn 503", Duration::from_secs(30), || ready().0 == 503);
+    let (_, reason) = ready();
+    assert!(reason.contains(&address) && reason.contains("sasl_ssl"), "{reason}");
+    assert!(reason.contains("certificate verify failed"), "{reason}");
+    drop(tls);
+    let _tls = Tls::start(dir.path(), tls_port, broker.port, &cert, &key);
+    wait_for("/readyz to turn 200 again", Duration::from_secs(30), || ready().0 == 200);
+    let (_, metrics) = http_get(http, "/metrics").unwrap();
+    terminate(job.id());
+    assert!(job.wait().unwrap().success(), "{}", s.job_log());
+    for (what, text) in [("log", s.job_log()), ("metrics", metrics), ("readyz", reason)] {
+        assert!(!text.contains(PASSWORD), "the password is in the job's {what}");
+    }
     let archived = s.archived("default", false);
     assert_eq!(archived.len(), 2);
     let answers: serde_json::Value = serde_json::from_slice(
