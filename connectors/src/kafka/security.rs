@@ -99,27 +99,18 @@ const OWNED: &[(&str, &str)] = &[
     ("log_level", "chorus logs the client's warnings through its own log"),
 ];
 
-/// The security part of `[kafka]`, as written (its fields are `[kafka]`'s own).
+/// The security part of `[kafka]`, as written: the fields of the same names there, which document them.
 #[derive(Clone, Debug, Default)]
+#[allow(missing_docs)]
 pub struct SecurityConfig {
-    /// `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
     pub security_protocol: String,
-    /// With a SASL protocol: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
     pub sasl_mechanism: String,
-    /// With a SASL protocol: the user.
     pub username: String,
-    /// With a SASL protocol: the password, or `env:NAME` to read it from variable NAME.
     pub password: Secret,
-    /// With TLS: the CA certificate(s) (PEM) the broker's certificate must chain to; empty: the system's.
     pub ssl_ca_location: PathBuf,
-    /// For mutual TLS: the client's certificate (PEM).
     pub ssl_certificate_location: PathBuf,
-    /// For mutual TLS: the client's private key (PEM).
     pub ssl_key_location: PathBuf,
-    /// The private key's password, if it has one; `env:NAME` reads it from variable NAME.
     pub ssl_key_password: Secret,
-    /// Other librdkafka properties, passed as they are (`client.id`, `socket.keepalive.enable`, timeouts, ...);
-    /// those chorus sets itself are refused.
     pub properties: BTreeMap<String, Property>,
 }
 
