@@ -39,6 +39,28 @@ fn r2_an_unknown_key_is_an_error_naming_the_file_and_the_key() {
 }
 
 #[test]
+fn r21_kafka_properties_load_with_names_quoted_or_not_and_chorus_own_ones_are_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kafka.toml");
+    let text = std::fs::read_to_string(root().join("config/balanced.toml")).unwrap();
+    let properties = "\n[kafka.properties]\nclient.id = \"pole-station\"\n\"socket.keepalive.enable\" = true\n";
+    let with = |extra: &str| {
+        // The table goes right after [kafka]'s own keys, before the next section.
+        let at = text.find("\n[model]").unwrap();
+        format!("{}{properties}{extra}{}", &text[..at], &text[at..])
+    };
+    std::fs::write(&path, with("")).unwrap();
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let properties = &config.kafka.security.properties;
+    assert_eq!(properties.get("client.id").map(String::as_str), Some("pole-station"));
+    assert_eq!(properties.get("socket.keepalive.enable").map(String::as_str), Some("true"));
+    std::fs::write(&path, with("enable.auto.commit = true\n")).unwrap();
+    let error = Config::load(&path).unwrap_err().to_string();
+    assert!(error.starts_with(&path.display().to_string()), "{error}");
+    assert!(error.contains("'enable.auto.commit' is chorus's own"), "{error}");
+}
+
+#[test]
 fn r6_the_grafana_dashboard_charts_every_metric_and_only_metrics_that_exist() {
     let path = root().join("config/grafana/chorus.json");
     let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())

@@ -40,7 +40,8 @@ impl fmt::Display for Secret {
     }
 }
 
-/// A value of `[kafka.properties]`: librdkafka takes every property as text.
+/// A value of `[kafka.properties]`: librdkafka takes every property as text. A name written without quotes
+/// (`client.id = "x"`) is a table to TOML (`client`, holding `id`); it stands for the dotted name all the same.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(untagged)]
 pub enum Property {
@@ -52,16 +53,26 @@ pub enum Property {
     Float(f64),
     /// `true` or `false`.
     Flag(bool),
+    /// The rest of a dotted name written without quotes.
+    Table(BTreeMap<String, Property>),
 }
 
-impl fmt::Display for Property {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Property::Text(s) => f.write_str(s),
-            Property::Integer(n) => write!(f, "{n}"),
-            Property::Float(x) => write!(f, "{x}"),
-            Property::Flag(b) => write!(f, "{b}"),
-        }
+impl Property {
+    /// Every `(name, value)` this value stands for under `name`: itself, or a table's entries with dotted names.
+    fn flatten(&self, name: &str, out: &mut Vec<(String, String)>) {
+        let text = match self {
+            Property::Text(s) => s.clone(),
+            Property::Integer(n) => n.to_string(),
+            Property::Float(x) => x.to_string(),
+            Property::Flag(b) => b.to_string(),
+            Property::Table(entries) => {
+                for (key, value) in entries {
+                    value.flatten(&format!("{name}.{key}"), out);
+                }
+                return;
+            }
+        };
+        out.push((name.to_owned(), text));
     }
 }
 
@@ -231,9 +242,13 @@ impl SecurityConfig {
         if ssl_key_password.is_some() && client_certificate.is_none() {
             return Err(FieldError::new("ssl_key_password", "is set without ssl_key_location"));
         }
-        let mut properties = BTreeMap::new();
+        let mut flat = Vec::new();
         for (key, value) in &self.properties {
-            if let Some((_, why)) = OWNED.iter().find(|(owned, _)| key == owned) {
+            value.flatten(key, &mut flat);
+        }
+        let mut properties = BTreeMap::new();
+        for (key, value) in flat {
+            if let Some((_, why)) = OWNED.iter().find(|(owned, _)| key == *owned) {
                 return Err(FieldError::new("properties", format!("'{key}' is chorus's own: {why}")));
             }
             if key.starts_with("sasl.") || key.starts_with("ssl.") {
@@ -242,7 +257,7 @@ impl SecurityConfig {
                     format!("'{key}' may carry a secret: chorus sets security through the [kafka] fields"),
                 ));
             }
-            properties.insert(key.clone(), value.to_string());
+            properties.insert(key, value);
         }
         Ok(Security { protocol, sasl, ssl_ca, client_certificate, ssl_key_password, properties })
     }
@@ -362,6 +377,18 @@ mod tests {
             (config.get("client.id"), config.get("socket.keepalive.enable")),
             (Some("pole-station"), Some("true"))
         );
+        // A name without quotes is a table to TOML: it stands for the dotted name, and is refused the same way.
+        let nested = |outer: &str, inner: &str, value: &str| SecurityConfig {
+            properties: BTreeMap::from([(
+                outer.to_owned(),
+                Property::Table(BTreeMap::from([(inner.to_owned(), Property::Text(value.to_owned()))])),
+            )]),
+            ..Default::default()
+        };
+        let security = nested("client", "id", "pole-station").build(Path::new("/")).unwrap();
+        assert_eq!(security.properties.get("client.id").map(String::as_str), Some("pole-station"));
+        let error = nested("group", "id", "other").build(Path::new("/")).unwrap_err();
+        assert!(error.message.contains("'group.id' is chorus's own"), "{}", error.message);
         for (key, reason) in [
             ("enable.auto.commit", "only once what was derived from them is durable"),
             ("group.id", "set kafka.group_id"),
