@@ -149,7 +149,10 @@ impl KafkaSource {
                             );
                             skipped.push((element.partition(), low - n));
                         }
-                        (Offset::Offset(n), n)
+                        // Reading starts at what the broker still has: the offsets before it are counted once,
+                        // here, not again as a gap.
+                        let start = if high < n { n } else { n.max(low) };
+                        (Offset::Offset(start), start)
                     }
                     // Nothing committed: from the oldest message still there.
                     _ => {
