@@ -2,9 +2,12 @@
 //! process per profile, with the refinement on and searches by segment id during ingest.
 //!
 //!     cargo bench --bench soak -- [--profiles balanced,memory-constrained] [--sensors 1000] [--hours 24]
-//!                                  [--every-minutes 20] [--ahead 1500] [--qps 5] [--no-refine]
-//!                                  [--set KEY=VALUE]...
+//!                                  [--every-minutes 20] [--warm-up-hours N] [--ahead 1500] [--qps 5]
+//!                                  [--no-refine] [--set KEY=VALUE]...
 //!
+//! The `--hours` measured follow a warm-up: by default as many simulated hours as it takes the refinement to hold
+//! its horizon and the index to seal its first shard, so that the measured hours run with the state a job keeps all
+//! season (`--warm-up-hours 0` measures from the cold start). The cold start's first hour is printed too.
 //! Each sensor records a 5.99 s bout every `--every-minutes` simulated minutes (staggered over the sensors, on the
 //! 5 s window grid: one window per bout, its last second too short to make another), as 1 kHz 8-bit mono —
 //! low-rate audio keeps the bundled broker from being the bottleneck, and costs chorus the most memory per payload
@@ -22,8 +25,8 @@
 //! the peak resident memory (VmHWM) against `memory_budget_mb`; the slope of resident memory less the index's own
 //! (which its budget bounds) per 100 000 segments, once the refinement holds its horizon and the index has sealed a
 //! shard (or, when it never does, over the second half); windows/s in every simulated hour, and over the last
-//! against the first; the searches' p99 against `api.sla_p99_ms`; and where the workers' time per window went in the
-//! first simulated hour and the last (each stage's `chorus_stage_seconds`, and their busy time outside the stages),
+//! measured against the first measured; the searches' p99 against `api.sla_p99_ms`; and where the workers' time per
+//! window went in the cold start's first simulated hour and the first and last measured (each stage's `chorus_stage_seconds`, and their busy time outside the stages),
 //! with the model's mean batch.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -70,6 +73,12 @@ impl Network {
         let every = every_minutes as i64 * 60;
         let rounds = hours * 3_600 / every as usize;
         Network { sensors, every, bouts: rounds * sensors }
+    }
+
+    /// Simulated hours until `segments` have been recorded: a warm-up long enough to fill the job's bounds.
+    fn hours_for(sensors: usize, every_minutes: usize, segments: usize) -> usize {
+        let per_hour = Network::new(sensors, 1, every_minutes).per_hour().max(1);
+        segments.div_ceil(per_hour)
     }
 
     fn sensor_name(i: usize) -> String {
@@ -279,6 +288,8 @@ struct Outcome {
     peak_mib: f64,
     slope_mib: f64,
     slope_over: String,
+    warm_hours: usize,
+    cold_hour: f64,
     first_hour: f64,
     last_hour: f64,
     p99: f64,
@@ -287,14 +298,17 @@ struct Outcome {
     wall_minutes: f64,
 }
 
-fn soak(
-    profile: &str,
-    network: Network,
-    ahead: usize,
-    qps: f64,
-    refine: bool,
-    sets: &[(String, toml::Value)],
-) -> Outcome {
+/// The run's shape: sensors, simulated hours measured, minutes between a sensor's bouts, and the simulated hours
+/// before them (`None`: as many as fill the profile's bounds).
+#[derive(Clone, Copy)]
+struct Shape {
+    sensors: usize,
+    hours: usize,
+    every_minutes: usize,
+    warm_hours: Option<usize>,
+}
+
+fn soak(profile: &str, shape: Shape, ahead: usize, qps: f64, refine: bool, sets: &[(String, toml::Value)]) -> Outcome {
     let broker = support::PrivateBroker::start();
     let port = support::free_port();
     let mut overrides: Vec<(&str, toml::Value)> =
@@ -309,10 +323,19 @@ fn soak(
     let budget_mib = (config.memory_budget >> 20) as f64;
     let index_budget_mib = ((config.index.memory_budget.unwrap_or(0) * config.workers) >> 20) as f64;
     let horizon = if refine { config.refine.horizon_segments as f64 } else { 0.0 };
+    // The index seals its first shard at this many points; with the refinement's horizon, the job's bounds.
+    let sealed_at = (config.index.shard_max_points * config.workers) as f64;
+    // The warm-up: simulated hours before the measured ones, by default until the refinement holds its horizon and
+    // the index has sealed a shard — from there on, the job holds what its bounds allow, as it will all season.
+    let warm_hours = shape
+        .warm_hours
+        .unwrap_or_else(|| Network::hours_for(shape.sensors, shape.every_minutes, horizon.max(sealed_at) as usize));
+    let network = Network::new(shape.sensors, warm_hours + shape.hours, shape.every_minutes);
     println!(
         "\n{profile}: memory_budget_mb {budget_mib}, index {index_budget_mib} MiB, refinement horizon {horizon} \
-         segments, {} worker(s); {} bouts",
-        config.workers, network.bouts
+         segments, {} worker(s); {} bouts: {warm_hours} simulated hours of warm-up (index and refinement filled), \
+         then {} measured",
+        config.workers, network.bouts, shape.hours
     );
 
     let indexed = Arc::new(AtomicUsize::new(0));
@@ -442,7 +465,6 @@ fn soak(
     // holds what its bound allows and the index's memory rises and falls with its open shard, within its budget.
     // The slope is of the resident memory less the index's (bounded by its budget, as the refinement is by its
     // horizon): what grows beyond the configured bounds.
-    let sealed_at = (config.index.shard_max_points * config.workers) as f64;
     let warm = samples.iter().position(|s| s.refine_nodes >= horizon && s.index_points >= sealed_at);
     let (from, slope_over) = match warm {
         Some(at) if samples.len() - at >= 10 => (at, format!("from {:.0} segments", samples[at].segments)),
@@ -460,12 +482,19 @@ fn soak(
     let hour = network.per_hour() as f64;
     let hours = (network.bouts as f64 / hour).floor();
     let rate_of = |h: f64| hour / (time_at(&samples, (h + 1.0) * hour) - time_at(&samples, h * hour)).max(1e-3);
-    let (first_hour, last_hour) = (rate_of(0.0), rate_of(hours - 1.0));
-    let every_hour: Vec<String> = (0..hours as usize).map(|h| format!("{:.0}", rate_of(h as f64))).collect();
-    println!("{profile}: windows/s per simulated hour: {}", every_hour.join(" "));
+    let warm = warm_hours as f64;
+    let (cold_hour, first_hour, last_hour) = (rate_of(0.0), rate_of(warm), rate_of(hours - 1.0));
+    let hourly = |range: std::ops::Range<usize>| -> String {
+        range.map(|h| format!("{:.0}", rate_of(h as f64))).collect::<Vec<_>>().join(" ")
+    };
+    println!(
+        "{profile}: windows/s per simulated hour: warm-up {}; measured {}",
+        hourly(0..warm_hours),
+        hourly(warm_hours..hours as usize)
+    );
     let (p99, searches) = searcher.p99_since(samples[from].at);
-    // Where the time per window went, in the first simulated hour and the last.
-    for (name, h) in [("first", 0.0), ("last", hours - 1.0)] {
+    // Where the time per window went: in the cold start's first simulated hour, and the first and last measured.
+    for (name, h) in [("cold start's first", 0.0), ("first measured", warm), ("last", hours - 1.0)] {
         println!(
             "{profile}: ms per window, {name} simulated hour: {}",
             breakdown(&samples, h * hour, (h + 1.0) * hour)
@@ -473,8 +502,9 @@ fn soak(
     }
     println!(
         "{profile}: peak RSS {peak_mib:.0} MiB of {budget_mib:.0}; RSS slope {slope_mib:+.2} MiB per 100 000 segments \
-         less the index's memory ({slope_over}), of its floor {floor_slope_mib:+.2}; windows/s first simulated \
-         hour {first_hour:.1}, last {last_hour:.1} ({:.0} %); search p99 {p99:.1} ms over {searches} searches \
+         less the index's memory ({slope_over}), of its floor {floor_slope_mib:+.2}; windows/s first measured \
+         simulated hour {first_hour:.1}, last {last_hour:.1} ({:.0} %; the cold start's first hour {cold_hour:.1}); \
+         search p99 {p99:.1} ms over {searches} searches \
          after warm-up (api.sla_p99_ms {}); {} failed searches{}",
         100.0 * last_hour / first_hour,
         config.api.sla_p99_ms,
@@ -487,6 +517,8 @@ fn soak(
         peak_mib,
         slope_mib,
         slope_over,
+        warm_hours,
+        cold_hour,
         first_hour,
         last_hour,
         p99,
@@ -515,15 +547,18 @@ fn main() {
         })
         .collect();
     tracing_subscriber::fmt().with_env_filter("warn,hnsw_rs=error").with_writer(std::io::stderr).init();
-    let network = Network::new(sensors, hours, every);
+    let warm_hours = args::all("--warm-up-hours").first().map(|h| {
+        h.parse::<usize>().unwrap_or_else(|_| panic!("--warm-up-hours takes a number of simulated hours, not {h}"))
+    });
+    let shape = Shape { sensors, hours, every_minutes: every, warm_hours };
     println!(
         "chorus soak: {sensors} sensors, a 5.99 s bout of 1 kHz 8-bit audio each every {every} simulated minutes, \
-         {hours} simulated hours ({} windows), refinement {}, {qps} searches/s by segment id",
-        network.bouts,
+         {hours} simulated hours measured ({} windows) after a warm-up, refinement {}, {qps} searches/s by segment id",
+        Network::new(sensors, hours, every).bouts,
         if refine { "on" } else { "off" }
     );
     let outcomes: Vec<Outcome> =
-        profiles.split(',').map(|p| soak(p.trim(), network, ahead, qps, refine, &sets)).collect();
+        profiles.split(',').map(|p| soak(p.trim(), shape, ahead, qps, refine, &sets)).collect();
     println!(
         "\n{:<20} {:>11} {:>16} {:>22} {:>22} {:>16} {:>10}",
         "profile", "peak RSS", "RSS slope", "windows/s first→last h", "search p99 (SLA)", "wall minutes", "searches"
@@ -543,11 +578,20 @@ fn main() {
             o.wall_minutes,
             o.searches
         );
-        println!("{:<20} slope over: {}", "", o.slope_over);
+        println!(
+            "{:<20} slope over: {}; measured after {} simulated hours of warm-up, whose first ran at {:.1} windows/s \
+             ({:.0} % of it in the last measured hour)",
+            "",
+            o.slope_over,
+            o.warm_hours,
+            o.cold_hour,
+            100.0 * o.last_hour / o.cold_hour
+        );
     }
     println!(
         "reproduce: cargo bench --bench soak -- --profiles {profiles} --sensors {sensors} --hours {hours} \
-         --every-minutes {every} --ahead {ahead} --qps {qps}{}{}",
+         --every-minutes {every} --ahead {ahead} --qps {qps}{}{}{}",
+        warm_hours.map(|h| format!(" --warm-up-hours {h}")).unwrap_or_default(),
         if refine { "" } else { " --no-refine" },
         args::all("--set").iter().map(|set| format!(" --set {set}")).collect::<String>()
     );

@@ -2,9 +2,10 @@
 //! in so that every reader sees each row exactly once at every moment.
 //!
 //! A round for one partition, under the space's compactor lock (one compactor per space, across processes):
-//! 1. **Choose** ([`choose`]): on a day still written, the files of the smallest size tier holding `fanout` files
-//!    (each row is rewritten about log_fanout(day / 1 MiB) times over the day); on a closed day, everything but its
-//!    largest file, or everything, so that it keeps at most two files.
+//! 1. **Choose** ([`choose`]): on a day still written, the files of the smallest size tier holding `fanout` files,
+//!    among the files below `open_file_bytes` (each row is rewritten about log_fanout(open_file_bytes / 1 MiB) times
+//!    while its day is written, then once when it closes); on a closed day, everything but its largest file, or
+//!    everything, so that it keeps at most two files.
 //! 2. **Merge** the chosen files, each sorted by sensor and time as every chorus writer writes them, into new files in
 //!    the staging directory beside the dataset (`.<dir name>.staging`, where no reader of the dataset looks): a
 //!    streaming k-way merge holding one batch per input, its rows sized by `memory_bytes`, in row groups of at most
@@ -61,6 +62,9 @@ pub struct Compaction {
     pub close_after: Duration,
     /// Bytes of a merged file at most.
     pub max_file_bytes: u64,
+    /// On a day still written, files of at least this many bytes are merged no more until the day closes: large
+    /// enough for readers, and each merge beyond it would rewrite the day's audio again for no reader's gain.
+    pub open_file_bytes: u64,
     /// Bytes of rows a merge holds in memory at most, over all its inputs.
     pub memory_bytes: usize,
     /// How long a swapped-out directory is kept for readers that opened it.
@@ -75,6 +79,7 @@ impl Default for Compaction {
             fanout: 8,
             close_after: Duration::from_secs(3_600),
             max_file_bytes: 4 << 30,
+            open_file_bytes: 128 << 20,
             memory_bytes: 64 << 20,
             grace: Duration::from_secs(600),
             zstd_level: 3,
@@ -200,7 +205,8 @@ pub struct Candidate {
 }
 
 /// Which files of a partition to merge (indices into `files`), empty for none. `closed`: no more rows are expected.
-pub fn choose(files: &[Candidate], closed: bool, fanout: usize) -> Vec<usize> {
+/// On a day still written, files of `open_file_bytes` or more wait for it to close.
+pub fn choose(files: &[Candidate], closed: bool, fanout: usize, open_file_bytes: u64) -> Vec<usize> {
     let all: Vec<usize> = (0..files.len()).collect();
     if files.iter().any(|f| f.legacy) {
         return all;
@@ -228,11 +234,15 @@ pub fn choose(files: &[Candidate], closed: bool, fanout: usize) -> Vec<usize> {
         }
         tier
     };
-    let mut tiers: Vec<(usize, usize)> = files.iter().enumerate().map(|(i, f)| (tier(f.bytes), i)).collect();
+    let mut tiers: Vec<(usize, usize)> =
+        files.iter().enumerate().filter(|(_, f)| f.bytes < open_file_bytes).map(|(i, f)| (tier(f.bytes), i)).collect();
     tiers.sort();
     for chunk in tiers.chunk_by(|a, b| a.0 == b.0) {
         if chunk.len() >= fanout {
-            return chunk.iter().map(|&(_, i)| i).collect();
+            // `fanout` of them, the first listed (the oldest): a tier that grew long while merges could not keep up
+            // (a backlog, a job started on a day of small files) merges fanout at a time, each published as it
+            // ends, rather than all at once in log2(files) passes, none published before the last.
+            return chunk.iter().take(fanout).map(|&(_, i)| i).collect();
         }
     }
     Vec::new()
@@ -300,7 +310,7 @@ pub fn compact_dataset(
                 let (listed, candidates): (Vec<PathBuf>, Vec<Candidate>) = files_now(&dir, layout)?.into_iter().unzip();
                 let closed = chrono::NaiveDate::parse_from_str(&date, "%Y-%m-%d").is_ok_and(|d| d < today)
                     && candidates.iter().all(|c| c.age >= compaction.close_after);
-                let chosen = choose(&candidates, closed, compaction.fanout);
+                let chosen = choose(&candidates, closed, compaction.fanout, compaction.open_file_bytes);
                 if chosen.is_empty() || (chosen.len() == 1 && !candidates[chosen[0]].legacy) {
                     break;
                 }
@@ -845,7 +855,8 @@ mod tests {
         let today = chrono::NaiveDate::parse_from_str("2026-05-01", "%Y-%m-%d").unwrap();
         // Seven small files: fewer than the fanout, nothing to do.
         assert!(compact(&root, &Compaction::default(), today, false).unwrap().is_empty());
-        // Twenty: the tier merges into one file.
+        // Twenty: the tier merges fanout files at a time, the oldest first, until fewer than the fanout are left
+        // (20 files, then 13, then 6: four of the writers' and two merged ones, all below 1 MiB).
         let mut more = writer(&root, "w1");
         for n in 0..13i64 {
             let segment = seg("default", "s9", DAY + n * 160_000, 3.0 + n as f32);
@@ -854,7 +865,7 @@ mod tests {
             more.flush().unwrap();
         }
         let merged = compact(&root, &Compaction::default(), today, false).unwrap();
-        assert_eq!(merged.iter().map(|m| (m.files_in, m.files_after)).collect::<Vec<_>>(), vec![(20, 1)]);
+        assert_eq!(merged.iter().map(|m| (m.files_in, m.files_after)).collect::<Vec<_>>(), vec![(8, 13), (8, 6)]);
         assert_each_row_once(&root, &expected);
     }
 
@@ -951,6 +962,8 @@ mod tests {
         assert_each_row_once(&root, &expected);
     }
 
+    const OPEN: u64 = 128 << 20;
+
     fn candidate(mib: f64, legacy: bool) -> Candidate {
         Candidate { bytes: (mib * f64::from(1 << 20)) as u64, age: Duration::ZERO, legacy }
     }
@@ -958,26 +971,44 @@ mod tests {
     #[test]
     fn r16_a_day_still_written_merges_the_smallest_tier_that_holds_fanout_files() {
         let small = |n: usize| vec![candidate(0.1, false); n];
-        assert!(choose(&small(7), false, 8).is_empty());
-        assert_eq!(choose(&small(8), false, 8), (0..8).collect::<Vec<_>>());
+        assert!(choose(&small(7), false, 8, OPEN).is_empty());
+        assert_eq!(choose(&small(8), false, 8, OPEN), (0..8).collect::<Vec<_>>());
+        // A long tier (a backlog): fanout files at a time, the first listed.
+        assert_eq!(choose(&small(150), false, 8, OPEN), (0..8).collect::<Vec<_>>());
         // Seven files of tier 1 (1-8 MiB) and eight of tier 0: tier 0 merges.
         let mut files = vec![candidate(2.0, false); 7];
         files.extend(small(8));
-        assert_eq!(choose(&files, false, 8), (7..15).collect::<Vec<_>>());
+        assert_eq!(choose(&files, false, 8, OPEN), (7..15).collect::<Vec<_>>());
         // A legacy file anywhere: the whole partition is rewritten.
         let mut files = small(2);
         files.push(candidate(500.0, true));
-        assert_eq!(choose(&files, false, 8), vec![0, 1, 2]);
+        assert_eq!(choose(&files, false, 8, OPEN), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn r15_a_day_still_written_leaves_files_of_open_file_bytes_for_its_close() {
+        // Eight files of 130 MiB (tier 3, 64-512 MiB): above the 128 MiB ceiling, nothing merges while the day is
+        // written; the smaller files beside them still do.
+        let mut files = vec![candidate(130.0, false); 8];
+        assert!(choose(&files, false, 8, OPEN).is_empty());
+        assert_eq!(choose(&files, false, 8, 1 << 40), (0..8).collect::<Vec<_>>());
+        files.extend(vec![candidate(0.1, false); 8]);
+        assert_eq!(choose(&files, false, 8, OPEN), (8..16).collect::<Vec<_>>());
+        // Closed, the day becomes one file whatever the sizes.
+        assert_eq!(choose(&files, true, 8, OPEN), (0..16).collect::<Vec<_>>());
+        // Files that max_file_bytes cut (4 GiB) are never rewritten while their day is written.
+        files = vec![candidate(4096.0, false); 8];
+        assert!(choose(&files, false, 8, OPEN).is_empty());
     }
 
     #[test]
     fn r16_a_closed_day_keeps_at_most_two_files() {
-        assert!(choose(&[candidate(100.0, false), candidate(1.0, false)], true, 8).is_empty());
+        assert!(choose(&[candidate(100.0, false), candidate(1.0, false)], true, 8, OPEN).is_empty());
         // Late files beside a large one: they merge, the large one stays.
         let files = [candidate(1.0, false), candidate(100.0, false), candidate(2.0, false)];
-        assert_eq!(choose(&files, true, 8), vec![0, 2]);
+        assert_eq!(choose(&files, true, 8, OPEN), vec![0, 2]);
         // Comparable files: everything merges.
         let files = [candidate(10.0, false), candidate(20.0, false), candidate(15.0, false)];
-        assert_eq!(choose(&files, true, 8), vec![0, 1, 2]);
+        assert_eq!(choose(&files, true, 8, OPEN), vec![0, 1, 2]);
     }
 }

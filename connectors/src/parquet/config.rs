@@ -44,6 +44,9 @@ pub struct CompactionConfig {
     pub close_after_seconds: f64,
     /// Size of a merged file at most, in MiB.
     pub max_file_mb: u64,
+    /// On a day still written, files of at least this many MiB are merged no more until the day closes (each row
+    /// is then rewritten about log_fanout(open_file_mb) times while its day is written, once more at its close).
+    pub open_file_mb: u64,
     /// Memory a merge holds at most, in MiB (its inputs' batches and pages and its output's row group); by default a
     /// sixteenth of the job's `memory_budget_mb`, 8 to 64 MiB.
     pub memory_mb: Option<usize>,
@@ -59,6 +62,7 @@ impl Default for CompactionConfig {
             fanout: 8,
             close_after_seconds: 3_600.0,
             max_file_mb: 4_096,
+            open_file_mb: 128,
             memory_mb: None,
             grace_seconds: 600.0,
         }
@@ -88,6 +92,9 @@ impl CompactionConfig {
         if self.max_file_mb == 0 {
             return Err(FieldError::new("compaction.max_file_mb", "must be at least 1"));
         }
+        if self.open_file_mb == 0 {
+            return Err(FieldError::new("compaction.open_file_mb", "must be at least 1"));
+        }
         if let Some(mb) = self.memory_mb
             && !(8..=65_536).contains(&mb)
         {
@@ -98,6 +105,7 @@ impl CompactionConfig {
             fanout: self.fanout,
             close_after: seconds("compaction.close_after_seconds", self.close_after_seconds, 30.0 * 86_400.0)?,
             max_file_bytes: self.max_file_mb << 20,
+            open_file_bytes: self.open_file_mb << 20,
             memory_bytes: self.memory_mb.unwrap_or(64) << 20,
             grace: seconds("compaction.grace_seconds", self.grace_seconds, 86_400.0)?,
             zstd_level,
@@ -172,4 +180,18 @@ pub struct ArchiveSettings {
     pub compaction: super::Compaction,
     /// Time between the job's compaction rounds (`None`: the job does not compact).
     pub compaction_interval: Option<Duration>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn r15_open_file_mb_reaches_the_compaction_and_zero_is_refused_by_name() {
+        let built = CompactionConfig { open_file_mb: 16, ..Default::default() }.build(3).unwrap();
+        assert_eq!(built.open_file_bytes, 16 << 20);
+        assert_eq!(CompactionConfig::default().build(3).unwrap().open_file_bytes, 128 << 20);
+        let refused = CompactionConfig { open_file_mb: 0, ..Default::default() }.build(3).unwrap_err();
+        assert_eq!(refused.field, "compaction.open_file_mb");
+    }
 }
