@@ -8,6 +8,7 @@
 //! The `--hours` measured follow a warm-up: by default as many simulated hours as it takes the refinement to hold
 //! its horizon and the index to seal its first shard, so that the measured hours run with the state a job keeps all
 //! season (`--warm-up-hours 0` measures from the cold start). The cold start's first hour is printed too.
+//!
 //! Each sensor records a 5.99 s bout every `--every-minutes` simulated minutes (staggered over the sensors, on the
 //! 5 s window grid: one window per bout, its last second too short to make another), as 1 kHz 8-bit mono —
 //! low-rate audio keeps the bundled broker from being the bottleneck, and costs chorus the most memory per payload
@@ -26,8 +27,8 @@
 //! (which its budget bounds) per 100 000 segments, once the refinement holds its horizon and the index has sealed a
 //! shard (or, when it never does, over the second half); windows/s in every simulated hour, and over the last
 //! measured against the first measured; the searches' p99 against `api.sla_p99_ms`; and where the workers' time per
-//! window went in the cold start's first simulated hour and the first and last measured (each stage's `chorus_stage_seconds`, and their busy time outside the stages),
-//! with the model's mean batch.
+//! window went in the cold start's first simulated hour and in the first and last measured (each stage's
+//! `chorus_stage_seconds`, and their busy time outside the stages), with the model's mean batch.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
