@@ -2,10 +2,10 @@
 //! in so that every reader sees each row exactly once at every moment.
 //!
 //! A round for one partition, under the space's compactor lock (one compactor per space, across processes):
-//! 1. **Choose** ([`choose`]): on a day still written, the files of the smallest size tier holding `fanout` files,
-//!    among the files below `open_file_bytes` (each row is rewritten about log_fanout(open_file_bytes / 1 MiB) times
-//!    while its day is written, then once when it closes); on a closed day, everything but its largest file, or
-//!    everything, so that it keeps at most two files.
+//! 1. **Choose** ([`choose`]): on a day still written, the `fanout` smallest files of the smallest size tier holding
+//!    that many, among the files below `open_file_bytes` (each row is rewritten about
+//!    log_fanout(open_file_bytes / 1 MiB) times while its day is written, then once when it closes); on a closed
+//!    day, everything but its largest file, or everything, so that it keeps at most two files.
 //! 2. **Merge** the chosen files, each sorted by sensor and time as every chorus writer writes them, into new files in
 //!    the staging directory beside the dataset (`.<dir name>.staging`, where no reader of the dataset looks): a
 //!    streaming k-way merge holding one batch per input, its rows sized by `memory_bytes`, in row groups of at most
@@ -234,15 +234,22 @@ pub fn choose(files: &[Candidate], closed: bool, fanout: usize, open_file_bytes:
         }
         tier
     };
-    let mut tiers: Vec<(usize, usize)> =
-        files.iter().enumerate().filter(|(_, f)| f.bytes < open_file_bytes).map(|(i, f)| (tier(f.bytes), i)).collect();
+    let mut tiers: Vec<(usize, u64, usize)> = files
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.bytes < open_file_bytes)
+        .map(|(i, f)| (tier(f.bytes), f.bytes, i))
+        .collect();
     tiers.sort();
     for chunk in tiers.chunk_by(|a, b| a.0 == b.0) {
         if chunk.len() >= fanout {
-            // `fanout` of them, the first listed (the oldest): a tier that grew long while merges could not keep up
-            // (a backlog, a job started on a day of small files) merges fanout at a time, each published as it
-            // ends, rather than all at once in log2(files) passes, none published before the last.
-            return chunk.iter().take(fanout).map(|&(_, i)| i).collect();
+            // The tier's `fanout` smallest files: a tier that grew long while merges could not keep up (a backlog,
+            // a job started on a day of small files) merges fanout at a time, each published as it ends, rather
+            // than all at once in log2(files) passes, none published before the last; and the smallest, so that a
+            // file merged before does not merge again with each few new ones of its tier.
+            let mut chosen: Vec<usize> = chunk.iter().take(fanout).map(|&(_, _, i)| i).collect();
+            chosen.sort_unstable();
+            return chosen;
         }
     }
     Vec::new()
@@ -973,8 +980,11 @@ mod tests {
         let small = |n: usize| vec![candidate(0.1, false); n];
         assert!(choose(&small(7), false, 8, OPEN).is_empty());
         assert_eq!(choose(&small(8), false, 8, OPEN), (0..8).collect::<Vec<_>>());
-        // A long tier (a backlog): fanout files at a time, the first listed.
+        // A long tier (a backlog): fanout files at a time, the smallest.
         assert_eq!(choose(&small(150), false, 8, OPEN), (0..8).collect::<Vec<_>>());
+        let mut files = vec![candidate(0.5, false)];
+        files.extend(small(8));
+        assert_eq!(choose(&files, false, 8, OPEN), (1..9).collect::<Vec<_>>());
         // Seven files of tier 1 (1-8 MiB) and eight of tier 0: tier 0 merges.
         let mut files = vec![candidate(2.0, false); 7];
         files.extend(small(8));
