@@ -862,7 +862,7 @@ mod tests {
         let today = chrono::NaiveDate::parse_from_str("2026-05-01", "%Y-%m-%d").unwrap();
         // Seven small files: fewer than the fanout, nothing to do.
         assert!(compact(&root, &Compaction::default(), today, false).unwrap().is_empty());
-        // Twenty: the tier merges fanout files at a time, the oldest first, until fewer than the fanout are left
+        // Twenty: the tier merges its fanout smallest files at a time until fewer than the fanout are left
         // (20 files, then 13, then 6: four of the writers' and two merged ones, all below 1 MiB).
         let mut more = writer(&root, "w1");
         for n in 0..13i64 {
