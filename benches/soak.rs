@@ -3,7 +3,7 @@
 //!
 //!     cargo bench --bench soak -- [--profiles balanced,memory-constrained] [--sensors 1000] [--hours 24]
 //!                                  [--every-minutes 20] [--warm-up-hours N] [--ahead 1500] [--qps 5]
-//!                                  [--no-refine] [--set KEY=VALUE]...
+//!                                  [--no-refine] [--no-fill] [--set KEY=VALUE]...
 //!
 //! The `--hours` measured follow a warm-up: by default as many simulated hours as it takes the refinement to hold
 //! its horizon and the index to seal its first shard, so that the measured hours run with the state a job keeps all
@@ -19,6 +19,13 @@
 //! thread asks `POST /v1/search` for the neighbours of a segment indexed earlier, `--qps` times a second (0: none).
 //! `--set` overrides a setting of every profile's config for the run, the value in TOML (`--set memory_budget_mb=2048
 //! --set index.shard_max_points=4000`).
+//!
+//! Before each profile's job starts, the bench fills the machine's free memory with the page cache of a sparse file
+//! of its own (read through once; removed with the run), as a season's uptime does: the job's archive, which grows
+//! by tens of GB in a time-compressed run, then recycles the pages the kernel reclaims, as it will all season,
+//! rather than taking free memory — which a virtual machine whose host takes free memory back (free page reporting)
+//! pays a fault on the host for, page by page: that made the rate fall over the first hours by a seventh.
+//! `--no-fill` runs on the machine as it is.
 //!
 //! Every wall minute it prints the job's resident memory (VmRSS), the segments indexed, the segments the index holds
 //! and its memory, the segments the refinement holds and the records it has published, windows/s over the minute,
@@ -309,7 +316,64 @@ struct Shape {
     warm_hours: Option<usize>,
 }
 
-fn soak(profile: &str, shape: Shape, ahead: usize, qps: f64, refine: bool, sets: &[(String, toml::Value)]) -> Outcome {
+/// A file whose page cache takes the machine's free memory, as a machine up for a season has it: the kernel then
+/// reclaims its clean pages for whatever the job writes or allocates. The file is sparse — the size of the free
+/// memory when it is made, none of it on disk — and read through once, which gives each of its pages a page of the
+/// cache; it is removed with the value.
+struct PageCacheFill {
+    path: std::path::PathBuf,
+}
+
+impl PageCacheFill {
+    fn new(dir: &std::path::Path) -> PageCacheFill {
+        use std::io::Read;
+        let path = dir.join("page-cache-fill");
+        let free = meminfo_bytes("MemFree");
+        let started = Instant::now();
+        let file = std::fs::File::create(&path).expect("the page-cache fill's file");
+        file.set_len(free).expect("the page-cache fill's file is sized");
+        let (mut file, mut block) =
+            (std::fs::File::open(&path).expect("the page-cache fill's file"), vec![0u8; 8 << 20]);
+        while file.read(&mut block).expect("the page-cache fill's file is read") > 0 {}
+        println!(
+            "page cache filled: {:.1} GiB in {:.0} s, free memory {} → {} MiB (--no-fill runs without)",
+            free as f64 / f64::from(1 << 30),
+            started.elapsed().as_secs_f64(),
+            free >> 20,
+            meminfo_bytes("MemFree") >> 20
+        );
+        PageCacheFill { path }
+    }
+}
+
+impl Drop for PageCacheFill {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A line of /proc/meminfo, in bytes (0 if it cannot be read).
+fn meminfo_bytes(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|line| line.split(':').next() == Some(field))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib << 10)
+}
+
+/// What a run does besides its shape: bouts ahead, searches a second, the refinement on, the page cache filled.
+#[derive(Clone, Copy)]
+struct Load {
+    ahead: usize,
+    qps: f64,
+    refine: bool,
+    fill: bool,
+}
+
+fn soak(profile: &str, shape: Shape, load: Load, sets: &[(String, toml::Value)]) -> Outcome {
+    let Load { ahead, qps, refine, fill } = load;
     let broker = support::PrivateBroker::start();
     let port = support::free_port();
     let mut overrides: Vec<(&str, toml::Value)> =
@@ -339,6 +403,7 @@ fn soak(profile: &str, shape: Shape, ahead: usize, qps: f64, refine: bool, sets:
         config.workers, network.bouts, shape.hours
     );
 
+    let _fill = fill.then(|| PageCacheFill::new(scenario.dir.path()));
     let indexed = Arc::new(AtomicUsize::new(0));
     let produced = Arc::new(AtomicUsize::new(0));
     let stop_feeding = Arc::new(AtomicBool::new(false));
@@ -538,6 +603,7 @@ fn main() {
     let profiles: String = arg("--profiles", "balanced,memory-constrained".to_owned());
     // For comparison: what the refinement costs over a run.
     let refine = !args::flag("--no-refine");
+    let fill = !args::flag("--no-fill");
     let sets: Vec<(String, toml::Value)> = args::all("--set")
         .iter()
         .map(|set| {
@@ -559,7 +625,7 @@ fn main() {
         if refine { "on" } else { "off" }
     );
     let outcomes: Vec<Outcome> =
-        profiles.split(',').map(|p| soak(p.trim(), shape, ahead, qps, refine, &sets)).collect();
+        profiles.split(',').map(|p| soak(p.trim(), shape, Load { ahead, qps, refine, fill }, &sets)).collect();
     println!(
         "\n{:<20} {:>11} {:>16} {:>22} {:>22} {:>16} {:>10}",
         "profile", "peak RSS", "RSS slope", "windows/s first→last h", "search p99 (SLA)", "wall minutes", "searches"
@@ -591,9 +657,10 @@ fn main() {
     }
     println!(
         "reproduce: cargo bench --bench soak -- --profiles {profiles} --sensors {sensors} --hours {hours} \
-         --every-minutes {every} --ahead {ahead} --qps {qps}{}{}{}",
+         --every-minutes {every} --ahead {ahead} --qps {qps}{}{}{}{}",
         warm_hours.map(|h| format!(" --warm-up-hours {h}")).unwrap_or_default(),
         if refine { "" } else { " --no-refine" },
+        if fill { "" } else { " --no-fill" },
         args::all("--set").iter().map(|set| format!(" --set {set}")).collect::<String>()
     );
 }
