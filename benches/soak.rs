@@ -330,10 +330,15 @@ impl PageCacheFill {
         let path = dir.join("page-cache-fill");
         let free = meminfo_bytes("MemFree");
         let started = Instant::now();
-        let file = std::fs::File::create(&path).expect("the page-cache fill's file");
+        let mut file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("the page-cache fill's file");
         file.set_len(free).expect("the page-cache fill's file is sized");
-        let (mut file, mut block) =
-            (std::fs::File::open(&path).expect("the page-cache fill's file"), vec![0u8; 8 << 20]);
+        let mut block = vec![0u8; 8 << 20];
         while file.read(&mut block).expect("the page-cache fill's file is read") > 0 {}
         println!(
             "page cache filled: {:.1} GiB in {:.0} s, free memory {} → {} MiB (--no-fill runs without)",
