@@ -142,7 +142,7 @@ fn neighbours(index: &SpaceIndex, vectors: &[Vec<f32>], first_id: usize, k: usiz
         .enumerate()
         .map(|(i, v)| {
             let request = Request { vector: v, k: k + 1, ef, filter: &filter };
-            let found = index.search(&request, None, 0).unwrap();
+            let found = index.search(&request, 0).unwrap();
             found.into_iter().filter(|(id, _)| id.0 != (first_id + i) as u64).map(|(id, d)| (id.0, d)).collect()
         })
         .collect()

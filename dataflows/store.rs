@@ -8,8 +8,7 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use chorus_connectors::parquet;
-use chorus_operators::Error as OperatorError;
-use chorus_operators::index::{ColdTier, Filter, Indices, PointInfo, Registry, SpaceIndex, now_seconds, space_dir};
+use chorus_operators::index::{Indices, PointInfo, Registry, SpaceIndex, now_seconds, space_dir};
 use chorus_operators::metrics::Metrics;
 use chorus_operators::record::{SegmentId, route};
 
@@ -195,35 +194,4 @@ pub fn open_registry(config: &Config, spaces: &[String], metrics: Option<&Metric
         indices.insert(space.clone(), opened.index);
     }
     Ok(registry)
-}
-
-/// A space's Parquet archive as the index's coldest tier: a scan of the days the filter's time range touches, of the
-/// row groups whose statistics admit it, and of the rows that pass it.
-pub struct ArchiveScan<'a> {
-    /// The archive root.
-    pub dir: &'a std::path::Path,
-    /// The space.
-    pub space: &'a str,
-}
-
-impl ColdTier for ArchiveScan<'_> {
-    fn scan(&self, filter: &Filter, visit: &mut dyn FnMut(u64, &[f32])) -> Result<(), OperatorError> {
-        let mut stats = parquet::ScanStats::default();
-        for path in parquet::scan_files(self.dir, self.space, filter, &mut stats).map_err(archive_error)? {
-            let scanned = parquet::scan_file(&path, filter, true, &mut stats, &mut |row| {
-                if let Some(embedding) = &row.embedding {
-                    visit(row.id.0, embedding);
-                }
-            });
-            // A query answers from what can be read; the job sets a damaged file aside when it next starts.
-            if let Err(error) = scanned {
-                tracing::warn!(space = self.space, %error, "An archive file cannot be read; the search skips it.");
-            }
-        }
-        Ok(())
-    }
-}
-
-fn archive_error(error: chorus_connectors::Error) -> OperatorError {
-    OperatorError::Index { path: "archive".into(), message: error.to_string() }
 }

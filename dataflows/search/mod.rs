@@ -18,7 +18,6 @@ pub use self::audio::{Whereabouts, segment_audio, segment_wav};
 pub use self::clip::{clip_samples, embed_clip, embed_samples, open_embedder};
 use crate::Error;
 use crate::config::Config;
-use crate::store;
 
 /// Where and when a segment was recorded: the one outside view of a segment, which every output flattens into
 /// (a search [`Hit`], `GET /v1/segments` and `/v1/segments/{id}`, a `chorus archive` row).
@@ -134,8 +133,7 @@ pub struct Answer {
     pub hits: Vec<Hit>,
 }
 
-/// The `k` nearest segments to `vector` over `spaces` (merged by distance), leaving out `excluded`; shards in the
-/// archive tier are answered by scanning the archive.
+/// The `k` nearest segments to `vector` over `spaces` (merged by distance), leaving out `excluded`.
 #[allow(clippy::too_many_arguments)]
 pub fn search(
     config: &Config,
@@ -154,8 +152,7 @@ pub fn search(
     for space in spaces {
         let Some(shared) = registry.get(space) else { continue };
         let index = index::read(&shared);
-        let cold = store::ArchiveScan { dir: &config.archive.dir, space };
-        for (id, distance) in index.search(&request, Some(&cold), now)? {
+        for (id, distance) in index.search(&request, now)? {
             if Some(id) != excluded
                 && let Some(point) = index.point(id)
             {

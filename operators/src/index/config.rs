@@ -34,7 +34,7 @@ pub struct IndexConfig {
     pub f16_after_seconds: u64,
     /// ... to int8; 0: never by age.
     pub int8_after_seconds: u64,
-    /// ... out of memory, answered from the Parquet archive; 0: never by age.
+    /// ... out of memory: a search reads its graph and rows from disk; 0: never by age.
     pub archive_after_seconds: u64,
     /// Memory (MiB) the index of one worker may hold; beyond it, the least recently used shards move down a tier
     /// (f16, int8, disk — the graph alone in memory — then archive), and a shard moves up only where it fits.

@@ -20,7 +20,7 @@ pub enum Tier {
     Int8,
     /// The graph in memory, the vectors on disk: each distance reads its row from the shard's full-precision file.
     Disk,
-    /// Nothing in memory: found by a scan of the Parquet archive.
+    /// Nothing per row in memory: each search reads the graph and rows from disk, then each distance its row.
     Archive,
 }
 

@@ -30,7 +30,7 @@ pub use config::{IndexConfig, IndexParams};
 pub use kernels::Tier;
 pub use point::{Filter, PointInfo, unit};
 pub use policy::now_seconds;
-pub use search::{ColdTier, Request};
+pub use search::Request;
 pub use shard::Shard;
 pub use space::{Offered, SpaceIndex, TierUsage};
 use timely::container::CapacityContainerBuilder;
@@ -371,7 +371,7 @@ pub(crate) mod tests {
         ef: usize,
         filter: &Filter,
     ) -> Vec<(SegmentId, f32)> {
-        index.search(&Request { vector: query, k, ef, filter }, None, 0).unwrap()
+        index.search(&Request { vector: query, k, ef, filter }, 0).unwrap()
     }
 
     /// Exact neighbours by brute force over `ids`.

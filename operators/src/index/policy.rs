@@ -90,8 +90,8 @@ pub(super) fn seal_deferred(failed_at: Option<u64>, now: u64) -> bool {
 /// Which of `shards`, given as `(tier, last used)`, a space over its memory budget moves one tier down next: the
 /// least recently used of those holding vectors in memory and, among those last used together, the coldest (the
 /// first listed of equals); once none holds vectors, the least recently used in the disk tier, whose graph leaves
-/// memory too. A graph is a tenth of its vectors or less, and a shard without one is answered by a scan of the
-/// Parquet archive, tens of times slower. `None` when every shard is in the archive tier.
+/// memory too, with its rows. A graph is a tenth of its vectors or less, and a shard without one reads it from disk
+/// at each search. `None` when every shard is in the archive tier.
 pub(super) fn next_to_demote(shards: impl IntoIterator<Item = (Tier, u64)> + Clone) -> Option<usize> {
     let least_recent = |holding: fn(Tier) -> bool| {
         (shards.clone().into_iter().enumerate())
@@ -217,7 +217,7 @@ mod tests {
         // Two answers from the first shard promote it one tier.
         for _ in 0..2 {
             let found = index
-                .search(&Request { vector: &vector(1, dim), k: 1, ef: 32, filter: &Filter::default() }, None, 2_060)
+                .search(&Request { vector: &vector(1, dim), k: 1, ef: 32, filter: &Filter::default() }, 2_060)
                 .unwrap();
             assert_eq!(found[0].0, SegmentId(1));
         }
@@ -231,14 +231,15 @@ mod tests {
         assert_eq!(tiers(&index), [Tier::F16, Tier::Disk, Tier::Int8]);
         let usage: HashMap<Tier, TierUsage> = index.usage().into_iter().collect();
         assert_eq!((usage[&Tier::F16].points, usage[&Tier::Disk].points, usage[&Tier::Int8].points), (50, 50, 20));
-        assert!(usage[&Tier::F16].bytes_per_point() > usage[&Tier::Int8].bytes_per_point());
-        assert!(usage[&Tier::Int8].bytes_per_point() > usage[&Tier::Disk].bytes_per_point());
+        assert!(usage[&Tier::F16].bytes_per_point() > usage[&Tier::Disk].bytes_per_point());
+        let held = |tier| index.shards()[0].bytes_in(tier);
+        assert!(held(Tier::F16) > held(Tier::Int8) && held(Tier::Int8) > held(Tier::Disk));
         // A shard answering every query stays where the budget put it when the budget has no room for it one tier
         // up: a promotion the budget would undo at the same maintenance is not made (it would only churn).
         let budget = index.reckoned_bytes();
         for now in 2_100..2_110 {
             let request = Request { vector: &vector(110, dim), k: 1, ef: 32, filter: &Filter::default() };
-            assert_eq!(index.search(&request, None, now).unwrap()[0].0, SegmentId(110));
+            assert_eq!(index.search(&request, now).unwrap()[0].0, SegmentId(110));
         }
         assert_eq!(index.shards()[2].hits(), 10);
         assert!(!index.maintain(2_120, Some(budget)).unwrap(), "nothing moves");
@@ -251,9 +252,18 @@ mod tests {
             index.reckoned_bytes() - index.shards().iter().map(|s| s.bytes() - s.bytes_in(Tier::Disk)).sum::<usize>();
         index.maintain(2_140, Some(graphs)).unwrap();
         assert_eq!(tiers(&index), [Tier::Disk; 3]);
-        // Below that, the least recently used graph goes: that shard is answered by the archive.
+        // Below that, the least recently used graph goes, with its rows: that shard is searched from its files.
         index.maintain(2_150, Some(graphs - 1)).unwrap();
         assert_eq!(tiers(&index), [Tier::Disk, Tier::Archive, Tier::Disk]);
+        // A budget for nothing but what every shard holds, whatever its size: every graph leaves memory.
+        let (fixed, held) =
+            index.shards().iter().fold((0, 0), |(f, h), s| (f + s.bytes_in(Tier::Archive), h + s.bytes()));
+        index.maintain(2_160, Some(index.reckoned_bytes() - held + fixed)).unwrap();
+        assert_eq!(tiers(&index), [Tier::Archive; 3]);
+        for i in [1, 60, 110] {
+            let request = Request { vector: &vector(i, dim), k: 1, ef: 32, filter: &Filter::default() };
+            assert_eq!(index.search(&request, 2_170).unwrap()[0].0, SegmentId(i));
+        }
     }
 
     #[test]

@@ -1,27 +1,20 @@
-//! Search across a space's shards, open, sealed and archived, merged by distance.
+//! Search across a space's shards, open and sealed in every tier, merged by distance.
 //!
-//! Each shard in memory searches itself (`build.rs` the open shard with hnsw_rs, `shard.rs` a sealed one over its
-//! frozen graph); shards in the archive tier are answered by the cold scan of the Parquet archive. This file fans a
-//! query out over them, in parallel when there are enough points to repay it, and merges the answers.
+//! Each shard searches itself (`build.rs` the open shard with hnsw_rs, `shard.rs` a sealed one over its frozen graph,
+//! read from its file in the archive tier). This file fans a query out over them, in parallel when there are enough
+//! points to repay it, and merges the answers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use rayon::prelude::*;
 
 use super::build::OpenShard;
-use super::kernels::{Tier, distance};
 use super::point::{Filter, unit};
 use super::shard::Shard;
 use crate::Error;
 use crate::record::SegmentId;
 
-/// The Parquet archive as a space's coldest tier: a scan of the archived embeddings that pass a filter.
-pub trait ColdTier: Sync {
-    /// Calls `visit(id, embedding)` for each archived segment that passes `filter` (more may be visited).
-    fn scan(&self, filter: &Filter, visit: &mut dyn FnMut(u64, &[f32])) -> Result<(), Error>;
-}
-
-/// Below this many points in memory, one thread searches every shard.
+/// Below this many points to search, one thread searches every shard.
 const PARALLEL_POINTS: usize = 20_000;
 /// Stands for the open shard where a candidate names the sealed shard it came from.
 const FROM_OPEN: usize = usize::MAX;
@@ -55,20 +48,12 @@ pub(super) struct FanOut<'a> {
 }
 
 impl FanOut<'_> {
-    /// The `k` nearest segments, nearest first, with cosine distances, over every shard; `cold` answers for shards
-    /// in the archive tier (without it they are skipped). Shards that answer are marked used at `now`.
-    pub(super) fn search(
-        &self,
-        request: &Request<'_>,
-        cold: Option<&dyn ColdTier>,
-        now: u64,
-    ) -> Result<Vec<(SegmentId, f32)>, Error> {
+    /// The `k` nearest segments, nearest first, with cosine distances, over every shard the filter may admit.
+    /// Shards that answer are marked used at `now`. An error when a shard in the archive tier cannot be read: an
+    /// answer never leaves a shard out silently.
+    pub(super) fn search(&self, request: &Request<'_>, now: u64) -> Result<Vec<(SegmentId, f32)>, Error> {
         let query = unit(request.vector, self.dim)?;
-        let mut found = self.in_memory(&query, request);
-        if let Some(cold) = cold {
-            self.archived(&query, request.filter, cold, &mut found)?;
-        }
-        let found = merge(found, request.k);
+        let found = merge(self.candidates(&query, request)?, request.k);
         let answered: HashSet<usize> = found.iter().map(|(_, _, shard)| *shard).collect();
         for shard in answered.into_iter().filter_map(|i| self.sealed.get(i)) {
             shard.touch(now);
@@ -76,53 +61,28 @@ impl FanOut<'_> {
         Ok(found.into_iter().map(|(id, d, _)| (SegmentId(id), d)).collect())
     }
 
-    /// The candidates of the open shard, then of each sealed shard in memory that the filter may admit.
-    fn in_memory(&self, query: &[f32], request: &Request<'_>) -> Vec<Candidate> {
+    /// The candidates of the open shard, then of each sealed shard that the filter may admit.
+    fn candidates(&self, query: &[f32], request: &Request<'_>) -> Result<Vec<Candidate>, Error> {
         let (k, ef, filter) = (request.k, request.ef, request.filter);
-        let warm: Vec<(usize, &Shard)> = (self.sealed.iter().enumerate())
-            .filter(|(_, s)| s.tier() != Tier::Archive && s.may_admit(filter))
-            .collect();
-        let in_memory = self.open.len() + warm.iter().map(|(_, s)| s.len()).sum::<usize>();
-        let search_sealed = |(i, shard): &(usize, &Shard)| -> Vec<Candidate> {
-            shard.search(query, k, ef, self.oversample, filter).into_iter().map(|(id, d)| (id, d, *i)).collect()
+        let admitted: Vec<(usize, &Shard)> =
+            self.sealed.iter().enumerate().filter(|(_, s)| s.may_admit(filter)).collect();
+        let points = self.open.len() + admitted.iter().map(|(_, s)| s.len()).sum::<usize>();
+        let search_sealed = |(i, shard): &(usize, &Shard)| -> Result<Vec<Candidate>, Error> {
+            let found = shard.search(query, k, ef, self.oversample, filter)?;
+            Ok(found.into_iter().map(|(id, d)| (id, d, *i)).collect())
         };
         let search_open = || -> Vec<Candidate> {
             self.open.search(query, k, ef, filter).into_iter().map(|(id, d)| (id, d, FROM_OPEN)).collect()
         };
         // In parallel only when there are two searches or more to share out, and enough points to repay the handoff.
-        let searches = warm.len() + usize::from(self.open.len() > 0);
-        let (mut found, sealed): (Vec<_>, Vec<_>) = if in_memory >= PARALLEL_POINTS && searches >= 2 {
-            rayon::join(search_open, || warm.par_iter().map(search_sealed).collect())
+        let searches = admitted.len() + usize::from(self.open.len() > 0);
+        let (mut found, sealed): (Vec<_>, Result<Vec<_>, _>) = if points >= PARALLEL_POINTS && searches >= 2 {
+            rayon::join(search_open, || admitted.par_iter().map(search_sealed).collect())
         } else {
-            (search_open(), warm.iter().map(search_sealed).collect())
+            (search_open(), admitted.iter().map(search_sealed).collect())
         };
-        found.extend(sealed.into_iter().flatten());
-        found
-    }
-
-    /// Adds the candidates of the archive-tier shards the filter may admit, from the cold scan: each archived
-    /// segment one of them holds, compared exactly. Scans nothing when there is no such shard.
-    fn archived(
-        &self,
-        query: &[f32],
-        filter: &Filter,
-        cold: &dyn ColdTier,
-        found: &mut Vec<Candidate>,
-    ) -> Result<(), Error> {
-        let archived =
-            || (self.sealed.iter().enumerate()).filter(|(_, s)| s.tier() == Tier::Archive && s.may_admit(filter));
-        if archived().next().is_none() {
-            return Ok(());
-        }
-        let members: HashMap<u64, usize> =
-            archived().flat_map(|(i, s)| s.rows().ids.iter().map(move |id| (*id, i))).collect();
-        cold.scan(filter, &mut |id, embedding| {
-            if let Some(shard) = members.get(&id)
-                && let Ok(vector) = unit(embedding, self.dim)
-            {
-                found.push((id, distance(query, &vector), *shard));
-            }
-        })
+        found.extend(sealed?.into_iter().flatten());
+        Ok(found)
     }
 }
 
@@ -137,11 +97,9 @@ fn merge(mut found: Vec<Candidate>, k: usize) -> Vec<Candidate> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use super::*;
     use crate::index::SpaceIndex;
-    use crate::index::kernels;
+    use crate::index::kernels::{self, Tier, distance};
     use crate::index::tests::{exact, info, open_shard, params, sealed_shard, search, vector};
 
     #[test]
@@ -165,7 +123,7 @@ mod tests {
         let fan_out = FanOut { open: &open, sealed: &sealed, dim, oversample: 4 };
         let all = Filter::default();
         let query = vector(1_234, dim);
-        let found = fan_out.search(&Request { vector: &query, k: 90, ef: 90, filter: &all }, None, 500).unwrap();
+        let found = fan_out.search(&Request { vector: &query, k: 90, ef: 90, filter: &all }, 500).unwrap();
         let ids: Vec<u64> = found.iter().map(|(id, _)| id.0).collect();
         assert_eq!(ids, exact(&query, 0..90, dim, 90, &all), "every point once, nearest first");
         let q = unit(&query, dim).unwrap();
@@ -178,7 +136,7 @@ mod tests {
         // A point of the open shard, then one of the second sealed shard: only the shard that answers is used.
         let nearest = |i: u64, now| {
             let request = Request { vector: &vector(i, dim), k: 1, ef: 32, filter: &all };
-            fan_out.search(&request, None, now).unwrap()[0].0.0
+            fan_out.search(&request, now).unwrap()[0].0.0
         };
         assert_eq!(nearest(5, 600), 5);
         assert_eq!(usage(), [(1, 500), (1, 500)]);
@@ -186,10 +144,8 @@ mod tests {
         assert_eq!(usage(), [(1, 500), (2, 700)]);
         // A filter no shard may admit leaves the sealed shards out.
         let nobody = Filter { sensors: vec!["nobody".into()], ..Default::default() };
-        assert!(
-            fan_out.search(&Request { vector: &query, k: 5, ef: 32, filter: &nobody }, None, 800).unwrap().is_empty()
-        );
-        assert!(fan_out.search(&Request { vector: &[0.0; 8], k: 5, ef: 32, filter: &all }, None, 800).is_err());
+        assert!(fan_out.search(&Request { vector: &query, k: 5, ef: 32, filter: &nobody }, 800).unwrap().is_empty());
+        assert!(fan_out.search(&Request { vector: &[0.0; 8], k: 5, ef: 32, filter: &all }, 800).is_err());
     }
 
     #[test]
@@ -199,54 +155,12 @@ mod tests {
         let sealed = [sealed_shard(dir.path(), "shard-000001", 5..15, dim, 0)];
         let fan_out = FanOut { open: &open, sealed: &sealed, dim, oversample: 4 };
         let filter = Filter::default();
-        let found =
-            fan_out.search(&Request { vector: &vector(7, dim), k: 4, ef: 32, filter: &filter }, None, 0).unwrap();
+        let found = fan_out.search(&Request { vector: &vector(7, dim), k: 4, ef: 32, filter: &filter }, 0).unwrap();
         let mut ids: Vec<u64> = found.iter().map(|(id, _)| id.0).collect();
         assert_eq!(ids[0], 7);
         ids.sort_unstable();
         ids.dedup();
         assert_eq!(ids.len(), 4, "{found:?}");
-    }
-
-    #[test]
-    fn archive_tier_shards_are_answered_by_the_cold_scan_with_their_own_rows_only() {
-        /// Every id it is given, and a count of the scans.
-        struct Archive(Vec<u64>, AtomicUsize);
-        impl ColdTier for Archive {
-            fn scan(&self, filter: &Filter, visit: &mut dyn FnMut(u64, &[f32])) -> Result<(), Error> {
-                self.1.fetch_add(1, Ordering::Relaxed);
-                for id in self.0.iter().filter(|id| filter.admits(&info(**id).sensor, info(**id).start_micros)) {
-                    visit(*id, &vector(*id, 8));
-                }
-                Ok(())
-            }
-        }
-        let (dim, dir) = (8, tempfile::tempdir().unwrap());
-        let open = open_shard(0..10, dim);
-        let mut archived = sealed_shard(dir.path(), "shard-000001", 10..20, dim, 0);
-        archived.set_tier(Tier::Archive).unwrap();
-        let sealed = [archived, sealed_shard(dir.path(), "shard-000002", 20..30, dim, 0)];
-        let fan_out = FanOut { open: &open, sealed: &sealed, dim, oversample: 4 };
-        // The archive holds every point, and one no shard names.
-        let archive = Archive((0..30).chain([99]).collect(), AtomicUsize::new(0));
-        let all = Filter::default();
-        let query = vector(15, dim);
-        let request = |k| Request { vector: &query, k, ef: 64, filter: &all };
-        let found = fan_out.search(&request(1), Some(&archive), 100).unwrap();
-        assert!(found[0].0.0 == 15 && found[0].1 < 1e-5, "{found:?}");
-        assert_eq!((sealed[0].hits(), sealed[0].last_used()), (1, 100));
-        let without = fan_out.search(&request(30), None, 100).unwrap();
-        assert!(without.len() == 20 && without.iter().all(|(id, _)| !(10..20).contains(&id.0)), "skipped without it");
-        // Each point once: the archive's copies of points in memory and of points no shard holds are left out.
-        let found = fan_out.search(&request(40), Some(&archive), 100).unwrap();
-        let mut ids: Vec<u64> = found.iter().map(|(id, _)| id.0).collect();
-        ids.sort_unstable();
-        assert_eq!(ids, (0..30).collect::<Vec<_>>());
-        // The archive is not scanned when no shard in the archive tier may admit the filter.
-        let scans = archive.1.load(Ordering::Relaxed);
-        let later = Filter { from_micros: Some(200 * 5_000_000), ..Default::default() };
-        assert!(fan_out.search(&Request { filter: &later, ..request(5) }, Some(&archive), 100).unwrap().is_empty());
-        assert_eq!(archive.1.load(Ordering::Relaxed), scans);
     }
 
     #[test]
@@ -339,26 +253,76 @@ mod tests {
     }
 
     #[test]
-    fn archive_tier_is_answered_by_the_cold_scan() {
-        struct Archive(usize);
-        impl ColdTier for Archive {
-            fn scan(&self, filter: &Filter, visit: &mut dyn FnMut(u64, &[f32])) -> Result<(), Error> {
-                for i in 0..60u64 {
-                    if filter.admits(&info(i).sensor, info(i).start_micros) {
-                        visit(i, &vector(i, self.0));
-                    }
-                }
-                Ok(())
-            }
-        }
+    fn r15_an_archive_tier_shard_holds_nothing_per_row_and_answers_from_its_files_as_the_disk_tier_does() {
+        let dim = 16;
         let dir = tempfile::tempdir().unwrap();
-        let mut index = SpaceIndex::new(dir.path(), &params(30), 8);
-        for i in 0..60 {
-            index.insert(SegmentId(i), &info(i), &vector(i, 8), 0).unwrap();
+        let mut index = SpaceIndex::new(dir.path(), &params(300), dim);
+        for i in 0..700 {
+            index.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
         }
-        index.sealed[0].set_tier(Tier::Archive).unwrap();
-        let request = Request { vector: &vector(3, 8), k: 1, ef: 32, filter: &Filter::default() };
-        assert_ne!(index.search(&request, None, 0).unwrap()[0].0, SegmentId(3), "skipped without the archive");
-        assert_eq!(index.search(&request, Some(&Archive(8)), 0).unwrap()[0].0, SegmentId(3));
+        let filters = [
+            Filter::default(),
+            Filter { sensors: vec!["s1".into()], ..Default::default() },
+            Filter { from_micros: Some(100 * 5_000_000), to_micros: Some(450 * 5_000_000), ..Default::default() },
+            Filter { sensors: vec!["nobody".into()], ..Default::default() },
+        ];
+        let answers = |index: &SpaceIndex| -> Vec<_> {
+            let queries = (0..10).map(|q| vector(90_000 + q, dim)).chain([vector(5, dim), vector(450, dim)]);
+            queries
+                .flat_map(|q| filters.iter().map(move |f| search(index, &q, 10, 64, f)).collect::<Vec<_>>())
+                .collect()
+        };
+        for shard in 0..2 {
+            index.set_shard_tier(shard, Tier::Disk).unwrap();
+        }
+        let on_disk = answers(&index);
+        let graph_bytes = index.shards()[0].bytes();
+        for shard in 0..2 {
+            index.set_shard_tier(shard, Tier::Archive).unwrap();
+        }
+        assert_eq!(answers(&index), on_disk, "the same answers, each shard's graph and rows read from its files");
+        // What an archived shard holds does not grow with its rows: the same for 300 rows as for none.
+        let held: Vec<usize> = index.shards().iter().map(Shard::bytes).collect();
+        assert_eq!(held[0], held[1]);
+        assert!(held[0] < 1_000 && graph_bytes > 300 * 20, "{held:?} against {graph_bytes} in the disk tier");
+        // Where and when each point was recorded, its vector and the latest points come from its files too.
+        for i in [0, 299, 300, 599, 650] {
+            assert_eq!(index.point(SegmentId(i)), Some(info(i)));
+            let (got, want) = (index.vector(SegmentId(i)).unwrap(), unit(&vector(i, dim), dim).unwrap());
+            assert!(distance(&got, &want).abs() < 1e-5, "{i}: {got:?}");
+        }
+        let latest: Vec<u64> = index.latest(150).into_iter().map(|(id, _)| id.0).collect();
+        assert_eq!(latest, (550..700).rev().collect::<Vec<_>>());
+        // Reopened, it is still in the archive tier and answers the same.
+        index.save().unwrap();
+        let reopened = SpaceIndex::open(dir.path(), &params(300), dim).unwrap();
+        assert_eq!(reopened.shards().iter().map(Shard::tier).collect::<Vec<_>>(), [Tier::Archive, Tier::Archive]);
+        assert_eq!(answers(&reopened), on_disk);
+        // Up again, it holds its graph and rows once more.
+        index.set_shard_tier(0, Tier::Disk).unwrap();
+        assert_eq!(index.shards()[0].bytes(), graph_bytes);
+        assert_eq!(answers(&index), on_disk);
+    }
+
+    #[test]
+    fn r15_an_archive_tier_shard_that_cannot_be_read_fails_the_search_never_leaves_it_out() {
+        let dim = 8;
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = SpaceIndex::new(dir.path(), &params(30), dim);
+        for i in 0..60 {
+            index.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
+        }
+        index.set_shard_tier(0, Tier::Archive).unwrap();
+        std::fs::write(dir.path().join(&index.shards()[0].name).join("graph.bin"), b"cut short").unwrap();
+        let request = Request { vector: &vector(3, dim), k: 1, ef: 32, filter: &Filter::default() };
+        let error = index.search(&request, 0).unwrap_err().to_string();
+        assert!(error.contains("graph.bin"), "{error}");
+        // A filter that leaves the shard out by its time range does not read it.
+        let later = Filter { from_micros: Some(40 * 5_000_000), ..Default::default() };
+        let found = index.search(&Request { k: 5, filter: &later, ..request }, 0).unwrap();
+        assert!(found.len() == 5 && found.iter().all(|(id, _)| id.0 >= 40), "{found:?}");
+        // Nor can it come back up: it stays in the archive tier.
+        assert!(index.set_shard_tier(0, Tier::Disk).is_err());
+        assert_eq!(index.shards()[0].tier(), Tier::Archive);
     }
 }

@@ -2,13 +2,16 @@
 //!
 //! On disk a shard is a directory written once: `shard.json` (size, time range, sensors), `rows.bin` (id, sensor and
 //! start time per row), `graph.bin` (the frozen layers) and `vectors.f32` (full precision). In memory it holds its
-//! rows always, and its graph and vectors in the tier it is in: f32, f16 or int8 (see [`super::kernels`]), the graph
-//! alone (disk tier: each distance reads its row from `vectors.f32`), or neither (archive tier). Full-precision
-//! vectors stay on disk for rescoring quantized candidates, for the disk tier and for promotion.
+//! rows, and its graph and vectors in the tier it is in: f32, f16 or int8 (see [`super::kernels`]), or the graph
+//! alone (disk tier: each distance reads its row from `vectors.f32`). In the archive tier it holds nothing per row,
+//! nor an open file: its time range and a Bloom filter of its ids (1.25 bytes a row) only. A search reads its graph
+//! and rows from their files, and each distance its row, as the disk tier does. Full-precision vectors stay on disk for rescoring quantized candidates, for the
+//! disk and archive tiers and for promotion.
 //!
 //! A shard is sealed from the open shard (`build.rs`, [`OpenShard::freeze`](super::build::OpenShard::freeze)), named
 //! with its tier in the space's manifest (`manifest.rs`), and moved between tiers as the policy says (`policy.rs`).
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Write};
@@ -27,6 +30,7 @@ use crate::Error;
 const ROW_BYTES: usize = 8 + 4 + 8;
 
 /// Where and when each row was recorded.
+#[derive(Clone)]
 pub struct Rows {
     /// Segment id per row.
     pub ids: Vec<u64>,
@@ -68,11 +72,18 @@ pub struct Shard {
     pub name: String,
     dir: PathBuf,
     dim: usize,
-    rows: Rows,
+    points: usize,
     range: (i64, i64),
+    /// Bytes its sensors' names take in [`Rows::sensors`].
+    sensor_bytes: usize,
+    /// Its rows, held in every tier but the archive tier.
+    rows: Option<Rows>,
     graph: Option<Graph>,
     vectors: Vectors,
-    full: File,
+    /// `vectors.f32`, held open in every tier but the archive tier.
+    full: Option<File>,
+    /// Which ids it holds, in the archive tier: there the space's map of ids leaves them out.
+    members: Option<Members>,
     /// When it was sealed (seconds since the epoch).
     pub sealed_at: u64,
     last_access: AtomicU64,
@@ -145,11 +156,14 @@ impl Shard {
             name: name.to_owned(),
             dir,
             dim,
+            points: rows.ids.len(),
             range,
-            rows,
+            sensor_bytes: sensor_bytes(&rows.sensors),
+            rows: Some(rows),
             graph: Some(graph),
             vectors: Vectors::Disk,
-            full,
+            full: Some(full),
+            members: None,
             sealed_at: now,
             last_access: AtomicU64::new(now),
             hits: AtomicU32::new(0),
@@ -159,25 +173,51 @@ impl Shard {
     /// Opens shard `name` under `space_dir` into `tier`.
     pub fn open(space_dir: &Path, name: &str, tier: Tier, last_access: u64, dim: usize) -> Result<Shard, Error> {
         let dir = space_dir.join(name);
-        let failed = |message: String| Error::Index { path: dir.display().to_string(), message };
-        let description: Description = fs::read(dir.join("shard.json"))
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            .map_err(|e| failed(format!("cannot read shard.json: {e}")))?;
+        let description = read_description(&dir)?;
         if description.dim != dim {
-            return Err(failed(format!(
-                "shard holds {}-dimensional vectors but the model produces {dim}: it belongs to another model",
-                description.dim
-            )));
+            return Err(Error::Index {
+                path: dir.display().to_string(),
+                message: format!(
+                    "shard holds {}-dimensional vectors but the model produces {dim}: it belongs to another model",
+                    description.dim
+                ),
+            });
         }
-        let bytes = fs::read(dir.join("rows.bin")).map_err(|e| failed(format!("cannot read rows.bin: {e}")))?;
-        if bytes.len() != description.points * ROW_BYTES {
-            return Err(failed(format!("rows.bin holds {} bytes, not {} rows", bytes.len(), description.points)));
+        let mut shard = Shard {
+            name: name.to_owned(),
+            dir,
+            dim,
+            points: description.points,
+            range: (description.from_micros, description.to_micros),
+            sensor_bytes: sensor_bytes(&description.sensors),
+            rows: None,
+            graph: None,
+            vectors: Vectors::Archive,
+            full: None,
+            members: None,
+            sealed_at: description.sealed_at,
+            last_access: AtomicU64::new(last_access),
+            hits: AtomicU32::new(0),
+        };
+        if tier == Tier::Archive {
+            shard.members = Some(Members::of(&shard.read_rows()?.ids));
+        }
+        shard.set_tier(tier)?;
+        Ok(shard)
+    }
+
+    /// Reads `rows.bin`, with the sensors `shard.json` names.
+    fn read_rows(&self) -> Result<Rows, Error> {
+        let failed = |message: String| Error::Index { path: self.dir.display().to_string(), message };
+        let description = read_description(&self.dir)?;
+        let bytes = fs::read(self.dir.join("rows.bin")).map_err(|e| failed(format!("cannot read rows.bin: {e}")))?;
+        if description.points != self.points || bytes.len() != self.points * ROW_BYTES {
+            return Err(failed(format!("rows.bin holds {} bytes, not {} rows", bytes.len(), self.points)));
         }
         let mut rows = Rows {
-            ids: Vec::with_capacity(description.points),
-            sensor: Vec::with_capacity(description.points),
-            start: Vec::with_capacity(description.points),
+            ids: Vec::with_capacity(self.points),
+            sensor: Vec::with_capacity(self.points),
+            start: Vec::with_capacity(self.points),
             sensors: description.sensors,
         };
         for row in bytes.chunks_exact(ROW_BYTES) {
@@ -189,37 +229,65 @@ impl Shard {
             rows.sensor.push(sensor);
             rows.start.push(i64::from_le_bytes(row[12..20].try_into().expect("8 bytes")));
         }
-        let full = File::open(dir.join("vectors.f32")).map_err(|e| failed(format!("cannot open vectors.f32: {e}")))?;
-        let mut shard = Shard {
-            name: name.to_owned(),
-            dir,
-            dim,
-            range: (description.from_micros, description.to_micros),
-            rows,
-            graph: None,
-            vectors: Vectors::Archive,
-            full,
-            sealed_at: description.sealed_at,
-            last_access: AtomicU64::new(last_access),
-            hits: AtomicU32::new(0),
-        };
-        shard.set_tier(tier)?;
-        Ok(shard)
+        Ok(rows)
+    }
+
+    /// Reads `graph.bin`.
+    fn read_graph(&self) -> Result<Graph, Error> {
+        let path = self.dir.join("graph.bin");
+        let failed = |message: String| Error::Index { path: path.display().to_string(), message };
+        let graph =
+            File::open(&path).and_then(|f| Graph::read(&mut BufReader::new(f))).map_err(|e| failed(e.to_string()))?;
+        if graph.len() != self.len() {
+            return Err(failed(format!("graph has {} rows, the shard {}", graph.len(), self.len())));
+        }
+        Ok(graph)
+    }
+
+    /// Opens `vectors.f32`.
+    fn open_full(&self) -> Result<File, Error> {
+        let path = self.dir.join("vectors.f32");
+        File::open(&path).map_err(|e| Error::Index { path: path.display().to_string(), message: e.to_string() })
     }
 
     /// Rows.
     pub fn len(&self) -> usize {
-        self.rows.ids.len()
+        self.points
     }
 
     /// Whether it has no rows.
     pub fn is_empty(&self) -> bool {
-        self.rows.ids.is_empty()
+        self.points == 0
     }
 
-    /// Its rows.
-    pub fn rows(&self) -> &Rows {
-        &self.rows
+    /// Its rows: those held, or in the archive tier those read from disk.
+    pub fn rows(&self) -> Result<Cow<'_, Rows>, Error> {
+        match &self.rows {
+            Some(rows) => Ok(Cow::Borrowed(rows)),
+            None => self.read_rows().map(Cow::Owned),
+        }
+    }
+
+    /// Smallest and largest start time of its rows, in microseconds since the epoch.
+    pub fn range(&self) -> (i64, i64) {
+        self.range
+    }
+
+    /// Whether, in the archive tier, its filter lets `id` through.
+    #[cfg(test)]
+    pub(super) fn members_may_hold(&self, id: u64) -> bool {
+        self.members.as_ref().is_some_and(|m| m.may_hold(id))
+    }
+
+    /// In the archive tier, the row holding `id`, if any, read from disk unless its filter rules `id` out (as it
+    /// does for all but about one id in a hundred it does not hold); `start`, when known, rules out a shard whose
+    /// time range lies elsewhere without reading anything. `None` in every other tier: the space's map holds those.
+    pub fn archived_row(&self, id: u64, start: Option<i64>) -> Result<Option<usize>, Error> {
+        let Some(members) = &self.members else { return Ok(None) };
+        if start.is_some_and(|t| t < self.range.0 || t > self.range.1) || !members.may_hold(id) {
+            return Ok(None);
+        }
+        Ok(self.read_rows()?.ids.iter().position(|i| *i == id))
     }
 
     /// The tier it is in.
@@ -232,54 +300,55 @@ impl Shard {
         self.bytes_in(self.tier())
     }
 
-    /// Bytes it would hold in memory in `tier` (the graph's as written when it is not loaded).
+    /// Bytes it would hold in memory in `tier` (the graph's as written when it is not loaded). In the archive tier,
+    /// what every shard holds whatever its size: its name, directory and time range.
     pub fn bytes_in(&self, tier: Tier) -> usize {
-        let sensors: usize = self.rows.sensors.iter().map(|s| s.len() + 24).sum();
-        let graph = match (&self.graph, tier) {
-            (_, Tier::Archive) => 0,
-            (Some(graph), _) => graph.bytes(),
-            (None, _) => fs::metadata(self.dir.join("graph.bin")).map_or(0, |m| m.len() as usize),
+        let fixed = std::mem::size_of::<Shard>() + self.name.len() + self.dir.as_os_str().len();
+        if tier == Tier::Archive {
+            return fixed + Members::bytes_for(self.len());
+        }
+        let graph = match &self.graph {
+            Some(graph) => graph.bytes(),
+            None => fs::metadata(self.dir.join("graph.bin")).map_or(0, |m| m.len() as usize),
         };
-        self.len() * ROW_BYTES + sensors + graph + tier.vector_bytes(self.len(), self.dim)
+        fixed + self.len() * ROW_BYTES + self.sensor_bytes + graph + tier.vector_bytes(self.len(), self.dim)
     }
 
-    /// Moves the shard to `tier`: down by converting what it holds, up (or to f32) by reading its vectors back.
+    /// Moves the shard to `tier`: down by converting what it holds, up (or to f32) by reading its vectors back; to
+    /// the archive tier by letting go of everything but its time range. Should a read fail, it stays where it was.
     pub fn set_tier(&mut self, tier: Tier) -> Result<(), Error> {
         if tier == self.tier() {
             return Ok(());
         }
         if tier == Tier::Archive {
-            (self.graph, self.vectors) = (None, Vectors::Archive);
+            let members = match &self.rows {
+                Some(rows) => Members::of(&rows.ids),
+                None => Members::of(&self.read_rows()?.ids),
+            };
+            (self.graph, self.vectors, self.rows, self.full) = (None, Vectors::Archive, None, None);
+            self.members = Some(members);
             return Ok(());
         }
-        if self.graph.is_none() {
-            let path = self.dir.join("graph.bin");
-            let graph = File::open(&path)
-                .and_then(|f| Graph::read(&mut BufReader::new(f)))
-                .map_err(|e| Error::Index { path: path.display().to_string(), message: e.to_string() })?;
-            if graph.len() != self.len() {
-                return Err(Error::Index {
-                    path: path.display().to_string(),
-                    message: format!("graph has {} rows, the shard {}", graph.len(), self.len()),
-                });
-            }
-            self.graph = Some(graph);
+        if self.tier() == Tier::Archive {
+            let (rows, full, graph) = (self.read_rows()?, self.open_full()?, self.read_graph()?);
+            (self.rows, self.full, self.graph, self.members) = (Some(rows), Some(full), Some(graph), None);
         }
         // What it holds goes first, and the new tier is built from the file as it is read: a move never holds two
         // representations of the vectors, nor the full-precision rows beside a quantized one.
         self.vectors = Vectors::Disk;
         if tier != Tier::Disk {
-            self.vectors = self.read_vectors(tier)?;
+            let full = self.full.as_ref().expect("just opened");
+            self.vectors = self.read_vectors(full, tier)?;
         }
         Ok(())
     }
 
     /// The vectors in `tier`'s representation, read from `vectors.f32` block by block.
-    fn read_vectors(&self, tier: Tier) -> Result<Vectors, Error> {
+    fn read_vectors(&self, full: &File, tier: Tier) -> Result<Vectors, Error> {
         let path = self.dir.join("vectors.f32");
         let failed = |message: String| Error::Index { path: path.display().to_string(), message };
         let expected = self.len() * self.dim * 4;
-        let found = self.full.metadata().map_err(|e| failed(e.to_string()))?.len();
+        let found = full.metadata().map_err(|e| failed(e.to_string()))?.len();
         if found != expected as u64 {
             return Err(failed(format!("{found} bytes, not {} vectors of {}", self.len(), self.dim)));
         }
@@ -291,7 +360,7 @@ impl Shard {
             let mut at = 0;
             while at < expected {
                 let n = (expected - at).min(bytes.len());
-                self.full.read_exact_at(&mut bytes[..n], at as u64)?;
+                full.read_exact_at(&mut bytes[..n], at as u64)?;
                 decode_f32(&bytes[..n], &mut values[..n / 4]);
                 sink(&values[..n / 4]);
                 at += n;
@@ -303,46 +372,87 @@ impl Shard {
 
     /// Full-precision vector of `row`, read from disk.
     pub fn full_row(&self, row: usize) -> Option<Vec<f32>> {
+        let opened;
+        let full = match &self.full {
+            Some(full) => full,
+            None => {
+                opened = self.open_full().ok()?;
+                &opened
+            }
+        };
         let mut bytes = vec![0u8; self.dim * 4];
         let mut vector = vec![0.0f32; self.dim];
-        self.read_row(row, &mut bytes, &mut vector).then_some(vector)
+        self.read_row(full, row, &mut bytes, &mut vector).then_some(vector)
     }
 
-    /// Reads `row`'s full-precision vector from disk into `vector` (`dim` long) through `bytes` (`4 · dim` long);
+    /// Reads `row`'s full-precision vector from `full` into `vector` (`dim` long) through `bytes` (`4 · dim` long);
     /// false when it cannot be read.
-    fn read_row(&self, row: usize, bytes: &mut [u8], vector: &mut [f32]) -> bool {
-        if self.full.read_exact_at(bytes, (row * self.dim * 4) as u64).is_err() {
+    fn read_row(&self, full: &File, row: usize, bytes: &mut [u8], vector: &mut [f32]) -> bool {
+        if full.read_exact_at(bytes, (row * self.dim * 4) as u64).is_err() {
             return false;
         }
         decode_f32(bytes, vector);
         true
     }
 
-    /// Whether any row could pass `filter` (by time range and sensors).
+    /// Whether any row could pass `filter`: by time range, and by sensors unless it is in the archive tier (which
+    /// holds no names).
     pub fn may_admit(&self, filter: &Filter) -> bool {
         filter.overlaps(self.range)
-            && (filter.sensors.is_empty() || self.rows.sensors.iter().any(|s| filter.sensors.contains(s)))
+            && (filter.sensors.is_empty()
+                || self.rows.as_ref().is_none_or(|rows| rows.sensors.iter().any(|s| filter.sensors.contains(s))))
     }
 
     /// The `k` nearest rows to `query` (normalised) that pass `filter`: `(id, distance)`, nearest first. Quantized
     /// tiers find `k · oversample` candidates and rescore them at full precision (`oversample` 0: no rescoring); the
-    /// disk tier compares at full precision, each row read from disk. Nothing in the archive tier.
-    pub fn search(&self, query: &[f32], k: usize, ef: usize, oversample: usize, filter: &Filter) -> Vec<(u64, f32)> {
-        let Some(graph) = &self.graph else { return Vec::new() };
+    /// disk tier compares at full precision, each row read from disk; the archive tier reads its graph and rows
+    /// first, then searches as the disk tier does. An error only when the archive tier's files cannot be read.
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        oversample: usize,
+        filter: &Filter,
+    ) -> Result<Vec<(u64, f32)>, Error> {
         if !self.may_admit(filter) {
-            return Vec::new();
+            return Ok(Vec::new());
         }
-        let on_disk = self.tier() == Tier::Disk;
-        let rescore = !matches!(self.tier(), Tier::F32 | Tier::Disk) && oversample > 0;
+        match (&self.graph, &self.rows, &self.full) {
+            (Some(graph), Some(rows), Some(full)) => {
+                Ok(self.search_in(graph, rows, full, query, k, ef, oversample, filter))
+            }
+            _ => {
+                let (graph, rows, full) = (self.read_graph()?, self.read_rows()?, self.open_full()?);
+                Ok(self.search_in(&graph, &rows, &full, query, k, ef, oversample, filter))
+            }
+        }
+    }
+
+    /// [`Shard::search`] over `graph`, `rows` and `full`, held or just read.
+    #[allow(clippy::too_many_arguments)]
+    fn search_in(
+        &self,
+        graph: &Graph,
+        rows: &Rows,
+        full: &File,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        oversample: usize,
+        filter: &Filter,
+    ) -> Vec<(u64, f32)> {
+        let on_disk = matches!(self.tier(), Tier::Disk | Tier::Archive);
+        let rescore = !on_disk && self.tier() != Tier::F32 && oversample > 0;
         let want = if rescore { k * oversample } else { k };
         let prepared = self.vectors.prepare(query);
-        // Buffers for the rows read from disk, made only for the disk tier.
+        // Buffers for the rows read from disk, made only for the disk and archive tiers.
         let row_buffers =
             RefCell::new(if on_disk { (vec![0u8; self.dim * 4], vec![0.0f32; self.dim]) } else { Default::default() });
         let distance_to = |row: u32| {
             if on_disk {
                 let (bytes, vector) = &mut *row_buffers.borrow_mut();
-                if self.read_row(row as usize, bytes, vector) { distance(query, vector) } else { f32::MAX }
+                if self.read_row(full, row as usize, bytes, vector) { distance(query, vector) } else { f32::MAX }
             } else {
                 self.vectors.distance(&prepared, row as usize, self.dim)
             }
@@ -350,8 +460,7 @@ impl Shard {
         let found = if filter.is_empty() {
             graph.search(distance_to, want, ef.max(want), None)
         } else {
-            let admitted: Vec<u32> =
-                (0..self.len()).filter(|r| self.rows.admits(filter, *r)).map(|r| r as u32).collect();
+            let admitted: Vec<u32> = (0..self.len()).filter(|r| rows.admits(filter, *r)).map(|r| r as u32).collect();
             if admitted.len() <= (ef.max(want) * 8).max(self.len() / 20) {
                 // Few rows pass: comparing with each is cheaper and exact.
                 let mut found: Vec<(u32, f32)> = admitted.into_iter().map(|r| (r, distance_to(r))).collect();
@@ -359,7 +468,7 @@ impl Shard {
                 found.truncate(want);
                 found
             } else {
-                let accept = |row: u32| self.rows.admits(filter, row as usize);
+                let accept = |row: u32| rows.admits(filter, row as usize);
                 graph.search(distance_to, want, ef.max(want), Some(&accept))
             }
         };
@@ -368,11 +477,11 @@ impl Shard {
                 .into_iter()
                 .map(|(row, approximate)| {
                     let exact = self.full_row(row as usize).map_or(approximate, |v| distance(query, &v));
-                    (self.rows.ids[row as usize], exact)
+                    (rows.ids[row as usize], exact)
                 })
                 .collect()
         } else {
-            found.into_iter().map(|(row, d)| (self.rows.ids[row as usize], d)).collect()
+            found.into_iter().map(|(row, d)| (rows.ids[row as usize], d)).collect()
         };
         found.sort_by(|a, b| a.1.total_cmp(&b.1));
         found.truncate(k);
@@ -404,6 +513,72 @@ impl Shard {
     pub fn used(&self, now: u64) {
         self.last_access.fetch_max(now, Ordering::Relaxed);
     }
+}
+
+/// Which ids an archive-tier shard holds, as a Bloom filter: 10 bits an id and 7 probes, so that about one id in a
+/// hundred it does not hold passes (and costs a read of its rows), and none it holds is missed.
+struct Members {
+    bits: Vec<u64>,
+}
+
+impl Members {
+    /// Probes per id.
+    const PROBES: u64 = 7;
+
+    /// Words of bits for `ids` ids.
+    fn words_for(ids: usize) -> usize {
+        (ids * 10).div_ceil(64).max(1)
+    }
+
+    /// Bytes held for `ids` ids.
+    fn bytes_for(ids: usize) -> usize {
+        Members::words_for(ids) * 8 + std::mem::size_of::<Members>()
+    }
+
+    /// The filter of `ids`.
+    fn of(ids: &[u64]) -> Members {
+        let mut members = Members { bits: vec![0; Members::words_for(ids.len())] };
+        for id in ids {
+            for bit in members.probes(*id) {
+                members.bits[bit / 64] |= 1 << (bit % 64);
+            }
+        }
+        members
+    }
+
+    /// Whether `id` may be one of its ids.
+    fn may_hold(&self, id: u64) -> bool {
+        self.probes(id).all(|bit| self.bits[bit / 64] & (1 << (bit % 64)) != 0)
+    }
+
+    /// The bits `id` sets: double hashing over two halves of a 64-bit mix of it (ids are hashes already, but of
+    /// text the sender chose).
+    fn probes(&self, id: u64) -> impl Iterator<Item = usize> + use<> {
+        let mixed = splitmix64(id);
+        let (h1, h2) = (mixed >> 32, (mixed & 0xffff_ffff) | 1);
+        let bits = self.bits.len() as u64 * 64;
+        (0..Members::PROBES).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % bits) as usize)
+    }
+}
+
+/// A 64-bit mix (the finaliser of SplitMix64).
+fn splitmix64(x: u64) -> u64 {
+    let x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Reads a shard's `shard.json` from its directory `dir`.
+fn read_description(dir: &Path) -> Result<Description, Error> {
+    fs::read(dir.join("shard.json"))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| Error::Index { path: dir.display().to_string(), message: format!("cannot read shard.json: {e}") })
+}
+
+/// Bytes `sensors` take in memory.
+fn sensor_bytes(sensors: &[String]) -> usize {
+    sensors.iter().map(|s| s.len() + 24).sum()
 }
 
 /// Decodes little-endian f32s from `bytes` into `values` (a quarter as long).

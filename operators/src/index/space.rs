@@ -16,7 +16,7 @@ use super::kernels::Tier;
 use super::manifest::{self, Manifest};
 use super::point::{PointInfo, unit};
 use super::policy::{self, SEAL_RETRY_SECONDS};
-use super::search::{ColdTier, FanOut, Request};
+use super::search::{FanOut, Request};
 use super::shard::Shard;
 use crate::Error;
 use crate::record::SegmentId;
@@ -52,8 +52,11 @@ pub struct SpaceIndex {
     open: OpenShard,
     pub(super) sealed: Vec<Shard>,
     next_shard: u64,
-    /// Where each id is: `(shard, row)` for sealed shards, `(OPEN, 0)` for the open shard.
+    /// Where each id is: `(shard, row)` for sealed shards, `(OPEN, 0)` for the open shard. Those of shards in the
+    /// archive tier are not here, but in their shard's filter and files: their memory does not grow with the rows.
     ids: HashMap<u64, (u32, u32)>,
+    /// Points in shards in the archive tier.
+    archived: usize,
     /// Ids in the index that the archive is not known to hold: a snapshot taken before their archive file was
     /// written, then a crash. A replay of such a segment must reach the archive again.
     unarchived: HashSet<u64>,
@@ -94,6 +97,7 @@ impl SpaceIndex {
             sealed: Vec::new(),
             next_shard: 1,
             ids: HashMap::new(),
+            archived: 0,
             unarchived: HashSet::new(),
             unsaved: 0,
             changed: false,
@@ -151,7 +155,11 @@ impl SpaceIndex {
         for entry in &manifest.shards {
             let shard = Shard::open(dir, &entry.name, entry.tier, entry.last_used, dim)?;
             let number = index.sealed.len() as u32;
-            index.ids.extend(shard.rows().ids.iter().enumerate().map(|(row, id)| (*id, (number, row as u32))));
+            if shard.tier() == Tier::Archive {
+                index.archived += shard.len();
+            } else {
+                index.ids.extend(shard.rows()?.ids.iter().enumerate().map(|(row, id)| (*id, (number, row as u32))));
+            }
             index.sealed.push(shard);
         }
         let keep = manifest.names(&current);
@@ -160,7 +168,7 @@ impl SpaceIndex {
 
     /// Number of points.
     pub fn len(&self) -> usize {
-        self.ids.len()
+        self.ids.len() + self.archived
     }
 
     /// Points in the shards themselves (equal to [`SpaceIndex::len`] unless an id was inserted twice).
@@ -170,12 +178,31 @@ impl SpaceIndex {
 
     /// Whether the index holds no points.
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.len() == 0
     }
 
     /// Whether `id` is indexed.
     pub fn contains(&self, id: SegmentId) -> bool {
-        self.ids.contains_key(&id.0)
+        self.find(id.0, None).is_some()
+    }
+
+    /// Where `id` is, `(shard, row)` as in the map of ids: from the map, or from the shards in the archive tier
+    /// (those whose time range holds `start`, when given). A shard in the archive tier that cannot be read holds
+    /// nothing here; it is logged.
+    fn find(&self, id: u64, start: Option<i64>) -> Option<(u32, u32)> {
+        if let Some(place) = self.ids.get(&id) {
+            return Some(*place);
+        }
+        if self.archived == 0 {
+            return None;
+        }
+        self.sealed.iter().enumerate().find_map(|(number, shard)| match shard.archived_row(id, start) {
+            Ok(row) => row.map(|row| (number as u32, row as u32)),
+            Err(error) => {
+                tracing::warn!(shard = shard.name, %error, "A shard in the archive tier cannot be read.");
+                None
+            }
+        })
     }
 
     /// See the field: changes whenever an answer may change.
@@ -185,11 +212,11 @@ impl SpaceIndex {
 
     /// Where and when segment `id` was recorded, if it is indexed.
     pub fn point(&self, id: SegmentId) -> Option<PointInfo> {
-        let (shard, row) = *self.ids.get(&id.0)?;
+        let (shard, row) = self.find(id.0, None)?;
         if shard == OPEN {
             return self.open.info(id.0);
         }
-        let rows = self.sealed.get(shard as usize)?.rows();
+        let rows = self.sealed.get(shard as usize)?.rows().ok()?;
         Some(PointInfo {
             sensor: rows.sensors[rows.sensor[row as usize] as usize].clone(),
             start_micros: rows.start[row as usize],
@@ -201,7 +228,7 @@ impl SpaceIndex {
         use std::cmp::Reverse;
         use std::collections::BinaryHeap;
         let mut heap: BinaryHeap<Reverse<(i64, u64)>> = BinaryHeap::with_capacity(n + 1);
-        let mut offer = |start: i64, id: u64| {
+        let offer = |heap: &mut BinaryHeap<_>, start: i64, id: u64| {
             if heap.len() < n {
                 heap.push(Reverse((start, id)));
             } else if heap.peek().is_some_and(|Reverse(least)| (start, id) > *least) {
@@ -210,12 +237,17 @@ impl SpaceIndex {
             }
         };
         for (id, start) in self.open.starts() {
-            offer(start, id);
+            offer(&mut heap, start, id);
         }
         for shard in &self.sealed {
-            let rows = shard.rows();
+            // A shard none of whose rows would enter is not read (one in the archive tier reads its rows).
+            let least = heap.peek().filter(|_| heap.len() >= n).map(|Reverse((start, _))| *start);
+            if least.is_some_and(|least| shard.range().1 < least) {
+                continue;
+            }
+            let Ok(rows) = shard.rows() else { continue };
             for (row, id) in rows.ids.iter().enumerate() {
-                offer(rows.start[row], *id);
+                offer(&mut heap, rows.start[row], *id);
             }
         }
         let mut latest: Vec<(i64, u64)> = heap.into_iter().map(|Reverse(entry)| entry).collect();
@@ -225,7 +257,7 @@ impl SpaceIndex {
 
     /// The normalised vector of segment `id`, if it is indexed: from memory, or from a sealed shard's file.
     pub fn vector(&self, id: SegmentId) -> Option<Vec<f32>> {
-        let (shard, row) = *self.ids.get(&id.0)?;
+        let (shard, row) = self.find(id.0, None)?;
         if shard == OPEN {
             let point = self.open.points().find(|p| p.get_origin_id() as u64 == id.0)?;
             return unit(point.get_v(), self.dim).ok();
@@ -241,7 +273,8 @@ impl SpaceIndex {
             }
         }
         for shard in &self.sealed {
-            for (row, id) in shard.rows().ids.iter().enumerate() {
+            let Ok(rows) = shard.rows() else { continue };
+            for (row, id) in rows.ids.iter().enumerate() {
                 if let Some(v) = shard.full_row(row) {
                     visit(SegmentId(*id), v);
                 }
@@ -257,6 +290,12 @@ impl SpaceIndex {
     /// Records which of the indexed ids the archive holds: the others are re-archived when a replay offers them.
     pub fn reconcile(&mut self, archived: &HashSet<u64>) {
         self.unarchived = self.ids.keys().filter(|id| !archived.contains(id)).copied().collect();
+        for shard in self.sealed.iter().filter(|s| s.tier() == Tier::Archive) {
+            match shard.rows() {
+                Ok(rows) => self.unarchived.extend(rows.ids.iter().filter(|id| !archived.contains(id))),
+                Err(error) => tracing::warn!(shard = shard.name, %error, "A shard in the archive tier cannot be read."),
+            }
+        }
     }
 
     /// Ids in the index that the archive is not known to hold.
@@ -266,7 +305,7 @@ impl SpaceIndex {
 
     /// Offers a segment from the stream: see [`Offered`].
     pub fn offer(&mut self, id: SegmentId, info: &PointInfo, embedding: &[f32], now: u64) -> Result<Offered, Error> {
-        if self.ids.contains_key(&id.0) {
+        if self.find(id.0, Some(info.start_micros)).is_some() {
             return Ok(if self.unarchived.remove(&id.0) { Offered::Unarchived } else { Offered::Duplicate });
         }
         self.insert(id, info, embedding, now)?;
@@ -279,8 +318,8 @@ impl SpaceIndex {
         let mut results = Vec::with_capacity(points.len());
         let mut fresh = Vec::new();
         let mut seen = HashSet::new();
-        for (i, (id, _, embedding)) in points.iter().enumerate() {
-            if self.ids.contains_key(&id.0) || seen.contains(&id.0) {
+        for (i, (id, info, embedding)) in points.iter().enumerate() {
+            if seen.contains(&id.0) || self.find(id.0, Some(info.start_micros)).is_some() {
                 results.push(Ok(if self.unarchived.remove(&id.0) { Offered::Unarchived } else { Offered::Duplicate }));
             } else if let Err(error) = unit(embedding, self.dim) {
                 results.push(Err(error));
@@ -311,9 +350,10 @@ impl SpaceIndex {
         let mut fresh = Vec::with_capacity(points.len());
         let mut seen = HashSet::new();
         for (id, info, embedding) in points {
-            if self.ids.contains_key(&id.0) || !seen.insert(id.0) {
+            if seen.contains(&id.0) || self.find(id.0, Some(info.start_micros)).is_some() {
                 continue;
             }
+            seen.insert(id.0);
             fresh.push((id.0, info, prepare(embedding, self.dim)?));
         }
         let inserted = fresh.len();
@@ -353,7 +393,7 @@ impl SpaceIndex {
         let mut shard = Shard::seal(&self.dir, &name, |out| open.freeze_into(out), self.dim, now)?;
         tracing::debug!(dir = %self.dir.display(), shard = name, points = shard.len(), "Shard sealed.");
         let number = self.sealed.len() as u32;
-        for (row, id) in shard.rows().ids.iter().enumerate() {
+        for (row, id) in shard.rows()?.ids.iter().enumerate() {
             self.ids.insert(*id, (number, row as u32));
         }
         // The open shard goes before its vectors come back from the file: a seal holds one copy of them. They come
@@ -388,21 +428,16 @@ impl SpaceIndex {
         }
     }
 
-    /// The `k` nearest segments, nearest first, with cosine distances, over every shard; `cold` answers for shards
-    /// in the archive tier (without it they are skipped). Shards that answer are marked used at `now`.
-    pub fn search(
-        &self,
-        request: &Request<'_>,
-        cold: Option<&dyn ColdTier>,
-        now: u64,
-    ) -> Result<Vec<(SegmentId, f32)>, Error> {
+    /// The `k` nearest segments, nearest first, with cosine distances, over every shard (those in the archive tier
+    /// read from their files). Shards that answer are marked used at `now`.
+    pub fn search(&self, request: &Request<'_>, now: u64) -> Result<Vec<(SegmentId, f32)>, Error> {
         let fan_out = FanOut {
             open: &self.open,
             sealed: &self.sealed,
             dim: self.dim,
             oversample: self.params.rescore_oversample,
         };
-        fan_out.search(request, cold, now)
+        fan_out.search(request, now)
     }
 
     /// Moves sealed shard `shard` (by position in [`SpaceIndex::shards`]) to `tier` now, whatever the policy says;
@@ -415,9 +450,30 @@ impl SpaceIndex {
             });
         };
         if target.tier() != tier {
-            target.set_tier(tier)?;
+            self.move_shard(shard, tier)?;
             self.changed = true;
             self.generation += 1;
+        }
+        Ok(())
+    }
+
+    /// Moves sealed shard `number` to `tier`, its ids out of the map into the archive tier and back out of it.
+    fn move_shard(&mut self, number: usize, tier: Tier) -> Result<(), Error> {
+        let shard = &mut self.sealed[number];
+        let from = shard.tier();
+        let leaving = (tier == Tier::Archive && from != Tier::Archive).then(|| shard.rows().map(|r| r.ids.clone()));
+        shard.set_tier(tier)?;
+        if let Some(ids) = leaving {
+            for id in ids? {
+                if self.ids.get(&id).is_some_and(|(at, _)| *at as usize == number) {
+                    self.ids.remove(&id);
+                }
+            }
+            self.archived += shard.len();
+        } else if from == Tier::Archive && tier != Tier::Archive {
+            let rows = shard.rows()?;
+            self.ids.extend(rows.ids.iter().enumerate().map(|(row, id)| (*id, (number as u32, row as u32))));
+            self.archived -= shard.len();
         }
         Ok(())
     }
@@ -454,8 +510,16 @@ impl SpaceIndex {
 
     /// Bytes held in memory with the open shard counted full, as the budget reckons them: the open shard grows
     /// between two maintenances and never moves down a tier, so the sealed shards keep to what its full size leaves.
+    /// The map of ids outside the archive tier counts too.
     pub fn reckoned_bytes(&self) -> usize {
-        self.open.bytes_at(self.dim, self.params.shard_max_points) + self.sealed.iter().map(Shard::bytes).sum::<usize>()
+        self.open.bytes_at(self.dim, self.params.shard_max_points)
+            + self.sealed.iter().map(Shard::bytes).sum::<usize>()
+            + self.ids_bytes()
+    }
+
+    /// Bytes the map of ids takes: an entry and a control byte per bucket, at most 7 of 8 buckets full.
+    fn ids_bytes(&self) -> usize {
+        self.ids.capacity() * 8 / 7 * (std::mem::size_of::<(u64, (u32, u32))>() + 1)
     }
 
     /// Applies the tier policy at `now` (seconds since the epoch) within `budget` bytes (for this space): seals an
@@ -493,7 +557,7 @@ impl SpaceIndex {
                     to = placement.tier.name(),
                     "Shard moves tier."
                 );
-                shard.set_tier(placement.tier)?;
+                self.move_shard(i, placement.tier)?;
                 changed = true;
             }
         }
@@ -502,10 +566,10 @@ impl SpaceIndex {
                 let Some(i) = policy::next_to_demote(self.sealed.iter().map(|s| (s.tier(), s.last_used()))) else {
                     break;
                 };
-                let coldest = &mut self.sealed[i];
+                let coldest = &self.sealed[i];
                 let to = coldest.tier().colder().expect("not the archive tier");
                 tracing::debug!(shard = coldest.name, to = to.name(), "Shard demoted to fit the memory budget.");
-                coldest.set_tier(to)?;
+                self.move_shard(i, to)?;
                 changed = true;
             }
         }
@@ -604,5 +668,52 @@ mod tests {
         assert_eq!(offered, [Ok(Duplicate), Ok(Unarchived), Ok(Inserted), Err("error"), Ok(Duplicate), Ok(Inserted)]);
         assert_eq!(index.len(), 4);
         assert_eq!(search(&index, &v3, 1, 16, &Filter::default())[0].0, SegmentId(3));
+    }
+
+    #[test]
+    fn r15_ids_of_archive_tier_shards_leave_the_map_and_are_still_found_deduplicated_and_reconciled() {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 8;
+        let mut index = SpaceIndex::new(dir.path(), &params(100), dim);
+        for i in 0..250 {
+            index.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
+        }
+        let in_memory = index.reckoned_bytes();
+        for shard in 0..2 {
+            index.set_shard_tier(shard, Tier::Archive).unwrap();
+        }
+        // The map holds the open shard's 50 ids; the 200 archived are counted, found and read from disk.
+        assert_eq!((index.ids.len(), index.archived, index.len()), (50, 200, 250));
+        assert!(index.reckoned_bytes() < in_memory, "{} of {in_memory}", index.reckoned_bytes());
+        for i in [0, 99, 100, 199, 200, 249] {
+            assert!(index.contains(SegmentId(i)), "{i}");
+            assert_eq!(index.point(SegmentId(i)), Some(info(i)));
+            assert!(index.vector(SegmentId(i)).is_some());
+        }
+        assert!(!index.contains(SegmentId(250)) && index.point(SegmentId(250)).is_none());
+        // An id no shard holds is ruled out without a read for all but a few: of 10 000, at most 2 %.
+        let passed = (1_000..11_000u64).filter(|id| index.sealed.iter().any(|s| s.members_may_hold(*id))).count();
+        assert!(passed <= 200, "{passed} of 10 000 passed a filter");
+        // Offered again, an archived id is a duplicate, in a batch or alone; nothing is inserted twice.
+        assert_eq!(index.offer(SegmentId(42), &info(42), &vector(42, dim), 0).unwrap(), Offered::Duplicate);
+        let (v7, v300) = (vector(7, dim), vector(300, dim));
+        let batch: Vec<(SegmentId, PointInfo, &[f32])> =
+            vec![(SegmentId(7), info(7), &v7), (SegmentId(300), info(300), &v300)];
+        let offered: Vec<_> = index.offer_many(&batch, 0).into_iter().map(Result::unwrap).collect();
+        assert_eq!(offered, [Offered::Duplicate, Offered::Inserted]);
+        assert_eq!((index.len(), index.points()), (251, 251));
+        // Archived ids the Parquet archive lacks are found by the reconciliation, and re-archived once.
+        index.reconcile(&(0..251).filter(|i| *i != 150).chain([300]).collect());
+        assert_eq!(index.unarchived(), 1);
+        assert_eq!(index.offer(SegmentId(150), &info(150), &vector(150, dim), 0).unwrap(), Offered::Unarchived);
+        assert_eq!(index.offer(SegmentId(150), &info(150), &vector(150, dim), 0).unwrap(), Offered::Duplicate);
+        // Reopened, and moved back up: the map holds them again.
+        index.save().unwrap();
+        let reopened = SpaceIndex::open(dir.path(), &params(100), dim).unwrap();
+        assert_eq!((reopened.ids.len(), reopened.archived, reopened.len()), (51, 200, 251));
+        assert!(reopened.contains(SegmentId(5)));
+        index.set_shard_tier(1, Tier::Disk).unwrap();
+        assert_eq!((index.ids.len(), index.archived, index.len()), (151, 100, 251));
+        assert_eq!(index.ids.get(&150).map(|(shard, _)| *shard), Some(1));
     }
 }
