@@ -87,6 +87,8 @@ pub fn open_space(config: &Config, space: &str, access: Access) -> Result<Opened
     let mut caught_up = 0;
     let mut damaged = 0;
     let mut archived = HashSet::new();
+    // Looked up once, not read from their shard's files for each id.
+    let archive_tier = index.archive_tier_ids();
     let mut pending: Vec<(SegmentId, PointInfo, Vec<f32>)> = Vec::new();
     let now = now_seconds();
     let mut last_progress = Instant::now();
@@ -115,7 +117,7 @@ pub fn open_space(config: &Config, space: &str, access: Access) -> Result<Opened
         for row in rows {
             archived.insert(row.id.0);
             let info = PointInfo { sensor: row.sensor.clone(), start_micros: row.start_micros };
-            if index.contains(row.id) {
+            if archive_tier.contains(&row.id.0) || index.contains_outside_archive_tier(row.id) {
                 index.describe(row.id, &info);
                 continue;
             }
@@ -144,7 +146,8 @@ pub fn open_space(config: &Config, space: &str, access: Access) -> Result<Opened
     if !pending.is_empty() {
         caught_up += flush(&mut index, &mut pending)?;
     }
-    index.reconcile(&archived);
+    index.reconcile(&archived, &archive_tier);
+    drop(archive_tier);
     if index.unarchived() > 0 {
         tracing::info!(
             space,

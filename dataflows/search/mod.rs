@@ -152,10 +152,11 @@ pub fn search(
     for space in spaces {
         let Some(shared) = registry.get(space) else { continue };
         let index = index::read(&shared);
-        for (id, distance) in index.search(&request, now)? {
-            if Some(id) != excluded
-                && let Some(point) = index.point(id)
-            {
+        let hits: Vec<(SegmentId, f32)> =
+            index.search(&request, now)?.into_iter().filter(|(id, _)| Some(*id) != excluded).collect();
+        let points = index.points_of(&hits.iter().map(|(id, _)| *id).collect::<Vec<_>>());
+        for ((id, distance), point) in hits.into_iter().zip(points) {
+            if let Some(point) = point {
                 found.push((id, distance, space.clone(), point));
             }
         }

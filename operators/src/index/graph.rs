@@ -222,8 +222,13 @@ impl Graph {
         }
         fn words(input: &mut dyn Read) -> io::Result<Vec<u32>> {
             let n = count(input)?;
-            let mut bytes = vec![0; n * 4];
-            input.read_exact(&mut bytes)?;
+            // Read as it comes, not allocated up front: a damaged count fails at the end of the file, not in the
+            // allocator.
+            let mut bytes = Vec::new();
+            input.take(n as u64 * 4).read_to_end(&mut bytes)?;
+            if bytes.len() != n * 4 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{n} words announced, fewer found")));
+            }
             Ok(bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
         }
         let entry = word(input)?;
@@ -265,4 +270,35 @@ pub(super) fn hnsw_points<'a, 'b: 'a>(
 ) -> impl Iterator<Item = Arc<Point<'b, f32>>> + 'a {
     let indexation = hnsw.get_point_indexation();
     (0..=usize::from(hnsw.get_max_level_observed())).flat_map(move |layer| indexation.get_layer_iterator(layer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_graph_reads_back_and_a_damaged_count_is_an_error_not_an_allocation() {
+        let graph = Graph {
+            entry: 1,
+            offsets: vec![0, 1, 3, 4],
+            links: vec![1, 0, 2, 1],
+            upper: vec![HashMap::from([(1, vec![2])])],
+        };
+        let mut bytes = Vec::new();
+        graph.write(&mut bytes).unwrap();
+        let read = Graph::read(&mut bytes.as_slice()).unwrap();
+        assert_eq!(
+            (read.entry, &read.offsets, &read.links, &read.upper),
+            (1, &graph.offsets, &graph.links, &graph.upper)
+        );
+        // A count of 2^33 words (32 GiB) in a file of a few bytes: refused at the end of the file.
+        let mut damaged = bytes.clone();
+        damaged[4..12].copy_from_slice(&(1u64 << 33).to_le_bytes());
+        let error = Graph::read(&mut damaged.as_slice()).err().unwrap();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "{error}");
+        // Cut short anywhere: an error.
+        for len in 0..bytes.len() {
+            assert!(Graph::read(&mut &bytes[..len]).is_err(), "cut at {len}");
+        }
+    }
 }

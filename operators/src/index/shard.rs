@@ -4,7 +4,7 @@
 //! start time per row), `graph.bin` (the frozen layers) and `vectors.f32` (full precision). In memory it holds its
 //! rows, and its graph and vectors in the tier it is in: f32, f16 or int8 (see [`super::kernels`]), or the graph
 //! alone (disk tier: each distance reads its row from `vectors.f32`). In the archive tier it holds nothing per row,
-//! nor an open file: its time range and a Bloom filter of its ids (1.25 bytes a row) only. A search reads its graph
+//! nor an open file: its time range and a Bloom filter of its ids (2 bytes a row) only. A search reads its graph
 //! and rows from their files, and each distance its row, as the disk tier does. Full-precision vectors stay on disk for rescoring quantized candidates, for the
 //! disk and archive tiers and for promotion.
 //!
@@ -200,6 +200,10 @@ impl Shard {
             hits: AtomicU32::new(0),
         };
         if tier == Tier::Archive {
+            // What a search will read must be there: a shard that cannot be searched does not open (and the index
+            // is rebuilt from the archive), rather than failing every search later.
+            shard.open_full()?;
+            shard.read_graph()?;
             shard.members = Some(Members::of(&shard.read_rows()?.ids));
         }
         shard.set_tier(tier)?;
@@ -244,10 +248,16 @@ impl Shard {
         Ok(graph)
     }
 
-    /// Opens `vectors.f32`.
+    /// Opens `vectors.f32`, which must hold every row.
     fn open_full(&self) -> Result<File, Error> {
         let path = self.dir.join("vectors.f32");
-        File::open(&path).map_err(|e| Error::Index { path: path.display().to_string(), message: e.to_string() })
+        let failed = |message: String| Error::Index { path: path.display().to_string(), message };
+        let full = File::open(&path).map_err(|e| failed(e.to_string()))?;
+        let (found, expected) = (full.metadata().map_err(|e| failed(e.to_string()))?.len(), self.len() * self.dim * 4);
+        if found != expected as u64 {
+            return Err(failed(format!("{found} bytes, not {} vectors of {}", self.len(), self.dim)));
+        }
+        Ok(full)
     }
 
     /// Rows.
@@ -273,21 +283,22 @@ impl Shard {
         self.range
     }
 
-    /// Whether, in the archive tier, its filter lets `id` through.
-    #[cfg(test)]
-    pub(super) fn members_may_hold(&self, id: u64) -> bool {
+    /// Whether, in the archive tier, its filter lets `id` through (false in every other tier).
+    pub(super) fn may_hold(&self, id: u64) -> bool {
         self.members.as_ref().is_some_and(|m| m.may_hold(id))
     }
 
     /// In the archive tier, the row holding `id`, if any, read from disk unless its filter rules `id` out (as it
-    /// does for all but about one id in a hundred it does not hold); `start`, when known, rules out a shard whose
+    /// does for all but about one id in 2 000 it does not hold); `start`, when known, rules out a shard whose
     /// time range lies elsewhere without reading anything. `None` in every other tier: the space's map holds those.
-    pub fn archived_row(&self, id: u64, start: Option<i64>) -> Result<Option<usize>, Error> {
+    /// Gives the rows it read with the row found.
+    pub fn archived_row(&self, id: u64, start: Option<i64>) -> Result<Option<(usize, Rows)>, Error> {
         let Some(members) = &self.members else { return Ok(None) };
         if start.is_some_and(|t| t < self.range.0 || t > self.range.1) || !members.may_hold(id) {
             return Ok(None);
         }
-        Ok(self.read_rows()?.ids.iter().position(|i| *i == id))
+        let rows = self.read_rows()?;
+        Ok(rows.ids.iter().position(|i| *i == id).map(|row| (row, rows)))
     }
 
     /// The tier it is in.
@@ -330,8 +341,12 @@ impl Shard {
             return Ok(());
         }
         if self.tier() == Tier::Archive {
+            // Everything is read before anything changes: a read that fails leaves it in the archive tier.
             let (rows, full, graph) = (self.read_rows()?, self.open_full()?, self.read_graph()?);
-            (self.rows, self.full, self.graph, self.members) = (Some(rows), Some(full), Some(graph), None);
+            let vectors = if tier == Tier::Disk { Vectors::Disk } else { self.read_vectors(&full, tier)? };
+            (self.rows, self.full, self.graph, self.vectors) = (Some(rows), Some(full), Some(graph), vectors);
+            self.members = None;
+            return Ok(());
         }
         // What it holds goes first, and the new tier is built from the file as it is read: a move never holds two
         // representations of the vectors, nor the full-precision rows beside a quantized one.
@@ -348,10 +363,6 @@ impl Shard {
         let path = self.dir.join("vectors.f32");
         let failed = |message: String| Error::Index { path: path.display().to_string(), message };
         let expected = self.len() * self.dim * 4;
-        let found = full.metadata().map_err(|e| failed(e.to_string()))?.len();
-        if found != expected as u64 {
-            return Err(failed(format!("{found} bytes, not {} vectors of {}", self.len(), self.dim)));
-        }
         // Blocks of whole rows, about 1 MiB.
         let block_rows = ((1 << 20) / (self.dim * 4)).max(1);
         let mut bytes = vec![0u8; block_rows * self.dim * 4];
@@ -383,6 +394,27 @@ impl Shard {
         let mut bytes = vec![0u8; self.dim * 4];
         let mut vector = vec![0.0f32; self.dim];
         self.read_row(full, row, &mut bytes, &mut vector).then_some(vector)
+    }
+
+    /// Calls `visit(id, vector)` for each row, its full-precision vector read from disk (the file opened once).
+    pub fn for_each_row(&self, visit: &mut dyn FnMut(u64, Vec<f32>)) -> Result<(), Error> {
+        let rows = self.rows()?;
+        let opened;
+        let full = match &self.full {
+            Some(full) => full,
+            None => {
+                opened = self.open_full()?;
+                &opened
+            }
+        };
+        let mut bytes = vec![0u8; self.dim * 4];
+        for (row, id) in rows.ids.iter().enumerate() {
+            let mut vector = vec![0.0f32; self.dim];
+            if self.read_row(full, row, &mut bytes, &mut vector) {
+                visit(*id, vector);
+            }
+        }
+        Ok(())
     }
 
     /// Reads `row`'s full-precision vector from `full` into `vector` (`dim` long) through `bytes` (`4 · dim` long);
@@ -515,19 +547,19 @@ impl Shard {
     }
 }
 
-/// Which ids an archive-tier shard holds, as a Bloom filter: 10 bits an id and 7 probes, so that about one id in a
-/// hundred it does not hold passes (and costs a read of its rows), and none it holds is missed.
+/// Which ids an archive-tier shard holds, as a Bloom filter: 16 bits an id and 11 probes, so that about one id in
+/// 2 000 it does not hold passes (and costs a read of its rows), and none it holds is missed.
 struct Members {
     bits: Vec<u64>,
 }
 
 impl Members {
     /// Probes per id.
-    const PROBES: u64 = 7;
+    const PROBES: u64 = 11;
 
     /// Words of bits for `ids` ids.
     fn words_for(ids: usize) -> usize {
-        (ids * 10).div_ceil(64).max(1)
+        (ids * 16).div_ceil(64).max(1)
     }
 
     /// Bytes held for `ids` ids.

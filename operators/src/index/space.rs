@@ -17,12 +17,14 @@ use super::manifest::{self, Manifest};
 use super::point::{PointInfo, unit};
 use super::policy::{self, SEAL_RETRY_SECONDS};
 use super::search::{FanOut, Request};
-use super::shard::Shard;
+use super::shard::{Rows, Shard};
 use crate::Error;
 use crate::record::SegmentId;
 
 /// The shard number of the open shard in [`SpaceIndex`]'s id map.
 const OPEN: u32 = u32::MAX;
+/// Bytes a bucket of the map of ids takes: an entry and a control byte.
+const ID_BYTES: usize = std::mem::size_of::<(u64, (u32, u32))>() + 1;
 /// Times a reader reads an index that keeps changing under it before it gives up.
 const READ_ATTEMPTS: u32 = 10;
 
@@ -181,28 +183,59 @@ impl SpaceIndex {
         self.len() == 0
     }
 
-    /// Whether `id` is indexed.
+    /// Whether `id` is indexed (false when a shard in the archive tier that may hold it cannot be read; logged).
     pub fn contains(&self, id: SegmentId) -> bool {
-        self.find(id.0, None).is_some()
+        self.found(self.find(id.0, None)).is_some()
+    }
+
+    /// Whether `id` is in the open shard or a sealed shard outside the archive tier: with
+    /// [`SpaceIndex::archive_tier_ids`], what [`SpaceIndex::contains`] says, for a pass over many ids.
+    pub fn contains_outside_archive_tier(&self, id: SegmentId) -> bool {
+        self.ids.contains_key(&id.0)
+    }
+
+    /// The ids of the shards in the archive tier, read from their files: for a pass over many ids (the catch-up from
+    /// the archive at start), where [`SpaceIndex::contains`] would read a shard's rows for each id it holds.
+    pub fn archive_tier_ids(&self) -> HashSet<u64> {
+        let mut ids = HashSet::with_capacity(self.archived);
+        for shard in self.sealed.iter().filter(|s| s.tier() == Tier::Archive) {
+            match shard.rows() {
+                Ok(rows) => ids.extend(rows.ids.iter().copied()),
+                Err(error) => tracing::warn!(shard = shard.name, %error, "A shard in the archive tier cannot be read."),
+            }
+        }
+        ids
     }
 
     /// Where `id` is, `(shard, row)` as in the map of ids: from the map, or from the shards in the archive tier
-    /// (those whose time range holds `start`, when given). A shard in the archive tier that cannot be read holds
-    /// nothing here; it is logged.
-    fn find(&self, id: u64, start: Option<i64>) -> Option<(u32, u32)> {
-        if let Some(place) = self.ids.get(&id) {
-            return Some(*place);
+    /// (those whose time range holds `start`, when given), with the rows such a shard's files gave. An error when
+    /// a shard in the archive tier that may hold `id` cannot be read: whether it holds it is not known.
+    fn find(&self, id: u64, start: Option<i64>) -> Result<Option<(u32, u32, Option<Rows>)>, Error> {
+        if let Some((shard, row)) = self.ids.get(&id) {
+            return Ok(Some((*shard, *row, None)));
         }
         if self.archived == 0 {
-            return None;
+            return Ok(None);
         }
-        self.sealed.iter().enumerate().find_map(|(number, shard)| match shard.archived_row(id, start) {
-            Ok(row) => row.map(|row| (number as u32, row as u32)),
-            Err(error) => {
-                tracing::warn!(shard = shard.name, %error, "A shard in the archive tier cannot be read.");
-                None
+        for (number, shard) in self.sealed.iter().enumerate() {
+            if let Some((row, rows)) = shard.archived_row(id, start)? {
+                return Ok(Some((number as u32, row as u32, Some(rows))));
             }
+        }
+        Ok(None)
+    }
+
+    /// What [`SpaceIndex::find`] found, an error logged as not found, for readers.
+    fn found(&self, found: Result<Option<(u32, u32, Option<Rows>)>, Error>) -> Option<(u32, u32, Option<Rows>)> {
+        found.unwrap_or_else(|error| {
+            tracing::warn!(dir = %self.dir.display(), %error, "A shard in the archive tier cannot be read.");
+            None
         })
+    }
+
+    /// Whether `id`, recorded at `start`, is indexed, for an insertion: an error when that cannot be told.
+    fn holds(&self, id: u64, start: i64) -> Result<bool, Error> {
+        Ok(self.find(id, Some(start))?.is_some())
     }
 
     /// See the field: changes whenever an answer may change.
@@ -212,15 +245,53 @@ impl SpaceIndex {
 
     /// Where and when segment `id` was recorded, if it is indexed.
     pub fn point(&self, id: SegmentId) -> Option<PointInfo> {
-        let (shard, row) = self.find(id.0, None)?;
+        let (shard, row, read) = self.found(self.find(id.0, None))?;
         if shard == OPEN {
             return self.open.info(id.0);
         }
-        let rows = self.sealed.get(shard as usize)?.rows().ok()?;
+        let rows = match read {
+            Some(rows) => std::borrow::Cow::Owned(rows),
+            None => self.sealed.get(shard as usize)?.rows().ok()?,
+        };
         Some(PointInfo {
             sensor: rows.sensors[rows.sensor[row as usize] as usize].clone(),
             start_micros: rows.start[row as usize],
         })
+    }
+
+    /// Where and when each of `ids` was recorded, as [`SpaceIndex::point`] says, with each shard in the archive tier
+    /// that holds some of them read once (a search's hits, the latest points).
+    pub fn points_of(&self, ids: &[SegmentId]) -> Vec<Option<PointInfo>> {
+        let mut points: Vec<Option<PointInfo>> = Vec::with_capacity(ids.len());
+        let mut elsewhere = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            points.push(if self.ids.contains_key(&id.0) { self.point(*id) } else { None });
+            if points[i].is_none() && self.archived > 0 {
+                elsewhere.push(i);
+            }
+        }
+        for shard in self.sealed.iter().filter(|s| s.tier() == Tier::Archive) {
+            let maybe: Vec<usize> =
+                elsewhere.iter().copied().filter(|i| points[*i].is_none() && shard.may_hold(ids[*i].0)).collect();
+            if maybe.is_empty() {
+                continue;
+            }
+            let rows = match shard.rows() {
+                Ok(rows) => rows,
+                Err(error) => {
+                    tracing::warn!(shard = shard.name, %error, "A shard in the archive tier cannot be read.");
+                    continue;
+                }
+            };
+            let row_of: HashMap<u64, usize> = rows.ids.iter().enumerate().map(|(row, id)| (*id, row)).collect();
+            for i in maybe {
+                if let Some(&row) = row_of.get(&ids[i].0) {
+                    let sensor = rows.sensors[rows.sensor[row] as usize].clone();
+                    points[i] = Some(PointInfo { sensor, start_micros: rows.start[row] });
+                }
+            }
+        }
+        points
     }
 
     /// The `n` points with the latest start times, latest first (ties by id).
@@ -245,19 +316,27 @@ impl SpaceIndex {
             if least.is_some_and(|least| shard.range().1 < least) {
                 continue;
             }
-            let Ok(rows) = shard.rows() else { continue };
+            let rows = match shard.rows() {
+                Ok(rows) => rows,
+                Err(error) => {
+                    tracing::warn!(shard = shard.name, %error, "A shard in the archive tier cannot be read.");
+                    continue;
+                }
+            };
             for (row, id) in rows.ids.iter().enumerate() {
                 offer(&mut heap, rows.start[row], *id);
             }
         }
         let mut latest: Vec<(i64, u64)> = heap.into_iter().map(|Reverse(entry)| entry).collect();
         latest.sort_unstable_by(|a, b| b.cmp(a));
-        latest.into_iter().filter_map(|(_, id)| Some((SegmentId(id), self.point(SegmentId(id))?))).collect()
+        let ids: Vec<SegmentId> = latest.iter().map(|(_, id)| SegmentId(*id)).collect();
+        let points = self.points_of(&ids);
+        ids.into_iter().zip(points).filter_map(|(id, point)| Some((id, point?))).collect()
     }
 
     /// The normalised vector of segment `id`, if it is indexed: from memory, or from a sealed shard's file.
     pub fn vector(&self, id: SegmentId) -> Option<Vec<f32>> {
-        let (shard, row) = self.find(id.0, None)?;
+        let (shard, row, _) = self.found(self.find(id.0, None))?;
         if shard == OPEN {
             let point = self.open.points().find(|p| p.get_origin_id() as u64 == id.0)?;
             return unit(point.get_v(), self.dim).ok();
@@ -273,11 +352,8 @@ impl SpaceIndex {
             }
         }
         for shard in &self.sealed {
-            let Ok(rows) = shard.rows() else { continue };
-            for (row, id) in rows.ids.iter().enumerate() {
-                if let Some(v) = shard.full_row(row) {
-                    visit(SegmentId(*id), v);
-                }
+            if let Err(error) = shard.for_each_row(&mut |id, v| visit(SegmentId(id), v)) {
+                tracing::warn!(shard = shard.name, %error, "A sealed shard's vectors cannot be read.");
             }
         }
     }
@@ -288,14 +364,10 @@ impl SpaceIndex {
     }
 
     /// Records which of the indexed ids the archive holds: the others are re-archived when a replay offers them.
-    pub fn reconcile(&mut self, archived: &HashSet<u64>) {
-        self.unarchived = self.ids.keys().filter(|id| !archived.contains(id)).copied().collect();
-        for shard in self.sealed.iter().filter(|s| s.tier() == Tier::Archive) {
-            match shard.rows() {
-                Ok(rows) => self.unarchived.extend(rows.ids.iter().filter(|id| !archived.contains(id))),
-                Err(error) => tracing::warn!(shard = shard.name, %error, "A shard in the archive tier cannot be read."),
-            }
-        }
+    /// `archive_tier` is [`SpaceIndex::archive_tier_ids`].
+    pub fn reconcile(&mut self, archived: &HashSet<u64>, archive_tier: &HashSet<u64>) {
+        let held = self.ids.keys().chain(archive_tier);
+        self.unarchived = held.filter(|id| !archived.contains(id)).copied().collect();
     }
 
     /// Ids in the index that the archive is not known to hold.
@@ -305,7 +377,7 @@ impl SpaceIndex {
 
     /// Offers a segment from the stream: see [`Offered`].
     pub fn offer(&mut self, id: SegmentId, info: &PointInfo, embedding: &[f32], now: u64) -> Result<Offered, Error> {
-        if self.find(id.0, Some(info.start_micros)).is_some() {
+        if self.holds(id.0, info.start_micros)? {
             return Ok(if self.unarchived.remove(&id.0) { Offered::Unarchived } else { Offered::Duplicate });
         }
         self.insert(id, info, embedding, now)?;
@@ -319,14 +391,22 @@ impl SpaceIndex {
         let mut fresh = Vec::new();
         let mut seen = HashSet::new();
         for (i, (id, info, embedding)) in points.iter().enumerate() {
-            if seen.contains(&id.0) || self.find(id.0, Some(info.start_micros)).is_some() {
-                results.push(Ok(if self.unarchived.remove(&id.0) { Offered::Unarchived } else { Offered::Duplicate }));
-            } else if let Err(error) = unit(embedding, self.dim) {
-                results.push(Err(error));
-            } else {
-                seen.insert(id.0);
-                fresh.push(i);
-                results.push(Ok(Offered::Inserted));
+            let held = if seen.contains(&id.0) { Ok(true) } else { self.holds(id.0, info.start_micros) };
+            match held {
+                Err(error) => results.push(Err(error)),
+                Ok(true) => {
+                    let again = if self.unarchived.remove(&id.0) { Offered::Unarchived } else { Offered::Duplicate };
+                    results.push(Ok(again));
+                }
+                Ok(false) => {
+                    if let Err(error) = unit(embedding, self.dim) {
+                        results.push(Err(error));
+                    } else {
+                        seen.insert(id.0);
+                        fresh.push(i);
+                        results.push(Ok(Offered::Inserted));
+                    }
+                }
             }
         }
         let batch: Vec<(SegmentId, PointInfo, &[f32])> = fresh.iter().map(|&i| points[i].clone()).collect();
@@ -350,7 +430,7 @@ impl SpaceIndex {
         let mut fresh = Vec::with_capacity(points.len());
         let mut seen = HashSet::new();
         for (id, info, embedding) in points {
-            if seen.contains(&id.0) || self.find(id.0, Some(info.start_micros)).is_some() {
+            if seen.contains(&id.0) || self.holds(id.0, info.start_micros)? {
                 continue;
             }
             seen.insert(id.0);
@@ -469,6 +549,8 @@ impl SpaceIndex {
                     self.ids.remove(&id);
                 }
             }
+            // What the map no longer holds goes back to the allocator.
+            self.ids.shrink_to_fit();
             self.archived += shard.len();
         } else if from == Tier::Archive && tier != Tier::Archive {
             let rows = shard.rows()?;
@@ -517,9 +599,9 @@ impl SpaceIndex {
             + self.ids_bytes()
     }
 
-    /// Bytes the map of ids takes: an entry and a control byte per bucket, at most 7 of 8 buckets full.
+    /// Bytes the map of ids takes: at most 7 of 8 buckets full.
     fn ids_bytes(&self) -> usize {
-        self.ids.capacity() * 8 / 7 * (std::mem::size_of::<(u64, (u32, u32))>() + 1)
+        self.ids.capacity() * 8 / 7 * ID_BYTES
     }
 
     /// Applies the tier policy at `now` (seconds since the epoch) within `budget` bytes (for this space): seals an
@@ -617,10 +699,11 @@ impl SpaceIndex {
     }
 }
 
-/// Whether `shard` in `tier` fits `budget` beside `others` bytes (everything else the space holds); always without a
-/// budget.
+/// Whether `shard` in `tier` fits `budget` beside `others` bytes (everything else the space holds), with its ids'
+/// entries in the map when it leaves the archive tier; always without a budget.
 fn fits(budget: Option<usize>, others: usize, shard: &Shard, tier: Tier) -> bool {
-    budget.is_none_or(|b| others + shard.bytes_in(tier) <= b)
+    let entries = if shard.tier() == Tier::Archive && tier != Tier::Archive { shard.len() * ID_BYTES } else { 0 };
+    budget.is_none_or(|b| others + shard.bytes_in(tier) + entries <= b)
 }
 
 #[cfg(test)]
@@ -637,7 +720,7 @@ mod tests {
             index.insert(SegmentId(i), &info(i), &vector(i, 4), 0).unwrap();
         }
         // The archive holds 0 and 1; 2 was in the snapshot only.
-        index.reconcile(&[0, 1].into_iter().collect());
+        index.reconcile(&[0, 1].into_iter().collect(), &HashSet::new());
         assert_eq!(index.unarchived(), 1);
         let offer = |index: &mut SpaceIndex, i| index.offer(SegmentId(i), &info(i), &vector(i, 4), 0).unwrap();
         assert_eq!(offer(&mut index, 1), Offered::Duplicate);
@@ -653,7 +736,7 @@ mod tests {
         let mut index = SpaceIndex::new(dir.path(), &params(5), 4);
         index.insert(SegmentId(0), &info(0), &vector(0, 4), 0).unwrap();
         index.insert(SegmentId(1), &info(1), &vector(1, 4), 0).unwrap();
-        index.reconcile(&[0].into_iter().collect());
+        index.reconcile(&[0].into_iter().collect(), &HashSet::new());
         let (v2, v3, zero) = (vector(2, 4), vector(3, 4), [0.0f32; 4]);
         let points: Vec<(SegmentId, PointInfo, &[f32])> = vec![
             (SegmentId(0), info(0), &v2),
@@ -685,15 +768,21 @@ mod tests {
         // The map holds the open shard's 50 ids; the 200 archived are counted, found and read from disk.
         assert_eq!((index.ids.len(), index.archived, index.len()), (50, 200, 250));
         assert!(index.reckoned_bytes() < in_memory, "{} of {in_memory}", index.reckoned_bytes());
+        assert!(index.ids.capacity() < 100, "the map gave its room back: {}", index.ids.capacity());
         for i in [0, 99, 100, 199, 200, 249] {
             assert!(index.contains(SegmentId(i)), "{i}");
             assert_eq!(index.point(SegmentId(i)), Some(info(i)));
             assert!(index.vector(SegmentId(i)).is_some());
         }
         assert!(!index.contains(SegmentId(250)) && index.point(SegmentId(250)).is_none());
-        // An id no shard holds is ruled out without a read for all but a few: of 10 000, at most 2 %.
-        let passed = (1_000..11_000u64).filter(|id| index.sealed.iter().any(|s| s.members_may_hold(*id))).count();
-        assert!(passed <= 200, "{passed} of 10 000 passed a filter");
+        // Many at once, each archived shard read once: as one at a time.
+        let some: Vec<SegmentId> = [0, 150, 99, 249, 250, 120].into_iter().map(SegmentId).collect();
+        let one_by_one: Vec<Option<PointInfo>> = some.iter().map(|id| index.point(*id)).collect();
+        assert_eq!(index.points_of(&some), one_by_one);
+        assert_eq!(one_by_one.iter().filter(|p| p.is_some()).count(), 5);
+        // An id no shard holds is ruled out without a read for all but a few: of 100 000, at most 0.2 %.
+        let passed = (1_000..101_000u64).filter(|id| index.sealed.iter().any(|s| s.may_hold(*id))).count();
+        assert!(passed <= 200, "{passed} of 100 000 passed a filter");
         // Offered again, an archived id is a duplicate, in a batch or alone; nothing is inserted twice.
         assert_eq!(index.offer(SegmentId(42), &info(42), &vector(42, dim), 0).unwrap(), Offered::Duplicate);
         let (v7, v300) = (vector(7, dim), vector(300, dim));
@@ -703,7 +792,8 @@ mod tests {
         assert_eq!(offered, [Offered::Duplicate, Offered::Inserted]);
         assert_eq!((index.len(), index.points()), (251, 251));
         // Archived ids the Parquet archive lacks are found by the reconciliation, and re-archived once.
-        index.reconcile(&(0..251).filter(|i| *i != 150).chain([300]).collect());
+        let archive_tier = index.archive_tier_ids();
+        index.reconcile(&(0..251).filter(|i| *i != 150).chain([300]).collect(), &archive_tier);
         assert_eq!(index.unarchived(), 1);
         assert_eq!(index.offer(SegmentId(150), &info(150), &vector(150, dim), 0).unwrap(), Offered::Unarchived);
         assert_eq!(index.offer(SegmentId(150), &info(150), &vector(150, dim), 0).unwrap(), Offered::Duplicate);
@@ -715,5 +805,47 @@ mod tests {
         index.set_shard_tier(1, Tier::Disk).unwrap();
         assert_eq!((index.ids.len(), index.archived, index.len()), (151, 100, 251));
         assert_eq!(index.ids.get(&150).map(|(shard, _)| *shard), Some(1));
+    }
+
+    #[test]
+    fn r15_a_shard_in_the_archive_tier_that_cannot_be_read_stays_there_and_stops_an_insert_rather_than_doubling_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 8;
+        let mut index = SpaceIndex::new(dir.path(), &params(100), dim);
+        for i in 0..150 {
+            index.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
+        }
+        index.set_shard_tier(0, Tier::Archive).unwrap();
+        let shard_dir = dir.path().join(&index.shards()[0].name);
+        // Its vectors cut short: it cannot come back up, and stays in the archive tier with its ids found.
+        let vectors = std::fs::read(shard_dir.join("vectors.f32")).unwrap();
+        std::fs::write(shard_dir.join("vectors.f32"), &vectors[..vectors.len() - 4]).unwrap();
+        for tier in [Tier::Disk, Tier::F32] {
+            let error = index.set_shard_tier(0, tier).unwrap_err().to_string();
+            assert!(error.contains("vectors.f32"), "{error}");
+        }
+        assert_eq!(
+            (index.shards()[0].tier(), index.ids.len(), index.archived, index.len()),
+            (Tier::Archive, 50, 100, 150)
+        );
+        assert!(index.contains(SegmentId(7)));
+        std::fs::write(shard_dir.join("vectors.f32"), &vectors).unwrap();
+        // Its rows unreadable: an id it may hold is neither taken for new nor inserted again; the offer fails.
+        let rows = std::fs::read(shard_dir.join("rows.bin")).unwrap();
+        std::fs::write(shard_dir.join("rows.bin"), b"damaged").unwrap();
+        assert!(index.offer(SegmentId(7), &info(7), &vector(7, dim), 0).is_err());
+        let v7 = vector(7, dim);
+        let batch: Vec<(SegmentId, PointInfo, &[f32])> = vec![(SegmentId(7), info(7), &v7)];
+        assert!(index.offer_many(&batch, 0)[0].is_err());
+        assert!(index.insert(SegmentId(7), &info(7), &v7, 0).is_err());
+        // One recorded after its time range is told apart without reading it.
+        assert_eq!(index.offer(SegmentId(150), &info(150), &vector(150, dim), 0).unwrap(), Offered::Inserted);
+        assert_eq!((index.len(), index.points()), (151, 151));
+        std::fs::write(shard_dir.join("rows.bin"), &rows).unwrap();
+        assert_eq!(index.offer(SegmentId(7), &info(7), &v7, 0).unwrap(), Offered::Duplicate);
+        // Reopened with a graph.bin that cannot be read, it does not open (the job then rebuilds from the archive).
+        index.save().unwrap();
+        std::fs::write(shard_dir.join("graph.bin"), b"damaged").unwrap();
+        assert!(SpaceIndex::open(dir.path(), &params(100), dim).is_err());
     }
 }
