@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::graph::Graph;
 use super::kernels::{Tier, Vectors, distance};
-use super::point::Filter;
+use super::point::{Filter, PointInfo};
 use crate::Error;
 
 /// Bytes per row of [`Rows`] in memory: id, sensor number and start time.
@@ -46,6 +46,11 @@ impl Rows {
     /// Whether row `row` passes `filter`.
     pub fn admits(&self, filter: &Filter, row: usize) -> bool {
         filter.admits(&self.sensors[self.sensor[row] as usize], self.start[row])
+    }
+
+    /// Where and when row `row` was recorded.
+    pub fn info(&self, row: usize) -> PointInfo {
+        PointInfo { sensor: self.sensors[self.sensor[row] as usize].clone(), start_micros: self.start[row] }
     }
 
     /// Smallest and largest start time.

@@ -199,9 +199,8 @@ impl SpaceIndex {
     pub fn archive_tier_ids(&self) -> HashSet<u64> {
         let mut ids = HashSet::with_capacity(self.archived);
         for shard in self.sealed.iter().filter(|s| s.tier() == Tier::Archive) {
-            match shard.rows() {
-                Ok(rows) => ids.extend(rows.ids.iter().copied()),
-                Err(error) => tracing::warn!(shard = shard.name, %error, "A shard in the archive tier cannot be read."),
+            if let Some(rows) = rows_or_log(shard) {
+                ids.extend(rows.ids.iter().copied());
             }
         }
         ids
@@ -251,12 +250,9 @@ impl SpaceIndex {
         }
         let rows = match read {
             Some(rows) => std::borrow::Cow::Owned(rows),
-            None => self.sealed.get(shard as usize)?.rows().ok()?,
+            None => rows_or_log(self.sealed.get(shard as usize)?)?,
         };
-        Some(PointInfo {
-            sensor: rows.sensors[rows.sensor[row as usize] as usize].clone(),
-            start_micros: rows.start[row as usize],
-        })
+        Some(rows.info(row as usize))
     }
 
     /// Where and when each of `ids` was recorded, as [`SpaceIndex::point`] says, with each shard in the archive tier
@@ -276,19 +272,10 @@ impl SpaceIndex {
             if maybe.is_empty() {
                 continue;
             }
-            let rows = match shard.rows() {
-                Ok(rows) => rows,
-                Err(error) => {
-                    tracing::warn!(shard = shard.name, %error, "A shard in the archive tier cannot be read.");
-                    continue;
-                }
-            };
+            let Some(rows) = rows_or_log(shard) else { continue };
             let row_of: HashMap<u64, usize> = rows.ids.iter().enumerate().map(|(row, id)| (*id, row)).collect();
             for i in maybe {
-                if let Some(&row) = row_of.get(&ids[i].0) {
-                    let sensor = rows.sensors[rows.sensor[row] as usize].clone();
-                    points[i] = Some(PointInfo { sensor, start_micros: rows.start[row] });
-                }
+                points[i] = row_of.get(&ids[i].0).map(|row| rows.info(*row));
             }
         }
         points
@@ -316,13 +303,7 @@ impl SpaceIndex {
             if least.is_some_and(|least| shard.range().1 < least) {
                 continue;
             }
-            let rows = match shard.rows() {
-                Ok(rows) => rows,
-                Err(error) => {
-                    tracing::warn!(shard = shard.name, %error, "A shard in the archive tier cannot be read.");
-                    continue;
-                }
-            };
+            let Some(rows) = rows_or_log(shard) else { continue };
             for (row, id) in rows.ids.iter().enumerate() {
                 offer(&mut heap, rows.start[row], *id);
             }
@@ -697,6 +678,15 @@ impl SpaceIndex {
         self.changed = false;
         Ok(())
     }
+}
+
+/// `shard`'s rows, or `None` (logged) when they cannot be read: for answers that go on without it.
+fn rows_or_log(shard: &Shard) -> Option<std::borrow::Cow<'_, Rows>> {
+    let rows = shard.rows();
+    if let Err(error) = &rows {
+        tracing::warn!(shard = shard.name, %error, "A sealed shard's rows cannot be read.");
+    }
+    rows.ok()
 }
 
 /// Whether `shard` in `tier` fits `budget` beside `others` bytes (everything else the space holds), with its ids'
