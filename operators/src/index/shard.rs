@@ -219,10 +219,10 @@ impl Shard {
     fn read_rows(&self) -> Result<Rows, Error> {
         let failed = |message: String| Error::Index { path: self.dir.display().to_string(), message };
         let description = read_description(&self.dir)?;
-        let bytes = fs::read(self.dir.join("rows.bin")).map_err(|e| failed(format!("cannot read rows.bin: {e}")))?;
-        if description.points != self.points || bytes.len() != self.points * ROW_BYTES {
-            return Err(failed(format!("rows.bin holds {} bytes, not {} rows", bytes.len(), self.points)));
+        if description.points != self.points {
+            return Err(failed(format!("shard.json names {} rows, not {}", description.points, self.points)));
         }
+        let bytes = self.read_rows_file()?;
         let mut rows = Rows {
             ids: Vec::with_capacity(self.points),
             sensor: Vec::with_capacity(self.points),
@@ -239,6 +239,28 @@ impl Shard {
             rows.start.push(i64::from_le_bytes(row[12..20].try_into().expect("8 bytes")));
         }
         Ok(rows)
+    }
+
+    /// The bytes of `rows.bin`, checked against the number of rows.
+    fn read_rows_file(&self) -> Result<Vec<u8>, Error> {
+        let failed = |message: String| Error::Index { path: self.dir.display().to_string(), message };
+        let bytes = fs::read(self.dir.join("rows.bin")).map_err(|e| failed(format!("cannot read rows.bin: {e}")))?;
+        if bytes.len() != self.points * ROW_BYTES {
+            return Err(failed(format!("rows.bin holds {} bytes, not {} rows", bytes.len(), self.points)));
+        }
+        Ok(bytes)
+    }
+
+    /// The rows' ids alone, from `rows.bin`: what an unfiltered search and a pass over ids need, without the
+    /// sensors' names.
+    pub fn ids(&self) -> Result<Cow<'_, [u64]>, Error> {
+        if let Some(rows) = &self.rows {
+            return Ok(Cow::Borrowed(&rows.ids));
+        }
+        let bytes = self.read_rows_file()?;
+        Ok(Cow::Owned(
+            bytes.chunks_exact(ROW_BYTES).map(|r| u64::from_le_bytes(r[0..8].try_into().expect("8"))).collect(),
+        ))
     }
 
     /// Reads `graph.bin`.
@@ -460,7 +482,13 @@ impl Shard {
                 Ok(self.search_in(graph, rows, full, query, k, ef, oversample, filter))
             }
             _ => {
-                let (graph, rows, full) = (self.read_graph()?, self.read_rows()?, self.open_full()?);
+                let (graph, full) = (self.read_graph()?, self.open_full()?);
+                // Without a filter only the found rows' ids are wanted: not the sensors' names nor the start times.
+                let rows = if filter.is_empty() {
+                    Rows { ids: self.ids()?.into_owned(), sensor: Vec::new(), start: Vec::new(), sensors: Vec::new() }
+                } else {
+                    self.read_rows()?
+                };
                 Ok(self.search_in(&graph, &rows, &full, query, k, ef, oversample, filter))
             }
         }

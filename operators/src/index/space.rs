@@ -199,8 +199,9 @@ impl SpaceIndex {
     pub fn archive_tier_ids(&self) -> HashSet<u64> {
         let mut ids = HashSet::with_capacity(self.archived);
         for shard in self.sealed.iter().filter(|s| s.tier() == Tier::Archive) {
-            if let Some(rows) = rows_or_log(shard) {
-                ids.extend(rows.ids.iter().copied());
+            match shard.ids() {
+                Ok(held) => ids.extend(held.iter().copied()),
+                Err(error) => tracing::warn!(shard = shard.name, %error, "A sealed shard's rows cannot be read."),
             }
         }
         ids
