@@ -410,38 +410,31 @@ impl Shard {
 
     /// Full-precision vector of `row`, read from disk.
     pub fn full_row(&self, row: usize) -> Option<Vec<f32>> {
-        let opened;
-        let full = match &self.full {
-            Some(full) => full,
-            None => {
-                opened = self.open_full().ok()?;
-                &opened
-            }
-        };
         let mut bytes = vec![0u8; self.dim * 4];
         let mut vector = vec![0.0f32; self.dim];
-        self.read_row(full, row, &mut bytes, &mut vector).then_some(vector)
+        self.with_full(|full| self.read_row(full, row, &mut bytes, &mut vector)).ok()?.then_some(vector)
     }
 
     /// Calls `visit(id, vector)` for each row, its full-precision vector read from disk (the file opened once).
     pub fn for_each_row(&self, visit: &mut dyn FnMut(u64, Vec<f32>)) -> Result<(), Error> {
-        let rows = self.rows()?;
-        let opened;
-        let full = match &self.full {
-            Some(full) => full,
-            None => {
-                opened = self.open_full()?;
-                &opened
-            }
-        };
+        let ids = self.ids()?;
         let mut bytes = vec![0u8; self.dim * 4];
-        for (row, id) in rows.ids.iter().enumerate() {
-            let mut vector = vec![0.0f32; self.dim];
-            if self.read_row(full, row, &mut bytes, &mut vector) {
-                visit(*id, vector);
+        self.with_full(|full| {
+            for (row, id) in ids.iter().enumerate() {
+                let mut vector = vec![0.0f32; self.dim];
+                if self.read_row(full, row, &mut bytes, &mut vector) {
+                    visit(*id, vector);
+                }
             }
+        })
+    }
+
+    /// Calls `read` with `vectors.f32`: the file held, or in the archive tier opened for it.
+    fn with_full<T>(&self, read: impl FnOnce(&File) -> T) -> Result<T, Error> {
+        match &self.full {
+            Some(full) => Ok(read(full)),
+            None => Ok(read(&self.open_full()?)),
         }
-        Ok(())
     }
 
     /// Reads `row`'s full-precision vector from `full` into `vector` (`dim` long) through `bytes` (`4 · dim` long);
