@@ -197,7 +197,7 @@ pub(super) fn load_open(target: &Path, dim: usize) -> Result<OpenShard, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::tests::{info, open_shard, params, sealed_shard, search, vector};
+    use crate::index::tests::{info, insert_range, open_shard, params, sealed_shard, search, vector};
     use crate::index::{Filter, PointInfo, SpaceIndex};
     use crate::record::SegmentId;
 
@@ -356,9 +356,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dim = 8;
         let mut index = SpaceIndex::new(dir.path(), &params(40), dim);
-        for i in 0..100 {
-            index.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
-        }
+        insert_range(&mut index, 0..100, dim);
         index.sealed[0].set_tier(Tier::Int8).unwrap();
         index.sealed[1].set_tier(Tier::Archive).unwrap();
         index.changed = true;

@@ -343,6 +343,13 @@ pub(crate) mod tests {
     use super::*;
     use crate::record::SegmentId;
 
+    /// Inserts the points `ids` into `index` at time 0, each with the info and vector its id gives.
+    pub(super) fn insert_range(index: &mut SpaceIndex, ids: Range<u64>, dim: usize) {
+        for i in ids {
+            index.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
+        }
+    }
+
     pub(super) fn params(shard_max_points: usize) -> IndexParams {
         IndexConfig { m: 8, ef_construction: 48, shard_max_points, ..Default::default() }.build(Path::new("/")).unwrap()
     }

@@ -109,7 +109,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::index::tests::{info, params, search, vector};
+    use crate::index::tests::{info, insert_range, params, search, vector};
     use crate::index::{Filter, IndexConfig, Request, Shard, SpaceIndex, TierUsage};
     use crate::record::SegmentId;
 
@@ -202,9 +202,7 @@ mod tests {
         let params = config.build(Path::new("/")).unwrap();
         let dim = 32;
         let mut index = SpaceIndex::new(dir.path(), &params, dim);
-        for i in 0..120 {
-            index.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
-        }
+        insert_range(&mut index, 0..120, dim);
         let tiers = |index: &SpaceIndex| index.shards().iter().map(Shard::tier).collect::<Vec<_>>();
         assert_eq!(tiers(&index), [Tier::F32, Tier::F32]);
         // The open shard (20 points) seals by age; old shards age into f16, then int8.
@@ -272,9 +270,7 @@ mod tests {
         let dim = 64;
         let mut index = SpaceIndex::new(dir.path(), &params(50), dim);
         let fill = |index: &mut SpaceIndex, from: u64| {
-            for i in from..from + 50 {
-                index.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
-            }
+            insert_range(index, from..from + 50, dim);
         };
         // No budget: f32.
         fill(&mut index, 0);

@@ -100,7 +100,7 @@ mod tests {
     use super::*;
     use crate::index::SpaceIndex;
     use crate::index::kernels::{self, Tier, distance};
-    use crate::index::tests::{exact, info, open_shard, params, sealed_shard, search, vector};
+    use crate::index::tests::{exact, info, insert_range, open_shard, params, sealed_shard, search, vector};
 
     #[test]
     fn merge_orders_by_distance_then_id_keeps_an_id_once_and_the_first_k() {
@@ -206,9 +206,7 @@ mod tests {
         let dim = 64;
         let dir = tempfile::tempdir().unwrap();
         let mut index = SpaceIndex::new(dir.path(), &params(100_000), dim);
-        for i in 0..2000 {
-            index.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
-        }
+        insert_range(&mut index, 0..2000, dim);
         index.seal(0).unwrap();
         let recall = |index: &SpaceIndex| {
             let mut hits = 0;
@@ -258,13 +256,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut index = SpaceIndex::new(dir.path(), &params(300), dim);
         // Two sealed shards of 300 and 100 points, and 100 in the open shard.
-        for i in 0..400 {
-            index.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
-        }
+        insert_range(&mut index, 0..400, dim);
         index.seal(0).unwrap();
-        for i in 400..500 {
-            index.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
-        }
+        insert_range(&mut index, 400..500, dim);
         let filters = [
             Filter::default(),
             Filter { sensors: vec!["s1".into()], ..Default::default() },
@@ -315,9 +309,7 @@ mod tests {
         let dim = 8;
         let dir = tempfile::tempdir().unwrap();
         let mut index = SpaceIndex::new(dir.path(), &params(30), dim);
-        for i in 0..60 {
-            index.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
-        }
+        insert_range(&mut index, 0..60, dim);
         index.set_shard_tier(0, Tier::Archive).unwrap();
         std::fs::write(dir.path().join(&index.shards()[0].name).join("graph.bin"), b"cut short").unwrap();
         let request = Request { vector: &vector(3, dim), k: 1, ef: 32, filter: &Filter::default() };

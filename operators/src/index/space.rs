@@ -701,7 +701,7 @@ fn fits(budget: Option<usize>, others: usize, shard: &Shard, tier: Tier) -> bool
 mod tests {
     use super::*;
     use crate::index::Filter;
-    use crate::index::tests::{info, params, search, vector};
+    use crate::index::tests::{info, insert_range, params, search, vector};
 
     #[test]
     fn a_snapshot_point_missing_from_the_archive_is_passed_on_once() {
@@ -749,9 +749,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dim = 8;
         let mut index = SpaceIndex::new(dir.path(), &params(100), dim);
-        for i in 0..250 {
-            index.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
-        }
+        insert_range(&mut index, 0..250, dim);
         let in_memory = index.reckoned_bytes();
         for shard in 0..2 {
             index.set_shard_tier(shard, Tier::Archive).unwrap();
@@ -803,9 +801,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dim = 8;
         let mut index = SpaceIndex::new(dir.path(), &params(100), dim);
-        for i in 0..150 {
-            index.insert(SegmentId(i), &info(i), &vector(i, dim), 0).unwrap();
-        }
+        insert_range(&mut index, 0..150, dim);
         index.set_shard_tier(0, Tier::Archive).unwrap();
         let shard_dir = dir.path().join(&index.shards()[0].name);
         // Its vectors cut short: it cannot come back up, and stays in the archive tier with its ids found.
