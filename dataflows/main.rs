@@ -46,6 +46,17 @@ fn tune_allocator() {
 #[cfg(not(feature = "mimalloc"))]
 fn tune_allocator() {}
 
+/// Keeps the process's memory in 4 KiB pages, unless `MIMALLOC_ALLOW_THP` is set. mimalloc asks for transparent huge
+/// pages on its arenas (`madvise`), and the kernel's khugepaged gathers any 2 MiB range with a page still in use into
+/// a whole huge page: what the allocator had given back came back resident, and resident memory crept up with the
+/// uptime with nothing more on the heap (README, "Huge pages"). Where the kernel refuses, the job runs as it is.
+fn keep_small_pages() -> std::io::Result<()> {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return Ok(());
+    }
+    rustix::thread::disable_transparent_huge_pages(true).map_err(std::io::Error::from)
+}
+
 /// chorus: a streaming pipeline for bioacoustics — Kafka audio chunks in, a searchable archive of calls out.
 #[derive(Parser)]
 #[command(version, about, long_about = None, propagate_version = true)]
@@ -299,8 +310,12 @@ fn parse_segment(s: &str) -> Result<SegmentId, String> {
 
 fn main() -> ExitCode {
     tune_allocator();
+    let small_pages = keep_small_pages();
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
+    if let Err(error) = small_pages {
+        tracing::debug!(%error, "Transparent huge pages stay on for this process.");
+    }
     match execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -635,5 +650,15 @@ mod tests {
         assert_eq!(get(), 1000);
         tune_allocator();
         assert_eq!(get(), PURGE_DELAY_MS);
+    }
+
+    #[test]
+    fn r15_the_process_keeps_small_pages_unless_the_environment_allows_huge_ones() {
+        if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+            eprintln!("skipped: MIMALLOC_ALLOW_THP is set in the environment");
+            return;
+        }
+        keep_small_pages().unwrap();
+        assert!(rustix::thread::transparent_huge_pages_are_disabled().unwrap());
     }
 }
