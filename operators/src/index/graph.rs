@@ -222,14 +222,21 @@ impl Graph {
         }
         fn words(input: &mut dyn Read) -> io::Result<Vec<u32>> {
             let n = count(input)?;
-            // Read as it comes, not allocated up front: a damaged count fails at the end of the file, not in the
-            // allocator.
-            let mut bytes = Vec::new();
-            input.take(n as u64 * 4).read_to_end(&mut bytes)?;
-            if bytes.len() != n * 4 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("{n} words announced, fewer found")));
+            // Allocated once at its length (a search of a shard in the archive tier reads its graph each time), up to
+            // a bound: a damaged count fails at the end of the file, not in the allocator.
+            let mut words = Vec::with_capacity(n.min(MAX_WORDS_UP_FRONT));
+            let mut block = [0u8; 1 << 14];
+            while words.len() < n {
+                let bytes = &mut block[..((n - words.len()) * 4).min(1 << 14)];
+                input.read_exact(bytes).map_err(|e| match e.kind() {
+                    io::ErrorKind::UnexpectedEof => {
+                        io::Error::new(e.kind(), format!("{n} words announced, fewer found"))
+                    }
+                    _ => e,
+                })?;
+                words.extend(bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])));
             }
-            Ok(bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+            Ok(words)
         }
         let entry = word(input)?;
         let offsets = words(input)?;
@@ -257,6 +264,10 @@ impl Graph {
         Ok(Graph { entry, offsets, links, upper })
     }
 }
+
+/// The most words a list read by [`Graph::read`] is given room for before they are read (16 MiB): a layer 0 of 65 536
+/// rows at m = 32.
+const MAX_WORDS_UP_FRONT: usize = 1 << 22;
 
 fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
