@@ -224,10 +224,11 @@ impl Graph {
             let n = count(input)?;
             // Allocated once at its length (a search of a shard in the archive tier reads its graph each time), up to
             // a bound: a damaged count fails at the end of the file, not in the allocator.
+            const BLOCK: usize = 1 << 14;
             let mut words = Vec::with_capacity(n.min(MAX_WORDS_UP_FRONT));
-            let mut block = [0u8; 1 << 14];
+            let mut block = [0u8; BLOCK];
             while words.len() < n {
-                let bytes = &mut block[..((n - words.len()) * 4).min(1 << 14)];
+                let bytes = &mut block[..((n - words.len()) * 4).min(BLOCK)];
                 input.read_exact(bytes).map_err(|e| match e.kind() {
                     io::ErrorKind::UnexpectedEof => {
                         io::Error::new(e.kind(), format!("{n} words announced, fewer found"))
