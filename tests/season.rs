@@ -18,11 +18,8 @@ fn run_measuring_peak(s: &Scenario, args: &[&str]) -> (usize, String) {
     let status = loop {
         peak = peak.max(peak_rss(job.id()));
         // The last value shown while the job runs (the first may be from before its main). Kernels before 5.0 show
-        // no such line.
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", job.id()))
-            && status.contains("VmHWM")
-        {
-            let shown = status.lines().find_map(|l| l.strip_prefix("THP_enabled:")).map(|v| v.trim().to_owned());
+        // no such line, nor does a job that has exited.
+        if let Some(shown) = proc_status_field(Some(job.id()), "THP_enabled") {
             huge_pages = Some(shown);
         }
         if let Some(status) = job.try_wait().unwrap() {
@@ -32,7 +29,7 @@ fn run_measuring_peak(s: &Scenario, args: &[&str]) -> (usize, String) {
     };
     let log = s.job_log();
     assert!(status.success(), "{log}");
-    match huge_pages.flatten() {
+    match huge_pages {
         _ if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() => {}
         Some(enabled) => assert_eq!(enabled, "0", "the job turns transparent huge pages off for itself"),
         None => eprintln!("not checked: this kernel's /proc status has no THP_enabled line"),

@@ -433,14 +433,20 @@ pub fn peak_rss(pid: u32) -> usize {
 /// A memory figure of the /proc status of `pid` (this process for `None`) in bytes: `VmRSS`, `VmHWM`, …; 0 when it
 /// cannot be read.
 pub fn proc_status_bytes(pid: Option<u32>, field: &str) -> usize {
+    proc_status_field(pid, field)
+        .and_then(|value| value.split_whitespace().next().and_then(|kb| kb.parse::<usize>().ok()))
+        .map_or(0, |kb| kb << 10)
+}
+
+/// The value of `field` in the /proc status of `pid` (this process for `None`), trimmed; `None` when it cannot be
+/// read or the status has no such line (a process that has exited shows no memory lines).
+pub fn proc_status_field(pid: Option<u32>, field: &str) -> Option<String> {
     let path = pid.map_or_else(|| "/proc/self/status".to_owned(), |pid| format!("/proc/{pid}/status"));
-    let status = std::fs::read_to_string(path).unwrap_or_default();
+    let status = std::fs::read_to_string(path).ok()?;
     status
         .lines()
-        .find(|l| l.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<usize>().ok())
-        .map_or(0, |kb| kb << 10)
+        .find_map(|l| l.strip_prefix(field).and_then(|rest| rest.strip_prefix(':')))
+        .map(|value| value.trim().to_owned())
 }
 
 /// Sends SIGTERM to `pid`.
