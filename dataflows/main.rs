@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chorus::config::Config;
 use chorus::job::{self, Cluster, RunOptions};
-use chorus::produce::{self, ProduceOptions};
+use chorus::produce::{self, EmbeddingsOptions, ProduceOptions};
 use chorus::query::{self, QueryOptions, Target};
 use chorus_connectors::stop::Stop;
 use chorus_operators::record::{Priority, SegmentId};
@@ -112,9 +112,10 @@ enum Command {
         #[arg(long)]
         flush_tails: bool,
     },
-    /// Produce WAV files to the audio topic as chunks with `captured_at`, `space` and `priority` headers.
+    /// Produce WAV files to the audio topic as chunks with `captured_at`, `space` and `priority` headers, or, with
+    /// --embeddings, files of embeddings made elsewhere as embeddings messages.
     #[command(
-        after_help = "Examples:\n  chorus produce --sensor pole-7 --start 2026-05-01T05:00:00Z dawn.wav\n  chorus produce --space wetlands --chunk-seconds 5 recordings/*.WAV   # start times from names like 20260501_050000\n\nWithout --start, each file's start comes from a YYYYMMDD_HHMMSS stamp in its name (UTC), else from its\nmodification time. With --start, the files are taken as one continuous recording."
+        after_help = "Examples:\n  chorus produce --sensor pole-7 --start 2026-05-01T05:00:00Z dawn.wav\n  chorus produce --space wetlands --chunk-seconds 5 recordings/*.WAV   # start times from names like 20260501_050000\n  chorus produce --embeddings --sensor pole-7 --start 2026-05-01T05:00:00Z dawn.npy\n\nWithout --start, each file's start comes from a YYYYMMDD_HHMMSS stamp in its name (UTC), else from its\nmodification time. With --start, the files are taken as one continuous recording.\n\nWith --embeddings, the files are .npy arrays of shape [n, dim] (float32 or float64) or Parquet tables with an\n`embedding` column (a list of float32 or float64) and optional `sensor` and `start_time` columns. Vector i starts\ni hops after the file's start (a row's own start_time wins); dim must be the model's (model.dim), and each\nmessage says the model's name, which the job checks."
     )]
     Produce {
         #[command(flatten)]
@@ -126,15 +127,26 @@ enum Command {
         #[arg(long)]
         space: Option<String>,
         /// Seconds of audio per message (default: 10, or the most that fits kafka.max_message_bytes).
-        #[arg(long, value_name = "SECS")]
+        #[arg(long, value_name = "SECS", conflicts_with = "embeddings")]
         chunk_seconds: Option<f64>,
+        /// The files are embeddings (.npy or .parquet), not audio: sent as embeddings messages of the model.
+        #[arg(long)]
+        embeddings: bool,
+        /// With --embeddings: seconds between consecutive vectors' starts (default: windows.hop_seconds).
+        #[arg(long, value_name = "SECS", requires = "embeddings")]
+        hop_seconds: Option<f64>,
+        /// With --embeddings: vectors per message at most (default: 64, or the most that fits
+        /// kafka.max_message_bytes).
+        #[arg(long, value_name = "N", requires = "embeddings")]
+        vectors_per_message: Option<usize>,
         /// RFC 3339 capture time of the first sample, e.g. 2026-05-01T05:00:00Z.
         #[arg(long, value_name = "TIME", value_parser = parse_time)]
         start: Option<i64>,
         /// Priority header: critical, high, normal or low.
         #[arg(long, default_value = "normal", value_parser = parse_priority)]
         priority: Priority,
-        /// WAV files (PCM 8/16/24/32-bit or float32, any rate, any channel count).
+        /// WAV files (PCM 8/16/24/32-bit or float32, any rate, any channel count); with --embeddings, .npy or
+        /// .parquet files.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
@@ -387,18 +399,49 @@ fn execute(cli: Cli) -> anyhow::Result<()> {
             let cluster = cluster(processes, process, hostfile)?;
             let summary = job::run(&config, &RunOptions { workers, stop, cluster, flush_tails })?;
             eprintln!(
-                "chorus run: {} chunks, {} windows, {} new segments ({} already indexed), {} dead letters; committed {}",
+                "chorus run: {} chunks, {} windows, {} new segments ({} already indexed), {} dead letters; {} \
+                 precomputed vectors; committed {}",
                 summary.chunks,
                 summary.windows,
                 summary.segments,
                 summary.duplicates,
                 summary.dead_letters,
+                summary.vectors,
                 summary.committed.iter().map(|(p, o)| format!("{p}:{o}")).collect::<Vec<_>>().join(" ")
             );
         }
-        Command::Produce { config, sensor, space, chunk_seconds, start, priority, files } => {
+        Command::Produce {
+            config,
+            sensor,
+            space,
+            chunk_seconds,
+            embeddings,
+            hop_seconds,
+            vectors_per_message,
+            start,
+            priority,
+            files,
+        } => {
             let config = load(&config)?;
             let progress = !cli.quiet && std::io::stderr().is_terminal();
+            if embeddings {
+                let per_message = vectors_per_message;
+                let options =
+                    EmbeddingsOptions { sensor, space, start, hop_seconds, per_message, priority, files, progress };
+                let summary = produce::produce_embeddings(&config, &options).context("producing embeddings")?;
+                if !cli.quiet {
+                    eprintln!(
+                        "chorus produce: {} messages ({} vectors of model {}, {} bytes) from {} file(s) to {}",
+                        summary.chunks,
+                        summary.vectors,
+                        config.model.name,
+                        summary.bytes,
+                        summary.files,
+                        config.kafka.audio_topic
+                    );
+                }
+                return Ok(());
+            }
             let options = ProduceOptions { sensor, space, chunk_seconds, start, priority, files, progress };
             let summary = produce::produce(&config, &options).context("producing audio")?;
             if !cli.quiet {

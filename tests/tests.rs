@@ -7,6 +7,7 @@ mod archive;
 mod compaction;
 mod config;
 mod docs;
+mod embeddings;
 mod faults;
 mod layout;
 mod model;

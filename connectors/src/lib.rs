@@ -1,5 +1,6 @@
-//! chorus connectors: the systems a job reads from and writes to — Kafka (audio chunks in; segments and dead letters
-//! out), the Parquet archive, and WAV files. Connectors know the records of `chorus-operators` but never ONNX or HNSW.
+//! chorus connectors: the systems a job reads from and writes to — Kafka (audio chunks and embeddings in; segments
+//! and dead letters out), the Parquet archive, WAV files and files of embeddings. Connectors know the records of
+//! `chorus-operators` but never ONNX or HNSW.
 //!
 //! Sinks return a stream without data whose frontier is the sink's durability: a time is passed only once everything
 //! sent at or before it is acknowledged by the broker or synced to disk. A job probes those streams and commits the
@@ -10,6 +11,7 @@ use std::sync::{Arc, Mutex};
 pub mod kafka;
 pub mod parquet;
 pub mod stop;
+pub mod vectors;
 pub mod wav;
 
 /// Errors raised by chorus connectors.

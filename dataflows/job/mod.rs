@@ -11,22 +11,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chorus_connectors::Fatal;
-use chorus_connectors::kafka::{self, BrokerWatch, KafkaSource, Producer};
+use chorus_connectors::kafka::{self, BrokerWatch, Decoded, KafkaSource, Producer};
 use chorus_connectors::parquet as archive;
 use chorus_connectors::stop::Stop;
 use chorus_operators::embed::{self, Embed, Embedder};
 use chorus_operators::index::{self, Index, Indexed};
 use chorus_operators::metrics::Metrics;
-use chorus_operators::record::{AudioChunk, DeadLetter};
+use chorus_operators::record::{AudioChunk, DeadLetter, Segment};
 use chorus_operators::refine::SharedRefinements;
-use chorus_operators::segment::{Savepoint, Segment, Segmenter, Store};
+use chorus_operators::segment::{Savepoint, Segment as _, Segmenter, Store};
 use chorus_operators::throttle::Throttle;
 use prometheus::Registry;
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::OkErr;
-use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::{Concatenate, Operator, Probe};
+use timely::dataflow::operators::vec::{Broadcast, Map};
+use timely::dataflow::operators::{Concat, Concatenate, Operator, Probe};
 use timely::progress::Antichain;
 
 use self::budget::{Budget, split_budget};
@@ -68,6 +68,8 @@ pub struct RunSummary {
     pub chunks: u64,
     /// Windows cut.
     pub windows: u64,
+    /// Vectors of embeddings messages (embedded before they were sent) taken.
+    pub vectors: u64,
     /// New segments indexed and archived.
     pub segments: u64,
     /// Segments already indexed (replayed input).
@@ -211,6 +213,7 @@ pub fn run(config: &Config, options: &RunOptions) -> Result<RunSummary, Error> {
     let counter = |vec: &prometheus::IntCounterVec, stage: &str| vec.with_label_values(&[stage]).get();
     summary.chunks = counter(&metrics.records_out, "decode");
     summary.windows = counter(&metrics.records_out, "segment");
+    summary.vectors = counter(&metrics.records_out, "embeddings");
     summary.segments = counter(&metrics.records_out, "index");
     summary.dead_letters = counter(&metrics.records_in, "dead_letters");
     summary.duplicates = duplicates(&metrics);
@@ -369,20 +372,36 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
         let limits = config.kafka.chunk_limits();
         let decode_metrics = metrics.clone();
         let (messages, progress) = kafka::source(scope, source.clone(), embedded.clone(), shared.stop.clone());
-        let (chunks, undecodable) = messages.ok_err(move |message| {
+        // A message with a `model` header carries embeddings made before it was sent: its segments skip the
+        // segmenting and the model and join the embedded ones before the index.
+        let contract = kafka::EmbeddingContract {
+            model: config.model.name.clone(),
+            dim: config.model.dim,
+            sample_rate: config.windows.sample_rate,
+            window: config.windows.window,
+            hop: config.windows.hop,
+        };
+        let (decoded, undecodable) = messages.ok_err(move |message| {
             let started = Instant::now();
-            let decoded = kafka::decode_message(message, &limits, kafka::now_nanos());
-            decode_metrics.time("decode", started);
+            let stage = if kafka::carries_embeddings(&message) { "embeddings" } else { "decode" };
+            let decoded = kafka::decode(message, &limits, Some(&contract), kafka::now_nanos());
+            decode_metrics.time(stage, started);
             match &decoded {
-                Ok(_) => decode_metrics.count("decode", 1, 1),
+                Ok(Decoded::Audio(_)) => decode_metrics.count(stage, 1, 1),
+                Ok(Decoded::Embeddings(segments)) => decode_metrics.count(stage, 1, segments.len()),
                 Err(letter) => {
-                    decode_metrics.count("decode", 1, 0);
-                    decode_metrics.reject("decode", letter.cause, 1);
+                    decode_metrics.count(stage, 1, 0);
+                    decode_metrics.reject(stage, letter.cause, 1);
                 }
             }
             decoded
         });
+        let (chunks, precomputed) = decoded.container::<Vec<Decoded>>().ok_err(|decoded| match decoded {
+            Decoded::Audio(chunk) => Ok(chunk),
+            Decoded::Embeddings(segments) => Err(segments),
+        });
         let chunks = chunks.container::<Vec<AudioChunk>>();
+        let precomputed = precomputed.container::<Vec<Vec<Segment>>>().flat_map(|segments| segments);
         let undecodable = undecodable.container::<Vec<DeadLetter>>();
 
         let mut segmenter = Segmenter::new(config.windows.clone())
@@ -407,7 +426,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<BT
             *tracked.borrow_mut() = frontier.frontier().to_owned();
         });
         let (segments, unembedded) = windows.embed(embedder, config.scheduling.clone(), metrics.clone());
-        let segments = segments.probe_with(&embedded);
+        let segments = segments.concat(precomputed).probe_with(&embedded);
         let Indexed { to_archive, to_publish, dead_letters: unindexed } = segments.index(indices, metrics.clone());
         if config.refine.enabled {
             let (queue, queue_metrics) = (arrivals.clone(), metrics.clone());

@@ -41,7 +41,8 @@ pub enum Cause {
     NoAudio,
     /// Occurs when a WAV file holds more seconds of audio than accepted.
     TooLong,
-    /// Occurs when a float WAV file holds a NaN or an infinite sample.
+    /// Occurs when a float WAV file holds a NaN or an infinite sample, or an embeddings message a NaN or an infinite
+    /// value.
     NonFinite,
     /// Occurs when a chunk starts before the end of the audio already received for its sensor: the overlap is
     /// dropped, the rest of the chunk kept.
@@ -58,6 +59,12 @@ pub enum Cause {
     ModelOutput,
     /// Occurs when a segment's embedding cannot be inserted into its space's index.
     Index,
+    /// Occurs when an embeddings message's `model`, `dim` or `window_seconds` header disagrees with the job's model
+    /// (or it has no `dim` header).
+    WrongModel,
+    /// Occurs when an embeddings message's payload is not a whole number of `dim` little-endian f32 vectors, holds a
+    /// vector of zeros or too many vectors, or one of its headers cannot be read.
+    BadEmbedding,
     /// Occurs when a label message's key is missing or is not a segment id.
     LabelKey,
     /// Occurs when a label is not UTF-8, is blank or longer than allowed, holds a control character, or cannot be
@@ -67,7 +74,7 @@ pub enum Cause {
 
 impl Cause {
     /// Every cause, in the order the README lists them.
-    pub const ALL: [Cause; 25] = [
+    pub const ALL: [Cause; 27] = [
         Cause::NoKey,
         Cause::BadKey,
         Cause::BadSpace,
@@ -91,6 +98,8 @@ impl Cause {
         Cause::Model,
         Cause::ModelOutput,
         Cause::Index,
+        Cause::WrongModel,
+        Cause::BadEmbedding,
         Cause::LabelKey,
         Cause::LabelValue,
     ];
@@ -121,6 +130,8 @@ impl Cause {
             Cause::Model => "model",
             Cause::ModelOutput => "model_output",
             Cause::Index => "index",
+            Cause::WrongModel => "wrong_model",
+            Cause::BadEmbedding => "bad_embedding",
             Cause::LabelKey => "label_key",
             Cause::LabelValue => "label_value",
         }

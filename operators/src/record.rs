@@ -273,6 +273,12 @@ pub fn nanos_to_samples(t: Nanos, rate: u32) -> i64 {
     (i128::from(t) * i128::from(rate)).div_euclid(1_000_000_000) as i64
 }
 
+/// The position on the absolute sample clock of `rate` nearest `t`: a time written to the nanosecond from a position
+/// (cut short, as [`samples_to_nanos`] gives it at 48 kHz) lands back on that position.
+pub fn nearest_sample(t: Nanos, rate: u32) -> i64 {
+    (i128::from(t) * i128::from(rate) + 500_000_000).div_euclid(1_000_000_000) as i64
+}
+
 /// Converts a position on the absolute sample clock of `rate` to a time (floor).
 pub fn samples_to_nanos(pos: i64, rate: u32) -> Nanos {
     (i128::from(pos) * 1_000_000_000).div_euclid(i128::from(rate)) as i64

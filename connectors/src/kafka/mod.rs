@@ -8,10 +8,10 @@
 //! probe over every durable sink has passed it; each partition is then committed up to the oldest chunk the segmenting
 //! workers still report as pending, and no further.
 //!
-//! One file per concern: `contract` (the headers, [`RawMessage`], [`decode_message`]), `config` ([`KafkaConfig`],
-//! validated into [`KafkaSettings`]), `admin` (topics, offset commits, the [`BrokerWatch`]), `source` ([`KafkaSource`]
-//! and its operator), `producer` ([`Producer`] and its [`Acks`]), `sink`, `records` (what the sinks and the API
-//! publish) and `labels` (the labels topic). This file holds the client settings they share.
+//! One file per concern: `contract` (the headers, [`RawMessage`], [`decode`] of audio chunks and embeddings),
+//! `config` ([`KafkaConfig`], validated into [`KafkaSettings`]), `admin` (topics, offset commits, the
+//! [`BrokerWatch`]), `source` ([`KafkaSource`] and its operator), `producer` ([`Producer`] and its [`Acks`]), `sink`,
+//! `records` (what the sinks and the API publish) and `labels` (the labels topic). This file holds the client settings they share.
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
@@ -31,8 +31,10 @@ mod source;
 pub use admin::{BrokerStatus, BrokerWatch, Reported, check_connection, commit_offsets, ensure_topics};
 pub use config::{ChunkLimits, KafkaConfig, KafkaSettings};
 pub use contract::{
-    DEFAULT_SPACE, HEADER_CAPTURED_AT, HEADER_CAUSE, HEADER_ORIGIN, HEADER_PAYLOAD_DROPPED, HEADER_PRIORITY,
-    HEADER_REASON, HEADER_RECORD, HEADER_SPACE, RawMessage, decode_message, valid_space,
+    DEFAULT_SPACE, Decoded, EmbeddingContract, HEADER_CAPTURED_AT, HEADER_CAUSE, HEADER_DIM, HEADER_HOP_SECONDS,
+    HEADER_MODEL, HEADER_ORIGIN, HEADER_PAYLOAD_DROPPED, HEADER_PRIORITY, HEADER_REASON, HEADER_RECORD, HEADER_SPACE,
+    HEADER_WINDOW_SECONDS, MAX_VECTORS_PER_MESSAGE, RawMessage, carries_embeddings, decode, decode_embeddings,
+    decode_message, valid_space,
 };
 pub use labels::{LabelEvent, LabelsSource, MAX_LABEL_BYTES, check_label, given_labels};
 pub use producer::{Acks, Producer, Record};

@@ -19,7 +19,7 @@ use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::{ProbeHandle, Scope, StreamVec};
 
 use super::admin::topic_partitions;
-use super::{KafkaSettings, RawMessage, kafka};
+use super::{KafkaSettings, RawMessage, carries_embeddings, kafka};
 use crate::Error;
 use crate::stop::Stop;
 use crate::wav;
@@ -202,10 +202,17 @@ impl KafkaSource {
         self
     }
 
-    /// Memory `message` costs while it is read ahead of the embedding stage.
+    /// Memory `message` costs while it is read ahead of the embedding stage. Embeddings cost their payload three
+    /// times over: as read, as vectors, and as the copy the segments topic is sent.
     fn cost(&self, message: &RawMessage) -> usize {
         let payload = message.payload.as_deref().unwrap_or_default();
-        if self.model_rate == 0 { payload.len() * 8 } else { wav::memory_cost(payload, self.model_rate, self.copies) }
+        if carries_embeddings(message) {
+            payload.len() * 3
+        } else if self.model_rate == 0 {
+            payload.len() * 8
+        } else {
+            wav::memory_cost(payload, self.model_rate, self.copies)
+        }
     }
 
     /// Partitions this worker reads.
