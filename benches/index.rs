@@ -3,9 +3,14 @@
 //!     cargo bench --bench index -- [--points 100000] [--queries 1000] [--dim 1536] [--million] [--no-hnswlib]
 //!                                   [--set clustered|hard]
 //!     cargo bench --bench index -- --open-memory 20000 [--m 32] [--dim 1536]
+//!     cargo bench --bench index -- --ingest 20000 [--dim 1536]
 //!
 //! The second form measures only what a point of the open shard costs in resident memory, against what the index
-//! counts for it.
+//! counts for it. The third measures precomputed embeddings end to end: `--ingest` vectors of the clustered set sent
+//! as embeddings messages (64 a message, 100 sensors) to a broker of their own, then a `chorus run` of the balanced
+//! profile (refinement off) reading them into its index and archive — vectors/s from the first segment indexed to
+//! the last archived — against the same vectors inserted into a space's index in this process in the same batches
+//! and with the same parameters (the index's own rate, as the job builds it).
 //!
 //! Two data sets, generated with a fixed seed and L2-normalised: `clustered`, a mixture of 200 clusters on a
 //! 24-dimensional latent space mapped into `--dim` dimensions with a little isotropic noise (embeddings of calls of
@@ -24,7 +29,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use chorus_operators::index::{Filter, IndexConfig, PointInfo, Request, SpaceIndex, Tier};
+use chorus_operators::index::{Filter, IndexConfig, PointInfo, Request, SpaceIndex, Tier, build_graph};
 use chorus_operators::record::SegmentId;
 use rayon::prelude::*;
 use simsimd::SpatialSimilarity;
@@ -335,8 +340,28 @@ fn bench(generator: &Generator, points: usize, n_queries: usize, compare: bool) 
         index.insert(SegmentId(i as u64), &info(i), v, 0).unwrap();
     }
     let incremental = started.elapsed().as_secs_f64();
-    // The index holds its own copy: the generated rows can go (at 1M points they are 6 GB).
+    // chorus's own builder over the same rows (all of them, as hnswlib builds them), flat, on 2 threads.
+    // The index holds its own copy: the generated rows can go once flat (at 1M points they are 6 GB).
+    let (dim, rows) = (generator.dim, data.len());
+    let flat: Vec<f32> = data.iter().flatten().copied().collect();
     drop(data);
+    let started = Instant::now();
+    let graph = build_graph(&flat, dim, M, EF_CONSTRUCTION);
+    let own_build = started.elapsed().as_secs_f64();
+    let own_rate = rows as f64 / own_build;
+    println!("  chorus own builder: {own_build:.1} s, {own_rate:.0} vectors/s (2 threads)");
+    let row = |r: u32| &flat[r as usize * dim..(r as usize + 1) * dim];
+    let own = sweep(
+        &|q, k, ef| {
+            let distance = |r: u32| 1.0 - f32::dot(q, row(r)).unwrap_or(0.0) as f32;
+            graph.search(distance, k, ef, None).into_iter().map(|(r, _)| u64::from(r)).collect()
+        },
+        &queries,
+        &truth,
+    );
+    print_runs("chorus own builder", &own);
+    drop(graph);
+    drop(flat);
     println!(
         "  chorus build: {:.1} s, {:.0} vectors/s (2 threads); incremental insert: {:.0} vectors/s (1 thread)",
         build,
@@ -409,7 +434,11 @@ fn bench(generator: &Generator, points: usize, n_queries: usize, compare: bool) 
             println!("  hnswlib 0.8.0 build: {seconds:.1} s, {:.0} vectors/s (2 threads)", total / seconds);
             print_runs("hnswlib", &runs);
             let ours = points as f64 / build;
-            println!("  ratio chorus/hnswlib: build throughput {:.2}", ours / (total / seconds));
+            println!(
+                "  ratio chorus/hnswlib: build throughput {:.2} (hnsw_rs), {:.2} (own builder)",
+                ours / (total / seconds),
+                own_rate / (total / seconds)
+            );
             for target in [0.90, 0.95, 0.99] {
                 match (latency_at(&sealed, target), latency_at(&open, target), latency_at(&runs, target)) {
                     (Some(s), Some(o), Some(h)) => println!(
@@ -464,7 +493,109 @@ open shard memory, {points} points of {} dimensions, M {m}: {:.0} bytes per poin
     );
 }
 
+/// Vectors per embeddings message, and sensors sending them.
+const INGEST_BATCH: usize = 64;
+const INGEST_SENSORS: usize = 100;
+
+/// Precomputed embeddings end to end against the index's own rate (see the module documentation).
+fn ingest(generator: &Generator, points: usize) {
+    use chorus_connectors::kafka::{Acks, HEADER_CAPTURED_AT, HEADER_DIM, HEADER_MODEL, Producer, Record};
+
+    let data = generator.rows(5, points);
+    let broker = support::PrivateBroker::start();
+    let port = support::free_port();
+    let overrides = [
+        ("refine.enabled", false.into()),
+        ("archive.flush_interval_seconds", 1.into()),
+        ("http.listen", format!("127.0.0.1:{port}").into()),
+    ];
+    let scenario = support::Scenario::from_profile("balanced.toml", &broker.address(), "ingest", &overrides);
+    let config = chorus::config::Config::load(&scenario.config).unwrap();
+    assert_eq!(config.model.dim, generator.dim, "--dim must be the balanced profile's model.dim");
+
+    // Sensor `c mod 100` sends message `c`: each sensor's vectors are consecutive windows, one hop apart.
+    let started = Instant::now();
+    let producer = Producer::open(&config.kafka).unwrap();
+    let acks = std::sync::Arc::new(Acks::default());
+    let hop_nanos = i64::from(config.windows.hop) * 1_000_000_000 / i64::from(config.windows.sample_rate);
+    for (c, chunk) in data.chunks(INGEST_BATCH).enumerate() {
+        let round = (c / INGEST_SENSORS) as i64;
+        let captured_at = support::T0_SECONDS * 1_000_000_000 + round * INGEST_BATCH as i64 * hop_nanos;
+        let headers = vec![
+            (HEADER_MODEL.to_owned(), config.model.name.as_bytes().to_vec()),
+            (HEADER_DIM.to_owned(), generator.dim.to_string().into_bytes()),
+            (HEADER_CAPTURED_AT.to_owned(), chorus_operators::record::rfc3339(captured_at).into_bytes()),
+        ];
+        let payload = chunk.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
+        let key = format!("edge-{:03}", c % INGEST_SENSORS).into_bytes();
+        producer.send(&config.kafka.audio_topic, &Record { key: Some(key), payload, headers }, &acks, 0).unwrap();
+    }
+    while !producer.flush(std::time::Duration::from_secs(30)).unwrap() {}
+    assert!(acks.failure().is_none(), "{:?}", acks.failure());
+    let bytes = points * generator.dim * 4;
+    println!(
+        "ingest: {points} vectors ({:.0} MiB) produced in {:.1} s",
+        bytes as f64 / f64::from(1 << 20),
+        started.elapsed().as_secs_f64()
+    );
+
+    let job = scenario.spawn(&["run"]);
+    let count = |stage: &str| -> Option<f64> {
+        let (_, text) = support::http_get(port, "/metrics")?;
+        let series = format!("chorus_records_out_total{{stage=\"{stage}\"}}");
+        text.lines().find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+    };
+    let deadline = Instant::now() + std::time::Duration::from_secs(3_600);
+    let wait = |what: &str, done: &dyn Fn() -> bool| {
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{}", scenario.job_log());
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    wait("the first segment indexed", &|| count("index").is_some_and(|n| n >= 1.0));
+    let first = Instant::now();
+    wait("every vector archived", &|| count("archive").is_some_and(|n| n >= points as f64));
+    let seconds = first.elapsed().as_secs_f64();
+    let peak = support::peak_rss(job.id()) as f64 / f64::from(1 << 20);
+    support::terminate(job.id());
+    let mut job = job;
+    assert!(job.wait().unwrap().success(), "the job failed:\n{}", scenario.job_log());
+    let end_to_end = (points - 1) as f64 / seconds;
+
+    // The index alone: the same vectors, the same batches, the same parameters, in this process.
+    let dir = tempfile::tempdir().unwrap();
+    let params = config.index.clone();
+    let mut index = SpaceIndex::new(&dir.path().join("space=ingest"), &params, generator.dim);
+    let started = Instant::now();
+    for (c, chunk) in data.chunks(INGEST_BATCH).enumerate() {
+        let batch: Vec<(SegmentId, PointInfo, &[f32])> = (chunk.iter().enumerate())
+            .map(|(i, v)| {
+                let n = c * INGEST_BATCH + i;
+                let info = PointInfo { sensor: format!("edge-{:03}", c % INGEST_SENSORS), start_micros: n as i64 };
+                (SegmentId(n as u64), info, v.as_slice())
+            })
+            .collect();
+        index.insert_many(&batch, 0).unwrap();
+    }
+    let alone = points as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "ingest: Kafka → index → archive {end_to_end:.0} vectors/s ({seconds:.1} s, job peak {peak:.0} MiB); the \
+         index alone (SpaceIndex::insert_many), same batches and parameters (M {}, ef_construction {}, shards of {}): {alone:.0} vectors/s; \
+         ratio {:.2}",
+        params.m,
+        params.ef_construction,
+        params.shard_max_points,
+        end_to_end / alone
+    );
+    println!("reproduce: cargo bench --bench index -- --ingest {points} --dim {}", generator.dim);
+}
+
 fn main() {
+    if let Some(points) = std::env::args().skip_while(|a| a != "--ingest").nth(1) {
+        let points = points.parse().expect("--ingest POINTS");
+        ingest(&Generator::clustered(arg("--dim", 1536)), points);
+        return;
+    }
     if let Some(points) = std::env::args().skip_while(|a| a != "--open-memory").nth(1) {
         let points = points.parse().expect("--open-memory POINTS");
         open_shard_memory(&Generator::clustered(arg("--dim", 1536)), points, arg("--m", M));

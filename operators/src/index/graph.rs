@@ -99,6 +99,30 @@ impl Graph {
         Ok((Graph { entry, offsets, links, upper }, ids))
     }
 
+    /// A graph from its parts: the entry row, layer 0's lists (row `r`'s are `links[offsets[r]..offsets[r + 1]]`)
+    /// and the upper layers' (index 0 is layer 1), as a builder made them.
+    pub(super) fn from_parts(
+        entry: u32,
+        offsets: Vec<u32>,
+        links: Vec<u32>,
+        upper: Vec<HashMap<u32, Vec<u32>>>,
+    ) -> Graph {
+        Graph { entry, offsets, links, upper }
+    }
+
+    /// Row `row`'s neighbours on each layer it reaches, layer 0 first.
+    #[cfg(test)]
+    pub(super) fn neighbours(&self, row: u32) -> Vec<(usize, Vec<u32>)> {
+        let span = self.offsets[row as usize] as usize..self.offsets[row as usize + 1] as usize;
+        let mut layers = vec![(0, self.links[span].to_vec())];
+        for (layer, lists) in self.upper.iter().enumerate() {
+            if let Some(list) = lists.get(&row) {
+                layers.push((layer + 1, list.clone()));
+            }
+        }
+        layers
+    }
+
     /// Number of rows.
     pub fn len(&self) -> usize {
         self.offsets.len() - 1

@@ -4,13 +4,14 @@
 //! Vectors are L2-normalised before insertion and search and compared by dot product, so distances are cosine
 //! distances in [0, 2]. A space's index is a [`SpaceIndex`] ([`space`]), which ties together its open shard
 //! ([`build`]), its sealed shards ([`shard`], searched over their frozen graphs: [`graph`]; their tiers'
-//! representations: [`kernels`]), the tier policy that decides when to seal and which tier a shard belongs in
+//! representations: [`kernels`]; chorus's own parallel graph builder: [`builder`]), the tier policy that decides when to seal and which tier a shard belongs in
 //! ([`policy`]), the search across its shards ([`search`]) and what it is on disk ([`manifest`]). `[index]` and its
 //! validated parameters are in [`config`]; a point's sensor and time, filters and unit vectors in [`point`]. Files
 //! below this one never import it: it wires them (the registry of spaces, the operator) and re-exports what callers
 //! use.
 
 mod build;
+mod builder;
 mod config;
 mod graph;
 mod kernels;
@@ -26,7 +27,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
+pub use builder::build as build_graph;
 pub use config::{IndexConfig, IndexParams};
+pub use graph::Graph;
 pub use kernels::Tier;
 pub use point::{Filter, PointInfo, unit};
 pub use policy::now_seconds;
