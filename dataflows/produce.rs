@@ -66,14 +66,7 @@ pub struct ProduceSummary {
 
 /// Produces `options.files` to the audio topic of `config` and waits for the broker to acknowledge every chunk.
 pub fn produce(config: &Config, options: &ProduceOptions) -> Result<ProduceSummary, Error> {
-    if let Some(space) = &options.space
-        && !kafka::valid_space(space)
-    {
-        return Err(Error::Usage(format!("--space {space:?} must match [A-Za-z0-9_-][A-Za-z0-9._-]{{0,63}}")));
-    }
-    if options.sensor.as_deref().is_some_and(str::is_empty) {
-        return Err(Error::Usage("--sensor is empty".into()));
-    }
+    check_names(options.sensor.as_deref(), options.space.as_deref())?;
     if let Some(seconds) = options.chunk_seconds
         && (seconds.is_nan() || seconds <= 0.0)
     {
@@ -94,12 +87,7 @@ pub fn produce(config: &Config, options: &ProduceOptions) -> Result<ProduceSumma
         .map(|(path, file)| chunk_frames(path, file, options.chunk_seconds, limit))
         .collect::<Result<Vec<_>, _>>()?;
 
-    kafka::check_connection(&config.kafka, std::time::Duration::from_secs(30))?;
-    if config.kafka.create_topics {
-        kafka::ensure_topics(&config.kafka)?;
-    }
-    let producer = Producer::open(&config.kafka)?;
-    let acks = Arc::new(Acks::default());
+    let (producer, acks) = open_producer(config)?;
     let total: usize = files.iter().zip(&plans).map(|((_, f), frames)| f.frames().div_ceil(*frames)).sum();
     let bar = if options.progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
     bar.set_style(
@@ -147,17 +135,7 @@ pub fn produce(config: &Config, options: &ProduceOptions) -> Result<ProduceSumma
             next_start = Some(start + (file.frames() as i128 * 1_000_000_000 / rate) as Nanos);
         }
     }
-    bar.set_message("waiting for the broker to acknowledge");
-    while !producer.flush(Duration::from_secs(30))? {
-        tracing::warn!(
-            outstanding = acks.outstanding(),
-            "The broker has not acknowledged every chunk yet; still waiting."
-        );
-    }
-    if let Some(failure) = acks.failure() {
-        return Err(chorus_connectors::Error::Delivery(failure).into());
-    }
-    bar.finish_and_clear();
+    wait_for_acks(&producer, &acks, &bar)?;
     Ok(summary)
 }
 
@@ -199,14 +177,7 @@ struct Run {
 /// waits for the broker to acknowledge every message. Every file is checked (its format, and its dimension against
 /// `model.dim`) before anything is sent.
 pub fn produce_embeddings(config: &Config, options: &EmbeddingsOptions) -> Result<ProduceSummary, Error> {
-    if let Some(space) = &options.space
-        && !kafka::valid_space(space)
-    {
-        return Err(Error::Usage(format!("--space {space:?} must match [A-Za-z0-9_-][A-Za-z0-9._-]{{0,63}}")));
-    }
-    if options.sensor.as_deref().is_some_and(str::is_empty) {
-        return Err(Error::Usage("--sensor is empty".into()));
-    }
+    check_names(options.sensor.as_deref(), options.space.as_deref())?;
     let (rate, dim) = (config.windows.sample_rate, config.model.dim);
     let hop = match options.hop_seconds {
         None => config.windows.hop,
@@ -262,12 +233,7 @@ pub fn produce_embeddings(config: &Config, options: &EmbeddingsOptions) -> Resul
         })
         .collect::<Result<Vec<_>, _>>()?;
 
-    kafka::check_connection(&config.kafka, std::time::Duration::from_secs(30))?;
-    if config.kafka.create_topics {
-        kafka::ensure_topics(&config.kafka)?;
-    }
-    let producer = Producer::open(&config.kafka)?;
-    let acks = Arc::new(Acks::default());
+    let (producer, acks) = open_producer(config)?;
     let total: usize = files.iter().map(|(_, f)| f.rows()).sum();
     let bar = if options.progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
     bar.set_style(
@@ -337,6 +303,34 @@ pub fn produce_embeddings(config: &Config, options: &EmbeddingsOptions) -> Resul
             next_start = Some(samples_to_nanos(first + row * i64::from(hop), rate));
         }
     }
+    wait_for_acks(&producer, &acks, &bar)?;
+    Ok(summary)
+}
+
+/// Refuses an empty `--sensor` and a `--space` that cannot name a space.
+fn check_names(sensor: Option<&str>, space: Option<&str>) -> Result<(), Error> {
+    if let Some(space) = space
+        && !kafka::valid_space(space)
+    {
+        return Err(Error::Usage(format!("--space {space:?} must match [A-Za-z0-9_-][A-Za-z0-9._-]{{0,63}}")));
+    }
+    if sensor.is_some_and(str::is_empty) {
+        return Err(Error::Usage("--sensor is empty".into()));
+    }
+    Ok(())
+}
+
+/// A producer for `config`'s broker, once it answers (and the topics exist, when the job creates them).
+fn open_producer(config: &Config) -> Result<(Producer, Arc<Acks>), Error> {
+    kafka::check_connection(&config.kafka, Duration::from_secs(30))?;
+    if config.kafka.create_topics {
+        kafka::ensure_topics(&config.kafka)?;
+    }
+    Ok((Producer::open(&config.kafka)?, Arc::new(Acks::default())))
+}
+
+/// Waits until the broker has acknowledged every message sent, or one failed.
+fn wait_for_acks(producer: &Producer, acks: &Acks, bar: &ProgressBar) -> Result<(), Error> {
     bar.set_message("waiting for the broker to acknowledge");
     while !producer.flush(Duration::from_secs(30))? {
         tracing::warn!(
@@ -348,7 +342,7 @@ pub fn produce_embeddings(config: &Config, options: &EmbeddingsOptions) -> Resul
         return Err(chorus_connectors::Error::Delivery(failure).into());
     }
     bar.finish_and_clear();
-    Ok(summary)
+    Ok(())
 }
 
 /// Frames per chunk for `file`: the requested length, or the default capped by the message limit.

@@ -329,7 +329,7 @@ impl Scenario {
 }
 
 /// The counts a `chorus run` prints when it ends (`chorus run: N chunks, N windows, N new segments (N already
-/// indexed), N dead letters; committed ...`).
+/// indexed), N dead letters; N precomputed vectors; committed ...`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RunCounts {
     pub chunks: u64,
@@ -337,6 +337,8 @@ pub struct RunCounts {
     pub new_segments: u64,
     pub already_indexed: u64,
     pub dead_letters: u64,
+    /// Vectors of embeddings messages taken (`; N precomputed vectors;`).
+    pub vectors: u64,
 }
 
 /// The counts of the last `chorus run` summary in `log`; fails the test when there is none.
@@ -352,7 +354,13 @@ pub fn run_counts(log: &str) -> RunCounts {
     let [chunks, windows, new_segments, already_indexed, dead_letters] = numbers[..] else {
         panic!("unexpected summary: {line}");
     };
-    RunCounts { chunks, windows, new_segments, already_indexed, dead_letters }
+    let vectors = line
+        .split(';')
+        .find_map(|part| part.trim().strip_suffix(" precomputed vectors"))
+        .unwrap_or_else(|| panic!("no precomputed vectors in the summary: {line}"))
+        .parse()
+        .unwrap();
+    RunCounts { chunks, windows, new_segments, already_indexed, dead_letters, vectors }
 }
 
 /// The value of the sample `series` (name and labels, exactly as exposed) in Prometheus text `metrics`; fails the

@@ -15,7 +15,7 @@
 //! links depend on the order the threads take the rows in.
 
 use std::cell::RefCell;
-use std::cmp::{Ordering as CmpOrdering, Reverse};
+use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU32;
@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 use rayon::prelude::*;
 
-use super::graph::Graph;
+use super::graph::{Distance, Graph};
 use super::kernels::distance;
 
 /// Layers at most (hnsw_rs's count, so graphs of both builders have the same shape).
@@ -40,24 +40,6 @@ pub fn build(vectors: &[f32], dim: usize, m: usize, ef_construction: usize) -> G
         (1..rows).into_par_iter().for_each(|row| builder.insert(row));
     }
     builder.freeze()
-}
-
-/// A distance that orders totally.
-#[derive(Clone, Copy, PartialEq)]
-struct Distance(f32);
-
-impl Eq for Distance {}
-
-impl PartialOrd for Distance {
-    fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Distance {
-    fn cmp(&self, other: &Self) -> CmpOrdering {
-        self.0.total_cmp(&other.0)
-    }
 }
 
 /// The rows a search has visited: a generation number per row, this search's the current one.

@@ -30,9 +30,9 @@ pub struct Extracted {
     pub vectors: Vec<f32>,
 }
 
-/// A distance that orders totally.
+/// A distance that orders totally (shared with the builder).
 #[derive(Clone, Copy, PartialEq)]
-struct Distance(f32);
+pub(super) struct Distance(pub(super) f32);
 
 impl Eq for Distance {}
 
