@@ -21,8 +21,9 @@
 //! Measured for chorus: build and incremental-insert throughput, then for the open shard (hnsw_rs's graph) and the
 //! sealed shard (the frozen graph) recall@10, recall@100, single-thread latency p50/p99 and queries/s on two
 //! threads at several ef; then the sealed shard in each tier (memory per vector, recall@10, with and without
-//! rescoring). hnswlib (pinned, built from source with -march=native by `scripts/tools.sh hnswlib`) builds and
-//! queries the same vectors with the same M and ef_construction in the same run; the table ends with the ratios.
+//! rescoring). hnswlib (pinned, built from source with -march=native by `scripts/tools.sh hnswlib`) and faiss's
+//! `IndexHNSWFlat` (its pinned wheel, `scripts/tools.sh faiss`) build and query the same vectors with the same M and
+//! ef_construction in the same run; the table ends with the ratios to each.
 
 use std::io::Write;
 use std::path::Path;
@@ -266,12 +267,12 @@ fn write_npy_header(out: &mut impl Write, descr: &str, rows: usize, cols: usize)
     out.write_all(header.as_bytes()).unwrap();
 }
 
-/// hnswlib on the files [`write_inputs`] wrote, or why not.
-fn hnswlib(dir: &Path) -> Result<(f64, Vec<Run>), String> {
+/// `library` (`hnswlib` or `faiss`) on the files [`write_inputs`] wrote, or why not.
+fn compared(dir: &Path, library: &str) -> Result<(f64, Vec<Run>), String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let status = Command::new(root.join("scripts/tools.sh")).arg("hnswlib").status().map_err(|e| e.to_string())?;
+    let status = Command::new(root.join("scripts/tools.sh")).arg(library).status().map_err(|e| e.to_string())?;
     if !status.success() {
-        return Err("scripts/tools.sh hnswlib failed".into());
+        return Err(format!("scripts/tools.sh {library} failed"));
     }
     let tools = std::env::var_os("CHORUS_TOOLS").map(std::path::PathBuf::from).unwrap_or_else(|| root.join(".tools"));
     let (d, q, t) = (dir.join("data.npy"), dir.join("queries.npy"), dir.join("truth.npy"));
@@ -279,7 +280,8 @@ fn hnswlib(dir: &Path) -> Result<(f64, Vec<Run>), String> {
     let output = Command::new(tools.join("venv/bin/python"))
         .arg(root.join("benches/hnswlib_compare.py"))
         .args([&d, &q, &t])
-        .args(["--m", &M.to_string(), "--ef-construction", &EF_CONSTRUCTION.to_string(), "--threads", "2", "--ef"])
+        .args(["--library", library, "--m", &M.to_string(), "--ef-construction", &EF_CONSTRUCTION.to_string()])
+        .args(["--threads", "2", "--ef"])
         .args(&efs)
         .output()
         .map_err(|e| e.to_string())?;
@@ -427,29 +429,33 @@ fn bench(generator: &Generator, points: usize, n_queries: usize, compare: bool) 
     if !compare {
         return;
     }
-    match hnswlib(dir.path()) {
-        Err(why) => println!("  hnswlib: not run: {why}"),
-        Ok((seconds, runs)) => {
-            let total = (points + EXTRA) as f64;
-            println!("  hnswlib 0.8.0 build: {seconds:.1} s, {:.0} vectors/s (2 threads)", total / seconds);
-            print_runs("hnswlib", &runs);
-            let ours = points as f64 / build;
-            println!(
-                "  ratio chorus/hnswlib: build throughput {:.2} (hnsw_rs), {:.2} (own builder)",
-                ours / (total / seconds),
-                own_rate / (total / seconds)
-            );
-            for target in [0.90, 0.95, 0.99] {
-                match (latency_at(&sealed, target), latency_at(&open, target), latency_at(&runs, target)) {
-                    (Some(s), Some(o), Some(h)) => println!(
-                        "  at recall@10 {target:.2}: p50 chorus sealed {s:.3} ms, open {o:.3} ms, hnswlib {h:.3} ms; ratio sealed/hnswlib {:.2}, open/hnswlib {:.2}",
-                        s / h,
-                        o / h
-                    ),
-                    (s, o, h) => println!(
-                        "  at recall@10 {target:.2}: not reached by every index (sealed {s:?}, open {o:?}, hnswlib {h:?})"
-                    ),
-                }
+    for (library, name) in [("hnswlib", "hnswlib 0.8.0"), ("faiss", "faiss 1.15.1 IndexHNSWFlat")] {
+        let (seconds, runs) = match compared(dir.path(), library) {
+            Err(why) => {
+                println!("  {name}: not run: {why}");
+                continue;
+            }
+            Ok(measured) => measured,
+        };
+        let total = (points + EXTRA) as f64;
+        println!("  {name} build: {seconds:.1} s, {:.0} vectors/s (2 threads)", total / seconds);
+        print_runs(library, &runs);
+        let ours = points as f64 / build;
+        println!(
+            "  ratio chorus/{library}: build throughput {:.2} (hnsw_rs), {:.2} (own builder)",
+            ours / (total / seconds),
+            own_rate / (total / seconds)
+        );
+        for target in [0.90, 0.95, 0.99] {
+            match (latency_at(&sealed, target), latency_at(&open, target), latency_at(&runs, target)) {
+                (Some(s), Some(o), Some(h)) => println!(
+                    "  at recall@10 {target:.2}: p50 chorus sealed {s:.3} ms, open {o:.3} ms, {library} {h:.3} ms; ratio sealed/{library} {:.2}, open/{library} {:.2}",
+                    s / h,
+                    o / h
+                ),
+                (s, o, h) => println!(
+                    "  at recall@10 {target:.2}: not reached by every index (sealed {s:?}, open {o:?}, {library} {h:?})"
+                ),
             }
         }
     }

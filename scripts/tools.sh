@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs the pinned tools chorus needs into a git-ignored folder; every step is skipped when its result is present.
 #
-#   scripts/tools.sh [all|system|tansu|onnxruntime|sample|python|model|hnswlib|promtool|chromium|stunnel|paths]...
+#   scripts/tools.sh [all|system|tansu|onnxruntime|sample|python|model|hnswlib|faiss|promtool|chromium|stunnel|paths]...
 #
-# `all` is what the job needs; the tests also need `promtool` and `chromium`; `hnswlib` (the index benchmark's point of comparison)
-# is built on request.
+# `all` is what the job needs; the tests also need `promtool` and `chromium`; `hnswlib` and `faiss` (the index benchmark's
+# points of comparison) are installed on request.
 #
 # Where: $CHORUS_TOOLS (default: <repo>/.tools). CI may cache that folder; nothing in it is ever rebuilt when present.
 set -euo pipefail
@@ -16,6 +16,8 @@ TANSU_VERSION=0.6.0
 ORT_VERSION=1.32.0
 OPENSOUNDSCAPE_VERSION=0.13.2
 HNSWLIB_VERSION=0.8.0
+FAISS_VERSION=1.15.1
+PACKAGING_VERSION=25.0
 SAMPLE_SHA256=90e70f9ceb33392a948c10465db50fbf4bf252ae412c2e9f18d0bf9a1e7f31a7
 PY_REQUIREMENTS="$ROOT/scripts/requirements.txt"
 
@@ -205,6 +207,25 @@ ensure_hnswlib() {
   "$py" -m pip install -q --disable-pip-version-check --no-binary hnswlib "$sdist" >&2
 }
 
+# faiss (faiss-cpu, MIT) installs from its pinned, verified wheel, with the one package it needs beside numpy.
+ensure_faiss() {
+  ensure_python
+  local py; py=$(venv_python)
+  "$py" -c "import faiss" 2>/dev/null && return 0
+  say "Installing faiss-cpu $FAISS_VERSION from its pinned wheel into $TOOLS/venv."
+  local dl="$TOOLS/downloads"
+  mkdir -p "$dl"
+  local faiss="$dl/faiss_cpu-$FAISS_VERSION-cp310-abi3-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl"
+  local packaging="$dl/packaging-$PACKAGING_VERSION-py3-none-any.whl"
+  if [ ! -f "$faiss" ] || [ ! -f "$packaging" ]; then
+    "$py" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+      "faiss-cpu==$FAISS_VERSION" "packaging==$PACKAGING_VERSION" -d "$dl" >&2
+  fi
+  verify "$faiss" "$(pinned_sha faiss-cpu)"
+  verify "$packaging" "$(pinned_sha packaging)"
+  "$py" -m pip install -q --disable-pip-version-check --no-deps "$faiss" "$packaging" >&2
+}
+
 model_path() { echo "$TOOLS/models/chorus-standin-v1.onnx"; }
 
 ensure_model() {
@@ -228,13 +249,14 @@ main() {
       python) ensure_python ;;
       model) ensure_model ;;
       hnswlib) ensure_hnswlib ;;
+      faiss) ensure_faiss ;;
       promtool) ensure_promtool ;;
       chromium) ensure_chromium ;;
       stunnel) ensure_stunnel ;;
       paths)
         printf 'TANSU=%s\nORT_DYLIB=%s\nSAMPLE_WAV=%s\nPYTHON=%s\nMODEL=%s\n' \
           "$(tansu_bin)" "$(ort_lib)" "$(sample_wav)" "$(venv_python)" "$(model_path)" ;;
-      *) die "unknown tool '$what' (expected all, system, tansu, onnxruntime, sample, python, model, hnswlib, promtool, chromium, stunnel, paths)" ;;
+      *) die "unknown tool '$what' (expected all, system, tansu, onnxruntime, sample, python, model, hnswlib, faiss, promtool, chromium, stunnel, paths)" ;;
     esac
   done
 }
