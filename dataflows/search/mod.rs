@@ -151,16 +151,9 @@ pub fn search(
     let mut found = Vec::new();
     for space in spaces {
         let Some(shared) = registry.get(space) else { continue };
-        // The shards in memory are searched under the space's lock; those in the archive tier, whose search reads
-        // their files and whose number grows with the uptime, after it: the job's inserts never wait for them.
-        let (in_memory, archived) = index::read(&shared).search_in_memory(&request, now)?;
-        let (from_archive, answered) = archived.run(&request)?;
         let index = index::read(&shared);
-        index.touch_shards(&answered, now);
-        let hits: Vec<(SegmentId, f32)> = index::merge_answers(in_memory, from_archive, wanted)
-            .into_iter()
-            .filter(|(id, _)| Some(*id) != excluded)
-            .collect();
+        let hits: Vec<(SegmentId, f32)> =
+            index.search(&request, now)?.into_iter().filter(|(id, _)| Some(*id) != excluded).collect();
         let points = index.points_of(&hits.iter().map(|(id, _)| *id).collect::<Vec<_>>());
         for ((id, distance), point) in hits.into_iter().zip(points) {
             if let Some(point) = point {

@@ -33,7 +33,7 @@ pub use graph::Graph;
 pub use kernels::Tier;
 pub use point::{Filter, PointInfo, unit};
 pub use policy::now_seconds;
-pub use search::{ArchiveSearch, Request, merge_answers};
+pub use search::Request;
 pub use shard::Shard;
 pub use space::{Offered, SpaceIndex, TierUsage};
 use timely::container::CapacityContainerBuilder;

@@ -35,15 +35,12 @@ pub struct Request<'a> {
 /// A found point: `(id, cosine distance, the sealed shard it came from or FROM_OPEN)`.
 type Candidate = (u64, f32, usize);
 
-/// Segments found, nearest first, with their cosine distances.
-pub type Hits = Vec<(SegmentId, f32)>;
-
 /// A space's shards as a query sees them.
 pub(super) struct FanOut<'a> {
-    /// The shard taking inserts, when it is searched.
-    pub(super) open: Option<&'a OpenShard>,
-    /// The sealed shards searched, in any tier.
-    pub(super) sealed: Vec<&'a Shard>,
+    /// The shard taking inserts.
+    pub(super) open: &'a OpenShard,
+    /// The sealed shards, in every tier.
+    pub(super) sealed: &'a [Shard],
     /// Vector length.
     pub(super) dim: usize,
     /// See [`IndexParams::rescore_oversample`](super::IndexParams::rescore_oversample).
@@ -55,39 +52,30 @@ impl FanOut<'_> {
     /// Shards that answer are marked used at `now`. An error when a shard in the archive tier cannot be read: an
     /// answer never leaves a shard out silently.
     pub(super) fn search(&self, request: &Request<'_>, now: u64) -> Result<Vec<(SegmentId, f32)>, Error> {
-        let (found, answered) = self.answer(request)?;
-        for shard in answered {
-            shard.touch(now);
-        }
-        Ok(found)
-    }
-
-    /// The `k` nearest segments, nearest first, and the sealed shards that gave them.
-    pub(super) fn answer(&self, request: &Request<'_>) -> Result<(Hits, Vec<&Shard>), Error> {
         let query = unit(request.vector, self.dim)?;
         let found = merge(self.candidates(&query, request)?, request.k);
         let answered: HashSet<usize> = found.iter().map(|(_, _, shard)| *shard).collect();
-        let answered = answered.into_iter().filter_map(|i| self.sealed.get(i).copied()).collect();
-        Ok((found.into_iter().map(|(id, d, _)| (SegmentId(id), d)).collect(), answered))
+        for shard in answered.into_iter().filter_map(|i| self.sealed.get(i)) {
+            shard.touch(now);
+        }
+        Ok(found.into_iter().map(|(id, d, _)| (SegmentId(id), d)).collect())
     }
 
     /// The candidates of the open shard, then of each sealed shard that the filter may admit.
     fn candidates(&self, query: &[f32], request: &Request<'_>) -> Result<Vec<Candidate>, Error> {
         let (k, ef, filter) = (request.k, request.ef, request.filter);
         let admitted: Vec<(usize, &Shard)> =
-            self.sealed.iter().copied().enumerate().filter(|(_, s)| s.may_admit(filter)).collect();
-        let open_points = self.open.map_or(0, OpenShard::len);
-        let points = open_points + admitted.iter().map(|(_, s)| s.len()).sum::<usize>();
+            self.sealed.iter().enumerate().filter(|(_, s)| s.may_admit(filter)).collect();
+        let points = self.open.len() + admitted.iter().map(|(_, s)| s.len()).sum::<usize>();
         let search_sealed = |(i, shard): &(usize, &Shard)| -> Result<Vec<Candidate>, Error> {
             let found = shard.search(query, k, ef, self.oversample, filter)?;
             Ok(found.into_iter().map(|(id, d)| (id, d, *i)).collect())
         };
         let search_open = || -> Vec<Candidate> {
-            let Some(open) = self.open else { return Vec::new() };
-            open.search(query, k, ef, filter).into_iter().map(|(id, d)| (id, d, FROM_OPEN)).collect()
+            self.open.search(query, k, ef, filter).into_iter().map(|(id, d)| (id, d, FROM_OPEN)).collect()
         };
         // In parallel only when there are two searches or more to share out, and enough points to repay the handoff.
-        let searches = admitted.len() + usize::from(open_points > 0);
+        let searches = admitted.len() + usize::from(self.open.len() > 0);
         let (mut found, sealed): (Vec<_>, Result<Vec<_>, _>) = if points >= PARALLEL_POINTS && searches >= 2 {
             rayon::join(search_open, || admitted.par_iter().map(search_sealed).collect())
         } else {
@@ -96,40 +84,6 @@ impl FanOut<'_> {
         found.extend(sealed?.into_iter().flatten());
         Ok(found)
     }
-}
-
-/// What a search leaves for after its space's lock: the shards in the archive tier, whose search reads their files
-/// (and whose number grows with the uptime), as copies holding what they hold in memory. See
-/// [`SpaceIndex::search_in_memory`](super::SpaceIndex::search_in_memory).
-pub struct ArchiveSearch {
-    pub(super) shards: Vec<Shard>,
-    pub(super) dim: usize,
-    pub(super) oversample: usize,
-}
-
-impl ArchiveSearch {
-    /// Whether there is nothing to search.
-    pub fn is_empty(&self) -> bool {
-        self.shards.is_empty()
-    }
-
-    /// The `k` nearest segments of these shards, nearest first, and the names of the shards that gave them (for
-    /// [`SpaceIndex::touch_shards`](super::SpaceIndex::touch_shards)). An error when a shard cannot be read.
-    pub fn run(&self, request: &Request<'_>) -> Result<(Hits, Vec<String>), Error> {
-        if self.shards.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
-        }
-        let fan_out =
-            FanOut { open: None, sealed: self.shards.iter().collect(), dim: self.dim, oversample: self.oversample };
-        let (found, answered) = fan_out.answer(request)?;
-        Ok((found, answered.into_iter().map(|s| s.name.clone()).collect()))
-    }
-}
-
-/// The first `k` of two answers, by distance (ties by id), each id once.
-pub fn merge_answers(a: Hits, b: Hits, k: usize) -> Hits {
-    let found: Vec<Candidate> = a.into_iter().chain(b).map(|(id, d)| (id.0, d, 0)).collect();
-    merge(found, k).into_iter().map(|(id, d, _)| (SegmentId(id), d)).collect()
 }
 
 /// The first `k` of `found` by distance (ties by id), where an id that follows itself in that order (the same point
@@ -166,7 +120,7 @@ mod tests {
             sealed_shard(dir.path(), "shard-000001", 30..60, dim, 0),
             sealed_shard(dir.path(), "shard-000002", 60..90, dim, 0),
         ];
-        let fan_out = FanOut { open: Some(&open), sealed: sealed.iter().collect(), dim, oversample: 4 };
+        let fan_out = FanOut { open: &open, sealed: &sealed, dim, oversample: 4 };
         let all = Filter::default();
         let query = vector(1_234, dim);
         let found = fan_out.search(&Request { vector: &query, k: 90, ef: 90, filter: &all }, 500).unwrap();
@@ -199,7 +153,7 @@ mod tests {
         let (dim, dir) = (8, tempfile::tempdir().unwrap());
         let open = open_shard(0..10, dim);
         let sealed = [sealed_shard(dir.path(), "shard-000001", 5..15, dim, 0)];
-        let fan_out = FanOut { open: Some(&open), sealed: sealed.iter().collect(), dim, oversample: 4 };
+        let fan_out = FanOut { open: &open, sealed: &sealed, dim, oversample: 4 };
         let filter = Filter::default();
         let found = fan_out.search(&Request { vector: &vector(7, dim), k: 4, ef: 32, filter: &filter }, 0).unwrap();
         let mut ids: Vec<u64> = found.iter().map(|(id, _)| id.0).collect();
@@ -294,48 +248,6 @@ mod tests {
             let want = kernels::distance(&q, &unit(&vector(id.0, dim), dim).unwrap());
             assert!((d - want).abs() < 1e-5, "{id}: {d} vs {want}");
         }
-    }
-
-    #[test]
-    fn r15_the_archive_tier_searched_after_the_lock_gives_the_same_answers_and_marks_the_shards_that_answered() {
-        let dim = 16;
-        let dir = tempfile::tempdir().unwrap();
-        let mut index = SpaceIndex::new(dir.path(), &params(200), dim);
-        // Three sealed shards (one in memory, two in the archive tier) and the open shard.
-        insert_range(&mut index, 0..650, dim);
-        index.set_shard_tier(1, Tier::Archive).unwrap();
-        index.set_shard_tier(2, Tier::Archive).unwrap();
-        assert_eq!(
-            index.shards().iter().map(Shard::tier).collect::<Vec<_>>(),
-            [Tier::F32, Tier::Archive, Tier::Archive]
-        );
-        let filters = [
-            Filter::default(),
-            Filter { sensors: vec!["s2".into()], ..Default::default() },
-            Filter { from_micros: Some(450 * 5_000_000), ..Default::default() },
-        ];
-        for q in 0..20 {
-            let query = if q < 3 { vector(250 + q, dim) } else { vector(80_000 + q, dim) };
-            for filter in &filters {
-                let request = Request { vector: &query, k: 10, ef: 64, filter };
-                let whole = index.search(&request, 0).unwrap();
-                let (in_memory, archived) = index.search_in_memory(&request, 0).unwrap();
-                // Copies of the archive tier's shards that the filter may admit: their search needs no lock.
-                assert!(archived.shards.len() <= 2);
-                let (from_archive, answered) = archived.run(&request).unwrap();
-                assert_eq!(merge_answers(in_memory, from_archive, 10), whole, "query {q}, filter {filter:?}");
-                assert!(answered.iter().all(|name| index.shards()[1..].iter().any(|s| &s.name == name)));
-            }
-        }
-        // The originals count the hits the copies answered.
-        let query = vector(250, dim);
-        let request = Request { vector: &query, k: 1, ef: 64, filter: &Filter::default() };
-        let before = index.shards()[1].hits();
-        let (_, archived) = index.search_in_memory(&request, 0).unwrap();
-        let (found, answered) = archived.run(&request).unwrap();
-        assert_eq!((found[0].0, answered.as_slice()), (SegmentId(250), std::slice::from_ref(&index.shards()[1].name)));
-        index.touch_shards(&answered, 0);
-        assert_eq!(index.shards()[1].hits(), before + 1);
     }
 
     #[test]

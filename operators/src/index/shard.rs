@@ -17,7 +17,6 @@ use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
@@ -89,7 +88,7 @@ pub struct Shard {
     /// `vectors.f32`, held open in every tier but the archive tier.
     full: Option<File>,
     /// Which ids it holds, in the archive tier: there the space's map of ids leaves them out.
-    members: Option<Arc<Members>>,
+    members: Option<Members>,
     /// When it was sealed (seconds since the epoch).
     pub sealed_at: u64,
     last_access: AtomicU64,
@@ -210,7 +209,7 @@ impl Shard {
             // is rebuilt from the archive), rather than failing every search later.
             shard.open_full()?;
             shard.read_graph()?;
-            shard.members = Some(Arc::new(Members::of(&shard.read_rows()?.ids)));
+            shard.members = Some(Members::of(&shard.read_rows()?.ids));
         }
         shard.set_tier(tier)?;
         Ok(shard)
@@ -365,7 +364,7 @@ impl Shard {
                 None => Members::of(&self.read_rows()?.ids),
             };
             (self.graph, self.vectors, self.rows, self.full) = (None, Vectors::Archive, None, None);
-            self.members = Some(Arc::new(members));
+            self.members = Some(members);
             return Ok(());
         }
         if self.tier() == Tier::Archive {
@@ -545,29 +544,6 @@ impl Shard {
         found.sort_by(|a, b| a.1.total_cmp(&b.1));
         found.truncate(k);
         found
-    }
-
-    /// A copy of the shard when it is in the archive tier — where memory holds only its name, place, time range and
-    /// the filter of its ids (shared, not copied) — for a search run without its space's lock; `None` in the other
-    /// tiers. Its hits and uses are its own: [`Shard::touch`] the original with what it answered.
-    pub fn archived_copy(&self) -> Option<Shard> {
-        let members = self.members.clone()?;
-        Some(Shard {
-            name: self.name.clone(),
-            dir: self.dir.clone(),
-            dim: self.dim,
-            points: self.points,
-            range: self.range,
-            sensor_bytes: self.sensor_bytes,
-            rows: None,
-            graph: None,
-            vectors: Vectors::Archive,
-            full: None,
-            members: Some(members),
-            sealed_at: self.sealed_at,
-            last_access: AtomicU64::new(self.last_access.load(Ordering::Relaxed)),
-            hits: AtomicU32::new(0),
-        })
     }
 
     /// Records that a query's answer drew on this shard.

@@ -16,7 +16,7 @@ use super::kernels::Tier;
 use super::manifest::{self, Manifest};
 use super::point::{PointInfo, unit};
 use super::policy::{self, SEAL_RETRY_SECONDS};
-use super::search::{ArchiveSearch, FanOut, Request};
+use super::search::{FanOut, Request};
 use super::shard::{Rows, Shard};
 use crate::Error;
 use crate::record::SegmentId;
@@ -494,38 +494,12 @@ impl SpaceIndex {
     /// read from their files). Shards that answer are marked used at `now`.
     pub fn search(&self, request: &Request<'_>, now: u64) -> Result<Vec<(SegmentId, f32)>, Error> {
         let fan_out = FanOut {
-            open: Some(&self.open),
-            sealed: self.sealed.iter().collect(),
+            open: &self.open,
+            sealed: &self.sealed,
             dim: self.dim,
             oversample: self.params.rescore_oversample,
         };
         fan_out.search(request, now)
-    }
-
-    /// [`SpaceIndex::search`] in two steps, for a caller that holds the index behind a lock: what memory holds — the
-    /// open shard and the sealed shards in memory tiers — is searched now; the shards in the archive tier, whose
-    /// search reads their files and whose number grows with the uptime, come back as an [`ArchiveSearch`] to run
-    /// once the lock is let go. Merge the two answers with [`merge_answers`](super::merge_answers), and
-    /// [`SpaceIndex::touch_shards`] with the names of the archive-tier shards that answered.
-    pub fn search_in_memory(
-        &self,
-        request: &Request<'_>,
-        now: u64,
-    ) -> Result<(super::search::Hits, ArchiveSearch), Error> {
-        let (archived, held): (Vec<&Shard>, Vec<&Shard>) = self.sealed.iter().partition(|s| s.tier() == Tier::Archive);
-        let oversample = self.params.rescore_oversample;
-        let fan_out = FanOut { open: Some(&self.open), sealed: held, dim: self.dim, oversample };
-        let found = fan_out.search(request, now)?;
-        let shards =
-            archived.iter().filter(|s| s.may_admit(request.filter)).filter_map(|s| s.archived_copy()).collect();
-        Ok((found, ArchiveSearch { shards, dim: self.dim, oversample }))
-    }
-
-    /// Records that the sealed shards named `names` answered a query at `now`.
-    pub fn touch_shards(&self, names: &[String], now: u64) {
-        for shard in self.sealed.iter().filter(|s| names.contains(&s.name)) {
-            shard.touch(now);
-        }
     }
 
     /// Moves sealed shard `shard` (by position in [`SpaceIndex::shards`]) to `tier` now, whatever the policy says;
