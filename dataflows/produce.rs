@@ -183,9 +183,14 @@ pub fn produce_embeddings(config: &Config, options: &EmbeddingsOptions) -> Resul
         None => config.windows.hop,
         Some(seconds) => {
             let samples = seconds * f64::from(rate);
-            if !(samples >= 1.0 && samples <= f64::from(u32::MAX)) || (samples - samples.round()).abs() > 1e-6 {
+            // The bounds the job holds the `hop_seconds` header to: refused here, not dead-lettered there.
+            if !(samples >= 1.0 && samples <= f64::from(config.windows.window))
+                || (samples - samples.round()).abs() > 1e-6
+            {
                 return Err(Error::Usage(format!(
-                    "--hop-seconds {seconds} is not a positive whole number of samples at the model's {rate} Hz"
+                    "--hop-seconds {seconds} is not a whole number of samples at the model's {rate} Hz from one \
+                     sample to the model's window ({} s)",
+                    f64::from(config.windows.window) / f64::from(rate)
                 )));
             }
             samples.round() as u32

@@ -160,6 +160,13 @@ fn r17_chorus_produce_refuses_embeddings_of_another_dimension_before_sending_any
         said.contains(&format!("holds vectors of 1024 values; the model \"{MODEL}\" makes 1536 (model.dim)")),
         "{said}"
     );
+    // A hop the job would refuse is refused before anything is sent.
+    let right = s.dir.path().join("right.npy");
+    npy(&right, &[vec![1.0; DIM]]);
+    let output = s.chorus_unchecked(&["produce", "--embeddings", "--hop-seconds", "10", &right.display().to_string()]);
+    assert!(!output.status.success());
+    let said = String::from_utf8(output.stderr).unwrap();
+    assert!(said.contains("--hop-seconds 10 is not a whole number of samples"), "{said}");
     let output = s.chorus_unchecked(&["produce", "--hop-seconds", "1", &file.display().to_string()]);
     assert!(!output.status.success(), "--hop-seconds without --embeddings is refused");
 }
