@@ -249,12 +249,16 @@ mod tests {
 
     #[test]
     fn r15_an_index_budget_that_cannot_hold_a_full_open_shard_is_refused() {
-        let base = "[model]\npath = \"m.onnx\"\n[embed]\nonnxruntime = \"/opt/ort.so\"\n[index]\nm = 32\n";
+        let base = "[model]\npath = \"m.onnx\"\n[embed]\nonnxruntime = \"/opt/ort.so\"\n[index]\nm = 32\nbuilder = \"hnsw_rs\"\n";
         let error = parse(&format!("{base}memory_budget_mb = 64\nshard_max_points = 20000\n")).unwrap_err().to_string();
         assert!(error.contains("[index] memory_budget_mb"), "{error}");
         assert!(error.contains("shard_max_points = 20000 points of 1536 dimensions take about 139 MiB"), "{error}");
         let fits = parse(&format!("{base}memory_budget_mb = 64\nshard_max_points = 8000\n")).unwrap();
         assert_eq!(fits.index.open_shard_bytes(1536), 8_000 * (1536 * 4 + 32 * 2 * 16 + 96));
+        // chorus's builder keeps a point in less: its vector, 2m + 1 slots of layer 0 and a little bookkeeping.
+        let own = parse(&base.replace("hnsw_rs", "chorus")).unwrap().index;
+        let per_point = own.open_shard_bytes(1536) / own.shard_max_points;
+        assert!((1536 * 4 + 65 * 4..6_600).contains(&per_point), "{per_point} bytes a point");
     }
 
     #[test]

@@ -1,17 +1,21 @@
-//! The open shard: the hnsw_rs graph that takes a space's inserts until it is sealed.
+//! The open shard: the graph that takes a space's inserts until it is sealed, built by chorus's own builder (with
+//! its write buffer) or by hnsw_rs, as `index.builder` says.
 //!
 //! A space has one open shard and any number of sealed ones (`shard.rs`). Sealing freezes the open shard
-//! ([`OpenShard::freeze`]) into the graph, vectors and rows a sealed [`Shard`](super::Shard) is written from; the open
-//! shard then starts again empty. When to seal is the tier policy's (`policy.rs`); the open shard's snapshot is
+//! ([`OpenShard::freeze_into`]) into the graph, vectors and rows a sealed [`Shard`](super::Shard) is written from; the
+//! open shard then starts again empty. When to seal is the tier policy's (`policy.rs`); the open shard's snapshot is
 //! written and read with the manifest (`manifest.rs`).
+//!
+//! With chorus's builder ([`Growing`]), an insert appends the vector to the write buffer and returns: a search scans
+//! the buffer exactly, so it sees every vector inserted before it, and [`OpenShard::link`] (the index's background
+//! thread, `mod.rs`) moves the buffer into the graph. An insert that finds more than `index.buffer_max_points`
+//! waiting links the excess itself: ingestion slows to the builder's pace, and the buffer's memory stays bounded.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-
-use hnsw_rs::hnsw::Point;
 use hnsw_rs::prelude::{DistDot, Hnsw};
+use std::collections::{HashMap, HashSet};
 
-use super::config::{IndexParams, open_point_bytes};
+use super::builder::Growing;
+use super::config::{Builder, IndexParams, hnsw_point_bytes, open_point_bytes};
 use super::graph::{Graph, hnsw_points};
 use super::point::{Filter, PointInfo, unit};
 use super::shard::Rows;
@@ -21,10 +25,24 @@ use crate::Error;
 const LAYERS: usize = 16;
 /// Shrinks normalised vectors a hair so rounding can never push a dot product above 1 (hnsw_rs asserts on it).
 const SHRINK: f32 = 1.0 - 4e-6;
+/// Bytes an entry of the map of ids' sensors and times takes, with its control byte.
+const INFO_BYTES: usize = std::mem::size_of::<(u64, (u32, i64))>() + 1;
+
+/// The graph of an open shard and its rows.
+pub(super) enum Store {
+    /// hnsw_rs's graph, which knows each point's id.
+    Hnsw(Hnsw<'static, f32, DistDot>),
+    /// chorus's own graph, rows in insertion order, and the id of each row.
+    Own { graph: Growing, ids: Vec<u64> },
+}
 
 /// The shard taking inserts.
 pub(super) struct OpenShard {
-    hnsw: Hnsw<'static, f32, DistDot>,
+    store: Store,
+    /// Links per node.
+    m: usize,
+    /// Rows the write buffer holds before an insert links them itself.
+    buffer_max: usize,
     /// Sensor number and start time per id.
     info: HashMap<u64, (u32, i64)>,
     sensors: Vec<String>,
@@ -41,20 +59,28 @@ pub(super) fn prepare(embedding: &[f32], dim: usize) -> Result<Vec<f32>, Error> 
 }
 
 impl OpenShard {
-    /// An empty open shard.
-    pub(super) fn new(params: &IndexParams) -> OpenShard {
-        OpenShard::around(Hnsw::new(
-            params.m,
-            params.shard_max_points.max(1000),
-            LAYERS,
-            params.ef_construction,
-            DistDot,
-        ))
+    /// An empty open shard of `dim`-long vectors, built by the builder `params` names.
+    pub(super) fn new(params: &IndexParams, dim: usize) -> OpenShard {
+        let store = match params.builder {
+            Builder::HnswRs => Store::Hnsw(Hnsw::new(
+                params.m,
+                params.shard_max_points.max(1000),
+                LAYERS,
+                params.ef_construction,
+                DistDot,
+            )),
+            Builder::Chorus => {
+                Store::Own { graph: Growing::new(dim, params.m, params.ef_construction), ids: Vec::new() }
+            }
+        };
+        OpenShard::around(store, params)
     }
 
-    fn around(hnsw: Hnsw<'static, f32, DistDot>) -> OpenShard {
+    fn around(store: Store, params: &IndexParams) -> OpenShard {
         OpenShard {
-            hnsw,
+            store,
+            m: params.m,
+            buffer_max: params.buffer_max_points,
             info: HashMap::new(),
             sensors: Vec::new(),
             sensor_numbers: HashMap::new(),
@@ -66,14 +92,16 @@ impl OpenShard {
     /// The open shard a snapshot held: its graph, and — when the snapshot recorded them — its `sensors` and each
     /// point's `(id, sensor number, start)`. A row naming a sensor the snapshot does not list is ignored. Points no
     /// row describes (a snapshot from before shards) get an empty sensor and time 0 until [`OpenShard::redescribe`]
-    /// fills them in. A shard holding points counts as opened at `now`.
+    /// fills them in. A shard holding points counts as opened at `now`. The snapshot's builder goes on building it,
+    /// whatever `params` says: the next open shard is built by the configured one.
     pub(super) fn reloaded(
-        hnsw: Hnsw<'static, f32, DistDot>,
+        store: Store,
+        params: &IndexParams,
         sensors: Vec<String>,
         rows: impl IntoIterator<Item = (u64, u32, i64)>,
         now: u64,
     ) -> OpenShard {
-        let mut open = OpenShard::around(hnsw);
+        let mut open = OpenShard::around(store, params);
         open.sensor_numbers = sensors.iter().enumerate().map(|(i, s)| (s.clone(), i as u32)).collect();
         open.sensors = sensors;
         for (id, sensor, start) in rows {
@@ -82,7 +110,7 @@ impl OpenShard {
             }
         }
         let unknown = PointInfo { sensor: String::new(), start_micros: 0 };
-        let ids: Vec<u64> = open.points().map(|p| p.get_origin_id() as u64).collect();
+        let ids: Vec<u64> = open.ids().collect();
         for id in ids {
             if !open.info.contains_key(&id) {
                 open.describe(id, &unknown);
@@ -113,7 +141,27 @@ impl OpenShard {
 
     /// Points.
     pub(super) fn len(&self) -> usize {
-        self.hnsw.get_nb_point()
+        match &self.store {
+            Store::Hnsw(hnsw) => hnsw.get_nb_point(),
+            Store::Own { graph, .. } => graph.len(),
+        }
+    }
+
+    /// Points in the write buffer, not linked into the graph yet (0 with hnsw_rs, which has none).
+    pub(super) fn buffered(&self) -> usize {
+        match &self.store {
+            Store::Hnsw(_) => 0,
+            Store::Own { graph, .. } => graph.len() - graph.linked(),
+        }
+    }
+
+    /// Links up to `most` of the write buffer's points into the graph, beside searches; returns how many (0 when
+    /// another thread is linking, or with hnsw_rs).
+    pub(super) fn link(&self, most: usize) -> usize {
+        match &self.store {
+            Store::Hnsw(_) => 0,
+            Store::Own { graph, .. } => graph.link(most),
+        }
     }
 
     /// When its first point arrived (seconds since the epoch); `None` while it is empty.
@@ -132,14 +180,46 @@ impl OpenShard {
         self.info.iter().map(|(id, (_, start))| (*id, *start))
     }
 
-    /// Every point, each once (its id is `get_origin_id`, its vector `get_v`: normalised and shrunk).
-    pub(super) fn points(&self) -> impl Iterator<Item = Arc<Point<'static, f32>>> + '_ {
-        hnsw_points(&self.hnsw)
+    /// Every point's id, each once.
+    pub(super) fn ids(&self) -> Box<dyn Iterator<Item = u64> + '_> {
+        match &self.store {
+            Store::Hnsw(hnsw) => Box::new(hnsw_points(hnsw).map(|p| p.get_origin_id() as u64)),
+            Store::Own { ids, .. } => Box::new(ids.iter().copied()),
+        }
     }
 
-    /// The hnsw_rs graph, for its snapshot.
-    pub(super) fn graph(&self) -> &Hnsw<'static, f32, DistDot> {
-        &self.hnsw
+    /// Point `id`'s normalised vector.
+    pub(super) fn vector(&self, id: u64) -> Option<Vec<f32>> {
+        match &self.store {
+            Store::Hnsw(hnsw) => {
+                let point = hnsw_points(hnsw).find(|p| p.get_origin_id() as u64 == id)?;
+                unit(point.get_v(), point.get_v().len()).ok()
+            }
+            Store::Own { graph, ids } => Some(graph.vector(ids.iter().position(|i| *i == id)? as u32).to_vec()),
+        }
+    }
+
+    /// Calls `visit(id, normalised vector)` for every point.
+    pub(super) fn for_each_vector(&self, visit: &mut dyn FnMut(u64, Vec<f32>)) {
+        match &self.store {
+            Store::Hnsw(hnsw) => {
+                for point in hnsw_points(hnsw) {
+                    if let Ok(v) = unit(point.get_v(), point.get_v().len()) {
+                        visit(point.get_origin_id() as u64, v);
+                    }
+                }
+            }
+            Store::Own { graph, ids } => {
+                for (row, id) in ids.iter().enumerate() {
+                    visit(*id, graph.vector(row as u32).to_vec());
+                }
+            }
+        }
+    }
+
+    /// The store, for its snapshot.
+    pub(super) fn store(&self) -> &Store {
+        &self.store
     }
 
     /// What its snapshot records besides the graph: the sensors, and each point's sensor number and start time.
@@ -156,32 +236,66 @@ impl OpenShard {
 
     /// Bytes held in memory, estimated.
     pub(super) fn bytes(&self, dim: usize) -> usize {
-        self.len() * open_point_bytes(dim, self.hnsw.get_max_nb_connection() as usize)
+        match &self.store {
+            Store::Hnsw(hnsw) => self.len() * hnsw_point_bytes(dim, hnsw.get_max_nb_connection() as usize),
+            Store::Own { graph, ids } => graph.bytes() + ids.capacity() * 8 + self.info.capacity() * INFO_BYTES,
+        }
     }
 
     /// Bytes it will hold once it has `points` points, estimated.
     pub(super) fn bytes_at(&self, dim: usize, points: usize) -> usize {
-        points.max(self.len()) * open_point_bytes(dim, self.hnsw.get_max_nb_connection() as usize)
+        let builder = match self.store {
+            Store::Hnsw(_) => Builder::HnswRs,
+            Store::Own { .. } => Builder::Chorus,
+        };
+        (points.max(self.len()) * open_point_bytes(builder, dim, self.m)).max(self.bytes(dim))
     }
 
-    /// Inserts `points` — `(id, where and when, vector from [`prepare`])`, ids not in the shard yet — in parallel
-    /// when there are several. The first point inserted marks when the shard opened.
+    /// Inserts `points` — `(id, where and when, vector from [`prepare`])`, ids not in the shard yet. hnsw_rs links
+    /// them in parallel when there are several; chorus's builder appends them to the write buffer and links what
+    /// exceeds its bound. The first point inserted marks when the shard opened.
     pub(super) fn insert(&mut self, points: &[(u64, &PointInfo, Vec<f32>)], now: u64) {
         for (id, info, _) in points {
             self.describe(*id, info);
         }
-        // Into an empty graph, the first point goes alone: inserted in parallel, two first points can each find no
-        // entry point, and one is left with no edge to it, which no search walks to. A lone point needs no threads.
-        let alone = if self.len() == 0 || points.len() == 1 { points.len().min(1) } else { 0 };
-        let (alone, rest) = points.split_at(alone);
-        for (id, _, vector) in alone {
-            self.hnsw.insert_slice((vector, *id as usize));
+        match &mut self.store {
+            Store::Hnsw(hnsw) => {
+                // Into an empty graph, the first point goes alone: inserted in parallel, two first points can each
+                // find no entry point, and one is left with no edge to it, which no search walks to. A lone point
+                // needs no threads.
+                let alone = if hnsw.get_nb_point() == 0 || points.len() == 1 { points.len().min(1) } else { 0 };
+                let (alone, rest) = points.split_at(alone);
+                for (id, _, vector) in alone {
+                    hnsw.insert_slice((vector, *id as usize));
+                }
+                if !rest.is_empty() {
+                    let batch: Vec<(&[f32], usize)> =
+                        rest.iter().map(|(id, _, v)| (v.as_slice(), *id as usize)).collect();
+                    hnsw.parallel_insert_slice(&batch);
+                }
+            }
+            Store::Own { graph, ids } => {
+                for (id, _, vector) in points {
+                    let unshrunk: Vec<f32> = vector.iter().map(|x| x / SHRINK).collect();
+                    graph.push(&unshrunk);
+                    ids.push(*id);
+                }
+                let waiting = graph.len() - graph.linked();
+                if waiting > self.buffer_max {
+                    graph.link(waiting - self.buffer_max);
+                }
+            }
         }
-        if !rest.is_empty() {
-            let batch: Vec<(&[f32], usize)> = rest.iter().map(|(id, _, v)| (v.as_slice(), *id as usize)).collect();
-            self.hnsw.parallel_insert_slice(&batch);
+        if !points.is_empty() {
+            self.opened_at.get_or_insert(now);
         }
-        self.opened_at.get_or_insert(now);
+    }
+
+    /// Links every point of the write buffer into the graph (before a seal).
+    pub(super) fn link_all(&mut self) {
+        if let Store::Own { graph, .. } = &mut self.store {
+            graph.link_all();
+        }
     }
 
     /// The `k` nearest points to `query` (normalised) that pass `filter`: `(id, cosine distance)`, nearest first.
@@ -189,13 +303,44 @@ impl OpenShard {
         if self.len() == 0 {
             return Vec::new();
         }
+        match &self.store {
+            Store::Hnsw(hnsw) => self.search_hnsw(hnsw, query, k, ef, filter),
+            Store::Own { graph, ids } => {
+                let found = if self.len() <= ef.max(k) {
+                    // No more points than the search would visit: compared exactly, every one.
+                    let mut found: Vec<(u32, f32)> = (0..self.len() as u32)
+                        .filter(|row| filter.is_empty() || self.admits(filter, ids[*row as usize]))
+                        .map(|row| (row, super::kernels::distance(query, graph.vector(row))))
+                        .collect();
+                    found.sort_by(|a, b| a.1.total_cmp(&b.1).then(ids[a.0 as usize].cmp(&ids[b.0 as usize])));
+                    found.truncate(k);
+                    found
+                } else if filter.is_empty() {
+                    graph.search(query, k, ef, None)
+                } else {
+                    let accept = |row: u32| self.admits(filter, ids[row as usize]);
+                    graph.search(query, k, ef, Some(&accept))
+                };
+                found.into_iter().map(|(row, d)| (ids[row as usize], d.max(0.0))).collect()
+            }
+        }
+    }
+
+    fn search_hnsw(
+        &self,
+        hnsw: &Hnsw<'static, f32, DistDot>,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        filter: &Filter,
+    ) -> Vec<(u64, f32)> {
         let shrunk: Vec<f32> = query.iter().map(|x| x * SHRINK).collect();
         // Undo the shrink so that a vector's distance to itself reads as 0.
         let unshrunk = |distance: f32| (1.0 - (1.0 - distance) / (SHRINK * SHRINK)).max(0.0);
         if self.len() <= ef.max(k) {
             // No more points than the search would visit: compared exactly, every one, so that a search as wide as
             // the shard returns all of it whatever edges hnsw_rs's graph kept.
-            let mut found: Vec<(u64, f32)> = hnsw_points(&self.hnsw)
+            let mut found: Vec<(u64, f32)> = hnsw_points(hnsw)
                 .map(|p| (p.get_origin_id() as u64, p))
                 .filter(|(id, _)| filter.is_empty() || self.admits(filter, *id))
                 .map(|(id, p)| (id, unshrunk(super::kernels::distance(&shrunk, p.get_v()))))
@@ -205,37 +350,47 @@ impl OpenShard {
             return found;
         }
         let found = if filter.is_empty() {
-            self.hnsw.search(&shrunk, k, ef.max(k))
+            hnsw.search(&shrunk, k, ef.max(k))
         } else {
             let accept = |id: &usize| self.admits(filter, *id as u64);
-            self.hnsw.search_filter(&shrunk, k, ef.max(k), Some(&accept))
+            hnsw.search_filter(&shrunk, k, ef.max(k), Some(&accept))
         };
         found.into_iter().map(|n| (n.d_id as u64, unshrunk(n.distance))).collect()
     }
 
-    /// Freezes the shard for sealing without copying its vectors: each goes to `out` as it is reached, normalised
-    /// again (the shrink undone), as little-endian f32; returns the graph and the rows.
+    /// Freezes the shard for sealing without copying its vectors: each goes to `out` as it is reached, normalised, as
+    /// little-endian f32; returns the graph and the rows. With chorus's builder, only the linked points
+    /// ([`OpenShard::link_all`] first).
     pub(super) fn freeze_into(&self, out: &mut dyn std::io::Write) -> std::io::Result<(Graph, Rows)> {
         let mut bytes = Vec::new();
-        let (graph, ids) = Graph::from_hnsw_with(&self.hnsw, &mut |v| {
-            bytes.clear();
-            bytes.extend(v.iter().flat_map(|x| (x / SHRINK).to_le_bytes()));
-            out.write_all(&bytes)
-        })?;
+        let (graph, ids) = match &self.store {
+            Store::Hnsw(hnsw) => Graph::from_hnsw_with(hnsw, &mut |v| {
+                bytes.clear();
+                bytes.extend(v.iter().flat_map(|x| (x / SHRINK).to_le_bytes()));
+                out.write_all(&bytes)
+            })?,
+            Store::Own { graph, ids } => {
+                let frozen = graph.freeze();
+                for row in 0..frozen.len() as u32 {
+                    bytes.clear();
+                    bytes.extend(graph.vector(row).iter().flat_map(|x| x.to_le_bytes()));
+                    out.write_all(&bytes)?;
+                }
+                let ids = ids[..frozen.len()].to_vec();
+                (frozen, ids)
+            }
+        };
         let (sensor, start) = ids.iter().map(|id| self.info[id]).unzip();
         Ok((graph, Rows { ids, sensor, start, sensors: self.sensors.clone() }))
     }
 
-    /// Freezes the shard with its vectors in memory, normalised again (the shrink undone), and its rows.
+    /// Freezes the shard with its vectors in memory, normalised, and its rows.
     #[cfg(test)]
     pub(super) fn freeze(&self) -> (super::graph::Extracted, Rows) {
-        let mut extracted = Graph::from_hnsw(&self.hnsw);
-        for x in &mut extracted.vectors {
-            *x /= SHRINK;
-        }
-        let (sensor, start) = extracted.ids.iter().map(|id| self.info[id]).unzip();
-        let rows = Rows { ids: extracted.ids.clone(), sensor, start, sensors: self.sensors.clone() };
-        (extracted, rows)
+        let mut bytes = Vec::new();
+        let (graph, rows) = self.freeze_into(&mut bytes).unwrap();
+        let vectors = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        (super::graph::Extracted { graph, ids: rows.ids.clone(), vectors }, rows)
     }
 }
 
@@ -243,7 +398,7 @@ impl OpenShard {
 mod tests {
     use super::*;
     use crate::index::SpaceIndex;
-    use crate::index::tests::{exact, info, open_shard, params, search, vector};
+    use crate::index::tests::{exact, info, open_shard, open_shard_by, params, search, vector};
     use crate::record::SegmentId;
 
     fn query(seed: u64, dim: usize) -> Vec<f32> {
@@ -258,7 +413,8 @@ mod tests {
         let dim = 16;
         for case in 0..100u64 {
             let ids = case * 100..case * 100 + 30;
-            let open = open_shard(ids.clone(), dim);
+            let builder = if case % 2 == 0 { Builder::Chorus } else { Builder::HnswRs };
+            let open = open_shard_by(builder, ids.clone(), dim);
             let asked = query(7_919 + case, dim);
             for (k, ef) in [(30, 30), (90, 90)] {
                 let found: Vec<u64> =
@@ -278,9 +434,15 @@ mod tests {
 
     #[test]
     fn inserted_points_are_found_by_their_own_vectors_with_where_and_when_they_were_recorded() {
+        for builder in [Builder::Chorus, Builder::HnswRs] {
+            inserted_points_are_found_by(builder);
+        }
+    }
+
+    fn inserted_points_are_found_by(builder: Builder) {
         let dim = 16;
-        let mut open = OpenShard::new(&params(100));
-        assert_eq!((open.len(), open.opened_at(), open.points().count()), (0, None, 0), "an empty graph is walked");
+        let mut open = OpenShard::new(&IndexParams { builder, ..params(100) }, dim);
+        assert_eq!((open.len(), open.opened_at(), open.ids().count()), (0, None, 0), "an empty graph is walked");
         assert!(open.search(&query(0, dim), 1, 16, &Filter::default()).is_empty());
         let infos: Vec<PointInfo> = (0..50).map(info).collect();
         let points: Vec<(u64, &PointInfo, Vec<f32>)> =
@@ -313,7 +475,7 @@ mod tests {
         // While seals fail, a full open shard takes every insert: beyond the 1 000 points hnsw_rs was told to expect.
         let dim = 8;
         let open = open_shard(0..1_500, dim);
-        assert_eq!((open.len(), open.points().count()), (1_500, 1_500));
+        assert_eq!((open.len(), open.ids().count()), (1_500, 1_500));
         for i in (0..1_500).step_by(7) {
             assert_eq!(open.search(&query(i, dim), 1, 200, &Filter::default())[0].0, i, "point {i}");
         }
@@ -341,7 +503,7 @@ mod tests {
         let source = open_shard(0..4, 8);
         // Point 2's row names a sensor the snapshot does not list; point 3 has no row.
         let rows = [(0, 0, 100), (1, 1, 200), (2, 7, 300)];
-        let mut open = OpenShard::reloaded(source.hnsw, vec!["a".into(), "b".into()], rows, 55);
+        let mut open = OpenShard::reloaded(source.store, &params(10), vec!["a".into(), "b".into()], rows, 55);
         assert_eq!((open.len(), open.opened_at()), (4, Some(55)));
         let at = |sensor: &str, start_micros| Some(PointInfo { sensor: sensor.into(), start_micros });
         assert_eq!(
@@ -356,7 +518,7 @@ mod tests {
             [at("a", 100), Some(info(2))],
             "learnt once, by undescribed points only"
         );
-        let empty = OpenShard::reloaded(OpenShard::new(&params(10)).hnsw, Vec::new(), [], 55);
+        let empty = OpenShard::reloaded(OpenShard::new(&params(10), 8).store, &params(10), Vec::new(), [], 55);
         assert_eq!((empty.len(), empty.opened_at()), (0, None));
     }
 

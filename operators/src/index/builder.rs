@@ -1,15 +1,21 @@
-//! chorus's own HNSW graph builder: parallel inserts over flat arrays, building the frozen [`Graph`] sealed shards
-//! search.
+//! chorus's own HNSW graph: parallel inserts over flat arrays, into a graph that grows by rows while it is searched,
+//! frozen into the [`Graph`] sealed shards search.
 //!
 //! hnsw_rs spends a third of a build in bookkeeping — a lock and an `Arc` per neighbour list, a hash set of the points
-//! visited, heaps of wrapped points. Here layer 0's neighbour lists are one array of atomics (per row a count and `2M`
+//! visited, heaps of wrapped points. Here layer 0's neighbour lists are arrays of atomics (per row a count and `2M`
 //! slots), a row's upper layers a list of `M + 1` slots per layer, the rows visited generation counters kept per
-//! thread, and distances the SimSIMD kernel over the rows' vectors in one flat slice. Rows are inserted in parallel
-//! (rayon), as in Malkov and Yashunin's algorithm with its neighbour-selection heuristic (hnswlib's
-//! `getNeighborsByHeuristic2`): a row's lists change under its own lock and are read without one. A count is stored
-//! after its slots (release) and read before them (acquire), so a reader never reads a slot not yet written; a list
-//! being chosen again may show a mix of its old and new rows, every one a row of that layer, which is all a search
-//! needs. A row becomes reachable only once every one of its lists is set.
+//! thread, and distances the SimSIMD kernel over the rows' vectors, kept flat in chunks of [`CHUNK`] rows. Rows are
+//! inserted in parallel (rayon), as in Malkov and Yashunin's algorithm with its neighbour-selection heuristic
+//! (hnswlib's `getNeighborsByHeuristic2`): a row's lists change under its own lock and are read without one. A count
+//! is stored after its slots (release) and read before them (acquire), so a reader never reads a slot not yet
+//! written; a list being chosen again may show a mix of its old and new rows, every one a row of that layer, which is
+//! all a search needs. A row becomes reachable only once every one of its lists is set.
+//!
+//! A [`Growing`] graph takes rows in two steps. [`Growing::push`] appends a row's vector (under `&mut`: the space's
+//! write lock); it is searched at once, by an exact scan of the rows not yet linked — the write buffer.
+//! [`Growing::link`] then links the oldest of those rows into the graph (under `&`: beside searches, off the thread
+//! that pushed them), in order, so the linked rows are always a prefix. A search walks the graph and scans the
+//! buffer, so it sees every row pushed before it, linked or not.
 //!
 //! A row's level comes from a hash of its number, so the layers are the same in every build of the same rows; the
 //! links depend on the order the threads take the rows in.
@@ -18,8 +24,8 @@ use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Mutex;
-use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicU32, AtomicUsize};
 
 use rayon::prelude::*;
 
@@ -28,18 +34,20 @@ use super::kernels::distance;
 
 /// Layers at most (hnsw_rs's count, so graphs of both builders have the same shape).
 const MAX_LEVEL: usize = 15;
+/// Rows per chunk of storage: a graph's memory grows a chunk at a time, never by copying what it holds.
+const CHUNK: usize = 1024;
+/// Buffered rows a search scans on one thread; more are scanned in parallel.
+const PARALLEL_SCAN: usize = 4096;
 
 /// Builds the graph of `vectors` (`dim` values a row, L2-normalised) with `m` links a row on the upper layers and
 /// `2m` on layer 0, inserting with a beam of `ef_construction`, on rayon's threads.
 pub fn build(vectors: &[f32], dim: usize, m: usize, ef_construction: usize) -> Graph {
-    let builder = Builder::new(vectors, dim, m, ef_construction);
-    let rows = builder.levels.len() as u32;
-    if rows > 0 {
-        // The first row alone: it is the entry every other insert starts from.
-        builder.insert(0);
-        (1..rows).into_par_iter().for_each(|row| builder.insert(row));
+    let mut graph = Growing::new(dim, m, ef_construction);
+    for vector in vectors.chunks_exact(dim.max(1)) {
+        graph.push(vector);
     }
-    builder.freeze()
+    graph.link_all();
+    graph.freeze()
 }
 
 /// The rows a search has visited: a generation number per row, this search's the current one.
@@ -75,48 +83,105 @@ thread_local! {
     static VISITED: RefCell<Visited> = RefCell::new(Visited::default());
 }
 
-struct Builder<'a> {
+/// [`CHUNK`] rows of a [`Growing`] graph.
+struct Chunk {
+    /// The rows' vectors, row after row (room for [`CHUNK`] made when the chunk is).
+    vectors: Vec<f32>,
+    levels: Vec<u8>,
+    /// Layer 0: row `r`'s count at `r × (m0 + 1)`, its neighbours after it.
+    layer0: Box<[AtomicU32]>,
+    /// Layers 1 and up: per row, `level × (m + 1)` slots — for each layer from 1, a count and its neighbours.
+    upper: Vec<Box<[AtomicU32]>>,
+    locks: Box<[Mutex<()>]>,
+}
+
+/// An HNSW graph that grows by rows: see the module's documentation.
+pub(super) struct Growing {
     dim: usize,
     m: usize,
     m0: usize,
     ef: usize,
-    vectors: &'a [f32],
-    levels: Vec<u8>,
-    /// Layer 0: row `r`'s count at `r × (m0 + 1)`, its neighbours after it.
-    layer0: Vec<AtomicU32>,
-    /// Layers 1 and up: per row, `level × (m + 1)` slots — for each layer from 1, a count and its neighbours.
-    upper: Vec<Box<[AtomicU32]>>,
-    locks: Vec<Mutex<()>>,
+    scale: f64,
+    chunks: Vec<Chunk>,
+    rows: usize,
+    /// Rows `0..linked` are in the graph; the rest are the buffer.
+    linked: AtomicUsize,
+    /// Held by the thread linking rows: one at a time, so the linked rows stay a prefix.
+    linking: Mutex<()>,
     /// The entry row: the first row of the highest level.
     entry: Mutex<Option<u32>>,
 }
 
-impl<'a> Builder<'a> {
-    fn new(vectors: &'a [f32], dim: usize, m: usize, ef_construction: usize) -> Builder<'a> {
-        let rows = vectors.len() / dim.max(1);
+fn slots(n: usize) -> Box<[AtomicU32]> {
+    (0..n).map(|_| AtomicU32::new(0)).collect()
+}
+
+impl Growing {
+    /// An empty graph of `dim`-long rows with `m` links a row on the upper layers and `2m` on layer 0, inserting with
+    /// a beam of `ef_construction`.
+    pub(super) fn new(dim: usize, m: usize, ef_construction: usize) -> Growing {
         let m = m.max(2);
-        let m0 = 2 * m;
-        let scale = 1.0 / (m as f64).ln();
-        let levels: Vec<u8> = (0..rows).map(|row| level(row as u64, scale)).collect();
-        let slots = |n: usize| (0..n).map(|_| AtomicU32::new(0)).collect::<Vec<_>>();
-        let upper = levels.iter().map(|&l| slots(usize::from(l) * (m + 1)).into_boxed_slice()).collect();
-        Builder {
+        Growing {
             dim,
             m,
-            m0,
+            m0: 2 * m,
             ef: ef_construction.max(m),
-            vectors,
-            layer0: slots(rows * (m0 + 1)),
-            upper,
-            levels,
-            locks: (0..rows).map(|_| Mutex::new(())).collect(),
+            scale: 1.0 / (m as f64).ln(),
+            chunks: Vec::new(),
+            rows: 0,
+            linked: AtomicUsize::new(0),
+            linking: Mutex::new(()),
             entry: Mutex::new(None),
         }
     }
 
-    fn vector(&self, row: u32) -> &[f32] {
-        let at = row as usize * self.dim;
-        &self.vectors[at..at + self.dim]
+    /// Rows pushed.
+    pub(super) fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Rows linked into the graph: the first `linked()`; the others are searched by a scan.
+    pub(super) fn linked(&self) -> usize {
+        self.linked.load(Acquire)
+    }
+
+    /// Appends a row (`dim` values, L2-normalised), searched at once; [`Growing::link`] links it into the graph.
+    pub(super) fn push(&mut self, vector: &[f32]) -> u32 {
+        let level = level(self.rows as u64, self.scale);
+        self.push_at(vector, level)
+    }
+
+    fn push_at(&mut self, vector: &[f32], level: u8) -> u32 {
+        assert_eq!(vector.len(), self.dim, "a row of the wrong length");
+        if self.rows.is_multiple_of(CHUNK) {
+            self.chunks.push(Chunk {
+                vectors: Vec::with_capacity(CHUNK * self.dim),
+                levels: Vec::with_capacity(CHUNK),
+                layer0: slots(CHUNK * (self.m0 + 1)),
+                upper: Vec::with_capacity(CHUNK),
+                locks: (0..CHUNK).map(|_| Mutex::new(())).collect(),
+            });
+        }
+        let chunk = self.chunks.last_mut().expect("a chunk with room");
+        chunk.vectors.extend_from_slice(vector);
+        chunk.levels.push(level);
+        chunk.upper.push(slots(usize::from(level) * (self.m + 1)));
+        self.rows += 1;
+        (self.rows - 1) as u32
+    }
+
+    /// Row `row`'s vector.
+    pub(super) fn vector(&self, row: u32) -> &[f32] {
+        let (chunk, at) = (row as usize / CHUNK, row as usize % CHUNK * self.dim);
+        &self.chunks[chunk].vectors[at..at + self.dim]
+    }
+
+    fn level(&self, row: u32) -> usize {
+        usize::from(self.chunks[row as usize / CHUNK].levels[row as usize % CHUNK])
+    }
+
+    fn lock(&self, row: u32) -> std::sync::MutexGuard<'_, ()> {
+        self.chunks[row as usize / CHUNK].locks[row as usize % CHUNK].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn distance(&self, a: &[f32], row: u32) -> f32 {
@@ -125,12 +190,14 @@ impl<'a> Builder<'a> {
 
     /// Row `row`'s slots on `layer`: its count, then room for its neighbours.
     fn slots(&self, row: u32, layer: usize) -> &[AtomicU32] {
+        let chunk = &self.chunks[row as usize / CHUNK];
+        let row = row as usize % CHUNK;
         if layer == 0 {
-            let at = row as usize * (self.m0 + 1);
-            &self.layer0[at..at + self.m0 + 1]
+            let at = row * (self.m0 + 1);
+            &chunk.layer0[at..at + self.m0 + 1]
         } else {
             let at = (layer - 1) * (self.m + 1);
-            &self.upper[row as usize][at..at + self.m + 1]
+            &chunk.upper[row][at..at + self.m + 1]
         }
     }
 
@@ -142,25 +209,77 @@ impl<'a> Builder<'a> {
         out.extend(slots[1..=count].iter().map(|s| s.load(Relaxed)));
     }
 
-    fn insert(&self, row: u32) {
-        let level = usize::from(self.levels[row as usize]);
-        let query = self.vector(row);
-        let mut entry = self.entry.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(start) = *entry else {
-            *entry = Some(row);
-            return;
+    /// Links up to `most` of the buffered rows into the graph, oldest first, in parallel; returns how many. Returns 0
+    /// at once when another thread is linking.
+    pub(super) fn link(&self, most: usize) -> usize {
+        let Ok(_linking) = self.linking.try_lock() else { return 0 };
+        let from = self.linked.load(Acquire);
+        let to = from.saturating_add(most).min(self.rows);
+        if from >= to {
+            return 0;
+        }
+        let mut next = from;
+        if self.entry.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+            // The first row alone: it is the entry every other insert starts from.
+            self.insert(next as u32);
+            next += 1;
+        }
+        (next..to).into_par_iter().for_each(|row| self.insert(row as u32));
+        self.linked.store(to, Release);
+        to - from
+    }
+
+    /// Links every buffered row.
+    pub(super) fn link_all(&mut self) {
+        self.link(usize::MAX);
+    }
+
+    /// The `k` rows nearest `query` (L2-normalised) among those `accept` lets through, with their distances, nearest
+    /// first: the graph searched with a beam of `ef`, the buffered rows compared with each.
+    pub(super) fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        accept: Option<&(dyn Fn(u32) -> bool + Sync)>,
+    ) -> Vec<(u32, f32)> {
+        if k == 0 {
+            return Vec::new();
+        }
+        let linked = self.linked();
+        let entry = *self.entry.lock().unwrap_or_else(|p| p.into_inner());
+        let mut found: Vec<(u32, f32)> = match entry.filter(|_| linked > 0) {
+            None => Vec::new(),
+            Some(start) => {
+                let nearest = self.descend(query, start, 1);
+                VISITED.with(|visited| {
+                    let found = self.search_layer(query, &[nearest], 0, ef.max(k), accept, &mut visited.borrow_mut());
+                    found.into_iter().map(|(d, row)| (row, d)).collect()
+                })
+            }
         };
-        let top = usize::from(self.levels[start as usize]);
-        // A row above the top holds the entry until it is linked in: one new top at a time.
-        let held = if level > top {
-            Some(entry)
+        let accepted = |row: &u32| accept.is_none_or(|f| f(*row));
+        let compared = |row: u32| (row, self.distance(query, row));
+        let buffer = linked as u32..self.rows as u32;
+        if buffer.len() > PARALLEL_SCAN {
+            let scanned: Vec<(u32, f32)> = buffer.into_par_iter().filter(accepted).map(compared).collect();
+            found.extend(scanned);
         } else {
-            drop(entry);
-            None
-        };
+            found.extend(buffer.filter(accepted).map(compared));
+        }
+        // A row being linked may be reached by the walk and scanned as well.
+        found.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        found.dedup_by_key(|(row, _)| *row);
+        found.truncate(k);
+        found
+    }
+
+    /// From `start`, the nearest row greedy steps reach on the layers from the top down to `bottom`, with its
+    /// distance.
+    fn descend(&self, query: &[f32], start: u32, bottom: usize) -> (f32, u32) {
         let mut nearest = (self.distance(query, start), start);
         let mut links = Vec::with_capacity(self.m0);
-        for layer in (level + 1..=top).rev() {
+        for layer in (bottom..=self.level(start)).rev() {
             loop {
                 let mut moved = false;
                 self.neighbours(nearest.1, layer, &mut links);
@@ -175,6 +294,26 @@ impl<'a> Builder<'a> {
                 }
             }
         }
+        nearest
+    }
+
+    fn insert(&self, row: u32) {
+        let level = self.level(row);
+        let query = self.vector(row);
+        let mut entry = self.entry.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(start) = *entry else {
+            *entry = Some(row);
+            return;
+        };
+        let top = self.level(start);
+        // A row above the top holds the entry until it is linked in: one new top at a time.
+        let held = if level > top {
+            Some(entry)
+        } else {
+            drop(entry);
+            None
+        };
+        let nearest = self.descend(query, start, level + 1);
         // Every list of the row is set before any row links to it: reached earlier, a row with an empty list on a
         // lower layer would be a dead end for the inserts that find it, and their links to it would be overwritten.
         let mut entries = vec![nearest];
@@ -182,7 +321,7 @@ impl<'a> Builder<'a> {
         VISITED.with(|visited| {
             let mut visited = visited.borrow_mut();
             for layer in (0..=level.min(top)).rev() {
-                let found = self.search_layer(query, &entries, layer, &mut visited);
+                let found = self.search_layer(query, &entries, layer, self.ef, None, &mut visited);
                 let chosen = self.select(&found, self.m);
                 self.set(row, layer, &chosen);
                 chosen_by_layer.push((layer, chosen));
@@ -192,7 +331,7 @@ impl<'a> Builder<'a> {
         for (layer, chosen) in chosen_by_layer {
             let room = if layer == 0 { self.m0 } else { self.m };
             for (d, other) in chosen {
-                self.link(other, row, d, layer, room);
+                self.link_back(other, row, d, layer, room);
             }
         }
         if let Some(mut entry) = held {
@@ -200,29 +339,35 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// The `ef` rows nearest `query` on `layer` reachable from `entries`, nearest first.
+    /// The `ef` rows nearest `query` on `layer` reachable from `entries` that `accept` lets through (every row walked,
+    /// only those kept), nearest first.
     fn search_layer(
         &self,
         query: &[f32],
         entries: &[(f32, u32)],
         layer: usize,
+        ef: usize,
+        accept: Option<&(dyn Fn(u32) -> bool + Sync)>,
         visited: &mut Visited,
     ) -> Vec<(f32, u32)> {
-        visited.start(self.levels.len());
+        let accepted = |row: u32| accept.is_none_or(|f| f(row));
+        visited.start(self.rows);
         let mut candidates = BinaryHeap::new();
-        let mut found: BinaryHeap<(Distance, u32)> = BinaryHeap::with_capacity(self.ef + 1);
+        let mut found: BinaryHeap<(Distance, u32)> = BinaryHeap::with_capacity(ef + 1);
         for &(d, row) in entries {
             if visited.visit(row) {
                 candidates.push(Reverse((Distance(d), row)));
-                found.push((Distance(d), row));
+                if accepted(row) {
+                    found.push((Distance(d), row));
+                }
             }
         }
-        while found.len() > self.ef {
+        while found.len() > ef {
             found.pop();
         }
         let mut links = Vec::with_capacity(self.m0);
         while let Some(Reverse((Distance(d), row))) = candidates.pop() {
-            if found.len() >= self.ef && found.peek().is_some_and(|(worst, _)| d > worst.0) {
+            if found.len() >= ef && found.peek().is_some_and(|(worst, _)| d > worst.0) {
                 break;
             }
             self.neighbours(row, layer, &mut links);
@@ -231,11 +376,13 @@ impl<'a> Builder<'a> {
                     continue;
                 }
                 let d = self.distance(query, next);
-                if found.len() < self.ef || found.peek().is_some_and(|(worst, _)| d < worst.0) {
+                if found.len() < ef || found.peek().is_some_and(|(worst, _)| d < worst.0) {
                     candidates.push(Reverse((Distance(d), next)));
-                    found.push((Distance(d), next));
-                    if found.len() > self.ef {
-                        found.pop();
+                    if accepted(next) {
+                        found.push((Distance(d), next));
+                        if found.len() > ef {
+                            found.pop();
+                        }
                     }
                 }
             }
@@ -265,18 +412,18 @@ impl<'a> Builder<'a> {
 
     /// Sets `row`'s neighbours on `layer`.
     fn set(&self, row: u32, layer: usize, chosen: &[(f32, u32)]) {
-        let _lock = self.locks[row as usize].lock().unwrap_or_else(|p| p.into_inner());
+        let _lock = self.lock(row);
         let slots = self.slots(row, layer);
         for (slot, (_, neighbour)) in slots[1..].iter().zip(chosen) {
             slot.store(*neighbour, Relaxed);
         }
-        slots[0].store(chosen.len() as u32, Release);
+        slots[0].store(chosen.len().min(slots.len() - 1) as u32, Release);
     }
 
     /// Links `other` back to `row` (at distance `d`) on `layer`: appended while `other` has room, otherwise its
     /// neighbours and `row` chosen again by the heuristic.
-    fn link(&self, other: u32, row: u32, d: f32, layer: usize, room: usize) {
-        let _lock = self.locks[other as usize].lock().unwrap_or_else(|p| p.into_inner());
+    fn link_back(&self, other: u32, row: u32, d: f32, layer: usize, room: usize) {
+        let _lock = self.lock(other);
         let slots = self.slots(other, layer);
         let count = (slots[0].load(Acquire) as usize).min(room);
         if slots[1..=count].iter().any(|s| s.load(Relaxed) == row) {
@@ -302,30 +449,65 @@ impl<'a> Builder<'a> {
         slots[0].store(chosen.len() as u32, Release);
     }
 
-    /// The frozen graph.
-    fn freeze(self) -> Graph {
-        let rows = self.levels.len();
-        let entry = self.entry.into_inner().unwrap_or_else(|p| p.into_inner()).unwrap_or(0);
-        let top = self.levels.get(entry as usize).map_or(0, |l| usize::from(*l));
+    /// The graph of the linked rows, frozen (rows not linked yet are left out; under `&mut`, no row is being linked,
+    /// so no list names one).
+    pub(super) fn freeze(&self) -> Graph {
+        let rows = self.linked();
+        let entry = self.entry.lock().unwrap_or_else(|p| p.into_inner()).filter(|_| rows > 0).unwrap_or(0);
+        let top = if rows == 0 { 0 } else { self.level(entry) };
         let mut offsets = Vec::with_capacity(rows + 1);
         let mut links = Vec::with_capacity(rows * self.m0);
         offsets.push(0);
         let read = |slots: &[AtomicU32]| -> Vec<u32> {
-            let count = (slots[0].load(Relaxed) as usize).min(slots.len() - 1);
-            slots[1..=count].iter().map(|s| s.load(Relaxed)).collect()
+            let count = (slots[0].load(Acquire) as usize).min(slots.len() - 1);
+            slots[1..=count].iter().map(|s| s.load(Relaxed)).filter(|r| (*r as usize) < rows).collect()
         };
-        for row in 0..rows {
-            let at = row * (self.m0 + 1);
-            links.extend(read(&self.layer0[at..at + self.m0 + 1]));
+        for row in 0..rows as u32 {
+            links.extend(read(self.slots(row, 0)));
             offsets.push(links.len() as u32);
         }
         let mut upper: Vec<HashMap<u32, Vec<u32>>> = vec![HashMap::new(); top];
-        for (row, slots) in self.upper.iter().enumerate() {
-            for (layer, list) in slots.chunks_exact(self.m + 1).enumerate().take(top) {
-                upper[layer].insert(row as u32, read(list));
+        for row in 0..rows as u32 {
+            for layer in 1..=self.level(row).min(top) {
+                upper[layer - 1].insert(row, read(self.slots(row, layer)));
             }
         }
         Graph::from_parts(entry, offsets, links, upper)
+    }
+
+    /// The graph `graph` froze, its rows' vectors `vectors` (`dim` values a row), all linked, growing from there.
+    pub(super) fn from_graph(graph: &Graph, vectors: &[f32], dim: usize, m: usize, ef_construction: usize) -> Growing {
+        let mut growing = Growing::new(dim, m, ef_construction);
+        let lists: Vec<Vec<(usize, Vec<u32>)>> = (0..graph.len() as u32).map(|row| graph.neighbours(row)).collect();
+        for (vector, layers) in vectors.chunks_exact(dim.max(1)).zip(&lists) {
+            let level = layers.iter().map(|(layer, _)| *layer).max().unwrap_or(0).min(MAX_LEVEL);
+            growing.push_at(vector, level as u8);
+        }
+        for (row, layers) in lists.iter().enumerate() {
+            for (layer, list) in layers {
+                let list: Vec<(f32, u32)> = list.iter().map(|n| (0.0, *n)).collect();
+                growing.set(row as u32, *layer, &list);
+            }
+        }
+        if growing.rows > 0 {
+            *growing.entry.get_mut().unwrap_or_else(|p| p.into_inner()) = Some(graph.entry());
+        }
+        growing.linked = AtomicUsize::new(growing.rows);
+        growing
+    }
+
+    /// Bytes held: the rows' vectors and lists, and each chunk's room.
+    pub(super) fn bytes(&self) -> usize {
+        let per_chunk = CHUNK * ((self.m0 + 1) * 4 + std::mem::size_of::<Mutex<()>>() + 1 + 16);
+        let upper: usize = self.chunks.iter().flat_map(|c| c.upper.iter()).map(|u| u.len() * 4).sum();
+        self.rows * self.dim * 4 + self.chunks.len() * per_chunk + upper
+    }
+
+    /// Bytes a graph of `rows` rows of `dim` values with `m` links holds, about (upper layers at their expected
+    /// size).
+    pub(super) fn bytes_at(rows: usize, dim: usize, m: usize) -> usize {
+        let m0 = 2 * m.max(2);
+        rows * (dim * 4 + (m0 + 1) * 4 + std::mem::size_of::<Mutex<()>>() + 1 + 16 + 4 * (m + 1) / (m - 1).max(1))
     }
 }
 
@@ -340,7 +522,6 @@ fn level(row: u64, scale: f64) -> u8 {
     let u = ((z >> 11) + 1) as f64 / (1u64 << 53) as f64;
     ((-u.ln() * scale) as usize).min(MAX_LEVEL) as u8
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,6 +45,24 @@ pub struct IndexConfig {
     pub rescore_oversample: usize,
     /// A shard below f32 that answers this many queries moves one tier up.
     pub promote_after_hits: u32,
+    /// What builds the open shard's graph: `chorus` (its own parallel builder, with a write buffer) or `hnsw_rs`.
+    pub builder: Builder,
+    /// With the `chorus` builder: new vectors wait in the open shard's write buffer (searched by an exact scan) until
+    /// a background thread links them into the graph; past this many, the thread inserting links the rest itself,
+    /// so ingestion slows to the builder's pace instead of the buffer growing.
+    pub buffer_max_points: usize,
+}
+
+/// What builds the open shard's graph.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Builder {
+    /// chorus's own parallel builder (`builder.rs`): inserts return once the vector is in the write buffer, a
+    /// background thread links it into the graph.
+    #[default]
+    Chorus,
+    /// hnsw_rs: each insert links its vector into the graph before it returns.
+    HnswRs,
 }
 
 impl Default for IndexConfig {
@@ -63,6 +81,8 @@ impl Default for IndexConfig {
             memory_budget_mb: 0,
             rescore_oversample: 4,
             promote_after_hits: 3,
+            builder: Builder::Chorus,
+            buffer_max_points: 10_000,
         }
     }
 }
@@ -102,6 +122,9 @@ impl IndexConfig {
         if self.rescore_oversample > 64 {
             return Err(FieldError::new("rescore_oversample", format!("{} is above 64", self.rescore_oversample)));
         }
+        if self.buffer_max_points == 0 {
+            return Err(FieldError::new("buffer_max_points", "must be at least 1"));
+        }
         Ok(IndexParams {
             dir: base.join(&self.dir),
             m: self.m,
@@ -114,14 +137,25 @@ impl IndexConfig {
             memory_budget: (self.memory_budget_mb > 0).then(|| self.memory_budget_mb as usize * (1 << 20)),
             rescore_oversample: self.rescore_oversample,
             promote_after_hits: self.promote_after_hits.max(1),
+            builder: self.builder,
+            buffer_max_points: self.buffer_max_points,
         })
     }
 }
 
-/// Memory one point of the open shard takes at `dim` dimensions with `m` links per node: its vector, its links (about
-/// `m` on upper layers and `2m` on layer 0, with their distances) and bookkeeping.
-pub(super) fn open_point_bytes(dim: usize, m: usize) -> usize {
+/// Memory one point of hnsw_rs's open shard takes at `dim` dimensions with `m` links per node: its vector, its links
+/// (about `m` on upper layers and `2m` on layer 0, with their distances) and bookkeeping.
+pub(super) fn hnsw_point_bytes(dim: usize, m: usize) -> usize {
     dim * 4 + m * 2 * 16 + 96
+}
+
+/// Memory one point of the open shard takes at `dim` dimensions with `m` links per node, built by `builder`: the
+/// graph's share, and its id, sensor and time (a map entry).
+pub(super) fn open_point_bytes(builder: Builder, dim: usize, m: usize) -> usize {
+    match builder {
+        Builder::HnswRs => hnsw_point_bytes(dim, m),
+        Builder::Chorus => super::builder::Growing::bytes_at(1, dim, m) + 8 + 32,
+    }
 }
 
 /// Validated index parameters.
@@ -149,12 +183,16 @@ pub struct IndexParams {
     pub rescore_oversample: usize,
     /// Answers that promote a shard one tier.
     pub promote_after_hits: u32,
+    /// What builds the open shard's graph.
+    pub builder: Builder,
+    /// Vectors the write buffer holds before inserts link them themselves.
+    pub buffer_max_points: usize,
 }
 
 impl IndexParams {
     /// Memory a full open shard takes at `dim` dimensions: the least an index budget must hold.
     pub fn open_shard_bytes(&self, dim: usize) -> usize {
-        self.shard_max_points * open_point_bytes(dim, self.m)
+        self.shard_max_points * open_point_bytes(self.builder, dim, self.m)
     }
 }
 

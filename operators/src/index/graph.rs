@@ -110,8 +110,12 @@ impl Graph {
         Graph { entry, offsets, links, upper }
     }
 
+    /// The row searches start from.
+    pub(super) fn entry(&self) -> u32 {
+        self.entry
+    }
+
     /// Row `row`'s neighbours on each layer it reaches, layer 0 first.
-    #[cfg(test)]
     pub(super) fn neighbours(&self, row: u32) -> Vec<(usize, Vec<u32>)> {
         let span = self.offsets[row as usize] as usize..self.offsets[row as usize + 1] as usize;
         let mut layers = vec![(0, self.links[span].to_vec())];

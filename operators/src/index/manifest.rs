@@ -13,8 +13,10 @@ use std::path::Path;
 use hnsw_rs::prelude::{AnnT, DistDot, Hnsw, HnswIo};
 use serde::{Deserialize, Serialize};
 
-use super::build::OpenShard;
-use super::graph::hnsw_points;
+use super::build::{OpenShard, Store};
+use super::builder::Growing;
+use super::config::IndexParams;
+use super::graph::{Graph, hnsw_points};
 use super::kernels::Tier;
 use super::policy::now_seconds;
 use super::shard::Shard;
@@ -143,40 +145,56 @@ fn sequence_of(name: &str) -> Option<u64> {
     stem.rsplit('-').next()?.parse().ok()
 }
 
-/// hnsw_rs's dump of the open shard plus `rows.bin` (id, sensor number, start) and `sensors.json`.
+/// The open shard's snapshot: `rows.bin` (id, sensor number, start) and `sensors.json`, with hnsw_rs's dump, or with
+/// chorus's own graph: `graph.bin` (the linked rows' graph), `vectors.f32` (every row, in order) and `rows.bin` in row
+/// order (the rows past the graph's are the write buffer's).
 fn write_open(target: &Path, open: &OpenShard) -> std::io::Result<()> {
     let _ = fs::remove_dir_all(target);
     fs::create_dir_all(target)?;
-    open.graph().file_dump(target, SNAPSHOT_BASENAME).map_err(std::io::Error::other)?;
-    for file in ["graph", "data"] {
-        fs::File::open(target.join(format!("{SNAPSHOT_BASENAME}.hnsw.{file}")))?.sync_all()?;
-    }
     let (sensors, info) = open.described();
     let mut rows = Vec::with_capacity(info.len() * 20);
-    for (id, (sensor, start)) in info {
+    let mut row = |id: u64, (sensor, start): (u32, i64)| {
         rows.extend_from_slice(&id.to_le_bytes());
         rows.extend_from_slice(&sensor.to_le_bytes());
         rows.extend_from_slice(&start.to_le_bytes());
+    };
+    match open.store() {
+        Store::Hnsw(hnsw) => {
+            hnsw.file_dump(target, SNAPSHOT_BASENAME).map_err(std::io::Error::other)?;
+            for file in ["graph", "data"] {
+                fs::File::open(target.join(format!("{SNAPSHOT_BASENAME}.hnsw.{file}")))?.sync_all()?;
+            }
+            for (id, described) in info {
+                row(*id, *described);
+            }
+        }
+        Store::Own { graph, ids } => {
+            let mut out = std::io::BufWriter::new(fs::File::create(target.join("graph.bin"))?);
+            graph.freeze().write(&mut out)?;
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            let mut out = std::io::BufWriter::new(fs::File::create(target.join("vectors.f32"))?);
+            for r in 0..graph.len() as u32 {
+                graph.vector(r).iter().try_for_each(|x| std::io::Write::write_all(&mut out, &x.to_le_bytes()))?;
+            }
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            for id in ids {
+                row(*id, info[id]);
+            }
+        }
     }
     write_synced(&target.join("rows.bin"), &rows)?;
     write_synced(&target.join("sensors.json"), &serde_json::to_vec(sensors)?)
 }
 
-/// Reads the open shard's snapshot in `target`; refuses one whose vectors are not `dim` long.
-pub(super) fn load_open(target: &Path, dim: usize) -> Result<OpenShard, Error> {
+/// Reads the open shard's snapshot in `target`, whichever builder wrote it; refuses one whose vectors are not `dim`
+/// long.
+pub(super) fn load_open(target: &Path, params: &IndexParams, dim: usize) -> Result<OpenShard, Error> {
     let failed = |message: String| Error::Index { path: target.display().to_string(), message };
-    // A reloaded hnsw_rs graph borrows its loader for as long as it lives; the loader is a few bytes and an open
-    // shard is loaded once per process, so it is leaked to give the graph a 'static lifetime.
-    let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(target, SNAPSHOT_BASENAME)));
-    let hnsw: Hnsw<'static, f32, DistDot> = io.load_hnsw().map_err(|e| failed(format!("cannot load snapshot: {e}")))?;
-    if hnsw.get_nb_point() > 0 {
-        let found = hnsw_points(&hnsw).next().map_or(dim, |p| p.get_v().len());
-        if found != dim {
-            return Err(failed(format!(
-                "snapshot holds {found}-dimensional vectors but the model produces {dim}: it belongs to another model"
-            )));
-        }
-    }
+    let other_model = |found: usize| {
+        failed(format!(
+            "snapshot holds {found}-dimensional vectors but the model produces {dim}: it belongs to another model"
+        ))
+    };
     let (mut sensors, mut rows) = (Vec::new(), Vec::new());
     if let Ok(listed) = fs::read(target.join("sensors.json")) {
         sensors = serde_json::from_slice(&listed).map_err(|e| failed(format!("sensors.json: {e}")))?;
@@ -191,13 +209,56 @@ pub(super) fn load_open(target: &Path, dim: usize) -> Result<OpenShard, Error> {
             })
             .collect();
     }
-    Ok(OpenShard::reloaded(hnsw, sensors, rows, now_seconds()))
+    let store = if target.join("graph.bin").is_file() {
+        let read =
+            |file: &str| fs::read(target.join(file)).map_err(|e| failed(format!("cannot load snapshot: {file}: {e}")));
+        let graph = Graph::read(&mut read("graph.bin")?.as_slice())
+            .map_err(|e| failed(format!("cannot load snapshot: graph.bin: {e}")))?;
+        let bytes = read("vectors.f32")?;
+        if bytes.len() != rows.len() * dim * 4 {
+            let per_row = bytes.len() / rows.len().max(1) / 4;
+            if bytes.len() == rows.len() * per_row * 4 && per_row != dim {
+                return Err(other_model(per_row));
+            }
+            return Err(failed(format!(
+                "cannot load snapshot: vectors.f32 holds {} bytes, not {} rows of {dim}",
+                bytes.len(),
+                rows.len()
+            )));
+        }
+        if graph.len() > rows.len() {
+            return Err(failed(format!("cannot load snapshot: a graph of {} rows for {}", graph.len(), rows.len())));
+        }
+        let vectors: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let mut own = Growing::from_graph(&graph, &vectors[..graph.len() * dim], dim, params.m, params.ef_construction);
+        for vector in vectors[graph.len() * dim..].chunks_exact(dim.max(1)) {
+            own.push(vector);
+        }
+        Store::Own { graph: own, ids: rows.iter().map(|(id, _, _)| *id).collect() }
+    } else {
+        // A reloaded hnsw_rs graph borrows its loader for as long as it lives; the loader is a few bytes and an open
+        // shard is loaded once per process, so it is leaked to give the graph a 'static lifetime.
+        let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(target, SNAPSHOT_BASENAME)));
+        let hnsw: Hnsw<'static, f32, DistDot> =
+            io.load_hnsw().map_err(|e| failed(format!("cannot load snapshot: {e}")))?;
+        if hnsw.get_nb_point() > 0 {
+            let found = hnsw_points(&hnsw).next().map_or(dim, |p| p.get_v().len());
+            if found != dim {
+                return Err(other_model(found));
+            }
+        }
+        Store::Hnsw(hnsw)
+    };
+    Ok(OpenShard::reloaded(store, params, sensors, rows, now_seconds()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::tests::{info, insert_range, open_shard, params, sealed_shard, search, vector};
+    use crate::index::build::prepare;
+    use crate::index::config::Builder;
+    use crate::index::point::unit;
+    use crate::index::tests::{info, insert_range, open_shard, open_shard_by, params, sealed_shard, search, vector};
     use crate::index::{Filter, PointInfo, SpaceIndex};
     use crate::record::SegmentId;
 
@@ -248,8 +309,8 @@ mod tests {
         assert_eq!(names, listing(dir.path()));
         assert_eq!(names, ["CURRENT", "manifest-0000000001.json", "open-0000000001", "shard-000001"]);
         // The snapshot holds the open shard's points and where and when each was recorded.
-        let reloaded = load_open(&dir.path().join("open-0000000001"), dim).unwrap();
-        let mut ids: Vec<u64> = reloaded.points().map(|p| p.get_origin_id() as u64).collect();
+        let reloaded = load_open(&dir.path().join("open-0000000001"), &params(10), dim).unwrap();
+        let mut ids: Vec<u64> = reloaded.ids().collect();
         ids.sort_unstable();
         assert_eq!(ids, (0..12).collect::<Vec<_>>());
         assert!((0..12).all(|i| reloaded.info(i) == Some(info(i))));
@@ -263,7 +324,7 @@ mod tests {
         assert_eq!(published(dir.path()), ("manifest-0000000003.json".into(), anew));
         assert_eq!(listing(dir.path()), ["CURRENT", "manifest-0000000003.json", "open-0000000003", "shard-000001"]);
         // An empty open shard has no snapshot.
-        publish(dir.path(), &OpenShard::new(&params(10)), false, 3, &sealed).unwrap();
+        publish(dir.path(), &OpenShard::new(&params(10), dim), false, 3, &sealed).unwrap();
         assert_eq!(published(dir.path()), ("manifest-0000000004.json".into(), manifest(None, 3, &shards)));
         assert_eq!(listing(dir.path()), ["CURRENT", "manifest-0000000004.json", "shard-000001"]);
     }
@@ -303,13 +364,13 @@ mod tests {
     fn a_current_naming_a_graph_from_before_shards_opens_it_as_the_open_shard_with_undescribed_points() {
         let (dim, dir) = (8, tempfile::tempdir().unwrap());
         let snapshot = dir.path().join("index-legacy");
-        write_open(&snapshot, &open_shard(0..6, dim)).unwrap();
+        write_open(&snapshot, &open_shard_by(Builder::HnswRs, 0..6, dim)).unwrap();
         // Such a snapshot was the hnsw_rs dump alone.
         fs::remove_file(snapshot.join("rows.bin")).unwrap();
         fs::remove_file(snapshot.join("sensors.json")).unwrap();
         fs::write(dir.path().join("CURRENT"), "index-legacy\n").unwrap();
         assert_eq!(published(dir.path()), ("index-legacy".into(), manifest(Some("index-legacy"), 1, &[])));
-        let mut open = load_open(&snapshot, dim).unwrap();
+        let mut open = load_open(&snapshot, &params(10), dim).unwrap();
         let unknown = Some(PointInfo { sensor: String::new(), start_micros: 0 });
         assert!((0..6).all(|i| open.info(i) == unknown));
         open.redescribe(3, &info(3));
@@ -317,21 +378,53 @@ mod tests {
         // Its first publication (after an insert) writes a snapshot of the new kind and removes the old one.
         publish(dir.path(), &open, false, 1, &[]).unwrap();
         assert_eq!(listing(dir.path()), ["CURRENT", "manifest-0000000001.json", "open-0000000001"]);
-        let reloaded = load_open(&dir.path().join("open-0000000001"), dim).unwrap();
+        let reloaded = load_open(&dir.path().join("open-0000000001"), &params(10), dim).unwrap();
         assert_eq!((reloaded.len(), reloaded.info(3), reloaded.info(4)), (6, Some(info(3)), unknown));
     }
 
     #[test]
     fn a_snapshot_of_another_dimension_or_none_at_all_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        write_open(&dir.path().join("open-0000000001"), &open_shard(0..4, 8)).unwrap();
-        let message = |result: Result<OpenShard, Error>| match result.err() {
-            Some(Error::Index { message, .. }) => message,
-            _ => panic!("expected an index error"),
-        };
-        let other = message(load_open(&dir.path().join("open-0000000001"), 9));
-        assert!(other.ends_with("it belongs to another model"), "{other}");
-        assert!(message(load_open(&dir.path().join("open-0000000002"), 8)).starts_with("cannot load snapshot: "));
+        for builder in [Builder::Chorus, Builder::HnswRs] {
+            let dir = tempfile::tempdir().unwrap();
+            write_open(&dir.path().join("open-0000000001"), &open_shard_by(builder, 0..4, 8)).unwrap();
+            let message = |result: Result<OpenShard, Error>| match result.err() {
+                Some(Error::Index { message, .. }) => message,
+                _ => panic!("expected an index error"),
+            };
+            let other = message(load_open(&dir.path().join("open-0000000001"), &params(10), 9));
+            assert!(other.ends_with("it belongs to another model"), "{builder:?}: {other}");
+            let none = message(load_open(&dir.path().join("open-0000000002"), &params(10), 8));
+            assert!(none.starts_with("cannot load snapshot: "), "{builder:?}: {none}");
+        }
+    }
+
+    #[test]
+    fn r17_a_snapshot_of_chorus_s_graph_keeps_its_graph_and_its_write_buffer() {
+        let (dim, dir) = (16, tempfile::tempdir().unwrap());
+        let params = IndexParams { buffer_max_points: 1_000, ..params(10_000) };
+        let mut open = OpenShard::new(&params, dim);
+        let infos: Vec<PointInfo> = (0..300).map(info).collect();
+        let points: Vec<(u64, &PointInfo, Vec<f32>)> =
+            (0..300).map(|i| (i, &infos[i as usize], prepare(&vector(i, dim), dim).unwrap())).collect();
+        open.insert(&points[..200], 0);
+        assert_eq!(open.link(200), 200);
+        // 100 points wait in the write buffer when the snapshot is taken.
+        open.insert(&points[200..], 0);
+        assert_eq!(open.buffered(), 100);
+        write_open(&dir.path().join("open-0000000001"), &open).unwrap();
+        let reloaded = load_open(&dir.path().join("open-0000000001"), &params, dim).unwrap();
+        assert_eq!((reloaded.len(), reloaded.buffered()), (300, 100));
+        assert_eq!(reloaded.ids().collect::<Vec<_>>(), open.ids().collect::<Vec<_>>(), "rows keep their order");
+        assert!((0..300).all(|i| reloaded.info(i) == Some(info(i))));
+        // The same graph and buffer: every search answers as before, the buffered points found by their vectors.
+        for q in 0..300 {
+            let query = unit(&vector(q, dim), dim).unwrap();
+            let before = open.search(&query, 10, 32, &Filter::default());
+            assert_eq!(reloaded.search(&query, 10, 32, &Filter::default()), before, "query {q}");
+            assert_eq!(before[0].0, q);
+        }
+        assert_eq!(reloaded.link(usize::MAX), 100);
+        assert_eq!(reloaded.buffered(), 0);
     }
 
     #[test]

@@ -24,11 +24,12 @@ mod space;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 pub use builder::build as build_graph;
-pub use config::{IndexConfig, IndexParams};
+pub use config::{Builder, IndexConfig, IndexParams};
 pub use graph::Graph;
 pub use kernels::Tier;
 pub use point::{Filter, PointInfo, unit};
@@ -90,12 +91,77 @@ pub struct Indices {
     dim: usize,
     mine: HashMap<String, SharedSpace>,
     registry: Registry,
+    linker: Linker,
+}
+
+/// Points the background thread links into a space's graph per hold of its read lock: an insert waiting for the
+/// write lock waits for at most one such batch.
+const LINK_BATCH: usize = 64;
+/// How long the background thread sleeps when no write buffer holds a point, unless an insert wakes it.
+const LINK_IDLE: Duration = Duration::from_millis(50);
+
+/// The background thread that links the write buffers of a worker's spaces into their graphs (chorus's builder,
+/// `build.rs`), beside searches, so that the worker's inserts return once their vectors are buffered.
+#[derive(Default)]
+struct Linker {
+    spaces: Arc<Mutex<Vec<SharedSpace>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Linker {
+    /// Adds `space` to those the thread links, starting the thread on the first.
+    fn watch(&mut self, space: SharedSpace) {
+        self.spaces.lock().unwrap_or_else(|e| e.into_inner()).push(space);
+        if self.thread.is_some() {
+            return;
+        }
+        let (spaces, stop) = (self.spaces.clone(), self.stop.clone());
+        let spawned = std::thread::Builder::new().name("chorus-index-link".into()).spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                let watched = spaces.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let linked: usize = watched.iter().map(|space| read(space).link(LINK_BATCH)).sum();
+                if linked == 0 {
+                    std::thread::park_timeout(LINK_IDLE);
+                }
+            }
+        });
+        match spawned {
+            Ok(thread) => self.thread = Some(thread),
+            // Without the thread, inserts link what exceeds the buffer's bound and seals link the rest.
+            Err(error) => {
+                tracing::warn!(%error, "The index's background builder cannot start; inserts link their own points.")
+            }
+        }
+    }
+
+    /// Wakes the thread: points wait in a write buffer.
+    fn nudge(&self) {
+        if let Some(thread) = &self.thread {
+            thread.thread().unpark();
+        }
+    }
+}
+
+impl Drop for Linker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Indices {
     /// No index opened yet; the ones opened are also entered in `registry`.
     pub fn new(params: IndexParams, dim: usize, registry: Registry) -> Self {
-        Indices { params, dim, mine: HashMap::new(), registry }
+        Indices { params, dim, mine: HashMap::new(), registry, linker: Linker::default() }
+    }
+
+    /// Wakes the background thread that links the write buffers into the graphs: call after inserting.
+    pub fn nudge(&self) {
+        self.linker.nudge();
     }
 
     /// The index of `space`, opened from its snapshot on first use.
@@ -111,6 +177,7 @@ impl Indices {
     pub fn insert(&mut self, space: String, index: SpaceIndex) -> SharedSpace {
         let shared = Arc::new(RwLock::new(index));
         self.mine.insert(space.clone(), shared.clone());
+        self.linker.watch(shared.clone());
         self.registry.insert(space, shared.clone());
         // One more space: each space's share of the budget shrinks.
         let budget = self.budget();
@@ -291,6 +358,7 @@ impl<'scope> Index<'scope> for StreamVec<'scope, u64, Segment> {
                             }
                         }
                     }
+                    indices.nudge();
                     metrics.count("index", received, new.len());
                     metrics.time("index", started);
                     metrics.reject("index", Cause::Index, failed.len());
@@ -403,12 +471,91 @@ pub(crate) mod tests {
 
     /// An open shard holding `ids`, each with its [`vector`] and [`info`].
     pub(super) fn open_shard(ids: Range<u64>, dim: usize) -> OpenShard {
+        open_shard_by(Builder::default(), ids, dim)
+    }
+
+    /// [`open_shard`] built by `builder`, its points linked into the graph.
+    pub(super) fn open_shard_by(builder: Builder, ids: Range<u64>, dim: usize) -> OpenShard {
         let infos: Vec<(u64, PointInfo)> = ids.map(|i| (i, info(i))).collect();
         let points: Vec<(u64, &PointInfo, Vec<f32>)> =
             infos.iter().map(|(i, info)| (*i, info, prepare(&vector(*i, dim), dim).unwrap())).collect();
-        let mut open = OpenShard::new(&params(1_000));
+        let mut open = OpenShard::new(&IndexParams { builder, ..params(1_000) }, dim);
         open.insert(&points, 0);
+        open.link_all();
         open
+    }
+
+    #[test]
+    fn r17_inserts_return_with_their_vectors_buffered_searched_at_once_and_linked_behind_them() {
+        let (dim, n) = (32, 3_000u64);
+        let dir = tempfile::tempdir().unwrap();
+        let params = IndexParams {
+            dir: dir.path().to_path_buf(),
+            m: 16,
+            ef_construction: 100,
+            buffer_max_points: 5_000,
+            ..params(100_000)
+        };
+        let mut indices = Indices::new(params.clone(), dim, Registry::default());
+        let space = indices.space("birds").unwrap();
+        let vectors: Vec<Vec<f32>> = (0..n).map(|i| vector(i, dim)).collect();
+        let found_self =
+            |index: &SpaceIndex, i: u64| search(index, &vectors[i as usize], 1, 16, &Filter::default())[0].0;
+        for batch in (0..n).collect::<Vec<_>>().chunks(500) {
+            let points: Vec<_> =
+                batch.iter().map(|i| (SegmentId(*i), info(*i), vectors[*i as usize].as_slice())).collect();
+            let mut index = write(&space);
+            assert!(index.offer_many(&points, 0).iter().all(|o| matches!(o, Ok(Offered::Inserted))));
+            // Read-your-writes: every vector acknowledged is found by its own vector at once, linked or not.
+            assert!(batch.iter().all(|i| found_self(&index, *i) == SegmentId(*i)));
+            drop(index);
+            indices.nudge();
+        }
+        // The background thread drains the buffer into the graph.
+        let started = Instant::now();
+        while read(&space).buffered() > 0 {
+            assert!(started.elapsed() < Duration::from_secs(60), "{} points still buffered", read(&space).buffered());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let index = read(&space);
+        assert_eq!((index.len(), index.buffered()), (n as usize, 0));
+        // Through the graph alone now: every point finds itself, and the answers are the exact neighbours.
+        assert!((0..n).all(|i| found_self(&index, i) == SegmentId(i)));
+        let mut hits = 0;
+        for q in 0..100 {
+            let query = vector(1_000_000 + q, dim);
+            let want = exact(&query, 0..n, dim, 10, &Filter::default());
+            hits += search(&index, &query, 10, 64, &Filter::default())
+                .iter()
+                .filter(|(id, _)| want.contains(&id.0))
+                .count();
+        }
+        assert!(hits >= 950, "recall@10 at ef 64: {hits} of 1000");
+        drop(index);
+        indices.save().unwrap();
+        drop(indices);
+        // The thread stops with its worker's indices; the snapshot holds every point, linked.
+        let reopened = SpaceIndex::open(&space_dir(&params.dir, "birds"), &params, dim).unwrap();
+        assert_eq!((reopened.len(), reopened.buffered()), (n as usize, 0));
+    }
+
+    #[test]
+    fn r17_a_full_write_buffer_is_linked_by_the_insert_itself_so_it_never_holds_more_than_its_bound() {
+        let (dim, dir) = (16, tempfile::tempdir().unwrap());
+        // No background thread: the inserts alone keep the buffer to its bound.
+        let mut index = SpaceIndex::new(dir.path(), &IndexParams { buffer_max_points: 100, ..params(100_000) }, dim);
+        let mut most = 0;
+        for start in (0..2_000u64).step_by(70) {
+            let points: Vec<_> = (start..start + 70).map(|i| (SegmentId(i), info(i), vector(i, dim))).collect();
+            let points: Vec<_> = points.iter().map(|(id, info, v)| (*id, info.clone(), v.as_slice())).collect();
+            index.offer_many(&points, 0);
+            most = most.max(index.buffered());
+        }
+        assert_eq!(most, 100);
+        assert_eq!((index.len(), index.buffered()), (2_030, 100));
+        for i in (0..2_030).step_by(13) {
+            assert_eq!(search(&index, &vector(i, dim), 1, 32, &Filter::default())[0].0, SegmentId(i), "point {i}");
+        }
     }
 
     /// Sealed shard `name` under `dir`, holding `ids` as [`open_shard`] does, sealed at `now`.

@@ -98,9 +98,9 @@ fn merge(mut found: Vec<Candidate>, k: usize) -> Vec<Candidate> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::SpaceIndex;
     use crate::index::kernels::{self, Tier, distance};
     use crate::index::tests::{exact, info, insert_range, open_shard, params, sealed_shard, search, vector};
+    use crate::index::{Builder, IndexParams, SpaceIndex};
 
     #[test]
     fn merge_orders_by_distance_then_id_keeps_an_id_once_and_the_first_k() {
@@ -166,7 +166,8 @@ mod tests {
     #[test]
     fn fan_out_over_shards_equals_exact_neighbours_on_small_data() {
         // Property: for random shard sizes, point counts, filters and queries, the merged answer over shards (with
-        // ef covering every point) equals brute force over all points.
+        // ef covering every point) equals brute force over all points — with either builder, and write buffers of
+        // random bounds, partly linked.
         let dim = 8;
         let mut seed = 1u64;
         for case in 0..12 {
@@ -174,10 +175,17 @@ mod tests {
             let points = 20 + (seed >> 33) as usize % 200;
             let shard = 5 + (seed >> 40) as usize % 60;
             let dir = tempfile::tempdir().unwrap();
-            let mut index = SpaceIndex::new(dir.path(), &params(shard), dim);
+            let builder = if case % 3 == 2 { Builder::HnswRs } else { Builder::Chorus };
+            let buffer_max_points = 1 + (seed >> 45) as usize % 30;
+            let mut index =
+                SpaceIndex::new(dir.path(), &IndexParams { builder, buffer_max_points, ..params(shard) }, dim);
             for i in 0..points as u64 {
                 index.insert(SegmentId(i), &info(i), &vector(i + 1000 * case, dim), 0).unwrap();
+                if i % 7 == 0 {
+                    index.link(3);
+                }
             }
+            assert!(index.buffered() <= buffer_max_points);
             let filters = [
                 Filter::default(),
                 Filter { sensors: vec!["s1".into()], ..Default::default() },

@@ -95,7 +95,7 @@ impl SpaceIndex {
             params: params.clone(),
             dim,
             dir: dir.to_path_buf(),
-            open: OpenShard::new(params),
+            open: OpenShard::new(params, dim),
             sealed: Vec::new(),
             next_shard: 1,
             ids: HashMap::new(),
@@ -150,8 +150,8 @@ impl SpaceIndex {
         let mut index = SpaceIndex::new(dir, params, dim);
         index.next_shard = manifest.next_shard;
         if let Some(open) = &manifest.open {
-            index.open = manifest::load_open(&dir.join(open), dim)?;
-            let open = index.open.points().map(|p| (p.get_origin_id() as u64, (OPEN, 0)));
+            index.open = manifest::load_open(&dir.join(open), params, dim)?;
+            let open = index.open.ids().map(|id| (id, (OPEN, 0)));
             index.ids.extend(open);
         }
         for entry in &manifest.shards {
@@ -320,19 +320,14 @@ impl SpaceIndex {
     pub fn vector(&self, id: SegmentId) -> Option<Vec<f32>> {
         let (shard, row, _) = self.found(self.find(id.0, None))?;
         if shard == OPEN {
-            let point = self.open.points().find(|p| p.get_origin_id() as u64 == id.0)?;
-            return unit(point.get_v(), self.dim).ok();
+            return self.open.vector(id.0);
         }
         self.sealed.get(shard as usize)?.full_row(row as usize)
     }
 
     /// Calls `visit(id, unit vector)` for every point: the open shard's from memory, sealed shards' from their files.
     pub fn for_each_vector(&self, mut visit: impl FnMut(SegmentId, Vec<f32>)) {
-        for point in self.open.points() {
-            if let Ok(v) = unit(point.get_v(), self.dim) {
-                visit(SegmentId(point.get_origin_id() as u64), v);
-            }
-        }
+        self.open.for_each_vector(&mut |id, v| visit(SegmentId(id), v));
         for shard in &self.sealed {
             if let Err(error) = shard.for_each_row(&mut |id, v| visit(SegmentId(id), v)) {
                 tracing::warn!(shard = shard.name, %error, "A sealed shard's vectors cannot be read.");
@@ -434,6 +429,17 @@ impl SpaceIndex {
         Ok(inserted)
     }
 
+    /// Links up to `most` points of the open shard's write buffer into its graph; returns how many. Takes `&self`: it
+    /// runs under the space's read lock, beside searches, on the index's background thread (`mod.rs`).
+    pub fn link(&self, most: usize) -> usize {
+        if self.read_only { 0 } else { self.open.link(most) }
+    }
+
+    /// Points in the open shard's write buffer, searched by a scan until they are linked into its graph.
+    pub fn buffered(&self) -> usize {
+        self.open.buffered()
+    }
+
     /// Fills in where and when an indexed point was recorded, when its snapshot did not say.
     pub fn describe(&mut self, id: SegmentId, info: &PointInfo) {
         self.open.redescribe(id.0, info);
@@ -451,6 +457,8 @@ impl SpaceIndex {
         let name = format!("shard-{:06}", self.next_shard);
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| Error::Index { path: self.dir.display().to_string(), message: e.to_string() })?;
+        // The write buffer is linked first: a sealed shard's graph holds every row.
+        self.open.link_all();
         let open = &self.open;
         let mut shard = Shard::seal(&self.dir, &name, |out| open.freeze_into(out), self.dim, now)?;
         tracing::debug!(dir = %self.dir.display(), shard = name, points = shard.len(), "Shard sealed.");
@@ -460,7 +468,7 @@ impl SpaceIndex {
         }
         // The open shard goes before its vectors come back from the file: a seal holds one copy of them. They come
         // back in the warmest tier the space's budget has room for (the disk tier if none has).
-        self.open = OpenShard::new(&self.params);
+        self.open = OpenShard::new(&self.params, self.dim);
         let held = self.reckoned_bytes();
         let tier = [Tier::F32, Tier::F16, Tier::Int8]
             .into_iter()
