@@ -21,6 +21,8 @@ pub const EMBED_BATCH: &str = "chorus_embed_batch_size";
 pub const INDEX_POINTS: &str = "chorus_index_points";
 /// Bytes the index holds in memory, per space and tier (labels `space`, `tier`).
 pub const INDEX_BYTES: &str = "chorus_index_bytes";
+/// Points waiting in a space's write buffer for the background builder to link them into the graph (label `space`).
+pub const INDEX_BUFFERED: &str = "chorus_index_buffered";
 /// Segments dropped because their id was already indexed (a replay after a restart).
 pub const DUPLICATES: &str = "chorus_duplicate_segments_total";
 
@@ -142,6 +144,8 @@ pub struct Metrics {
     pub index_points: IntGaugeVec,
     /// See [`INDEX_BYTES`].
     pub index_bytes: IntGaugeVec,
+    /// See [`INDEX_BUFFERED`].
+    pub index_buffered: IntGaugeVec,
     /// See [`DUPLICATES`].
     pub duplicates: IntCounterVec,
     /// See [`DUPLICATE_CHUNKS`].
@@ -195,6 +199,13 @@ impl Metrics {
                     .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
             )?,
             index_points: IntGaugeVec::new(Opts::new(INDEX_POINTS, "Points per space in the index."), &[SPACE])?,
+            index_buffered: IntGaugeVec::new(
+                Opts::new(
+                    INDEX_BUFFERED,
+                    "Points in a space's write buffer, searched by a scan until the background builder links them.",
+                ),
+                &[SPACE],
+            )?,
             index_bytes: IntGaugeVec::new(
                 Opts::new(INDEX_BYTES, "Bytes the index holds in memory, per space and tier."),
                 &[SPACE, TIER],
@@ -291,6 +302,7 @@ impl Metrics {
             Box::new(self.embed_batch.clone()),
             Box::new(self.index_points.clone()),
             Box::new(self.index_bytes.clone()),
+            Box::new(self.index_buffered.clone()),
             Box::new(self.duplicates.clone()),
             Box::new(self.duplicate_chunks.clone()),
             Box::new(self.sensors.clone()),

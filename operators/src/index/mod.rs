@@ -1,5 +1,5 @@
-//! The similarity index: per space, time-partitioned HNSW shards (`hnsw_rs`) in memory tiers, deduplicating by
-//! segment id, with snapshots on disk.
+//! The similarity index: per space, time-partitioned HNSW shards in memory tiers, deduplicating by segment id, with
+//! snapshots on disk; the open shard's write buffer linked into its graph by a background thread.
 //!
 //! Vectors are L2-normalised before insertion and search and compared by dot product, so distances are cosine
 //! distances in [0, 2]. A space's index is a [`SpaceIndex`] ([`space`]), which ties together its open shard
@@ -97,6 +97,8 @@ pub struct Indices {
 /// Points the background thread links into a space's graph per hold of its read lock: an insert waiting for the
 /// write lock waits for at most one such batch.
 const LINK_BATCH: usize = 64;
+/// How often the index operator reports a write buffer's size while the background builder drains it.
+const BUFFER_REPORT: Duration = Duration::from_millis(250);
 /// How long the background thread sleeps when no write buffer holds a point, unless an insert wakes it.
 const LINK_IDLE: Duration = Duration::from_millis(50);
 
@@ -376,9 +378,12 @@ impl<'scope> Index<'scope> for StreamVec<'scope, u64, Segment> {
                     archive_session.session(&capability).give_iterator(new.into_iter());
                     dead_session.session(&capability).give_iterator(failed.into_iter());
                 });
+                let mut buffered = 0;
                 for (space, index) in indices.spaces() {
                     let index = read(index);
                     metrics.index_points.with_label_values(&[space]).set(index.len() as i64);
+                    metrics.index_buffered.with_label_values(&[space]).set(index.buffered() as i64);
+                    buffered += index.buffered();
                     for (tier, usage) in index.usage() {
                         metrics.index_bytes.with_label_values(&[space, tier.name()]).set(usage.bytes as i64);
                     }
@@ -395,7 +400,8 @@ impl<'scope> Index<'scope> for StreamVec<'scope, u64, Segment> {
                     finished = ended;
                 }
                 if !ended {
-                    wakeup.within(interval);
+                    // While the background builder drains a write buffer, its gauge is read again soon.
+                    wakeup.within(if buffered > 0 { BUFFER_REPORT } else { interval });
                 }
             }
         });

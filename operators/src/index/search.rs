@@ -1,6 +1,6 @@
 //! Search across a space's shards, open and sealed in every tier, merged by distance.
 //!
-//! Each shard searches itself (`build.rs` the open shard with hnsw_rs, `shard.rs` a sealed one over its frozen graph,
+//! Each shard searches itself (`build.rs` the open shard, its graph and write buffer, `shard.rs` a sealed one over its frozen graph,
 //! read from its file in the archive tier). This file fans a query out over them, in parallel when there are enough
 //! points to repay it, and merges the answers.
 
