@@ -4,13 +4,17 @@
 //!                                   [--set clustered|hard]
 //!     cargo bench --bench index -- --open-memory 20000 [--m 32] [--dim 1536]
 //!     cargo bench --bench index -- --ingest 20000 [--dim 1536]
+//!     cargo bench --bench index -- --burst 20000 [--dim 1536]
 //!
 //! The second form measures only what a point of the open shard costs in resident memory, against what the index
 //! counts for it. The third measures precomputed embeddings end to end: `--ingest` vectors of the clustered set sent
 //! as embeddings messages (64 a message, 100 sensors) to a broker of their own, then a `chorus run` of the balanced
 //! profile (refinement off) reading them into its index and archive — vectors/s from the first segment indexed to
 //! the last archived — against the same vectors inserted into a space's index in this process in the same batches
-//! and with the same parameters (the index's own rate, as the job builds it).
+//! and with the same parameters (the index's own rate, as the job builds it). The fourth preloads a space held as the
+//! job holds it (a background thread linking its write buffer) with `--burst` vectors at the builder's pace, sends
+//! one full write buffer at ten times that rate while a thread queries, and prints the queries' latency while the
+//! buffer drains, against the balanced profile's `api.sla_p99_ms`.
 //!
 //! Two data sets, generated with a fixed seed and L2-normalised: `clustered`, a mixture of 200 clusters on a
 //! 24-dimensional latent space mapped into `--dim` dimensions with a little isotropic noise (embeddings of calls of
@@ -18,8 +22,9 @@
 //! neighbours are not separated by any cluster structure. Each set: `--points` vectors built in parallel, 2,000 more
 //! inserted one at a time, `--queries` held-out queries from the same distribution, exact neighbours by brute force.
 //!
-//! Measured for chorus: build and incremental-insert throughput, then for the open shard (hnsw_rs's graph) and the
-//! sealed shard (the frozen graph) recall@10, recall@100, single-thread latency p50/p99 and queries/s on two
+//! Measured for chorus: build and incremental-insert throughput of both builders (`index.builder`: chorus's own,
+//! timed until its write buffer is linked, and hnsw_rs's), then for the open shard (each builder's graph) and the
+//! sealed shard (the frozen graph of chorus's builder) recall@10, recall@100, single-thread latency p50/p99 and queries/s on two
 //! threads at several ef; then the sealed shard in each tier (memory per vector, recall@10, with and without
 //! rescoring). hnswlib (pinned, built from source with -march=native by `scripts/tools.sh hnswlib`) and faiss's
 //! `IndexHNSWFlat` (its pinned wheel, `scripts/tools.sh faiss`) build and query the same vectors with the same M and
@@ -30,7 +35,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use chorus_operators::index::{Filter, IndexConfig, PointInfo, Request, SpaceIndex, Tier, build_graph};
+use chorus_operators::index::{
+    Builder, Filter, IndexConfig, IndexParams, Indices, PointInfo, Registry, Request, SpaceIndex, Tier, read, write,
+};
 use chorus_operators::record::SegmentId;
 use rayon::prelude::*;
 use simsimd::SpatialSimilarity;
@@ -328,56 +335,60 @@ fn bench(generator: &Generator, points: usize, n_queries: usize, compare: bool) 
     // (one hnsw_rs graph of a million 1536-dimensional vectors does not fit in 24 GiB beside the data).
     let shard_max_points = if points > SHARD { SHARD } else { points + EXTRA + 1 };
     let config = IndexConfig { m: M, ef_construction: EF_CONSTRUCTION, shard_max_points, ..Default::default() };
-    let params = config.build(dir.path()).unwrap();
-    let mut index = SpaceIndex::new(&dir.path().join("space=bench"), &params, generator.dim);
     let info = |i: usize| PointInfo { sensor: format!("s{}", i % 16), start_micros: i as i64 * 5_000_000 };
-    let started = Instant::now();
     let batch: Vec<(SegmentId, PointInfo, &[f32])> =
         data[..points].iter().enumerate().map(|(i, v)| (SegmentId(i as u64), info(i), v.as_slice())).collect();
-    index.insert_many(&batch, 0).unwrap();
-    let build = started.elapsed().as_secs_f64();
-    drop(batch);
+    // hnsw_rs's open shard (index.builder = "hnsw_rs"): built, inserted into one at a time, searched, dropped.
+    let hnsw_params = IndexConfig { builder: Builder::HnswRs, ..config.clone() }.build(dir.path()).unwrap();
+    let mut hnsw = SpaceIndex::new(&dir.path().join("space=hnsw"), &hnsw_params, generator.dim);
+    let started = Instant::now();
+    hnsw.insert_many(&batch, 0).unwrap();
+    let hnsw_build = started.elapsed().as_secs_f64();
     let started = Instant::now();
     for (i, v) in data.iter().enumerate().skip(points) {
-        index.insert(SegmentId(i as u64), &info(i), v, 0).unwrap();
+        hnsw.insert(SegmentId(i as u64), &info(i), v, 0).unwrap();
     }
-    let incremental = started.elapsed().as_secs_f64();
-    // chorus's own builder over the same rows (all of them, as hnswlib builds them), flat, on 2 threads.
-    // The index holds its own copy: the generated rows can go once flat (at 1M points they are 6 GB).
-    let (dim, rows) = (generator.dim, data.len());
-    let flat: Vec<f32> = data.iter().flatten().copied().collect();
-    drop(data);
-    let started = Instant::now();
-    let graph = build_graph(&flat, dim, M, EF_CONSTRUCTION);
-    let own_build = started.elapsed().as_secs_f64();
-    let own_rate = rows as f64 / own_build;
-    println!("  chorus own builder: {own_build:.1} s, {own_rate:.0} vectors/s (2 threads)");
-    let row = |r: u32| &flat[r as usize * dim..(r as usize + 1) * dim];
-    let own = sweep(
-        &|q, k, ef| {
-            let distance = |r: u32| 1.0 - f32::dot(q, row(r)).unwrap_or(0.0) as f32;
-            graph.search(distance, k, ef, None).into_iter().map(|(r, _)| u64::from(r)).collect()
-        },
-        &queries,
-        &truth,
-    );
-    print_runs("chorus own builder", &own);
-    drop(graph);
-    drop(flat);
+    let hnsw_incremental = started.elapsed().as_secs_f64();
+    let hnsw_rate = points as f64 / hnsw_build;
     println!(
-        "  chorus build: {:.1} s, {:.0} vectors/s (2 threads); incremental insert: {:.0} vectors/s (1 thread)",
-        build,
-        points as f64 / build,
-        EXTRA as f64 / incremental
+        "  hnsw_rs build: {hnsw_build:.1} s, {hnsw_rate:.0} vectors/s (2 threads); incremental insert: {:.0} vectors/s \
+         (1 thread)",
+        EXTRA as f64 / hnsw_incremental
     );
     let filter = Filter::default();
     let search = |index: &SpaceIndex, query: &[f32], k: usize, ef: usize| -> Vec<u64> {
         let request = Request { vector: query, k, ef, filter: &filter };
         index.search(&request, 0).unwrap().into_iter().map(|(id, _)| id.0).collect()
     };
+    if hnsw.shards().is_empty() {
+        print_runs("chorus open (hnsw_rs)", &sweep(&|q, k, ef| search(&hnsw, q, k, ef), &queries, &truth));
+    }
+    drop(hnsw);
+    // chorus's builder, as the job runs it: the inserts fill the write buffer (each batch linking what exceeds
+    // its bound), the rest linked behind them; timed until every point is in the graph.
+    let params = config.build(dir.path()).unwrap();
+    let mut index = SpaceIndex::new(&dir.path().join("space=bench"), &params, generator.dim);
+    let started = Instant::now();
+    index.insert_many(&batch, 0).unwrap();
+    while index.link(usize::MAX) > 0 {}
+    let build = started.elapsed().as_secs_f64();
+    drop(batch);
+    let started = Instant::now();
+    for (i, v) in data.iter().enumerate().skip(points) {
+        index.insert(SegmentId(i as u64), &info(i), v, 0).unwrap();
+        index.link(1);
+    }
+    let incremental = started.elapsed().as_secs_f64();
+    drop(data);
+    let own_rate = points as f64 / build;
+    println!(
+        "  chorus build (own builder): {build:.1} s, {own_rate:.0} vectors/s (2 threads); incremental insert and \
+         link: {:.0} vectors/s",
+        EXTRA as f64 / incremental
+    );
     let open = sweep(&|q, k, ef| search(&index, q, k, ef), &queries, &truth);
     let label = match index.shards().len() {
-        0 => "chorus open (hnsw_rs)".to_owned(),
+        0 => "chorus open (own builder)".to_owned(),
         n => format!("chorus {n} sealed + open"),
     };
     print_runs(&label, &open);
@@ -440,11 +451,10 @@ fn bench(generator: &Generator, points: usize, n_queries: usize, compare: bool) 
         let total = (points + EXTRA) as f64;
         println!("  {name} build: {seconds:.1} s, {:.0} vectors/s (2 threads)", total / seconds);
         print_runs(library, &runs);
-        let ours = points as f64 / build;
         println!(
-            "  ratio chorus/{library}: build throughput {:.2} (hnsw_rs), {:.2} (own builder)",
-            ours / (total / seconds),
-            own_rate / (total / seconds)
+            "  ratio chorus/{library}: build throughput {:.2} (own builder), {:.2} (hnsw_rs)",
+            own_rate / (total / seconds),
+            hnsw_rate / (total / seconds)
         );
         for target in [0.90, 0.95, 0.99] {
             match (latency_at(&sealed, target), latency_at(&open, target), latency_at(&runs, target)) {
@@ -561,6 +571,15 @@ fn ingest(generator: &Generator, points: usize) {
     wait("the first segment indexed", &|| count("index").is_some_and(|n| n >= 1.0));
     let first = Instant::now();
     wait("every vector archived", &|| count("archive").is_some_and(|n| n >= points as f64));
+    let archived = first.elapsed().as_secs_f64();
+    // The write buffer lets the archive run ahead of the graph: the figure counts until the graph holds every vector.
+    let buffered = || -> Option<f64> {
+        let (_, text) = support::http_get(port, "/metrics")?;
+        text.lines()
+            .filter_map(|l| l.strip_prefix("chorus_index_buffered{")?.split_once("} ")?.1.trim().parse::<f64>().ok())
+            .reduce(|a, b| a + b)
+    };
+    wait("the write buffer drained", &|| buffered() == Some(0.0));
     let seconds = first.elapsed().as_secs_f64();
     let peak = support::peak_rss(job.id()) as f64 / f64::from(1 << 20);
     support::terminate(job.id());
@@ -583,10 +602,12 @@ fn ingest(generator: &Generator, points: usize) {
             .collect();
         index.insert_many(&batch, 0).unwrap();
     }
+    while index.link(usize::MAX) > 0 {}
     let alone = points as f64 / started.elapsed().as_secs_f64();
     println!(
-        "ingest: Kafka → index → archive {end_to_end:.0} vectors/s ({seconds:.1} s, job peak {peak:.0} MiB); the \
-         index alone (SpaceIndex::insert_many), same batches and parameters (M {}, ef_construction {}, shards of {}): {alone:.0} vectors/s; \
+        "ingest: Kafka → index → archive {end_to_end:.0} vectors/s ({seconds:.1} s until the graph held every vector, \
+         {archived:.1} s until the archive did; job peak {peak:.0} MiB); the index alone (SpaceIndex::insert_many, \
+         then linked), same batches and parameters (M {}, ef_construction {}, shards of {}): {alone:.0} vectors/s; \
          ratio {:.2}",
         params.m,
         params.ef_construction,
@@ -596,7 +617,102 @@ fn ingest(generator: &Generator, points: usize) {
     println!("reproduce: cargo bench --bench index -- --ingest {points} --dim {}", generator.dim);
 }
 
+/// A burst into a space as the job holds it (a background thread draining the write buffer): `preload` vectors
+/// inserted at the builder's pace (their rate is the builder's), then one full write buffer (`index.buffer_max_points`
+/// of the balanced profile) at ten times that rate, while a thread queries without pause; prints how long the burst's
+/// inserts took, how long the buffer took to drain, and the queries' latency meanwhile against `api.sla_p99_ms`.
+fn burst(generator: &Generator, preload: usize) {
+    let profile = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/balanced.toml");
+    let config = chorus::config::Config::load(&profile).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let size = config.index.buffer_max_points;
+    let params =
+        IndexParams { dir: dir.path().to_path_buf(), shard_max_points: preload + size + 1, ..config.index.clone() };
+    let (dim, ef) = (generator.dim, params.ef_search);
+    let data = generator.rows(7, preload + size);
+    let queries = generator.rows(8, 1_000);
+    let mut indices = Indices::new(params.clone(), dim, Registry::default());
+    let space = indices.space("burst").unwrap();
+    let offer = |indices: &Indices, from: usize, to: usize| {
+        let points: Vec<(SegmentId, PointInfo, &[f32])> = (from..to)
+            .map(|i| {
+                let info = PointInfo { sensor: format!("s{}", i % 100), start_micros: i as i64 * 5_000_000 };
+                (SegmentId(i as u64), info, data[i].as_slice())
+            })
+            .collect();
+        write(&space).offer_many(&points, 0);
+        indices.nudge();
+    };
+    let drained = |since: Instant| {
+        while read(&space).buffered() > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        since.elapsed().as_secs_f64()
+    };
+    let started = Instant::now();
+    for from in (0..preload).step_by(INGEST_BATCH) {
+        offer(&indices, from, (from + INGEST_BATCH).min(preload));
+    }
+    let rate = preload as f64 / drained(started);
+    println!(
+        "burst: {preload} vectors of {dim} dimensions preloaded at {rate:.0} vectors/s (M {}, ef_construction {}, \
+         write buffer {size})",
+        params.m, params.ef_construction
+    );
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (mut latencies, inserted, drain, most) = std::thread::scope(|scope| {
+        let querying = scope.spawn(|| {
+            let filter = Filter::default();
+            let mut latencies = Vec::new();
+            for query in queries.iter().cycle() {
+                if done.load(std::sync::atomic::Ordering::Acquire) {
+                    break;
+                }
+                let started = Instant::now();
+                let request = Request { vector: query, k: 10, ef, filter: &filter };
+                read(&space).search(&request, 0).unwrap();
+                latencies.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+            latencies
+        });
+        let started = Instant::now();
+        let mut most = 0;
+        for from in (preload..preload + size).step_by(INGEST_BATCH) {
+            let due = (from - preload) as f64 / (10.0 * rate);
+            let wait = due - started.elapsed().as_secs_f64();
+            if wait > 0.0 {
+                std::thread::sleep(std::time::Duration::from_secs_f64(wait));
+            }
+            offer(&indices, from, (from + INGEST_BATCH).min(preload + size));
+            most = most.max(read(&space).buffered());
+        }
+        let inserted = started.elapsed().as_secs_f64();
+        let drain = drained(started);
+        done.store(true, std::sync::atomic::Ordering::Release);
+        (querying.join().unwrap(), inserted, drain, most)
+    });
+    latencies.sort_by(f64::total_cmp);
+    let sla = config.api.sla_p99_ms;
+    let p99 = percentile(&latencies, 0.99);
+    println!(
+        "burst: {size} vectors at 10× that rate: inserted in {inserted:.2} s ({:.0} vectors/s, at most {most} \
+         buffered), the buffer drained {:.1} s later; {} queries meanwhile (k 10, ef {ef}, one thread): p50 \
+         {:.2} ms, p99 {p99:.2} ms ({} the balanced profile's api.sla_p99_ms of {sla} ms)",
+        size as f64 / inserted,
+        drain - inserted,
+        latencies.len(),
+        percentile(&latencies, 0.5),
+        if p99 <= sla { "within" } else { "over" }
+    );
+    println!("reproduce: cargo bench --bench index -- --burst {preload} --dim {dim}");
+}
+
 fn main() {
+    if let Some(points) = std::env::args().skip_while(|a| a != "--burst").nth(1) {
+        let points = points.parse().expect("--burst PRELOAD");
+        burst(&Generator::clustered(arg("--dim", 1536)), points);
+        return;
+    }
     if let Some(points) = std::env::args().skip_while(|a| a != "--ingest").nth(1) {
         let points = points.parse().expect("--ingest POINTS");
         ingest(&Generator::clustered(arg("--dim", 1536)), points);

@@ -84,6 +84,7 @@ pub const ALL: &[&str] = &[
     EMBED_BATCH,
     INDEX_POINTS,
     INDEX_BYTES,
+    INDEX_BUFFERED,
     DUPLICATES,
     DUPLICATE_CHUNKS,
     SENSORS,

@@ -432,7 +432,7 @@ impl SpaceIndex {
     /// Links up to `most` points of the open shard's write buffer into its graph; returns how many. Takes `&self`: it
     /// runs under the space's read lock, beside searches, on the index's background thread (`mod.rs`).
     pub fn link(&self, most: usize) -> usize {
-        if self.read_only { 0 } else { self.open.link(most) }
+        self.open.link(most)
     }
 
     /// Points in the open shard's write buffer, searched by a scan until they are linked into its graph.
