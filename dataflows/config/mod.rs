@@ -255,10 +255,15 @@ mod tests {
         assert!(error.contains("shard_max_points = 20000 points of 1536 dimensions take about 139 MiB"), "{error}");
         let fits = parse(&format!("{base}memory_budget_mb = 64\nshard_max_points = 8000\n")).unwrap();
         assert_eq!(fits.index.open_shard_bytes(1536), 8_000 * (1536 * 4 + 32 * 2 * 16 + 96));
-        // chorus's builder keeps a point in less: its vector, 2m + 1 slots of layer 0 and a little bookkeeping.
-        let own = parse(&base.replace("hnsw_rs", "chorus")).unwrap().index;
-        let per_point = own.open_shard_bytes(1536) / own.shard_max_points;
-        assert!((1536 * 4 + 65 * 4..6_600).contains(&per_point), "{per_point} bytes a point");
+        // chorus's builder keeps a point in its vector, 2m + 1 slots of layer 0 and a little bookkeeping, and the
+        // vector's int8 codes unless it builds at full precision.
+        let own = |construction: &str| {
+            let text = base.replace("hnsw_rs", &format!("chorus\"\nconstruction = \"{construction}"));
+            let index = parse(&text).unwrap().index;
+            index.open_shard_bytes(1536) / index.shard_max_points
+        };
+        assert!((1536 * 4 + 65 * 4..6_600).contains(&own("f32")), "{} bytes a point", own("f32"));
+        assert!((1536 * 5 + 65 * 4..8_200).contains(&own("int8")), "{} bytes a point", own("int8"));
     }
 
     #[test]

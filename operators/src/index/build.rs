@@ -15,7 +15,7 @@ use hnsw_rs::prelude::{DistDot, Hnsw};
 use std::collections::{HashMap, HashSet};
 
 use super::builder::Growing;
-use super::config::{Builder, IndexParams, hnsw_point_bytes, open_point_bytes};
+use super::config::{Builder, Construction, IndexParams, hnsw_point_bytes, open_point_bytes};
 use super::graph::{Graph, hnsw_points};
 use super::point::{Filter, PointInfo, unit};
 use super::shard::Rows;
@@ -41,6 +41,8 @@ pub(super) struct OpenShard {
     store: Store,
     /// Links per node.
     m: usize,
+    /// What chorus's builder compares while inserting.
+    construction: Construction,
     /// Rows the write buffer holds before an insert links them itself.
     buffer_max: usize,
     /// Sensor number and start time per id.
@@ -70,7 +72,8 @@ impl OpenShard {
                 DistDot,
             )),
             Builder::Chorus => {
-                Store::Own { graph: Growing::new(dim, params.m, params.ef_construction), ids: Vec::new() }
+                let quantized = params.construction == Construction::Int8;
+                Store::Own { graph: Growing::new(dim, params.m, params.ef_construction, quantized), ids: Vec::new() }
             }
         };
         OpenShard::around(store, params)
@@ -80,6 +83,7 @@ impl OpenShard {
         OpenShard {
             store,
             m: params.m,
+            construction: params.construction,
             buffer_max: params.buffer_max_points,
             info: HashMap::new(),
             sensors: Vec::new(),
@@ -248,7 +252,7 @@ impl OpenShard {
             Store::Hnsw(_) => Builder::HnswRs,
             Store::Own { .. } => Builder::Chorus,
         };
-        (points.max(self.len()) * open_point_bytes(builder, dim, self.m)).max(self.bytes(dim))
+        (points.max(self.len()) * open_point_bytes(builder, self.construction, dim, self.m)).max(self.bytes(dim))
     }
 
     /// Inserts `points` — `(id, where and when, vector from [`prepare`])`, ids not in the shard yet. hnsw_rs links

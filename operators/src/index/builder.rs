@@ -30,7 +30,9 @@ use std::sync::atomic::{AtomicU32, AtomicUsize};
 use rayon::prelude::*;
 
 use super::graph::{Distance, Graph};
-use super::kernels::distance;
+use simsimd::SpatialSimilarity;
+
+use super::kernels::{distance, prefetch};
 
 /// Layers at most (hnsw_rs's count, so graphs of both builders have the same shape).
 const MAX_LEVEL: usize = 15;
@@ -42,7 +44,7 @@ const PARALLEL_SCAN: usize = 4096;
 /// Builds the graph of `vectors` (`dim` values a row, L2-normalised) with `m` links a row on the upper layers and
 /// `2m` on layer 0, inserting with a beam of `ef_construction`, on rayon's threads.
 pub fn build(vectors: &[f32], dim: usize, m: usize, ef_construction: usize) -> Graph {
-    let mut graph = Growing::new(dim, m, ef_construction);
+    let mut graph = Growing::new(dim, m, ef_construction, true);
     for vector in vectors.chunks_exact(dim.max(1)) {
         graph.push(vector);
     }
@@ -83,10 +85,24 @@ thread_local! {
     static VISITED: RefCell<Visited> = RefCell::new(Visited::default());
 }
 
+/// What a distance is taken from: a query's full-precision vector or its int8 codes (searches), or a row (inserts:
+/// its codes, or its vector without them).
+#[derive(Clone, Copy)]
+enum Probe<'a> {
+    Vector(&'a [f32]),
+    /// A query's int8 codes and the value of their step.
+    Codes(&'a [i8], f32),
+    Row(u32),
+}
+
 /// [`CHUNK`] rows of a [`Growing`] graph.
 struct Chunk {
     /// The rows' vectors, row after row (room for [`CHUNK`] made when the chunk is).
     vectors: Vec<f32>,
+    /// The rows' vectors as int8 codes, each row scaled by its own largest component: what inserts compare.
+    codes: Vec<i8>,
+    /// Per row, the value of one step of its codes.
+    scales: Vec<f32>,
     levels: Vec<u8>,
     /// Layer 0: row `r`'s count at `r × (m0 + 1)`, its neighbours after it.
     layer0: Box<[AtomicU32]>,
@@ -98,6 +114,8 @@ struct Chunk {
 /// An HNSW graph that grows by rows: see the module's documentation.
 pub(super) struct Growing {
     dim: usize,
+    /// Inserts compare int8 codes (kept beside the vectors), not the vectors.
+    quantized: bool,
     m: usize,
     m0: usize,
     ef: usize,
@@ -119,10 +137,11 @@ fn slots(n: usize) -> Box<[AtomicU32]> {
 impl Growing {
     /// An empty graph of `dim`-long rows with `m` links a row on the upper layers and `2m` on layer 0, inserting with
     /// a beam of `ef_construction`.
-    pub(super) fn new(dim: usize, m: usize, ef_construction: usize) -> Growing {
+    pub(super) fn new(dim: usize, m: usize, ef_construction: usize, quantized: bool) -> Growing {
         let m = m.max(2);
         Growing {
             dim,
+            quantized,
             m,
             m0: 2 * m,
             ef: ef_construction.max(m),
@@ -156,6 +175,8 @@ impl Growing {
         if self.rows.is_multiple_of(CHUNK) {
             self.chunks.push(Chunk {
                 vectors: Vec::with_capacity(CHUNK * self.dim),
+                codes: Vec::with_capacity(if self.quantized { CHUNK * self.dim } else { 0 }),
+                scales: Vec::with_capacity(CHUNK),
                 levels: Vec::with_capacity(CHUNK),
                 layer0: slots(CHUNK * (self.m0 + 1)),
                 upper: Vec::with_capacity(CHUNK),
@@ -164,6 +185,11 @@ impl Growing {
         }
         let chunk = self.chunks.last_mut().expect("a chunk with room");
         chunk.vectors.extend_from_slice(vector);
+        if self.quantized {
+            let (codes, step) = quantize(vector);
+            chunk.codes.extend(codes);
+            chunk.scales.push(step);
+        }
         chunk.levels.push(level);
         chunk.upper.push(slots(usize::from(level) * (self.m + 1)));
         self.rows += 1;
@@ -184,8 +210,40 @@ impl Growing {
         self.chunks[row as usize / CHUNK].locks[row as usize % CHUNK].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn distance(&self, a: &[f32], row: u32) -> f32 {
-        distance(a, self.vector(row))
+    /// Row `row`'s codes and the value of their step.
+    fn codes(&self, row: u32) -> (&[i8], f32) {
+        let chunk = &self.chunks[row as usize / CHUNK];
+        let at = row as usize % CHUNK;
+        (&chunk.codes[at * self.dim..(at + 1) * self.dim], chunk.scales[at])
+    }
+
+    /// The full-precision distance between `query` and row `row`.
+    fn exact(&self, query: &[f32], row: u32) -> f32 {
+        distance(query, self.vector(row))
+    }
+
+    /// Starts loading what [`Growing::distance`] will read of row `row`.
+    fn prefetch(&self, probe: Probe<'_>, row: u32) {
+        match probe {
+            Probe::Codes(..) => prefetch(self.codes(row).0),
+            Probe::Row(_) if self.quantized => prefetch(self.codes(row).0),
+            _ => prefetch(self.vector(row)),
+        }
+    }
+
+    fn distance(&self, probe: Probe<'_>, row: u32) -> f32 {
+        match probe {
+            Probe::Vector(query) => distance(query, self.vector(row)),
+            Probe::Row(from) if !self.quantized => distance(self.vector(from), self.vector(row)),
+            Probe::Row(from) => {
+                let (codes, step) = self.codes(from);
+                self.distance(Probe::Codes(codes, step), row)
+            }
+            Probe::Codes(a, sa) => {
+                let (b, sb) = self.codes(row);
+                i8::dot(a, b).map_or(f32::MAX, |d| 1.0 - d as f32 * sa * sb)
+            }
+        }
     }
 
     /// Row `row`'s slots on `layer`: its count, then room for its neighbours.
@@ -251,15 +309,20 @@ impl Growing {
         let mut found: Vec<(u32, f32)> = match entry.filter(|_| linked > 0) {
             None => Vec::new(),
             Some(start) => {
-                let nearest = self.descend(query, start, 1);
+                // With codes, the walk compares the query's codes, and what it finds is measured again at full
+                // precision: the distances returned are exact.
+                let (codes, step) = if self.quantized { quantize(query) } else { (Vec::new(), 1.0) };
+                let probe = if self.quantized { Probe::Codes(&codes, step) } else { Probe::Vector(query) };
+                let nearest = self.descend(probe, start, 1);
                 VISITED.with(|visited| {
-                    let found = self.search_layer(query, &[nearest], 0, ef.max(k), accept, &mut visited.borrow_mut());
-                    found.into_iter().map(|(d, row)| (row, d)).collect()
+                    let found = self.search_layer(probe, &[nearest], 0, ef.max(k), accept, &mut visited.borrow_mut());
+                    let exact = |(d, row): (f32, u32)| (row, if self.quantized { self.exact(query, row) } else { d });
+                    found.into_iter().map(exact).collect()
                 })
             }
         };
         let accepted = |row: &u32| accept.is_none_or(|f| f(*row));
-        let compared = |row: u32| (row, self.distance(query, row));
+        let compared = |row: u32| (row, self.exact(query, row));
         let buffer = linked as u32..self.rows as u32;
         if buffer.len() > PARALLEL_SCAN {
             let scanned: Vec<(u32, f32)> = buffer.into_par_iter().filter(accepted).map(compared).collect();
@@ -276,7 +339,7 @@ impl Growing {
 
     /// From `start`, the nearest row greedy steps reach on the layers from the top down to `bottom`, with its
     /// distance.
-    fn descend(&self, query: &[f32], start: u32, bottom: usize) -> (f32, u32) {
+    fn descend(&self, query: Probe<'_>, start: u32, bottom: usize) -> (f32, u32) {
         let mut nearest = (self.distance(query, start), start);
         let mut links = Vec::with_capacity(self.m0);
         for layer in (bottom..=self.level(start)).rev() {
@@ -299,7 +362,7 @@ impl Growing {
 
     fn insert(&self, row: u32) {
         let level = self.level(row);
-        let query = self.vector(row);
+        let query = Probe::Row(row);
         let mut entry = self.entry.lock().unwrap_or_else(|p| p.into_inner());
         let Some(start) = *entry else {
             *entry = Some(row);
@@ -343,7 +406,7 @@ impl Growing {
     /// only those kept), nearest first.
     fn search_layer(
         &self,
-        query: &[f32],
+        query: Probe<'_>,
         entries: &[(f32, u32)],
         layer: usize,
         ef: usize,
@@ -371,9 +434,11 @@ impl Growing {
                 break;
             }
             self.neighbours(row, layer, &mut links);
-            for &next in &links {
-                if !visited.visit(next) {
-                    continue;
+            links.retain(|next| visited.visit(*next));
+            for (i, &next) in links.iter().enumerate() {
+                // The next row's data is on its way while this one is compared.
+                if let Some(&after) = links.get(i + 1) {
+                    self.prefetch(query, after);
                 }
                 let d = self.distance(query, next);
                 if found.len() < ef || found.peek().is_some_and(|(worst, _)| d < worst.0) {
@@ -402,8 +467,7 @@ impl Growing {
             if chosen.len() >= m {
                 break;
             }
-            let vector = self.vector(row);
-            if chosen.iter().all(|&(_, kept)| self.distance(vector, kept) >= d) {
+            if chosen.iter().all(|&(_, kept)| self.distance(Probe::Row(row), kept) >= d) {
                 chosen.push((d, row));
             }
         }
@@ -434,7 +498,7 @@ impl Growing {
             slots[0].store(count as u32 + 1, Release);
             return;
         }
-        let from = self.vector(other);
+        let from = Probe::Row(other);
         let mut candidates: Vec<(f32, u32)> = slots[1..=count]
             .iter()
             .map(|s| s.load(Relaxed))
@@ -476,8 +540,15 @@ impl Growing {
     }
 
     /// The graph `graph` froze, its rows' vectors `vectors` (`dim` values a row), all linked, growing from there.
-    pub(super) fn from_graph(graph: &Graph, vectors: &[f32], dim: usize, m: usize, ef_construction: usize) -> Growing {
-        let mut growing = Growing::new(dim, m, ef_construction);
+    pub(super) fn from_graph(
+        graph: &Graph,
+        vectors: &[f32],
+        dim: usize,
+        m: usize,
+        ef_construction: usize,
+        quantized: bool,
+    ) -> Growing {
+        let mut growing = Growing::new(dim, m, ef_construction, quantized);
         let lists: Vec<Vec<(usize, Vec<u32>)>> = (0..graph.len() as u32).map(|row| graph.neighbours(row)).collect();
         for (vector, layers) in vectors.chunks_exact(dim.max(1)).zip(&lists) {
             let level = layers.iter().map(|(layer, _)| *layer).max().unwrap_or(0).min(MAX_LEVEL);
@@ -496,19 +567,32 @@ impl Growing {
         growing
     }
 
-    /// Bytes held: the rows' vectors and lists, and each chunk's room.
+    /// Bytes held: the rows' vectors (and codes) and lists, and each chunk's room.
     pub(super) fn bytes(&self) -> usize {
         let per_chunk = CHUNK * ((self.m0 + 1) * 4 + std::mem::size_of::<Mutex<()>>() + 1 + 16);
         let upper: usize = self.chunks.iter().flat_map(|c| c.upper.iter()).map(|u| u.len() * 4).sum();
-        self.rows * self.dim * 4 + self.chunks.len() * per_chunk + upper
+        self.rows * row_bytes(self.dim, self.quantized) + self.chunks.len() * per_chunk + upper
     }
 
     /// Bytes a graph of `rows` rows of `dim` values with `m` links holds, about (upper layers at their expected
-    /// size).
-    pub(super) fn bytes_at(rows: usize, dim: usize, m: usize) -> usize {
+    /// size), with int8 codes beside the vectors when `quantized`.
+    pub(super) fn bytes_at(rows: usize, dim: usize, m: usize, quantized: bool) -> usize {
         let m0 = 2 * m.max(2);
-        rows * (dim * 4 + (m0 + 1) * 4 + std::mem::size_of::<Mutex<()>>() + 1 + 16 + 4 * (m + 1) / (m - 1).max(1))
+        let lists = (m0 + 1) * 4 + std::mem::size_of::<Mutex<()>>() + 1 + 16 + 4 * (m + 1) / (m - 1).max(1);
+        rows * (row_bytes(dim, quantized) + lists)
     }
+}
+
+/// `vector`'s int8 codes, scaled by its largest component, and the value of one step.
+fn quantize(vector: &[f32]) -> (Vec<i8>, f32) {
+    let peak = vector.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let step = if peak > 0.0 { peak / 127.0 } else { 1.0 };
+    (vector.iter().map(|x| (x / step).round().clamp(-127.0, 127.0) as i8).collect(), step)
+}
+
+/// Bytes a row's vector takes, with its codes and their scale when `quantized`.
+fn row_bytes(dim: usize, quantized: bool) -> usize {
+    dim * 4 + if quantized { dim + 4 } else { 0 }
 }
 
 /// The level of row `row`: `⌊−ln(u) × scale⌋` for `u` uniform in (0, 1] from a hash of the row, at most
@@ -560,6 +644,34 @@ mod tests {
         }
         let recall = hits as f64 / 1_000.0;
         assert!(recall >= 0.95, "recall@10 at ef 64: {recall}");
+    }
+
+    #[test]
+    fn r17_int8_construction_builds_a_graph_as_good_as_full_precision_and_searches_return_exact_distances() {
+        let (rows, dim) = (3_000u64, 64);
+        let data = data(rows, dim);
+        let recall = |quantized: bool| {
+            let mut graph = Growing::new(dim, 16, 100, quantized);
+            for vector in data.chunks_exact(dim) {
+                graph.push(vector);
+            }
+            graph.link_all();
+            let mut hits = 0;
+            for q in 0..100 {
+                let query = unit(&vector(2_000_000 + q, dim), dim).unwrap();
+                let found = graph.search(&query, 10, 48, None);
+                for (row, d) in &found {
+                    let exact = distance(&query, &data[*row as usize * dim..(*row as usize + 1) * dim]);
+                    assert!((d - exact).abs() < 1e-6, "row {row}: {d} is not the exact distance {exact}");
+                }
+                let truth = exact(&data, dim, &query, 10);
+                hits += found.iter().filter(|(r, _)| truth.contains(r)).count();
+            }
+            hits as f64 / 1_000.0
+        };
+        let (codes, full) = (recall(true), recall(false));
+        assert!(full >= 0.85, "recall@10 at ef 48, full precision: {full}");
+        assert!(codes >= full - 0.02, "recall@10 at ef 48: int8 construction {codes}, full precision {full}");
     }
 
     #[test]

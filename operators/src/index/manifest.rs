@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::build::{OpenShard, Store};
 use super::builder::Growing;
-use super::config::IndexParams;
+use super::config::{Construction, IndexParams};
 use super::graph::{Graph, hnsw_points};
 use super::kernels::Tier;
 use super::policy::now_seconds;
@@ -230,7 +230,9 @@ pub(super) fn load_open(target: &Path, params: &IndexParams, dim: usize) -> Resu
             return Err(failed(format!("cannot load snapshot: a graph of {} rows for {}", graph.len(), rows.len())));
         }
         let vectors: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        let mut own = Growing::from_graph(&graph, &vectors[..graph.len() * dim], dim, params.m, params.ef_construction);
+        let quantized = params.construction == Construction::Int8;
+        let linked = &vectors[..graph.len() * dim];
+        let mut own = Growing::from_graph(&graph, linked, dim, params.m, params.ef_construction, quantized);
         for vector in vectors[graph.len() * dim..].chunks_exact(dim.max(1)) {
             own.push(vector);
         }

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 pub use builder::build as build_graph;
-pub use config::{Builder, IndexConfig, IndexParams};
+pub use config::{Builder, Construction, IndexConfig, IndexParams};
 pub use graph::Graph;
 pub use kernels::Tier;
 pub use point::{Filter, PointInfo, unit};
@@ -96,7 +96,7 @@ pub struct Indices {
 
 /// Points the background thread links into a space's graph per hold of its read lock: an insert waiting for the
 /// write lock waits for at most one such batch.
-const LINK_BATCH: usize = 64;
+const LINK_BATCH: usize = 16;
 /// How often the index operator reports a write buffer's size while the background builder drains it.
 const BUFFER_REPORT: Duration = Duration::from_millis(250);
 /// How long the background thread sleeps when no write buffer holds a point, unless an insert wakes it.
