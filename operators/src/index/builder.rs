@@ -32,7 +32,7 @@ use rayon::prelude::*;
 use super::graph::{Distance, Graph};
 use simsimd::SpatialSimilarity;
 
-use super::kernels::{distance, prefetch};
+use super::kernels::{distance, prefetch, quantize_row};
 
 /// Layers at most (hnsw_rs's count, so graphs of both builders have the same shape).
 const MAX_LEVEL: usize = 15;
@@ -186,7 +186,7 @@ impl Growing {
         let chunk = self.chunks.last_mut().expect("a chunk with room");
         chunk.vectors.extend_from_slice(vector);
         if self.quantized {
-            let (codes, step) = quantize(vector);
+            let (codes, step) = quantize_row(vector);
             chunk.codes.extend(codes);
             chunk.scales.push(step);
         }
@@ -311,7 +311,7 @@ impl Growing {
             Some(start) => {
                 // With codes, the walk compares the query's codes, and what it finds is measured again at full
                 // precision: the distances returned are exact.
-                let (codes, step) = if self.quantized { quantize(query) } else { (Vec::new(), 1.0) };
+                let (codes, step) = if self.quantized { quantize_row(query) } else { (Vec::new(), 1.0) };
                 let probe = if self.quantized { Probe::Codes(&codes, step) } else { Probe::Vector(query) };
                 let nearest = self.descend(probe, start, 1);
                 VISITED.with(|visited| {
@@ -581,13 +581,6 @@ impl Growing {
         let lists = (m0 + 1) * 4 + std::mem::size_of::<Mutex<()>>() + 1 + 16 + 4 * (m + 1) / (m - 1).max(1);
         rows * (row_bytes(dim, quantized) + lists)
     }
-}
-
-/// `vector`'s int8 codes, scaled by its largest component, and the value of one step.
-fn quantize(vector: &[f32]) -> (Vec<i8>, f32) {
-    let peak = vector.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    let step = if peak > 0.0 { peak / 127.0 } else { 1.0 };
-    (vector.iter().map(|x| (x / step).round().clamp(-127.0, 127.0) as i8).collect(), step)
 }
 
 /// Bytes a row's vector takes, with its codes and their scale when `quantized`.

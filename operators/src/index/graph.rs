@@ -152,6 +152,19 @@ impl Graph {
         ef: usize,
         accept: Option<&dyn Fn(u32) -> bool>,
     ) -> Vec<(u32, f32)> {
+        self.search_prefetching(distance, |_| {}, k, ef, accept)
+    }
+
+    /// [`Graph::search`], calling `prefetch(row)` for the next row to be measured while one is: what `distance` will
+    /// read of it is then on its way.
+    pub fn search_prefetching(
+        &self,
+        distance: impl Fn(u32) -> f32,
+        prefetch: impl Fn(u32),
+        k: usize,
+        ef: usize,
+        accept: Option<&dyn Fn(u32) -> bool>,
+    ) -> Vec<(u32, f32)> {
         if self.is_empty() || k == 0 {
             return Vec::new();
         }
@@ -181,6 +194,7 @@ impl Graph {
         };
         let mut candidates = BinaryHeap::new();
         let mut found: BinaryHeap<(Distance, u32)> = BinaryHeap::with_capacity(ef + 1);
+        let mut fresh = Vec::new();
         visit(nearest);
         candidates.push(Reverse((Distance(best), nearest)));
         if accepted(nearest) {
@@ -191,9 +205,11 @@ impl Graph {
                 break;
             }
             let span = self.offsets[row as usize] as usize..self.offsets[row as usize + 1] as usize;
-            for &next in &self.links[span] {
-                if !visit(next) {
-                    continue;
+            fresh.clear();
+            fresh.extend(self.links[span].iter().copied().filter(|next| visit(*next)));
+            for (i, &next) in fresh.iter().enumerate() {
+                if let Some(&after) = fresh.get(i + 1) {
+                    prefetch(after);
                 }
                 let d = distance(next);
                 if found.len() < ef || found.peek().is_some_and(|(worst, _)| d < worst.0) {

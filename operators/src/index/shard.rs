@@ -501,8 +501,16 @@ impl Shard {
         filter: &Filter,
     ) -> Vec<(u64, f32)> {
         let on_disk = matches!(self.tier(), Tier::Disk | Tier::Archive);
-        let rescore = !on_disk && self.tier() != Tier::F32 && oversample > 0;
-        let want = if rescore { k * oversample } else { k };
+        // The f32 tier walks its rows' codes and measures every candidate it found again, from memory.
+        let in_memory = self.tier() == Tier::F32;
+        let rescore = !on_disk && !in_memory && oversample > 0;
+        let want = if rescore {
+            k * oversample
+        } else if in_memory {
+            ef.max(k)
+        } else {
+            k
+        };
         let prepared = self.vectors.prepare(query);
         // Buffers for the rows read from disk, made only for the disk and archive tiers.
         let row_buffers =
@@ -515,8 +523,9 @@ impl Shard {
                 self.vectors.distance(&prepared, row as usize, self.dim)
             }
         };
+        let prefetch = |row: u32| self.vectors.prefetch(row as usize, self.dim);
         let found = if filter.is_empty() {
-            graph.search(distance_to, want, ef.max(want), None)
+            graph.search_prefetching(distance_to, prefetch, want, ef.max(want), None)
         } else {
             let admitted: Vec<u32> = (0..self.len()).filter(|r| rows.admits(filter, *r)).map(|r| r as u32).collect();
             if admitted.len() <= (ef.max(want) * 8).max(self.len() / 20) {
@@ -527,10 +536,15 @@ impl Shard {
                 found
             } else {
                 let accept = |row: u32| rows.admits(filter, row as usize);
-                graph.search(distance_to, want, ef.max(want), Some(&accept))
+                graph.search_prefetching(distance_to, prefetch, want, ef.max(want), Some(&accept))
             }
         };
-        let mut found: Vec<(u64, f32)> = if rescore {
+        let mut found: Vec<(u64, f32)> = if in_memory {
+            let exact = |(row, approximate): (u32, f32)| {
+                (rows.ids[row as usize], self.vectors.exact(&prepared, row as usize, self.dim).unwrap_or(approximate))
+            };
+            found.into_iter().map(exact).collect()
+        } else if rescore {
             found
                 .into_iter()
                 .map(|(row, approximate)| {
