@@ -315,7 +315,9 @@ impl Growing {
                 let probe = if self.quantized { Probe::Codes(&codes, step) } else { Probe::Vector(query) };
                 let nearest = self.descend(probe, start, 1);
                 VISITED.with(|visited| {
-                    let found = self.search_layer(probe, &[nearest], 0, ef.max(k), accept, &mut visited.borrow_mut());
+                    // Codes rank the candidates near the k-th approximately: twice k are measured again.
+                    let beam = if self.quantized { ef.max(2 * k) } else { ef.max(k) };
+                    let found = self.search_layer(probe, &[nearest], 0, beam, accept, &mut visited.borrow_mut());
                     let exact = |(d, row): (f32, u32)| (row, if self.quantized { self.exact(query, row) } else { d });
                     found.into_iter().map(exact).collect()
                 })

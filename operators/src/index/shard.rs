@@ -507,7 +507,8 @@ impl Shard {
         let want = if rescore {
             k * oversample
         } else if in_memory {
-            ef.max(k)
+            // Codes rank the candidates near the k-th approximately: twice k are measured again.
+            ef.max(2 * k)
         } else {
             k
         };
