@@ -375,6 +375,14 @@ impl OpenShard {
             })?,
             Store::Own { graph, ids } => {
                 let frozen = graph.freeze();
+                if frozen.len() < ids.len() {
+                    // Rows not linked would leave the shard unfound but counted as held: the seal fails instead.
+                    return Err(std::io::Error::other(format!(
+                        "{} of {} points are not linked into the graph",
+                        ids.len() - frozen.len(),
+                        ids.len()
+                    )));
+                }
                 for row in 0..frozen.len() as u32 {
                     bytes.clear();
                     bytes.extend(graph.vector(row).iter().flat_map(|x| x.to_le_bytes()));

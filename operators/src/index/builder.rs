@@ -270,7 +270,13 @@ impl Growing {
     /// Links up to `most` of the buffered rows into the graph, oldest first, in parallel; returns how many. Returns 0
     /// at once when another thread is linking.
     pub(super) fn link(&self, most: usize) -> usize {
-        let Ok(_linking) = self.linking.try_lock() else { return 0 };
+        // A panic in an earlier batch leaves its rows unlinked and the prefix where it was: linking again from there
+        // is sound (a row's lists are set again, its back-links kept once).
+        let _linking = match self.linking.try_lock() {
+            Ok(held) => held,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return 0,
+        };
         let from = self.linked.load(Acquire);
         let to = from.saturating_add(most).min(self.rows);
         if from >= to {
@@ -552,13 +558,16 @@ impl Growing {
     ) -> Growing {
         let mut growing = Growing::new(dim, m, ef_construction, quantized);
         let lists: Vec<Vec<(usize, Vec<u32>)>> = (0..graph.len() as u32).map(|row| graph.neighbours(row)).collect();
-        for (vector, layers) in vectors.chunks_exact(dim.max(1)).zip(&lists) {
-            let level = layers.iter().map(|(layer, _)| *layer).max().unwrap_or(0).min(MAX_LEVEL);
-            growing.push_at(vector, level as u8);
+        let levels: Vec<usize> =
+            lists.iter().map(|layers| layers.iter().map(|(l, _)| *l).max().unwrap_or(0).min(MAX_LEVEL)).collect();
+        for (vector, level) in vectors.chunks_exact(dim.max(1)).zip(&levels) {
+            growing.push_at(vector, *level as u8);
         }
         for (row, layers) in lists.iter().enumerate() {
-            for (layer, list) in layers {
-                let list: Vec<(f32, u32)> = list.iter().map(|n| (0.0, *n)).collect();
+            for (layer, list) in layers.iter().filter(|(layer, _)| *layer <= MAX_LEVEL) {
+                // A damaged file may name, on a layer, a row that does not reach it: that link is left out.
+                let list: Vec<(f32, u32)> =
+                    list.iter().filter(|n| levels[**n as usize] >= *layer).map(|n| (0.0, *n)).collect();
                 growing.set(row as u32, *layer, &list);
             }
         }
@@ -667,6 +676,22 @@ mod tests {
         let (codes, full) = (recall(true), recall(false));
         assert!(full >= 0.85, "recall@10 at ef 48, full precision: {full}");
         assert!(codes >= full - 0.02, "recall@10 at ef 48: int8 construction {codes}, full precision {full}");
+    }
+
+    #[test]
+    fn a_graph_naming_a_row_on_a_layer_it_does_not_reach_loads_without_that_link() {
+        // Row 0 reaches layer 1 and names row 1 there, which does not reach it (a damaged file): the link is left
+        // out, and walks and inserts go on.
+        let dim = 8;
+        let data = data(2, dim);
+        let graph = Graph::from_parts(0, vec![0, 1, 2], vec![1, 0], vec![HashMap::from([(0, vec![1])])]);
+        let mut growing = Growing::from_graph(&graph, &data, dim, 8, 16, true);
+        for row in 0..2u32 {
+            let query = &data[row as usize * dim..(row as usize + 1) * dim];
+            assert_eq!(growing.search(query, 1, 8, None)[0].0, row);
+        }
+        growing.push(&unit(&vector(7, dim), dim).unwrap());
+        assert_eq!(growing.link(usize::MAX), 1);
     }
 
     #[test]

@@ -106,22 +106,24 @@ const LINK_IDLE: Duration = Duration::from_millis(50);
 /// `build.rs`), beside searches, so that the worker's inserts return once their vectors are buffered.
 #[derive(Default)]
 struct Linker {
-    spaces: Arc<Mutex<Vec<SharedSpace>>>,
+    spaces: Arc<Mutex<HashMap<String, SharedSpace>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Linker {
-    /// Adds `space` to those the thread links, starting the thread on the first.
-    fn watch(&mut self, space: SharedSpace) {
-        self.spaces.lock().unwrap_or_else(|e| e.into_inner()).push(space);
+    /// Adds `space` (named `name`, replacing one of that name) to those the thread links, starting the thread on the
+    /// first.
+    fn watch(&mut self, name: &str, space: SharedSpace) {
+        self.spaces.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned(), space);
         if self.thread.is_some() {
             return;
         }
         let (spaces, stop) = (self.spaces.clone(), self.stop.clone());
         let spawned = std::thread::Builder::new().name("chorus-index-link".into()).spawn(move || {
             while !stop.load(Ordering::Acquire) {
-                let watched = spaces.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let watched: Vec<SharedSpace> =
+                    spaces.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
                 let linked: usize = watched.iter().map(|space| read(space).link(LINK_BATCH)).sum();
                 if linked == 0 {
                     std::thread::park_timeout(LINK_IDLE);
@@ -179,7 +181,7 @@ impl Indices {
     pub fn insert(&mut self, space: String, index: SpaceIndex) -> SharedSpace {
         let shared = Arc::new(RwLock::new(index));
         self.mine.insert(space.clone(), shared.clone());
-        self.linker.watch(shared.clone());
+        self.linker.watch(&space, shared.clone());
         self.registry.insert(space, shared.clone());
         // One more space: each space's share of the budget shrinks.
         let budget = self.budget();

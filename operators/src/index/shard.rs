@@ -530,8 +530,12 @@ impl Shard {
         } else {
             let admitted: Vec<u32> = (0..self.len()).filter(|r| rows.admits(filter, *r)).map(|r| r as u32).collect();
             if admitted.len() <= (ef.max(want) * 8).max(self.len() / 20) {
-                // Few rows pass: comparing with each is cheaper and exact.
-                let mut found: Vec<(u32, f32)> = admitted.into_iter().map(|r| (r, distance_to(r))).collect();
+                // Few rows pass: comparing with each is cheaper and exact (at full precision in the f32 tier).
+                let compared = |r: u32| {
+                    let exact = in_memory.then(|| self.vectors.exact(&prepared, r as usize, self.dim)).flatten();
+                    (r, exact.unwrap_or_else(|| distance_to(r)))
+                };
+                let mut found: Vec<(u32, f32)> = admitted.into_iter().map(compared).collect();
                 found.sort_by(|a, b| a.1.total_cmp(&b.1));
                 found.truncate(want);
                 found
